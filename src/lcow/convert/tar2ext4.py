@@ -18,8 +18,8 @@ from lcow.convert.input import open_tar_input
 from lcow.convert.options import ConvertOptions, ConvertResult
 from lcow.convert.tarstream import TarEntry, TarReader
 from lcow.errors import InvalidArgument, NotFound
-from lcow.formats.ext4.layout import INODE_XATTR_SPACE
-from lcow.formats.ext4.tree import Inode, encode_dev
+from lcow.formats.ext4.layout import INODE_XATTR_SPACE, ROOT_INO
+from lcow.formats.ext4.tree import encode_dev
 from lcow.formats.ext4.writer import Ext4Writer
 from lcow.formats.ext4.xattrs import split_name
 
@@ -60,7 +60,7 @@ class _Converter:
         self.reader = reader
         self.opts = options
         self.inline_max = 60 + INODE_XATTR_SPACE - 4 - 20 if options.inline_data else -1
-        self.hidden_links: dict[bytes, Inode] = {}  # AUFS .wh..wh.plnk hard-link sources
+        self.hidden_links: dict[bytes, int] = {}  # AUFS .wh..wh.plnk hard-link sources
         self.entries = 0
         self.content_size = 0
 
@@ -117,15 +117,16 @@ class _Converter:
         if not parts:  # the root itself
             if mode_type != stat.S_IFDIR:
                 raise InvalidArgument(f"{shown}: the root must be a directory", subject=shown)
-            self._update_dir(self.tree.root, entry)
+            self._update_dir(ROOT_INO, entry)
             self.reader.skip_data(entry.size, entry)
             self.reader.finish_data(entry)
             return
-        parent = self.tree.directory(parts[:-1], shown, None)
+        tree = self.tree
+        parent = tree.directory(parts[:-1], shown)
         name = parts[-1]
         if mode_type == stat.S_IFDIR:
-            existing = parent.children.get(name)  # type: ignore[union-attr]
-            if existing is not None and existing.is_dir:
+            existing = tree.children[parent].get(name)
+            if existing is not None and existing in tree.children:
                 self._update_dir(existing, entry)
             else:
                 node = self._new_node(entry, stat.S_IFDIR)
@@ -143,26 +144,27 @@ class _Converter:
                     raise InvalidArgument(f"{shown}: symbolic link with an empty target", subject=shown)
                 if len(target) >= 4096:
                     raise InvalidArgument(f"{shown}: symbolic link target longer than 4095 bytes", subject=shown)
-                node.data = target
-                node.size = len(target)
+                tree.data[node] = target
+                tree.size[node] = len(target)
             elif mode_type in (stat.S_IFCHR, stat.S_IFBLK):
-                node.rdev = encode_dev(entry.devmajor, entry.devminor)
+                tree.rdev[node] = encode_dev(entry.devmajor, entry.devminor)
             self.reader.skip_data(entry.size, entry)
             self.reader.finish_data(entry)
         self.tree.place(parent, name, node, shown)
 
     # -- node construction -------------------------------------------------------------------
 
-    def _new_node(self, entry: TarEntry, mode_type: int) -> Inode:
+    def _new_node(self, entry: TarEntry, mode_type: int) -> int:
+        tree = self.tree
         perm = 0o777 if mode_type == stat.S_IFLNK else entry.mode
-        node = self.tree.new_inode(mode_type | perm, entry.uid, entry.gid, entry.mtime_ns)
+        ino = tree.new_inode(mode_type | perm, entry.uid, entry.gid, entry.mtime_ns)
         if entry.atime_ns is not None:
-            node.atime = entry.atime_ns
+            tree.atime[ino] = entry.atime_ns
         if entry.ctime_ns is not None:
-            node.ctime = entry.ctime_ns
+            tree.ctime[ino] = entry.ctime_ns
         if entry.xattrs:
-            node.xattrs = self._xattrs(entry)
-        return node
+            tree.xattrs[ino] = self._xattrs(entry)
+        return ino
 
     def _xattrs(self, entry: TarEntry) -> dict[bytes, bytes]:
         kept = {}
@@ -173,19 +175,20 @@ class _Converter:
             kept[name] = value
         return kept
 
-    def _update_dir(self, node: Inode, entry: TarEntry) -> None:
+    def _update_dir(self, ino: int, entry: TarEntry) -> None:
         """A directory entry for an existing directory: new metadata, xattrs merged."""
-        node.mode = stat.S_IFDIR | entry.mode
-        node.uid, node.gid = entry.uid, entry.gid
-        node.mtime = entry.mtime_ns
-        node.atime = entry.atime_ns if entry.atime_ns is not None else entry.mtime_ns
-        node.ctime = entry.ctime_ns if entry.ctime_ns is not None else entry.mtime_ns
+        tree = self.tree
+        tree.mode[ino] = stat.S_IFDIR | entry.mode
+        tree.uid[ino], tree.gid[ino] = entry.uid, entry.gid
+        tree.mtime[ino] = entry.mtime_ns
+        tree.atime[ino] = entry.atime_ns if entry.atime_ns is not None else entry.mtime_ns
+        tree.ctime[ino] = entry.ctime_ns if entry.ctime_ns is not None else entry.mtime_ns
         if entry.xattrs:
-            merged = dict(node.xattrs or {})
+            merged = dict(tree.xattrs.get(ino) or {})
             merged.update(self._xattrs(entry))
-            node.xattrs = merged
+            tree.xattrs[ino] = merged
 
-    def _file_data(self, node: Inode, entry: TarEntry, shown: str) -> None:
+    def _file_data(self, node: int, entry: TarEntry, shown: str) -> None:
         reader = self.reader
         size = entry.realsize
         if entry.sparse is not None:
@@ -199,8 +202,8 @@ class _Converter:
             for offset, length in placed:
                 reader.copy_data(length, self.w.out, offset, entry)
         elif 0 < size <= self.inline_max and not entry.xattrs:
-            node.data = reader.read_data(size, entry)
-            node.size = size
+            self.tree.data[node] = reader.read_data(size, entry)
+            self.tree.size[node] = size
         else:
             offset = self.w.file_runs(node, size, shown)
             if size:
@@ -213,7 +216,7 @@ class _Converter:
         if not parts:
             raise InvalidArgument(f"{shown}: hard link cannot replace the root", subject=shown)
         target_parts = self._parts(entry.linkname, entry)
-        target: Inode | None
+        target: int | None
         if (
             self.opts.convert_whiteouts
             and len(target_parts) == 2
@@ -225,10 +228,10 @@ class _Converter:
         if target is None:
             link = _shown(entry.linkname)
             raise NotFound(f"{shown}: hard link target {link} not found", subject=shown)
-        if target.is_dir:
+        if target in self.tree.children:
             link = _shown(entry.linkname)
             raise InvalidArgument(f"{shown}: hard link target {link} is a directory", subject=shown)
-        parent = self.tree.directory(parts[:-1], shown, None)
+        parent = self.tree.directory(parts[:-1], shown)
         self.tree.link(parent, parts[-1], target, shown)
         self.reader.skip_data(entry.size, entry)
         self.reader.finish_data(entry)
@@ -237,15 +240,16 @@ class _Converter:
         reader = self.reader
         reader.skip_data(entry.size, entry)
         reader.finish_data(entry)
-        parent = self.tree.directory(parts[:-1], shown, None)
+        tree = self.tree
+        parent = tree.directory(parts[:-1], shown)
         if base == _WH_OPAQUE:
-            parent.xattrs = {**(parent.xattrs or {}), _OPAQUE_XATTR: b"y"}
+            tree.xattrs[parent] = {**tree.xattrs.get(parent, {}), _OPAQUE_XATTR: b"y"}
             return
         if base.startswith(_WH_META):
             return  # other AUFS metadata inside a directory: not content
         hidden = base[len(_WH) :]
-        node = self.tree.new_inode(stat.S_IFCHR, entry.uid, entry.gid, entry.mtime_ns)
-        self.tree.place(parent, hidden, node, shown)
+        node = tree.new_inode(stat.S_IFCHR, entry.uid, entry.gid, entry.mtime_ns)
+        tree.place(parent, hidden, node, shown)
 
     def _aufs_meta(self, entry: TarEntry, parts: list[bytes], shown: str) -> None:
         """``/.wh..wh.*``: only regular files in ``.wh..wh.plnk`` matter (hard-link sources)."""
@@ -253,7 +257,7 @@ class _Converter:
             node = self._new_node(entry, stat.S_IFREG)
             self._file_data(node, entry, shown)
             old = self.hidden_links.pop(parts[1], None)
-            if old is not None and old.links == 0:
+            if old is not None:
                 self.tree.release_unnamed(old)
             self.hidden_links[parts[1]] = node
             return
@@ -263,8 +267,7 @@ class _Converter:
     def finish(self) -> None:
         """Drop link sources that nothing linked to."""
         for node in self.hidden_links.values():
-            if node.links == 0:
-                self.tree.release_unnamed(node)
+            self.tree.release_unnamed(node)
         self.hidden_links.clear()
 
 

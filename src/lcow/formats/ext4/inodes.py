@@ -14,7 +14,8 @@ from lcow.formats.ext4.layout import (
     INODE_STRUCT,
     InodeFlag,
 )
-from lcow.formats.ext4.tree import Inode
+from lcow.formats.ext4.extents import build_extent_tree, split_runs
+from lcow.formats.ext4.tree import Tree
 from lcow.formats.ext4.xattrs import XattrItem, pack_xattrs, split_name
 
 __all__ = ["encode_time", "inode_xattrs", "pack_inode"]
@@ -41,14 +42,15 @@ def encode_time(ns: int) -> tuple[int, int]:
     return low, epoch | (nsec << 2)
 
 
-def inode_xattrs(node: Inode, inline_enabled: bool) -> tuple[bytes | None, bytes | None]:
-    """The in-inode xattr area and the external block for ``node`` (either may be ``None``)."""
+def inode_xattrs(tree: Tree, ino: int, inline_enabled: bool) -> tuple[bytes | None, bytes | None]:
+    """The in-inode xattr area and the external block of ``ino`` (either may be ``None``)."""
     items: list[XattrItem] = []
-    if inline_enabled and node.data is not None and stat.S_ISREG(node.mode):
-        items.append((7, b"data", node.data[INLINE_IBLOCK_SIZE:]))
-    if node.xattrs:
+    if inline_enabled and stat.S_ISREG(tree.mode[ino]) and ino in tree.data:
+        items.append((7, b"data", tree.data[ino][INLINE_IBLOCK_SIZE:]))
+    xattrs = tree.xattrs.get(ino)
+    if xattrs:
         rest = []
-        for name, value in node.xattrs.items():
+        for name, value in xattrs.items():
             split = split_name(name)
             if split is not None:
                 rest.append((split[0], split[1], value))
@@ -56,72 +58,79 @@ def inode_xattrs(node: Inode, inline_enabled: bool) -> tuple[bytes | None, bytes
         items.extend(rest)
     if not items:
         return None, None
-    owner = f"inode {node.ino}"
-    return pack_xattrs(items, owner=owner)
+    return pack_xattrs(items, owner=f"inode {ino}")
 
 
 def pack_inode(
-    node: Inode,
-    links: int,
-    i_block: bytes | None,
+    tree: Tree,
+    ino: int,
+    deep_root: bytes | None,
     xattr_area: bytes | None,
     xattr_block: int,
     extra_blocks: int,
 ) -> bytes:
-    """The 256 bytes of ``node``'s table slot."""
-    mode = node.mode
+    """The 256 bytes of inode ``ino``'s table slot.
+
+    Args:
+        tree: the namespace holding the inode.
+        ino: inode number.
+        deep_root: the extent root when the tree has nodes outside the inode.
+        xattr_area: the in-inode xattr area (magic included), if any.
+        xattr_block: block number of the external xattr block, or 0.
+        extra_blocks: metadata blocks owned besides data (extent nodes, xattr block).
+    """
+    mode = tree.mode[ino]
     fmt = stat.S_IFMT(mode)
     flags = 0
-    data_blocks = 0
-    if node.runs is not None:
-        data_blocks = sum(run[2] for run in node.runs)
-    if fmt == stat.S_IFREG:
-        if node.data is not None:  # inline data
-            block = node.data[:INLINE_IBLOCK_SIZE].ljust(60, b"\x00")
-            flags = _FLAG_INLINE
+    runs = tree.data_runs(ino)
+    data_blocks = sum(run[2] for run in runs) if runs else 0
+    if fmt == stat.S_IFREG and ino in tree.data:  # inline data
+        block = tree.data[ino][:INLINE_IBLOCK_SIZE].ljust(60, b"\x00")
+        flags = _FLAG_INLINE
+    elif fmt in (stat.S_IFREG, stat.S_IFDIR) or (fmt == stat.S_IFLNK and runs):
+        if deep_root is not None:
+            block = deep_root
+        elif runs:
+            block = build_extent_tree(split_runs(runs), _no_alloc)[0]
         else:
-            block = i_block or _EMPTY_EXTENTS
-            flags = _FLAG_EXTENTS
-    elif fmt == stat.S_IFDIR:
-        block = i_block or _EMPTY_EXTENTS
+            block = _EMPTY_EXTENTS
         flags = _FLAG_EXTENTS
-    elif fmt == stat.S_IFLNK:
-        if i_block is not None:  # slow symlink: target in a block
-            block = i_block
-            flags = _FLAG_EXTENTS
-        else:
-            block = (node.data or b"").ljust(60, b"\x00")
+    elif fmt == stat.S_IFLNK:  # fast symlink: the target is the block map area
+        block = tree.data[ino].ljust(60, b"\x00")
     elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
-        block = bytes(4) + node.rdev.to_bytes(4, "little") + bytes(52)
+        block = bytes(4) + tree.rdev.get(ino, 0).to_bytes(4, "little") + bytes(52)
     else:
         block = bytes(60)
-    size = node.size
+    size = tree.size[ino]
+    uid = tree.uid[ino]
+    gid = tree.gid[ino]
     sectors = (data_blocks + extra_blocks) * 8
-    atime, atime_x = encode_time(node.atime)
-    ctime, ctime_x = encode_time(node.ctime)
-    mtime, mtime_x = encode_time(node.mtime)
+    atime, atime_x = encode_time(tree.atime[ino])
+    ctime, ctime_x = encode_time(tree.ctime[ino])
+    mtime, mtime_x = encode_time(tree.mtime[ino])
+    links = tree.links[ino] + 2 if fmt == stat.S_IFDIR else tree.links[ino]
     packed = INODE_STRUCT.pack(
-        mode & 0xFFFF,
-        node.uid & 0xFFFF,
+        mode,
+        uid & 0xFFFF,
         size & 0xFFFFFFFF,
         atime,
         ctime,
         mtime,
         0,  # i_dtime
-        node.gid & 0xFFFF,
+        gid & 0xFFFF,
         links,
         sectors & 0xFFFFFFFF,
         flags,
         b"\x00" * 4,  # osd1
         block,
         0,  # i_generation
-        xattr_block & 0xFFFFFFFF,
+        xattr_block,
         size >> 32,
         0,  # i_obso_faddr
         (sectors >> 32) & 0xFFFF,  # l_i_blocks_high
-        (xattr_block >> 32) & 0xFFFF,
-        (node.uid >> 16) & 0xFFFF,
-        (node.gid >> 16) & 0xFFFF,
+        0,  # l_i_file_acl_high
+        uid >> 16,
+        gid >> 16,
         0,  # l_i_checksum_lo
         0,  # l_i_reserved
         EXTRA_ISIZE,
@@ -135,3 +144,7 @@ def pack_inode(
     if xattr_area is not None:
         return packed + xattr_area
     return packed + _PAD
+
+
+def _no_alloc(count: int) -> int:
+    raise AssertionError("an extent tree that fits the inode allocates nothing")

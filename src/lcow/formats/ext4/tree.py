@@ -1,64 +1,23 @@
 """The namespace being built: inodes, names, and moby's overwrite rules (SPEC §6.6, §6.7).
 
-Only metadata lives here; file data is already in the image when an inode is added. Replacing or
-removing a name drops link counts, and an inode left without names is freed together with its
-data blocks, so duplicate entries never leak space.
+Inodes are rows of compact typed arrays indexed by inode number (about 70 bytes each), with
+dictionaries only for what few inodes have (directory entries, xattrs, symlink targets, sparse
+maps), so a layer of a million entries stays small. File data is already in the image when an
+inode is added. Replacing or removing a name drops link counts, and an inode left without names
+is freed together with its data blocks, so duplicate entries never leak space.
 """
 
 from __future__ import annotations
 
 import stat
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable
 
 from lcow.errors import InvalidArgument, LimitExceeded, NotFound
 from lcow.formats.ext4.extents import Run
 from lcow.formats.ext4.layout import LOST_AND_FOUND_INO, MAX_LINKS, MAX_NAME_LEN, ROOT_INO
 
-__all__ = ["Inode", "Tree"]
-
-
-class Inode:
-    """One inode under construction. Times are integer nanoseconds."""
-
-    __slots__ = (
-        "atime",
-        "children",
-        "ctime",
-        "data",
-        "gid",
-        "ino",
-        "links",
-        "mode",
-        "mtime",
-        "parent",
-        "rdev",
-        "runs",
-        "size",
-        "uid",
-        "xattrs",
-    )
-
-    def __init__(self, ino: int, mode: int, uid: int, gid: int, mtime: int) -> None:
-        self.ino = ino
-        self.mode = mode
-        self.uid = uid
-        self.gid = gid
-        self.mtime = mtime
-        self.atime = mtime
-        self.ctime = mtime
-        self.size = 0
-        self.links = 0  # names of a non-directory; subdirectory count of a directory
-        self.runs: list[Run] | None = None  # data extents (regular files)
-        self.children: dict[bytes, Inode] | None = None  # directories
-        self.parent: Inode | None = None  # directories
-        self.xattrs: dict[bytes, bytes] | None = None
-        self.data: bytes | None = None  # symlink target or inline file data
-        self.rdev = 0  # (major, minor) packed as the kernel's new_encode_dev
-
-    @property
-    def is_dir(self) -> bool:
-        """True for directories."""
-        return self.children is not None
+__all__ = ["Tree", "encode_dev"]
 
 
 def encode_dev(major: int, minor: int) -> int:
@@ -69,150 +28,201 @@ def encode_dev(major: int, minor: int) -> int:
 class Tree:
     """Inodes and directory entries, with Docker's unpack semantics for repeated names.
 
+    Row ``ino`` of each array describes inode ``ino`` (row 0 is unused). ``mode == 0`` marks a
+    free inode. For a non-directory ``links`` counts its names; for a directory it counts its
+    subdirectories (its link count is ``2 + links``). A dense regular file's data is the
+    ``nblocks`` blocks from ``start``; sparse files, directories and slow symlinks keep
+    ``runs`` instead.
+
     Args:
         free_runs: called with the data runs of an inode that lost its last name.
     """
 
     def __init__(self, free_runs: Callable[[list[Run]], None]) -> None:
         self._free_runs = free_runs
-        self.inodes: list[Inode | None] = [None] * LOST_AND_FOUND_INO  # index = ino - 1
-        self.root = self._new_dir_at(ROOT_INO, 0o755, 0, 0, 0)
-        self.root.parent = self.root
-        lost = self._new_dir_at(LOST_AND_FOUND_INO, 0o700, 0, 0, 0)
-        self._attach(self.root, b"lost+found", lost)
-        self._dir_cache: dict[bytes, Inode] = {b"": self.root}
+        self.mode = array("H")
+        self.uid = array("I")
+        self.gid = array("I")
+        self.size = array("Q")
+        self.mtime = array("q")
+        self.atime = array("q")
+        self.ctime = array("q")
+        self.links = array("I")
+        self.start = array("Q")
+        self.nblocks = array("Q")
+        self.children: dict[int, dict[bytes, int]] = {}
+        self.parent: dict[int, int] = {}
+        self.xattrs: dict[int, dict[bytes, bytes]] = {}
+        self.data: dict[int, bytes] = {}  # symlink targets and inline file data
+        self.runs: dict[int, list[Run]] = {}
+        self.rdev: dict[int, int] = {}
+        for _ in range(LOST_AND_FOUND_INO + 1):  # row 0, reserved inodes 1..10, lost+found
+            self._append_row(0, 0, 0, 0)
+        self.mode[ROOT_INO] = stat.S_IFDIR | 0o755
+        self.children[ROOT_INO] = {}
+        self.parent[ROOT_INO] = ROOT_INO
+        self.mode[LOST_AND_FOUND_INO] = stat.S_IFDIR | 0o700
+        self.children[LOST_AND_FOUND_INO] = {}
+        self._attach(ROOT_INO, b"lost+found", LOST_AND_FOUND_INO)
+        self._dir_cache: dict[bytes, int] = {b"": ROOT_INO}
+
+    @property
+    def count(self) -> int:
+        """Highest inode number handed out."""
+        return len(self.mode) - 1
 
     # -- inode allocation --------------------------------------------------------------------
 
-    def _new_dir_at(self, ino: int, perm: int, uid: int, gid: int, mtime: int) -> Inode:
-        node = Inode(ino, stat.S_IFDIR | perm, uid, gid, mtime)
-        node.children = {}
-        self.inodes[ino - 1] = node
-        return node
+    def _append_row(self, mode: int, uid: int, gid: int, mtime: int) -> int:
+        self.mode.append(mode)
+        self.uid.append(uid)
+        self.gid.append(gid)
+        self.size.append(0)
+        self.mtime.append(mtime)
+        self.atime.append(mtime)
+        self.ctime.append(mtime)
+        self.links.append(0)
+        self.start.append(0)
+        self.nblocks.append(0)
+        return len(self.mode) - 1
 
-    def new_inode(self, mode: int, uid: int, gid: int, mtime: int) -> Inode:
+    def new_inode(self, mode: int, uid: int, gid: int, mtime: int) -> int:
         """A new, unnamed inode with the next number."""
-        node = Inode(len(self.inodes) + 1, mode, uid, gid, mtime)
-        self.inodes.append(node)
+        ino = self._append_row(mode, uid, gid, mtime)
         if stat.S_ISDIR(mode):
-            node.children = {}
-        return node
+            self.children[ino] = {}
+        return ino
 
-    def live_inodes(self) -> Iterator[Inode]:
-        """Inodes still in use, in number order."""
-        return (node for node in self.inodes if node is not None)
+    def is_dir(self, ino: int) -> bool:
+        """True for directories."""
+        return ino in self.children
 
-    def _release(self, node: Inode) -> None:
-        """Forget an inode that has no names left."""
-        if node.runs:
-            self._free_runs(node.runs)
-            node.runs = None
-        self.inodes[node.ino - 1] = None
+    def is_live(self, ino: int) -> bool:
+        """True while ``ino`` is in use."""
+        return self.mode[ino] != 0
+
+    def data_runs(self, ino: int) -> list[Run] | None:
+        """The data extents of ``ino`` (``None`` when it maps no blocks)."""
+        runs = self.runs.get(ino)
+        if runs is not None:
+            return runs
+        count = self.nblocks[ino]
+        return [(0, self.start[ino], count)] if count else None
+
+    def _release(self, ino: int) -> None:
+        """Forget an inode that has no names left, giving back its blocks."""
+        runs = self.data_runs(ino)
+        if runs:
+            self._free_runs(runs)
+        self.mode[ino] = 0
+        self.nblocks[ino] = 0
+        for table in (self.children, self.parent, self.xattrs, self.data, self.runs, self.rdev):
+            table.pop(ino, None)  # type: ignore[attr-defined]
+
+    def release_unnamed(self, ino: int) -> None:
+        """Free an inode that was created but never given a name (unused link sources)."""
+        if self.links[ino] == 0 and self.mode[ino] != 0:
+            self._release(ino)
 
     # -- lookups -----------------------------------------------------------------------------
 
-    def directory(self, parts: list[bytes], shown: str, placeholder: Inode | None) -> Inode:
+    def directory(self, parts: list[bytes], shown: str) -> int:
         """The directory at ``parts``, creating missing ones.
 
-        Missing directories are created like ``placeholder`` (mode 0755, its owner and times),
-        and take the real metadata when their own entry arrives.
+        Missing directories get mode 0755 and the root's owner and times, and take their real
+        metadata when their own entry arrives.
         """
         key = b"/".join(parts)
-        node = self._dir_cache.get(key)
-        if node is not None:
-            return node
-        node = self.root
+        ino = self._dir_cache.get(key)
+        if ino is not None:
+            return ino
+        ino = ROOT_INO
         for i, part in enumerate(parts):
-            child = node.children.get(part)  # type: ignore[union-attr]
+            child = self.children[ino].get(part)
             if child is None:
-                ref = placeholder or self.root
-                child = self.new_inode(stat.S_IFDIR | 0o755, ref.uid, ref.gid, ref.mtime)
-                child.atime, child.ctime = ref.atime, ref.ctime
-                self._attach(node, part, child)
-            elif not child.is_dir:
+                child = self.new_inode(
+                    stat.S_IFDIR | 0o755, self.uid[ROOT_INO], self.gid[ROOT_INO], self.mtime[ROOT_INO]
+                )
+                self.atime[child], self.ctime[child] = self.atime[ROOT_INO], self.ctime[ROOT_INO]
+                self._attach(ino, part, child)
+            elif child not in self.children:
                 where = b"/".join(parts[: i + 1]).decode("utf-8", "backslashreplace")
                 raise InvalidArgument(f"{shown}: parent {where} is not a directory", subject=shown)
-            node = child
-        self._dir_cache[key] = node
-        return node
+            ino = child
+        self._dir_cache[key] = ino
+        return ino
 
-    def lookup(self, parts: list[bytes]) -> Inode | None:
+    def lookup(self, parts: list[bytes]) -> int | None:
         """The inode named by ``parts`` (no symlinks followed), or ``None``."""
-        node = self.root
+        ino = ROOT_INO
         for part in parts:
-            if node.children is None:
+            entries = self.children.get(ino)
+            if entries is None:
                 return None
-            child = node.children.get(part)
+            child = entries.get(part)
             if child is None:
                 return None
-            node = child
-        return node
+            ino = child
+        return ino
 
     # -- name changes ------------------------------------------------------------------------
 
-    def _attach(self, parent: Inode, name: bytes, node: Inode) -> None:
+    def _attach(self, parent: int, name: bytes, ino: int) -> None:
         if len(name) > MAX_NAME_LEN:
             shown = name.decode("utf-8", "backslashreplace")
             raise InvalidArgument(f"{shown}: invalid name (longer than {MAX_NAME_LEN} bytes)", subject=shown)
-        parent.children[name] = node  # type: ignore[index]
-        if node.children is not None:
-            node.parent = parent
-            parent.links += 1
+        self.children[parent][name] = ino
+        if ino in self.children:
+            self.parent[ino] = parent
+            self.links[parent] += 1
         else:
-            node.links += 1
+            self.links[ino] += 1
 
-    def remove(self, parent: Inode, name: bytes) -> None:
+    def _unlink(self, ino: int) -> None:
+        self.links[ino] -= 1
+        if self.links[ino] == 0:
+            self._release(ino)
+
+    def remove(self, parent: int, name: bytes) -> None:
         """Remove ``name`` from ``parent`` with everything below it (``os.RemoveAll``)."""
-        node = parent.children.pop(name)  # type: ignore[union-attr]
-        if node.children is not None:
-            parent.links -= 1
-        else:
-            node.links -= 1
-            if node.links == 0:
-                self._release(node)
+        ino = self.children[parent].pop(name)
+        if ino not in self.children:
+            self._unlink(ino)
             return
+        self.links[parent] -= 1
         self._dir_cache.clear()  # cached paths may run through the removed directory
-        stack = [node]
+        stack = [ino]
         while stack:
             d = stack.pop()
-            for child in d.children.values():  # type: ignore[union-attr]
-                if child.children is None:
-                    child.links -= 1
-                    if child.links == 0:
-                        self._release(child)
-                else:
+            for child in self.children[d].values():
+                if child in self.children:
                     stack.append(child)
-            d.children = {}
+                else:
+                    self._unlink(child)
             self._release(d)
 
-    def place(self, parent: Inode, name: bytes, node: Inode, shown: str) -> None:
-        """Give ``node`` the name ``name`` in ``parent``, replacing what was there.
+    def place(self, parent: int, name: bytes, ino: int, shown: str) -> None:
+        """Give ``ino`` the name ``name`` in ``parent``, replacing what was there.
 
         A non-directory replaces anything (a directory with its whole subtree); a new directory
-        over an existing non-directory replaces it. Merging a directory into a directory is the
-        caller's business (:meth:`merge_dir`).
+        over a non-directory replaces it. A directory entry for an existing directory is merged
+        by the caller instead.
         """
-        if name in parent.children:  # type: ignore[operator]
+        if name in self.children[parent]:
             self.remove(parent, name)
-        if node.children is not None and parent.links >= MAX_LINKS - 2:
+        if ino in self.children and self.links[parent] >= MAX_LINKS - 2:
             raise LimitExceeded(f"{shown}: exceeded parent directory maximum link count", subject=shown)
-        self._attach(parent, name, node)
+        self._attach(parent, name, ino)
 
-    def link(self, parent: Inode, name: bytes, target: Inode, shown: str) -> None:
+    def link(self, parent: int, name: bytes, target: int, shown: str) -> None:
         """Add a hard link ``name`` in ``parent`` to the existing non-directory ``target``."""
-        existing = parent.children.get(name)  # type: ignore[union-attr]
-        if existing is target:
+        existing = self.children[parent].get(name)
+        if existing == target:
             return
         if existing is not None:
             self.remove(parent, name)
-        if self.inodes[target.ino - 1] is not target:
+        if self.mode[target] == 0:
             raise NotFound(f"{shown}: hard link target was removed by this entry", subject=shown)
-        if target.links >= MAX_LINKS:
+        if self.links[target] >= MAX_LINKS:
             raise LimitExceeded(f"{shown}: too many links to the target (max {MAX_LINKS})", subject=shown)
         self._attach(parent, name, target)
-
-
-    def release_unnamed(self, node: Inode) -> None:
-        """Free an inode that was created but never given a name (unused link sources)."""
-        if node.links == 0 and self.inodes[node.ino - 1] is node:
-            self._release(node)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import stat
+from array import array
 from dataclasses import dataclass
 
 from lcow._util.outbuf import OutputWriter
@@ -30,14 +31,18 @@ from lcow.formats.ext4.layout import (
     BLOCK_SIZE,
     BLOCKS_PER_GROUP,
     DESCS_PER_BLOCK,
+    EXTENTS_IN_INODE,
+    FAST_SYMLINK_MAX,
     GROUP_DESC,
+    INODE_SIZE,
     INODES_PER_BLOCK,
+    LOST_AND_FOUND_INO,
     MAX_FILE_BLOCKS,
     MAX_FS_BLOCKS,
     FileType,
 )
 from lcow.formats.ext4.superblock import pack_superblock
-from lcow.formats.ext4.tree import Inode, Tree
+from lcow.formats.ext4.tree import Tree
 
 __all__ = ["Ext4Writer", "ImageStats"]
 
@@ -108,29 +113,33 @@ class Ext4Writer:
         self.cursor = start + count
         return start
 
-    def file_runs(self, node: Inode, size: int, owner: str) -> int:
-        """Allocate a dense file of ``size`` bytes for ``node``; returns its byte offset."""
+    def file_runs(self, ino: int, size: int, owner: str) -> int:
+        """Allocate a dense file of ``size`` bytes for ``ino``; returns its byte offset."""
         blocks = -(-size // BLOCK_SIZE)
         if blocks > MAX_FILE_BLOCKS:
             raise LimitExceeded(f"{owner}: file of {size} bytes is too large for ext4", subject=owner)
         start = self.allocate(blocks, owner)
-        node.size = size
-        node.runs = [(0, start, blocks)] if blocks else None
+        tree = self.tree
+        tree.size[ino] = size
+        tree.start[ino] = start
+        tree.nblocks[ino] = blocks
         return start * BLOCK_SIZE
 
     def sparse_runs(
-        self, node: Inode, segments: list[tuple[int, int]], size: int, owner: str
+        self, ino: int, segments: list[tuple[int, int]], size: int, owner: str
     ) -> list[tuple[int, int]]:
         """Allocate only the blocks that hold data of a sparse file.
 
         Args:
+            ino: the file's inode.
             segments: ``(offset, length)`` of each data segment in the file, ascending.
             size: logical file size.
+            owner: the entry name, for errors.
 
         Returns:
-            For each segment, ``(byte offset in the image, length)`` where its data goes.
+            For each non-empty segment, ``(byte offset in the image, length)`` where its data goes.
         """
-        ranges: list[list[int]] = []  # merged [first block, end block) with data
+        ranges: list[list[int]] = []  # merged [first block, end block) holding data
         prev_end = 0
         for offset, length in segments:
             if offset < prev_end or length < 0 or offset + length > size:
@@ -145,16 +154,15 @@ class Ext4Writer:
                 ranges.append([first, end])
         if -(-size // BLOCK_SIZE) > MAX_FILE_BLOCKS:
             raise LimitExceeded(f"{owner}: file of {size} bytes is too large for ext4", subject=owner)
-        total = sum(end - first for first, end in ranges)
-        start = self.allocate(total, owner)
+        start = self.allocate(sum(end - first for first, end in ranges), owner)
         runs: list[Run] = []
         physical = start
         for first, end in ranges:
             runs.append((first, physical, end - first))
             physical += end - first
-        node.size = size
-        node.runs = runs or None
-        # Map each segment's logical offset to its image offset.
+        self.tree.size[ino] = size
+        if runs:
+            self.tree.runs[ino] = runs
         placed: list[tuple[int, int]] = []
         k = 0
         for offset, length in segments:
@@ -174,51 +182,15 @@ class Ext4Writer:
         if self._closed:
             raise FailedPrecondition("image already closed")
         self._closed = True
-        out = self.out
         tree = self.tree
-        meta_start = self.cursor
-        extra_blocks: dict[int, int] = {}  # ino -> metadata blocks owned (tree nodes, xattr)
-        i_blocks: dict[int, bytes] = {}  # ino -> 60-byte i_block
-        xattr_block: dict[int, int] = {}
-        inode_areas: dict[int, bytes | None] = {}
-
-        def alloc(n: int) -> int:
-            return self.allocate(n, "image metadata")
-
-        for node in tree.live_inodes():
-            ino = node.ino
-            fmt = stat.S_IFMT(node.mode)
-            if fmt == stat.S_IFDIR:
-                body = pack_directory(self._dirents(node))
-                start = alloc(len(body) // BLOCK_SIZE)
-                out.write_at(start * BLOCK_SIZE, body)
-                node.size = len(body)
-                node.runs = [(0, start, len(body) // BLOCK_SIZE)]
-            elif fmt == stat.S_IFLNK and node.data is not None and len(node.data) >= 60:
-                start = alloc(1)
-                out.write_at(start * BLOCK_SIZE, node.data.ljust(BLOCK_SIZE, b"\x00"))
-                node.runs = [(0, start, 1)]
-            area, block = inode_xattrs(node, self.inline_data)
-            inode_areas[ino] = area
-            if block is not None:
-                at = alloc(1)
-                out.write_at(at * BLOCK_SIZE, block)
-                xattr_block[ino] = at
-                extra_blocks[ino] = 1
-            if node.runs is not None:
-                runs = split_runs(node.runs)
-                root, nodes, count = build_extent_tree(runs, alloc)
-                for blockno, content in nodes:
-                    out.write_at(blockno * BLOCK_SIZE, content)
-                i_blocks[ino] = root
-                if count:
-                    extra_blocks[ino] = extra_blocks.get(ino, 0) + count
+        count = tree.count
+        xattr_block = array("I", bytes(4 * (count + 1)))
+        extra_blocks = array("I", bytes(4 * (count + 1)))
+        deep_roots: dict[int, bytes] = {}  # extent roots of trees deeper than the inode
+        self._write_metadata(xattr_block, extra_blocks, deep_roots)
         meta_end = self.cursor
-        out.flush()
 
-        # Geometry: the fewest groups whose inode tables and bitmaps fit after everything else.
-        inodes_needed = len(tree.inodes)
-        groups, ipg = self._geometry(meta_end, inodes_needed)
+        groups, ipg = self._geometry(meta_end, count)
         table_blocks = ipg // INODES_PER_BLOCK
         table_start = meta_end
         bitmap_start = table_start + groups * table_blocks
@@ -228,83 +200,11 @@ class Ext4Writer:
             limit = self.max_blocks * BLOCK_SIZE
             raise LimitExceeded(f"image would exceed the maximum size of {limit} bytes")
 
-        # Inode tables, one group at a time.
-        used_inodes = 0
-        dirs_per_group = [0] * groups
-        free_inodes = [ipg] * groups
-        inode_bitmaps = [bytearray(BLOCK_SIZE) for _ in range(groups)]
-        for g in range(groups):
-            bm = inode_bitmaps[g]
-            bm[ipg // 8 :] = b"\xff" * (BLOCK_SIZE - ipg // 8)  # padding bits past the group
-        table = bytearray(ipg * 256)
-        group = 0
-        for ino in range(1, len(tree.inodes) + 1):
-            g, index = divmod(ino - 1, ipg)
-            if g != group:
-                out.write_at((table_start + group * table_blocks) * BLOCK_SIZE, table)
-                table = bytearray(ipg * 256)
-                group = g
-            node = tree.inodes[ino - 1]
-            if node is None:
-                if ino >= 11:
-                    continue
-                # Reserved inodes 1, 3..10 are in use but empty.
-            else:
-                if node.children is not None:
-                    dirs_per_group[g] += 1
-                links = 2 + node.links if node.children is not None else node.links
-                table[index * 256 : index * 256 + 256] = pack_inode(
-                    node,
-                    links,
-                    i_blocks.get(ino),
-                    inode_areas.get(ino),
-                    xattr_block.get(ino, 0),
-                    extra_blocks.get(ino, 0),
-                )
-            inode_bitmaps[g][index >> 3] |= 1 << (index & 7)
-            free_inodes[g] -= 1
-            used_inodes += 1
-        out.write_at((table_start + group * table_blocks) * BLOCK_SIZE, table)
-        out.flush()
-
-        # Block bitmap over the whole filesystem, then per-group slices.
-        gdt_blocks = -(-groups // DESCS_PER_BLOCK)
-        bits = bytearray(groups * BLOCK_SIZE)
-        _set_range(bits, 0, 1 + gdt_blocks, True)
-        _set_range(bits, self.first_data_block, used_end, True)
-        for start, count in self.freed:
-            _set_range(bits, start, start + count, False)
-        _set_range(bits, blocks_count, groups * BLOCKS_PER_GROUP, True)  # past the end
-        used_blocks = 0
-        free_blocks = []
-        for g in range(groups):
-            piece = bits[g * BLOCK_SIZE : (g + 1) * BLOCK_SIZE]
-            out.write_at((bitmap_start + 2 * g) * BLOCK_SIZE, piece)
-            out.write_at((bitmap_start + 2 * g + 1) * BLOCK_SIZE, inode_bitmaps[g])
-            ones = int.from_bytes(piece, "little").bit_count()
-            free_blocks.append(BLOCKS_PER_GROUP - ones)
-        used_blocks = blocks_count - sum(free_blocks)
-
-        # Group descriptors.
-        gdt = bytearray(gdt_blocks * BLOCK_SIZE)
-        for g in range(groups):
-            GROUP_DESC.pack_into(
-                gdt,
-                g * GROUP_DESC.size,
-                bitmap_start + 2 * g,
-                bitmap_start + 2 * g + 1,
-                table_start + g * table_blocks,
-                free_blocks[g],
-                free_inodes[g],
-                dirs_per_group[g],
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-            )
-        out.write_at(BLOCK_SIZE, gdt)
+        dirs, free_inodes, inode_bitmaps = self._write_inode_table(
+            table_start, ipg, groups, xattr_block, extra_blocks, deep_roots
+        )
+        free_blocks = self._write_bitmaps(groups, blocks_count, used_end, bitmap_start, inode_bitmaps)
+        self._write_descriptors(groups, bitmap_start, table_start, table_blocks, free_blocks, free_inodes, dirs)
         superblock = pack_superblock(
             blocks_count=blocks_count,
             free_blocks=sum(free_blocks),
@@ -313,38 +213,172 @@ class Ext4Writer:
             inodes_per_group=ipg,
             inline_data=self.inline_data,
         )
-        out.write_at(1024, superblock)
-        out.flush()
-        os.ftruncate(out.fd, blocks_count * BLOCK_SIZE)
+        self.out.write_at(1024, superblock)
+        self.out.flush()
+        os.ftruncate(self.out.fd, blocks_count * BLOCK_SIZE)
         return ImageStats(
             size=blocks_count * BLOCK_SIZE,
             blocks_count=blocks_count,
-            used_blocks=used_blocks,
+            used_blocks=blocks_count - sum(free_blocks),
             inodes_count=groups * ipg,
-            used_inodes=used_inodes,
+            used_inodes=groups * ipg - sum(free_inodes),
             groups=groups,
         )
 
-    def _dirents(self, node: Inode) -> list[tuple[int, int, bytes]]:
-        parent = node.parent if node.parent is not None else node
-        entries = [(node.ino, FileType.DIR, b"."), (parent.ino, FileType.DIR, b"..")]
-        for name, child in node.children.items():  # type: ignore[union-attr]
-            entries.append((child.ino, _FTYPE[stat.S_IFMT(child.mode)], name))
+    def _write_metadata(self, xattr_block: array[int], extra_blocks: array[int], deep_roots: dict[int, bytes]) -> None:
+        """Directory blocks, slow symlink targets, xattr blocks and extent tree nodes."""
+        tree = self.tree
+        out = self.out
+
+        def alloc(n: int) -> int:
+            return self.allocate(n, "image metadata")
+
+        mode = tree.mode
+        for ino in range(1, tree.count + 1):
+            fmt = stat.S_IFMT(mode[ino])
+            if not fmt:
+                continue
+            if fmt == stat.S_IFDIR:
+                body = pack_directory(self._dirents(ino))
+                n = len(body) // BLOCK_SIZE
+                start = alloc(n)
+                out.write_at(start * BLOCK_SIZE, body)
+                tree.size[ino] = len(body)
+                tree.runs[ino] = [(0, start, n)]
+            elif fmt == stat.S_IFLNK and len(tree.data[ino]) > FAST_SYMLINK_MAX:
+                start = alloc(1)
+                out.write_at(start * BLOCK_SIZE, tree.data[ino].ljust(BLOCK_SIZE, b"\x00"))
+                tree.runs[ino] = [(0, start, 1)]
+            if ino in tree.xattrs or (self.inline_data and fmt == stat.S_IFREG and ino in tree.data):
+                _, block = inode_xattrs(tree, ino, self.inline_data)
+                if block is not None:
+                    at = alloc(1)
+                    out.write_at(at * BLOCK_SIZE, block)
+                    xattr_block[ino] = at
+                    extra_blocks[ino] = 1
+            runs = tree.data_runs(ino)
+            if runs is not None:
+                extents = split_runs(runs)
+                if len(extents) > EXTENTS_IN_INODE:
+                    root, nodes, node_count = build_extent_tree(extents, alloc)
+                    for blockno, content in nodes:
+                        out.write_at(blockno * BLOCK_SIZE, content)
+                    deep_roots[ino] = root
+                    extra_blocks[ino] += node_count
+        out.flush()
+
+    def _write_inode_table(
+        self,
+        table_start: int,
+        ipg: int,
+        groups: int,
+        xattr_block: array[int],
+        extra_blocks: array[int],
+        deep_roots: dict[int, bytes],
+    ) -> tuple[list[int], list[int], list[bytearray]]:
+        """Pack every inode into the tables (contiguous across groups); returns per-group
+        directory counts, free inode counts and inode bitmaps."""
+        tree = self.tree
+        out = self.out
+        dirs = [0] * groups
+        free_inodes = [ipg] * groups
+        bitmaps = []
+        for _ in range(groups):
+            bm = bytearray(BLOCK_SIZE)
+            bm[ipg // 8 :] = b"\xff" * (BLOCK_SIZE - ipg // 8)  # padding past the group's inodes
+            bitmaps.append(bm)
+        base = table_start * BLOCK_SIZE - INODE_SIZE  # inode 1 is the first slot
+        mode = tree.mode
+        for ino in range(1, tree.count + 1):
+            g, index = divmod(ino - 1, ipg)
+            if mode[ino]:
+                if ino in tree.children:
+                    dirs[g] += 1
+                area, _ = inode_xattrs(tree, ino, self.inline_data) if (
+                    ino in tree.xattrs or (self.inline_data and ino in tree.data)
+                ) else (None, None)
+                out.write_at(
+                    base + ino * INODE_SIZE,
+                    pack_inode(tree, ino, deep_roots.get(ino), area, xattr_block[ino], extra_blocks[ino]),
+                )
+            elif ino >= LOST_AND_FOUND_INO:
+                continue  # free: left zero
+            # reserved inodes 1..10 are in use (and empty)
+            bitmaps[g][index >> 3] |= 1 << (index & 7)
+            free_inodes[g] -= 1
+        out.flush()
+        return dirs, free_inodes, bitmaps
+
+    def _write_bitmaps(
+        self, groups: int, blocks_count: int, used_end: int, bitmap_start: int, inode_bitmaps: list[bytearray]
+    ) -> list[int]:
+        """Block and inode bitmaps, interleaved per group; returns free blocks per group."""
+        gdt_blocks = -(-groups // DESCS_PER_BLOCK)
+        bits = bytearray(groups * BLOCK_SIZE)
+        _set_range(bits, 0, 1 + gdt_blocks, True)
+        _set_range(bits, self.first_data_block, used_end, True)
+        for start, count in self.freed:
+            _set_range(bits, start, start + count, False)
+        _set_range(bits, blocks_count, groups * BLOCKS_PER_GROUP, True)  # past the end
+        free_blocks = []
+        for g in range(groups):
+            piece = bits[g * BLOCK_SIZE : (g + 1) * BLOCK_SIZE]
+            self.out.write_at((bitmap_start + 2 * g) * BLOCK_SIZE, piece)
+            self.out.write_at((bitmap_start + 2 * g + 1) * BLOCK_SIZE, inode_bitmaps[g])
+            free_blocks.append(BLOCKS_PER_GROUP - int.from_bytes(piece, "little").bit_count())
+        return free_blocks
+
+    def _write_descriptors(
+        self,
+        groups: int,
+        bitmap_start: int,
+        table_start: int,
+        table_blocks: int,
+        free_blocks: list[int],
+        free_inodes: list[int],
+        dirs: list[int],
+    ) -> None:
+        gdt = bytearray(-(-groups // DESCS_PER_BLOCK) * BLOCK_SIZE)
+        for g in range(groups):
+            GROUP_DESC.pack_into(
+                gdt,
+                g * GROUP_DESC.size,
+                bitmap_start + 2 * g,  # bg_block_bitmap_lo
+                bitmap_start + 2 * g + 1,  # bg_inode_bitmap_lo
+                table_start + g * table_blocks,  # bg_inode_table_lo
+                free_blocks[g],
+                free_inodes[g],
+                dirs[g],
+                0,  # bg_flags: no checksums, so no *_UNINIT
+                0,
+                0,
+                0,
+                0,
+                0,
+            )
+        self.out.write_at(BLOCK_SIZE, gdt)
+
+    def _dirents(self, ino: int) -> list[tuple[int, int, bytes]]:
+        tree = self.tree
+        mode = tree.mode
+        entries = [(ino, FileType.DIR, b"."), (tree.parent.get(ino, ino), FileType.DIR, b"..")]
+        for name, child in tree.children[ino].items():
+            entries.append((child, _FTYPE[stat.S_IFMT(mode[child])], name))
         return entries
 
     def _geometry(self, meta_end: int, inodes_needed: int) -> tuple[int, int]:
         """Smallest group count (then inodes per group) that fits blocks and inodes."""
         groups = max(1, -(-meta_end // BLOCKS_PER_GROUP))
-        while True:
+        max_groups = self.gdt_reserved * DESCS_PER_BLOCK
+        while groups <= max_groups:
             ipg = max(16, _round_up(-(-inodes_needed // groups), 16))
             if ipg <= BLOCKS_PER_GROUP:
                 used_end = meta_end + groups * (ipg // INODES_PER_BLOCK) + 2 * groups
-                if used_end <= groups * BLOCKS_PER_GROUP and groups <= self.gdt_reserved * DESCS_PER_BLOCK:
+                if used_end <= groups * BLOCKS_PER_GROUP:
                     return groups, ipg
             groups += 1
-            if groups > self.gdt_reserved * DESCS_PER_BLOCK:
-                limit = self.max_blocks * BLOCK_SIZE
-                raise LimitExceeded(f"image would exceed the maximum size of {limit} bytes")
+        limit = self.max_blocks * BLOCK_SIZE
+        raise LimitExceeded(f"image would exceed the maximum size of {limit} bytes")
 
 
 def _set_range(bits: bytearray, start: int, end: int, value: bool) -> None:

@@ -1,0 +1,231 @@
+"""ext4 reader: directory entries (SPEC §6.4; kernel ``fs/ext4/dir.c``, ``namei.c``, ``inline.c``).
+
+Linear directories are blocks of ``ext4_dir_entry_2`` records chained by ``rec_len``. Hashed
+(htree) directories are read the same way: their index blocks look like one empty record (the
+root holds ``.`` and a ``..`` spanning the block, inner nodes one inode-0 record spanning it), so
+a linear read of every block yields exactly the leaf entries. Inline directories keep the parent
+inode in the first four bytes of ``i_block``, entries in the other 56 and in the ``system.data``
+xattr value.
+
+Every record is checked the way ``ext4_check_dir_entry`` does (length, alignment, name inside
+the record, inode number in range) and names with ``/`` or NUL are refused, so a walk can never
+be steered outside its tree. ``metadata_csum`` leaf tails and htree ``dx_tail`` checksums are
+verified on request.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from lcow.errors import CorruptImage
+from lcow.formats.ext4.layout import DIRENT_HEADER, FileType
+from lcow.formats.ext4.read_csum import crc32c_raw
+
+__all__ = [
+    "DIR_TAIL_FILE_TYPE",
+    "DirEntry",
+    "decode_rec_len",
+    "parse_dir_region",
+    "parse_inline_dir",
+    "verify_dir_block",
+]
+
+DIR_TAIL_FILE_TYPE = 0xDE  # EXT4_FT_DIR_CSUM
+_DIR_TAIL = struct.Struct("<IHBBI")  # det_reserved_zero1, det_rec_len, zero2, det_reserved_ft, csum
+_MIN_REC_LEN = 12  # EXT4_DIR_REC_LEN(1)
+_INLINE_DOTDOT_SIZE = 4
+_DX_ROOT_INFO_OFFSET = 24  # after "." (12) and the start of ".." (12)
+_DX_NODE_COUNT_OFFSET = 8  # after the fake inode-0 record header
+_DX_ENTRY = 8
+_DX_TAIL = 8  # dt_reserved, dt_checksum
+_U16X2 = struct.Struct("<HH")
+
+
+class DirEntry(NamedTuple):
+    """One live directory entry.
+
+    Attributes:
+        name: entry name bytes (never empty, no ``/`` or NUL).
+        ino: inode number it points at.
+        file_type: ``FileType`` value from the entry (0 without the ``filetype`` feature).
+    """
+
+    name: bytes
+    ino: int
+    file_type: int
+
+
+def decode_rec_len(raw: int, block_size: int) -> int:
+    """``ext4_rec_len_from_disk``: 64 KiB blocks encode lengths above 65535 in the low bits."""
+    if block_size < 65536:
+        return raw
+    if raw in (65535, 0):
+        return block_size
+    return (raw & 65532) | ((raw & 3) << 16)
+
+
+def parse_dir_region(
+    buf: bytes,
+    *,
+    where: str,
+    subject: str,
+    block_size: int,
+    inodes_count: int,
+    has_filetype: bool,
+) -> Iterator[DirEntry]:
+    """Parse records that must tile ``buf`` exactly (a block, or an inline region).
+
+    Args:
+        buf: the region.
+        where: message prefix naming the image, directory and block.
+        subject: error subject (``"inode N"``).
+        block_size: filesystem block size (``rec_len`` decoding).
+        inodes_count: highest valid inode number.
+        has_filetype: entries carry a file type byte (otherwise ``name_len`` is 16-bit).
+
+    Yields:
+        Live entries (inode non-zero) in on-disk order, ``.`` and ``..`` included.
+
+    Raises:
+        CorruptImage: a record that breaks the rules above.
+    """
+    end = len(buf)
+    off = 0
+    while off < end:
+        if end - off < DIRENT_HEADER.size:
+            raise CorruptImage(f"{where}: record at offset {off} is truncated", subject=subject)
+        ino, raw_len, name_len, ftype = DIRENT_HEADER.unpack_from(buf, off)
+        if not has_filetype:
+            name_len |= ftype << 8
+            ftype = FileType.UNKNOWN
+        rec_len = decode_rec_len(raw_len, block_size)
+        if (
+            rec_len < _MIN_REC_LEN
+            or rec_len % 4
+            or off + rec_len > end
+            or DIRENT_HEADER.size + name_len > rec_len
+        ):
+            raise CorruptImage(
+                f"{where}: bad record at offset {off} (rec_len {rec_len}, name_len {name_len})",
+                subject=subject,
+            )
+        if ino:
+            if ino > inodes_count:
+                raise CorruptImage(
+                    f"{where}: record at offset {off} points at inode {ino} beyond "
+                    f"{inodes_count}",
+                    subject=subject,
+                )
+            name = buf[off + DIRENT_HEADER.size : off + DIRENT_HEADER.size + name_len]
+            if not name or b"/" in name or b"\0" in name:
+                raise CorruptImage(
+                    f"{where}: record at offset {off} has invalid name {name!r}", subject=subject
+                )
+            yield DirEntry(name, ino, ftype)
+        off += rec_len
+
+
+def parse_inline_dir(
+    i_block: bytes,
+    data: bytes,
+    *,
+    where: str,
+    subject: str,
+    block_size: int,
+    inodes_count: int,
+    has_filetype: bool,
+) -> Iterator[DirEntry]:
+    """Entries of an inline directory (``..`` first; inline directories store no ``.``).
+
+    Args:
+        i_block: the inode's 60-byte ``i_block``.
+        data: the ``system.data`` xattr value (may be empty).
+        where: message prefix naming the image and directory.
+        subject: error subject.
+        block_size: filesystem block size.
+        inodes_count: highest valid inode number.
+        has_filetype: entries carry a file type byte.
+
+    Yields:
+        Live entries, starting with ``..``.
+
+    Raises:
+        CorruptImage: see :func:`parse_dir_region`.
+    """
+    parent = struct.unpack_from("<I", i_block)[0]
+    if not 0 < parent <= inodes_count:
+        raise CorruptImage(f"{where}: inline parent inode {parent} is invalid", subject=subject)
+    yield DirEntry(b"..", parent, FileType.DIR)
+    for region in (i_block[_INLINE_DOTDOT_SIZE:], data):
+        if region:
+            yield from parse_dir_region(
+                region,
+                where=where,
+                subject=subject,
+                block_size=block_size,
+                inodes_count=inodes_count,
+                has_filetype=has_filetype,
+            )
+
+
+def verify_dir_block(block: bytes, iseed: int, *, indexed: bool, where: str, subject: str) -> None:
+    """Check a directory block's ``metadata_csum`` checksum.
+
+    Leaf blocks end with a 12-byte tail record holding ``crc32c(iseed, block[:-12])``; htree
+    index blocks carry a ``dx_tail`` after their ``limit`` entries.
+
+    Args:
+        block: the whole block.
+        iseed: the directory's per-inode seed.
+        indexed: the directory has ``INDEX_FL`` (index blocks may appear).
+        where: message prefix.
+        subject: error subject.
+
+    Raises:
+        CorruptImage: no checksum where one is required, or a mismatch.
+    """
+    bs = len(block)
+    tail_off = bs - _DIR_TAIL.size
+    t_ino, t_len, t_nl, t_ft, t_csum = _DIR_TAIL.unpack_from(block, tail_off)
+    if t_ino == 0 and t_len == _DIR_TAIL.size and t_nl == 0 and t_ft == DIR_TAIL_FILE_TYPE:
+        computed = crc32c_raw(iseed, block[:tail_off])
+        if computed != t_csum:
+            raise CorruptImage(
+                f"{where}: checksum mismatch (stored {t_csum:#010x}, computed {computed:#010x})",
+                subject=subject,
+            )
+        return
+    count_offset = _dx_count_offset(block) if indexed else None
+    if count_offset is None:
+        raise CorruptImage(f"{where}: directory block has no checksum tail", subject=subject)
+    limit, count = _U16X2.unpack_from(block, count_offset)
+    tail = count_offset + limit * _DX_ENTRY
+    if count > limit or tail + _DX_TAIL > bs:
+        raise CorruptImage(
+            f"{where}: htree node limit {limit}/count {count} leaves no room for its checksum",
+            subject=subject,
+        )
+    crc = crc32c_raw(iseed, block[: count_offset + count * _DX_ENTRY])
+    crc = crc32c_raw(crc, block[tail : tail + 4])
+    stored = struct.unpack_from("<I", block, tail + 4)[0]
+    if crc != stored:
+        raise CorruptImage(
+            f"{where}: htree node checksum mismatch (stored {stored:#010x}, computed {crc:#010x})",
+            subject=subject,
+        )
+
+
+def _dx_count_offset(block: bytes) -> int | None:
+    """Offset of ``limit``/``count`` if ``block`` looks like an htree root or inner node."""
+    bs = len(block)
+    ino, raw_len, name_len, _ = DIRENT_HEADER.unpack_from(block, 0)
+    if ino == 0 and name_len == 0 and decode_rec_len(raw_len, bs) == bs:
+        return _DX_NODE_COUNT_OFFSET
+    if name_len == 1 and block[8:9] == b"." and decode_rec_len(raw_len, bs) == _MIN_REC_LEN:
+        _, dd_len, dd_nl, _ = DIRENT_HEADER.unpack_from(block, _MIN_REC_LEN)
+        if dd_nl == 2 and decode_rec_len(dd_len, bs) == bs - _MIN_REC_LEN:
+            info_length = block[_DX_ROOT_INFO_OFFSET + 5]
+            return _DX_ROOT_INFO_OFFSET + info_length
+    return None

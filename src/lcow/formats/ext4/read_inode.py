@@ -1,0 +1,256 @@
+"""ext4 reader: decoding one on-disk inode (SPEC §6.3; kernel ``ext4_iget``).
+
+Handles 128-byte inodes and larger ones with ``i_extra_isize``, 32-bit owners (low and high
+halves), 64-bit sizes, ``huge_file`` block counts, nanosecond timestamps with epoch bits, old and
+new device encodings, and — on request — the ``metadata_csum`` inode checksum.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from dataclasses import dataclass
+
+from lcow.errors import CorruptImage
+from lcow.formats.ext4 import read_csum
+from lcow.formats.ext4.layout import INODE_STRUCT, InodeFlag
+
+__all__ = ["GOOD_OLD_INODE_SIZE", "Inode", "decode_time_ns", "parse_inode"]
+
+GOOD_OLD_INODE_SIZE = 128
+_NS = 1_000_000_000
+_EPOCH_MASK = 3
+# Bytes of i_extra_isize a field needs to be present (EXT4_FITS_IN_INODE).
+_EXTRA_CSUM_HI = 4
+_EXTRA_CTIME = 8
+_EXTRA_MTIME = 12
+_EXTRA_ATIME = 16
+_EXTRA_CRTIME = 20
+_EXTRA_CRTIME_EXTRA = 24
+_VALID_TYPES = frozenset(
+    {stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO,
+     stat.S_IFSOCK}
+)
+_U32 = struct.Struct("<I")
+
+
+@dataclass(frozen=True, slots=True)
+class Inode:
+    """A decoded inode.
+
+    Attributes:
+        ino: inode number.
+        mode: ``st_mode`` (type and permission bits).
+        uid: owner (32 bits).
+        gid: group (32 bits).
+        size: ``i_size`` in bytes.
+        nlink: ``i_links_count`` (1 for a directory past the ``dir_nlink`` limit).
+        blocks: allocated space in 512-byte units (``st_blocks``).
+        flags: ``i_flags``.
+        atime_ns: access time, nanoseconds since the epoch.
+        mtime_ns: modification time.
+        ctime_ns: change time.
+        crtime_ns: creation time, ``None`` when the inode has no room for it.
+        generation: ``i_generation``.
+        file_acl: block of the external xattr block, 0 when none.
+        rdev: device number (``os.makedev``) for character and block devices, else 0.
+        i_block: the 60-byte ``i_block`` area (extent root, block map, inline data, short
+            symlink target).
+        xattr_area: in-inode bytes after ``i_extra_isize`` (xattr header and entries).
+    """
+
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    nlink: int
+    blocks: int
+    flags: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    crtime_ns: int | None
+    generation: int
+    file_acl: int
+    rdev: int
+    i_block: bytes
+    xattr_area: bytes
+
+    @property
+    def file_type(self) -> int:
+        """``stat.S_IFMT(mode)``."""
+        return stat.S_IFMT(self.mode)
+
+    @property
+    def is_dir(self) -> bool:
+        """A directory."""
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        """A regular file."""
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        """A symbolic link."""
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def has_extents(self) -> bool:
+        """Data mapped by an extent tree (``EXTENTS_FL``)."""
+        return bool(self.flags & InodeFlag.EXTENTS)
+
+    @property
+    def has_inline_data(self) -> bool:
+        """Data stored in the inode (``INLINE_DATA_FL``)."""
+        return bool(self.flags & InodeFlag.INLINE_DATA)
+
+
+def decode_time_ns(seconds: int, extra: int | None) -> int:
+    """Decode an ext4 timestamp to integer nanoseconds.
+
+    Args:
+        seconds: the 32-bit on-disk seconds (signed).
+        extra: the ``_extra`` word (epoch bits 0-1, nanoseconds << 2), or ``None`` if absent.
+
+    Returns:
+        Nanoseconds since the Unix epoch.
+    """
+    secs = seconds - (1 << 32) if seconds & 0x80000000 else seconds
+    if extra is None:
+        return secs * _NS
+    secs += (extra & _EPOCH_MASK) << 32
+    return secs * _NS + (extra >> 2)
+
+
+def _decode_rdev(i_block: bytes) -> int:
+    old = _U32.unpack_from(i_block, 0)[0]
+    if old:
+        return os.makedev((old >> 8) & 0xFF, old & 0xFF)
+    new = _U32.unpack_from(i_block, 4)[0]
+    return os.makedev((new & 0xFFF00) >> 8, (new & 0xFF) | ((new >> 12) & 0xFFF00))
+
+
+def parse_inode(
+    ino: int,
+    raw: bytes,
+    *,
+    huge_file: bool,
+    bit64: bool,
+    block_size: int,
+    verify_seed: int | None,
+    name: str,
+) -> Inode:
+    """Decode one on-disk inode.
+
+    Args:
+        ino: inode number (for messages and the checksum).
+        raw: ``s_inode_size`` bytes.
+        huge_file: the filesystem has ``huge_file`` (48-bit ``i_blocks``).
+        bit64: the filesystem has ``64bit`` (48-bit ``i_file_acl``).
+        block_size: filesystem block size.
+        verify_seed: the filesystem checksum seed to verify the inode checksum with, or
+            ``None`` not to verify.
+        name: image label for messages.
+
+    Returns:
+        The decoded inode; the caller decides whether an unused inode (mode 0 or no links)
+        may be referenced.
+
+    Raises:
+        CorruptImage: bad ``i_extra_isize``, unknown file type, checksum mismatch.
+    """
+    inode_size = len(raw)
+    padded = raw[: INODE_STRUCT.size].ljust(INODE_STRUCT.size, b"\0")
+    (
+        i_mode,
+        i_uid,
+        i_size_lo,
+        i_atime,
+        i_ctime,
+        i_mtime,
+        _i_dtime,
+        i_gid,
+        i_links_count,
+        i_blocks_lo,
+        i_flags,
+        _l_i_version,
+        i_block,
+        i_generation,
+        i_file_acl_lo,
+        i_size_high,
+        _i_obso_faddr,
+        l_i_blocks_high,
+        l_i_file_acl_high,
+        l_i_uid_high,
+        l_i_gid_high,
+        l_i_checksum_lo,
+        _l_i_reserved,
+        i_extra_isize,
+        i_checksum_hi,
+        i_ctime_extra,
+        i_mtime_extra,
+        i_atime_extra,
+        i_crtime,
+        i_crtime_extra,
+    ) = INODE_STRUCT.unpack(padded)
+    if inode_size <= GOOD_OLD_INODE_SIZE:
+        extra = 0
+    else:
+        extra = i_extra_isize
+        if extra % 4 or GOOD_OLD_INODE_SIZE + extra > inode_size:
+            raise CorruptImage(
+                f"{name}: inode {ino}: bad i_extra_isize {extra} for {inode_size}-byte inodes",
+                subject=f"inode {ino}",
+            )
+    if verify_seed is not None:
+        has_hi = extra >= _EXTRA_CSUM_HI
+        iseed = read_csum.inode_csum_seed(verify_seed, ino, i_generation)
+        computed = read_csum.inode_csum(iseed, raw, has_hi=has_hi)
+        stored = l_i_checksum_lo | (i_checksum_hi << 16 if has_hi else 0)
+        if not has_hi:
+            computed &= 0xFFFF
+        if stored != computed:
+            raise CorruptImage(
+                f"{name}: inode {ino}: checksum mismatch (stored {stored:#x}, computed "
+                f"{computed:#x})",
+                subject=f"inode {ino}",
+            )
+    if i_mode and stat.S_IFMT(i_mode) not in _VALID_TYPES:
+        raise CorruptImage(
+            f"{name}: inode {ino}: bad file type in mode {i_mode:#o}", subject=f"inode {ino}"
+        )
+    blocks = i_blocks_lo
+    if huge_file:
+        blocks |= l_i_blocks_high << 32
+        if i_flags & InodeFlag.HUGE_FILE:
+            blocks *= block_size // 512
+    mode_type = stat.S_IFMT(i_mode)
+    rdev = _decode_rdev(i_block) if mode_type in (stat.S_IFCHR, stat.S_IFBLK) else 0
+    return Inode(
+        ino=ino,
+        mode=i_mode,
+        uid=i_uid | (l_i_uid_high << 16),
+        gid=i_gid | (l_i_gid_high << 16),
+        size=i_size_lo | (i_size_high << 32),
+        nlink=i_links_count,
+        blocks=blocks,
+        flags=i_flags,
+        atime_ns=decode_time_ns(i_atime, i_atime_extra if extra >= _EXTRA_ATIME else None),
+        mtime_ns=decode_time_ns(i_mtime, i_mtime_extra if extra >= _EXTRA_MTIME else None),
+        ctime_ns=decode_time_ns(i_ctime, i_ctime_extra if extra >= _EXTRA_CTIME else None),
+        crtime_ns=(
+            decode_time_ns(i_crtime, i_crtime_extra if extra >= _EXTRA_CRTIME_EXTRA else None)
+            if extra >= _EXTRA_CRTIME
+            else None
+        ),
+        generation=i_generation,
+        file_acl=i_file_acl_lo | (l_i_file_acl_high << 32 if bit64 else 0),
+        rdev=rdev,
+        i_block=i_block,
+        xattr_area=raw[GOOD_OLD_INODE_SIZE + extra :] if inode_size > GOOD_OLD_INODE_SIZE else b"",
+    )
+
