@@ -512,6 +512,8 @@ class TarReader:
             parts = (pending + block).split(b"\n")
             pending = parts.pop()
             for part in parts:
+                if count >= 0 and len(lines) >= 2 * count:
+                    break  # the rest of the block is padding
                 value = int(part)
                 if count < 0:
                     count = value
@@ -519,7 +521,7 @@ class TarReader:
                         raise LimitExceeded(f"{shown}: sparse map too large", subject=shown)
                 else:
                     lines.append(value)
-            if len(pending) > 40:
+            if (count < 0 or len(lines) < 2 * count) and len(pending) > 40:
                 raise InvalidArgument(f"{shown}: malformed GNU sparse map", subject=shown)
         entry.size -= used
         return lines[: 2 * count]

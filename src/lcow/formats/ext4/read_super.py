@@ -64,6 +64,7 @@ _EXT4_GOOD_OLD_REV = 0
 _EXT4_GOOD_OLD_INODE_SIZE = 128
 _EXT4_GOOD_OLD_FIRST_INO = 11
 _MAX_LOG_BLOCK_SIZE = 6  # 64 KiB
+_MAX_LOG_CLUSTER_SIZE = 19  # 512 MiB, the kernel's limit for bigalloc clusters
 _BG_INODE_UNINIT = 0x1
 # struct ext4_group_desc, high halves (64bit): bg_block_bitmap_hi, bg_inode_bitmap_hi,
 # bg_inode_table_hi, bg_free_blocks_count_hi, bg_free_inodes_count_hi, bg_used_dirs_count_hi,
@@ -108,6 +109,7 @@ class Superblock:
         s_checksum_seed: ``s_checksum_seed`` when ``CSUM_SEED`` is set, else ``None``.
         s_checksum: stored superblock checksum.
         block_size: bytes per block.
+        cluster_size: bytes per allocation cluster (the block size without ``bigalloc``).
         group_count: number of block groups.
         raw: the 1024 superblock bytes.
     """
@@ -131,6 +133,7 @@ class Superblock:
     s_checksum_seed: int | None
     s_checksum: int
     block_size: int
+    cluster_size: int
     group_count: int
     raw: bytes
 
@@ -242,6 +245,8 @@ def parse_superblock(raw: bytes, *, disk_size: int, name: str, verify: bool) -> 
         raise bad(f"blocks per group {bpg} is invalid")
     if ipg < 1 or ipg > 8 * block_size:
         raise bad(f"inodes per group {ipg} is invalid")
+    if bigalloc and not f["s_log_block_size"] <= f["s_log_cluster_size"] <= _MAX_LOG_CLUSTER_SIZE:
+        raise bad(f"cluster size 1024 << {f['s_log_cluster_size']} is invalid")
     groups = -(-(blocks - first_data) // bpg)
     if groups * ipg != f["s_inodes_count"]:
         raise bad(f"inode count {f['s_inodes_count']} != {groups} groups x {ipg} per group")
@@ -291,6 +296,7 @@ def parse_superblock(raw: bytes, *, disk_size: int, name: str, verify: bool) -> 
         s_checksum_seed=seed,
         s_checksum=checksum,
         block_size=block_size,
+        cluster_size=(1024 << f["s_log_cluster_size"]) if bigalloc else block_size,
         group_count=groups,
         raw=raw,
     )

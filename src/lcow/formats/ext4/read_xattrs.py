@@ -33,6 +33,7 @@ __all__ = [
     "RawXattr",
     "acl_disk_to_xattr",
     "full_name",
+    "is_acl_index",
     "parse_block_xattrs",
     "parse_inode_xattrs",
 ]
