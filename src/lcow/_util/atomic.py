@@ -11,7 +11,9 @@ __all__ = ["atomic_output"]
 
 
 @contextlib.contextmanager
-def atomic_output(dst: str | os.PathLike[str], *, fsync: bool = False, mode: int = 0o644) -> Iterator[int]:
+def atomic_output(
+    dst: str | os.PathLike[str], *, fsync: bool = False, mode: int = 0o644
+) -> Iterator[int]:
     """Yield a descriptor of a new temporary file beside ``dst``; rename it to ``dst`` on success.
 
     On any exception the temporary file is removed and ``dst`` is left as it was.

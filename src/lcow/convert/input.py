@@ -15,7 +15,7 @@ import stat
 import threading
 import zlib
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from lcow.errors import InvalidArgument
 
@@ -59,7 +59,8 @@ def _unzstd(read: Callable[[int], bytes], write: Callable[[bytes], None]) -> Non
             b[: len(data)] = data
             return len(data)
 
-    reader = zstandard.ZstdDecompressor().stream_reader(_Src(), read_across_frames=True)
+    source = cast(BinaryIO, _Src())
+    reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
     while True:
         chunk = reader.read(_CHUNK)
         if not chunk:
@@ -70,8 +71,11 @@ def _unzstd(read: Callable[[int], bytes], write: Callable[[bytes], None]) -> Non
 class _Pump:
     """Runs ``work(read, write)`` on a thread, writing into a pipe the converter reads."""
 
-    def __init__(self, work: Callable[[Callable[[int], bytes], Callable[[bytes], None]], None],
-                 read: Callable[[int], bytes]) -> None:
+    def __init__(
+        self,
+        work: Callable[[Callable[[int], bytes], Callable[[bytes], None]], None],
+        read: Callable[[int], bytes],
+    ) -> None:
         self.read_fd, self._write_fd = os.pipe()
         self.error: BaseException | None = None
         self._work = work
@@ -209,4 +213,3 @@ def _chain_work(
             write(chunk)
 
     return copy
-

@@ -43,8 +43,14 @@ _TYPE_MODE = {
     b"5": stat.S_IFDIR,
     b"6": stat.S_IFIFO,
 }
-_TYPE_NAMES = {b"1": "hard link", b"S": "sparse", b"D": "GNU dump dir", b"M": "multi-volume",
-               b"V": "volume label", b"N": "old GNU long name"}
+_TYPE_NAMES = {
+    b"1": "hard link",
+    b"S": "sparse",
+    b"D": "GNU dump dir",
+    b"M": "multi-volume",
+    b"V": "volume label",
+    b"N": "old GNU long name",
+}
 
 
 def _shown(name: bytes) -> str:
@@ -141,9 +147,13 @@ class _Converter:
             if mode_type == stat.S_IFLNK:
                 target = entry.linkname
                 if not target:
-                    raise InvalidArgument(f"{shown}: symbolic link with an empty target", subject=shown)
+                    raise InvalidArgument(
+                        f"{shown}: symbolic link with an empty target", subject=shown
+                    )
                 if len(target) >= 4096:
-                    raise InvalidArgument(f"{shown}: symbolic link target longer than 4095 bytes", subject=shown)
+                    raise InvalidArgument(
+                        f"{shown}: symbolic link target longer than 4095 bytes", subject=shown
+                    )
                 tree.data[node] = target
                 tree.size[node] = len(target)
             elif mode_type in (stat.S_IFCHR, stat.S_IFBLK):
@@ -170,7 +180,9 @@ class _Converter:
         kept = {}
         for name, value in entry.xattrs.items():  # type: ignore[union-attr]
             if split_name(name) is None:
-                log.warning("%s: skipping xattr %r in an unknown namespace", _shown(entry.name), name)
+                log.warning(
+                    "%s: skipping xattr %r in an unknown namespace", _shown(entry.name), name
+                )
                 continue
             kept[name] = value
         return kept
@@ -196,7 +208,8 @@ class _Converter:
             stored = sum(length for _, length in placed)
             if stored != entry.size:
                 raise InvalidArgument(
-                    f"{shown}: sparse map describes {stored} bytes but the entry holds {entry.size}",
+                    f"{shown}: sparse map describes {stored} bytes "
+                    f"but the entry holds {entry.size}",
                     subject=shown,
                 )
             for offset, length in placed:
@@ -253,7 +266,11 @@ class _Converter:
 
     def _aufs_meta(self, entry: TarEntry, parts: list[bytes], shown: str) -> None:
         """``/.wh..wh.*``: only regular files in ``.wh..wh.plnk`` matter (hard-link sources)."""
-        if parts[0] == _WH_LINKDIR and len(parts) == 2 and _TYPE_MODE.get(entry.type) == stat.S_IFREG:
+        if (
+            parts[0] == _WH_LINKDIR
+            and len(parts) == 2
+            and _TYPE_MODE.get(entry.type) == stat.S_IFREG
+        ):
             node = self._new_node(entry, stat.S_IFREG)
             self._file_data(node, entry, shown)
             old = self.hidden_links.pop(parts[1], None)

@@ -171,7 +171,9 @@ class TarReader:
     def _fill(self, need: int) -> bool:
         """Make ``need`` bytes available at ``_start``; False if the input ends first."""
         while self._end - self._start < need:
-            if self._start and (self._start > len(self._buf) // 2 or len(self._buf) - self._start < need):
+            if self._start and (
+                self._start > len(self._buf) // 2 or len(self._buf) - self._start < need
+            ):
                 left = self._end - self._start
                 self._buf[:left] = self._view[self._start : self._end]
                 self._start, self._end = 0, left
@@ -334,7 +336,9 @@ class TarReader:
             entry.type = typeflag
             size = _num(fields[4], "size", name)
             if size < 0:
-                raise InvalidArgument(f"{entry.display_name}: negative size", subject=entry.display_name)
+                raise InvalidArgument(
+                    f"{entry.display_name}: negative size", subject=entry.display_name
+                )
             entry.size = size
 
             if typeflag in (b"x", b"g", b"L", b"K"):
@@ -389,7 +393,7 @@ class TarReader:
         into: dict[bytes, bytes] | None,
         sparse_pairs: list[int] | None,
     ) -> tuple[dict[bytes, bytes], list[int] | None]:
-        """Parse PAX ``len key=value\\n`` records; repeated GNU.sparse.offset/numbytes keep order."""
+        """Parse PAX ``len key=value\\n`` records (repeated GNU.sparse.offset/numbytes in order)."""
         records = into if into is not None else {}
         pos = 0
         end = len(data)
@@ -473,9 +477,13 @@ class TarReader:
             off_f, len_f = _SPARSE_ENTRY.unpack_from(area, i)
             if not off_f[0] and not len_f[0]:
                 break
-            out.append((_num(off_f, "sparse offset", entry.name), _num(len_f, "sparse length", entry.name)))
+            out.append(
+                (_num(off_f, "sparse offset", entry.name), _num(len_f, "sparse length", entry.name))
+            )
 
-    def _pax_sparse(self, entry: TarEntry, pax: dict[bytes, bytes], pairs: list[int] | None) -> None:
+    def _pax_sparse(
+        self, entry: TarEntry, pax: dict[bytes, bytes], pairs: list[int] | None
+    ) -> None:
         shown = entry.display_name
         if b"GNU.sparse.name" in pax:
             entry.name = pax[b"GNU.sparse.name"]

@@ -43,7 +43,8 @@ def _leaf_entries(runs: list[Run]) -> bytes:
 
 def _index_entries(children: list[tuple[int, int]]) -> bytes:
     return b"".join(
-        EXTENT_INDEX.pack(first, blk & 0xFFFFFFFF, (blk >> 32) & 0xFFFF, 0) for first, blk in children
+        EXTENT_INDEX.pack(first, blk & 0xFFFFFFFF, (blk >> 32) & 0xFFFF, 0)
+        for first, blk in children
     )
 
 
@@ -87,7 +88,7 @@ def build_extent_tree(
             return root.ljust(60, b"\x00"), nodes, len(nodes)
         level = []
         counts = []
-        for i in range(0, len(children), EXTENTS_PER_BLOCK):
-            chunk = children[i : i + EXTENTS_PER_BLOCK]
-            level.append((chunk[0][0], _index_entries(chunk)))
-            counts.append(len(chunk))
+        for i in range(0, len(children), EXTENTS_PER_BLOCK):  # next level up: index nodes
+            group = children[i : i + EXTENTS_PER_BLOCK]
+            level.append((group[0][0], _index_entries(group)))
+            counts.append(len(group))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 
+from lcow.formats.ext4.extents import build_extent_tree, split_runs
 from lcow.formats.ext4.layout import (
     EXT4_EXTENT_MAGIC,
     EXTENT_HEADER,
@@ -14,7 +15,6 @@ from lcow.formats.ext4.layout import (
     INODE_STRUCT,
     InodeFlag,
 )
-from lcow.formats.ext4.extents import build_extent_tree, split_runs
 from lcow.formats.ext4.tree import Tree
 from lcow.formats.ext4.xattrs import XattrItem, pack_xattrs, split_name
 

@@ -10,15 +10,15 @@ import struct
 from enum import IntFlag
 
 __all__ = [
-    "BLOCK_SIZE",
     "BLOCKS_PER_GROUP",
+    "BLOCK_SIZE",
     "DESC_SIZE",
-    "EXTENT_ENTRY",
-    "EXTENT_HEADER",
-    "EXTENT_INDEX",
     "EXT4_EXTENT_MAGIC",
     "EXT4_SUPER_MAGIC",
     "EXT4_XATTR_MAGIC",
+    "EXTENT_ENTRY",
+    "EXTENT_HEADER",
+    "EXTENT_INDEX",
     "EXTRA_ISIZE",
     "FIRST_INO",
     "GROUP_DESC",
@@ -265,9 +265,11 @@ EXTENT_INDEX = struct.Struct("<IIHH")
 # struct ext4_dir_entry_2 header: inode, rec_len, name_len, file_type.
 DIRENT_HEADER = struct.Struct("<IHBB")
 
-# struct ext4_xattr_header (block): h_magic, h_refcount, h_blocks, h_hash, h_checksum, h_reserved[3].
+# struct ext4_xattr_header (block):
+# h_magic, h_refcount, h_blocks, h_hash, h_checksum, h_reserved[3].
 XATTR_HEADER = struct.Struct("<IIIII12s")
-# struct ext4_xattr_entry: e_name_len, e_name_index, e_value_offs, e_value_inum, e_value_size, e_hash.
+# struct ext4_xattr_entry:
+# e_name_len, e_name_index, e_value_offs, e_value_inum, e_value_size, e_hash.
 XATTR_ENTRY = struct.Struct("<BBHIII")
 
 # Attribute name prefixes by e_name_index (longest first where one is a prefix of another).

@@ -117,7 +117,7 @@ class Tree:
         self.mode[ino] = 0
         self.nblocks[ino] = 0
         for table in (self.children, self.parent, self.xattrs, self.data, self.runs, self.rdev):
-            table.pop(ino, None)  # type: ignore[attr-defined]
+            table.pop(ino, None)
 
     def release_unnamed(self, ino: int) -> None:
         """Free an inode that was created but never given a name (unused link sources)."""
@@ -141,7 +141,10 @@ class Tree:
             child = self.children[ino].get(part)
             if child is None:
                 child = self.new_inode(
-                    stat.S_IFDIR | 0o755, self.uid[ROOT_INO], self.gid[ROOT_INO], self.mtime[ROOT_INO]
+                    stat.S_IFDIR | 0o755,
+                    self.uid[ROOT_INO],
+                    self.gid[ROOT_INO],
+                    self.mtime[ROOT_INO],
                 )
                 self.atime[child], self.ctime[child] = self.atime[ROOT_INO], self.ctime[ROOT_INO]
                 self._attach(ino, part, child)
@@ -170,7 +173,9 @@ class Tree:
     def _attach(self, parent: int, name: bytes, ino: int) -> None:
         if len(name) > MAX_NAME_LEN:
             shown = name.decode("utf-8", "backslashreplace")
-            raise InvalidArgument(f"{shown}: invalid name (longer than {MAX_NAME_LEN} bytes)", subject=shown)
+            raise InvalidArgument(
+                f"{shown}: invalid name (longer than {MAX_NAME_LEN} bytes)", subject=shown
+            )
         self.children[parent][name] = ino
         if ino in self.children:
             self.parent[ino] = parent
@@ -211,7 +216,9 @@ class Tree:
         if name in self.children[parent]:
             self.remove(parent, name)
         if ino in self.children and self.links[parent] >= MAX_LINKS - 2:
-            raise LimitExceeded(f"{shown}: exceeded parent directory maximum link count", subject=shown)
+            raise LimitExceeded(
+                f"{shown}: exceeded parent directory maximum link count", subject=shown
+            )
         self._attach(parent, name, ino)
 
     def link(self, parent: int, name: bytes, target: int, shown: str) -> None:
@@ -224,5 +231,7 @@ class Tree:
         if self.mode[target] == 0:
             raise NotFound(f"{shown}: hard link target was removed by this entry", subject=shown)
         if self.links[target] >= MAX_LINKS:
-            raise LimitExceeded(f"{shown}: too many links to the target (max {MAX_LINKS})", subject=shown)
+            raise LimitExceeded(
+                f"{shown}: too many links to the target (max {MAX_LINKS})", subject=shown
+            )
         self._attach(parent, name, target)

@@ -117,7 +117,9 @@ class Ext4Writer:
         """Allocate a dense file of ``size`` bytes for ``ino``; returns its byte offset."""
         blocks = -(-size // BLOCK_SIZE)
         if blocks > MAX_FILE_BLOCKS:
-            raise LimitExceeded(f"{owner}: file of {size} bytes is too large for ext4", subject=owner)
+            raise LimitExceeded(
+                f"{owner}: file of {size} bytes is too large for ext4", subject=owner
+            )
         start = self.allocate(blocks, owner)
         tree = self.tree
         tree.size[ino] = size
@@ -143,7 +145,9 @@ class Ext4Writer:
         prev_end = 0
         for offset, length in segments:
             if offset < prev_end or length < 0 or offset + length > size:
-                raise InvalidArgument(f"{owner}: sparse map is out of order or out of range", subject=owner)
+                raise InvalidArgument(
+                    f"{owner}: sparse map is out of order or out of range", subject=owner
+                )
             prev_end = offset + length
             if not length:
                 continue
@@ -153,7 +157,9 @@ class Ext4Writer:
             else:
                 ranges.append([first, end])
         if -(-size // BLOCK_SIZE) > MAX_FILE_BLOCKS:
-            raise LimitExceeded(f"{owner}: file of {size} bytes is too large for ext4", subject=owner)
+            raise LimitExceeded(
+                f"{owner}: file of {size} bytes is too large for ext4", subject=owner
+            )
         start = self.allocate(sum(end - first for first, end in ranges), owner)
         runs: list[Run] = []
         physical = start
@@ -203,8 +209,12 @@ class Ext4Writer:
         dirs, free_inodes, inode_bitmaps = self._write_inode_table(
             table_start, ipg, groups, xattr_block, extra_blocks, deep_roots
         )
-        free_blocks = self._write_bitmaps(groups, blocks_count, used_end, bitmap_start, inode_bitmaps)
-        self._write_descriptors(groups, bitmap_start, table_start, table_blocks, free_blocks, free_inodes, dirs)
+        free_blocks = self._write_bitmaps(
+            groups, blocks_count, used_end, bitmap_start, inode_bitmaps
+        )
+        self._write_descriptors(
+            groups, bitmap_start, table_start, table_blocks, free_blocks, free_inodes, dirs
+        )
         superblock = pack_superblock(
             blocks_count=blocks_count,
             free_blocks=sum(free_blocks),
@@ -225,7 +235,9 @@ class Ext4Writer:
             groups=groups,
         )
 
-    def _write_metadata(self, xattr_block: array[int], extra_blocks: array[int], deep_roots: dict[int, bytes]) -> None:
+    def _write_metadata(
+        self, xattr_block: array[int], extra_blocks: array[int], deep_roots: dict[int, bytes]
+    ) -> None:
         """Directory blocks, slow symlink targets, xattr blocks and extent tree nodes."""
         tree = self.tree
         out = self.out
@@ -249,7 +261,9 @@ class Ext4Writer:
                 start = alloc(1)
                 out.write_at(start * BLOCK_SIZE, tree.data[ino].ljust(BLOCK_SIZE, b"\x00"))
                 tree.runs[ino] = [(0, start, 1)]
-            if ino in tree.xattrs or (self.inline_data and fmt == stat.S_IFREG and ino in tree.data):
+            if ino in tree.xattrs or (
+                self.inline_data and fmt == stat.S_IFREG and ino in tree.data
+            ):
                 _, block = inode_xattrs(tree, ino, self.inline_data)
                 if block is not None:
                     at = alloc(1)
@@ -294,12 +308,16 @@ class Ext4Writer:
             if mode[ino]:
                 if ino in tree.children:
                     dirs[g] += 1
-                area, _ = inode_xattrs(tree, ino, self.inline_data) if (
-                    ino in tree.xattrs or (self.inline_data and ino in tree.data)
-                ) else (None, None)
+                area, _ = (
+                    inode_xattrs(tree, ino, self.inline_data)
+                    if (ino in tree.xattrs or (self.inline_data and ino in tree.data))
+                    else (None, None)
+                )
                 out.write_at(
                     base + ino * INODE_SIZE,
-                    pack_inode(tree, ino, deep_roots.get(ino), area, xattr_block[ino], extra_blocks[ino]),
+                    pack_inode(
+                        tree, ino, deep_roots.get(ino), area, xattr_block[ino], extra_blocks[ino]
+                    ),
                 )
             elif ino >= LOST_AND_FOUND_INO:
                 continue  # free: left zero
@@ -310,7 +328,12 @@ class Ext4Writer:
         return dirs, free_inodes, bitmaps
 
     def _write_bitmaps(
-        self, groups: int, blocks_count: int, used_end: int, bitmap_start: int, inode_bitmaps: list[bytearray]
+        self,
+        groups: int,
+        blocks_count: int,
+        used_end: int,
+        bitmap_start: int,
+        inode_bitmaps: list[bytearray],
     ) -> list[int]:
         """Block and inode bitmaps, interleaved per group; returns free blocks per group."""
         gdt_blocks = -(-groups // DESCS_PER_BLOCK)

@@ -104,7 +104,7 @@ def pack_xattrs(
     """
     used = 4  # end-of-entries marker
     split = 0
-    for index, suffix, value in items:
+    for _index, suffix, value in items:
         need = _entry_size(suffix) + _value_size(value)
         if used + need > inode_space:
             break
