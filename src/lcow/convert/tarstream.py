@@ -26,6 +26,8 @@ BLOCK = 512
 BUFFER_SIZE = 1 << 20
 #: Largest PAX record block or GNU long name accepted; bigger is a "bomb".
 MAX_META_SIZE = 1 << 20
+#: Most data segments a sparse member may list.
+MAX_SPARSE_SEGMENTS = 1 << 20
 #: Files up to this size are copied through the read buffer; larger ones go kernel to kernel.
 KERNEL_COPY_MIN = 256 << 10
 
@@ -304,6 +306,7 @@ class TarReader:
         sparse_pairs: list[int] | None = None
         long_name: bytes | None = None
         long_link: bytes | None = None
+        meta_bytes = 0  # metadata records pending for the next member
         while True:
             if not self._fill(BLOCK):
                 if self._end - self._start:
@@ -342,10 +345,11 @@ class TarReader:
             entry.size = size
 
             if typeflag in (b"x", b"g", b"L", b"K"):
-                if size > MAX_META_SIZE:
+                meta_bytes += size
+                if meta_bytes > MAX_META_SIZE:
                     shown = entry.display_name
                     raise LimitExceeded(
-                        f"{shown}: {typeflag.decode()} record of {size} bytes exceeds "
+                        f"{shown}: {typeflag.decode()} records of {meta_bytes} bytes exceed "
                         f"the limit of {MAX_META_SIZE}",
                         subject=shown,
                     )
@@ -359,6 +363,7 @@ class TarReader:
                     long_link = data.split(b"\x00", 1)[0]
                 continue  # 'g': global PAX headers are ignored
 
+            meta_bytes = 0
             entry.mode = _num(fields[1], "mode", name) & 0o7777
             entry.uid = _num(fields[2], "uid", name)
             entry.gid = _num(fields[3], "gid", name)
@@ -466,6 +471,10 @@ class TarReader:
         extended = raw[482]
         entry.realsize = _num(raw[483:495], "realsize", entry.name)
         while extended:
+            if len(segments) > MAX_SPARSE_SEGMENTS:
+                raise LimitExceeded(
+                    f"{entry.display_name}: sparse map too large", subject=entry.display_name
+                )
             block = bytes(self._take(BLOCK, entry))
             self._sparse_entries(block[:504], segments, entry)
             extended = block[504]
@@ -525,7 +534,7 @@ class TarReader:
                 value = int(part)
                 if count < 0:
                     count = value
-                    if count > MAX_META_SIZE // 2:
+                    if count > MAX_SPARSE_SEGMENTS:
                         raise LimitExceeded(f"{shown}: sparse map too large", subject=shown)
                 else:
                     lines.append(value)
