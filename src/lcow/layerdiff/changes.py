@@ -1,0 +1,327 @@
+"""Changes and DiffSize over layer images — what the original driver left as stubs (SPEC §5.5-§5.8).
+
+Two derivations:
+
+* :func:`overlay_changes` (direct parent): walk the layer's own content; a 0/0 character device is
+  a Delete, an opaque directory a Delete of the directory (its contents still follow), anything
+  else an Add — or a Modify when the path exists in the merged view of the lower layers
+  (directories existing below with equal size, mode and mtime are skipped). A parent directory
+  gets a Modify before its first Add or Delete unless it was recorded already.
+* :func:`tree_changes` (any other parent): compare two merged views entry by entry.
+
+Records come out in walk order (depth first, names sorted bytewise), as overlay2 reports them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from enum import IntEnum
+from typing import NamedTuple
+
+from lcow.formats.ext4.reader import Ext4Reader
+
+__all__ = [
+    "Change",
+    "ChangeKind",
+    "MergedView",
+    "Meta",
+    "change_size",
+    "overlay_changes",
+    "own_diff_size",
+    "tree_changes",
+]
+
+OPAQUE_XATTR = b"trusted.overlay.opaque"
+CAPABILITY_XATTR = b"security.capability"
+_NS = 1_000_000_000
+
+
+class ChangeKind(IntEnum):
+    """Docker's change kinds (``archive.ChangeType``)."""
+
+    MODIFY = 0
+    ADD = 1
+    DELETE = 2
+
+    @property
+    def letter(self) -> str:
+        """``C``, ``A`` or ``D`` as ``docker diff`` prints them."""
+        return "CAD"[self.value]
+
+
+class Change(NamedTuple):
+    """One change record: an absolute path and its kind."""
+
+    path: str
+    kind: ChangeKind
+
+    def __str__(self) -> str:
+        return f"{self.kind.letter} {self.path}"
+
+
+class Meta(NamedTuple):
+    """What change detection compares, per entry."""
+
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    rdev: int
+    ino: int
+    layer: int  # index of the layer holding the entry (0 = nearest)
+    capability: bytes | None
+
+
+def _is_whiteout(mode: int, rdev: int) -> bool:
+    return stat.S_ISCHR(mode) and rdev == 0
+
+
+def _scan(reader: Ext4Reader, layer: int) -> Iterator[tuple[bytes, Meta, bool]]:
+    """``(path, meta, opaque)`` for every entry but the root, walk order."""
+    walk = reader.walk(b"/")
+    next(walk)
+    for e in walk:
+        xattrs = e.xattrs
+        opaque = stat.S_ISDIR(e.mode) and xattrs.get(OPAQUE_XATTR) == b"y"
+        yield (
+            e.path,
+            Meta(
+                e.mode,
+                e.uid,
+                e.gid,
+                e.size,
+                e.mtime_ns,
+                e.rdev,
+                e.ino,
+                layer,
+                xattrs.get(CAPABILITY_XATTR),
+            ),
+            opaque,
+        )
+
+
+class _Node:
+    """One path of a merged view; ``children`` is ``None`` for non-directories."""
+
+    __slots__ = ("children", "meta")
+
+    def __init__(self, meta: Meta | None, children: dict[bytes, _Node] | None) -> None:
+        self.meta = meta
+        self.children = children
+
+
+class MergedView:
+    """The union of layers with overlay rules: upper wins, whiteouts hide, opaque dirs hide below.
+
+    Held as a tree of small nodes, so a whole rootfs fits in a few MB.
+    """
+
+    def __init__(self) -> None:
+        self.root = _Node(None, {})
+
+    @classmethod
+    def build(cls, readers: Iterable[Ext4Reader]) -> MergedView:
+        """Merge layers given nearest first."""
+        view = cls()
+        layers = list(readers)
+        for index in range(len(layers) - 1, -1, -1):
+            view.apply(_scan(layers[index], index))
+        return view
+
+    def apply(self, entries: Iterable[tuple[bytes, Meta, bool]]) -> None:
+        """Lay one layer's entries (walk order) over the view."""
+        for path, meta, opaque in entries:
+            parent_path, _, name = path.rpartition(b"/")
+            children = self._dir(parent_path)
+            if children is None:
+                continue  # under a non-directory of a lower layer: unreachable
+            if _is_whiteout(meta.mode, meta.rdev):
+                children.pop(name, None)
+                continue
+            if stat.S_ISDIR(meta.mode):
+                node = children.get(name)
+                if node is not None and node.children is not None and not opaque:
+                    node.meta = meta  # merge into the lower directory
+                else:
+                    children[name] = _Node(meta, {})
+            else:
+                children[name] = _Node(meta, None)
+
+    def _dir(self, path: bytes) -> dict[bytes, _Node] | None:
+        """Children of the directory at ``path``; missing directories are created empty (a
+        layer lists parents first, so a missing one was hidden below and is re-created)."""
+        children = self.root.children
+        for part in path.split(b"/"):
+            if not part:
+                continue
+            if children is None:
+                return None
+            child = children.get(part)
+            if child is None:
+                child = children[part] = _Node(None, {})
+            children = child.children
+        return children
+
+    def lookup(self, path: bytes) -> Meta | None:
+        """The entry at ``path`` (absolute), or ``None``."""
+        node = self.root
+        for part in path.split(b"/"):
+            if not part:
+                continue
+            if node.children is None:
+                return None
+            child = node.children.get(part)
+            if child is None:
+                return None
+            node = child
+        return node.meta
+
+    def walk(self) -> Iterator[tuple[bytes, Meta]]:
+        """Every entry but the root, depth first, names sorted."""
+        assert self.root.children is not None
+        stack: list[tuple[bytes, Iterator[tuple[bytes, _Node]]]] = [
+            (b"", iter(sorted(self.root.children.items())))
+        ]
+        while stack:
+            prefix, it = stack[-1]
+            item = next(it, None)
+            if item is None:
+                stack.pop()
+                continue
+            name, node = item
+            path = prefix + b"/" + name
+            if node.meta is not None:
+                yield path, node.meta
+            if node.children is not None:
+                stack.append((path, iter(sorted(node.children.items()))))
+
+
+def _same_time(a: int, b: int) -> bool:
+    """Equal, or the same second with either nanosecond part zero (SPEC §5.6)."""
+    if a == b:
+        return True
+    sa, na = divmod(a, _NS)
+    sb, nb = divmod(b, _NS)
+    return sa == sb and (na == 0 or nb == 0)
+
+
+def _fspath(path: bytes) -> str:
+    return os.fsdecode(path)
+
+
+def overlay_changes(layer: Ext4Reader, lower: MergedView) -> list[Change]:
+    """Changes of a layer against its direct parent, overlay style (SPEC §5.6)."""
+    records: list[Change] = []
+    remembered: set[bytes] = set()
+    for path, meta, opaque in _scan(layer, 0):
+        is_dir = stat.S_ISDIR(meta.mode)
+        if _is_whiteout(meta.mode, meta.rdev) or opaque:
+            kind = ChangeKind.DELETE
+        else:
+            below = lower.lookup(path)
+            if below is None:
+                kind = ChangeKind.ADD
+            else:
+                if (
+                    is_dir
+                    and stat.S_ISDIR(below.mode)
+                    and below.size == meta.size
+                    and below.mode == meta.mode
+                    and _same_time(below.mtime_ns, meta.mtime_ns)
+                ):
+                    continue
+                kind = ChangeKind.MODIFY
+        if kind != ChangeKind.MODIFY:
+            parent = path.rpartition(b"/")[0]
+            if parent and parent not in remembered:
+                records.append(Change(_fspath(parent), ChangeKind.MODIFY))
+                remembered.add(parent)
+        records.append(Change(_fspath(path), kind))
+        if is_dir:
+            remembered.add(path)
+    return records
+
+
+def _differs(new: Meta, old: Meta) -> bool:
+    if (new.mode, new.uid, new.gid, new.rdev) != (old.mode, old.uid, old.gid, old.rdev):
+        return True
+    if new.capability != old.capability:
+        return True
+    if stat.S_ISDIR(new.mode):
+        return False
+    return new.mtime_ns != old.mtime_ns or new.size != old.size
+
+
+def tree_changes(new: MergedView, old: MergedView) -> list[Change]:
+    """Changes between two full views (SPEC §5.7), parents before children."""
+    records: list[Change] = []
+    recorded: set[bytes] = set()
+
+    def mark_parents(path: bytes) -> None:
+        missing = []
+        parent = path.rpartition(b"/")[0]
+        while parent and parent not in recorded:
+            missing.append(parent)
+            parent = parent.rpartition(b"/")[0]
+        for p in reversed(missing):
+            records.append(Change(_fspath(p), ChangeKind.MODIFY))
+            recorded.add(p)
+
+    new_paths: set[bytes] = set()
+    for path, meta in new.walk():
+        new_paths.add(path)
+        before = old.lookup(path)
+        if before is None:
+            kind = ChangeKind.ADD
+        elif stat.S_ISDIR(meta.mode) != stat.S_ISDIR(before.mode) or _differs(meta, before):
+            kind = ChangeKind.MODIFY
+        else:
+            continue
+        mark_parents(path)
+        records.append(Change(_fspath(path), kind))
+        recorded.add(path)
+    deleted_dirs: list[bytes] = []
+    for path, meta in old.walk():
+        if path in new_paths:
+            continue
+        if any(path.startswith(d + b"/") for d in deleted_dirs[-1:]):
+            continue  # inside a deleted directory: not descended
+        mark_parents(path)
+        records.append(Change(_fspath(path), ChangeKind.DELETE))
+        if stat.S_ISDIR(meta.mode):
+            deleted_dirs.append(path)
+    records.sort(key=lambda c: c.path)
+    return records
+
+
+def own_diff_size(layer: Ext4Reader) -> int:
+    """Bytes of non-directory own content, each inode once (overlay2's DiffSize rule)."""
+    seen: set[int] = set()
+    total = 0
+    for _path, meta, _opaque in _scan(layer, 0):
+        if stat.S_ISDIR(meta.mode) or meta.ino in seen:
+            continue
+        seen.add(meta.ino)
+        total += meta.size
+    return total
+
+
+def change_size(view: MergedView, changes: Iterable[Change]) -> int:
+    """Sum of sizes of added or modified non-directories, hard-linked inodes once (SPEC §5.8)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for change in changes:
+        if change.kind == ChangeKind.DELETE:
+            continue
+        meta = view.lookup(os.fsencode(change.path))
+        if meta is None or stat.S_ISDIR(meta.mode):
+            continue
+        key = (meta.layer, meta.ino)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += meta.size
+    return total
