@@ -1,55 +1,118 @@
-"""Coalescing positional writer: many small block-aligned writes become few large ``pwrite``s."""
+"""Coalescing positional writer: many small block-aligned writes become few large ``pwrite``s.
+
+Full buffers are written by a background thread (``pwrite`` releases the GIL) while the caller
+fills the other of two buffers, so parsing and writing overlap on two cores.
+"""
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 
 __all__ = ["OutputWriter"]
 
-_FLUSH_AT = 4 << 20
+_CAPACITY = 4 << 20
 _MAX_GAP = 64 << 10  # a forward gap this small is zero-filled instead of flushing
 _ZEROS = bytes(_MAX_GAP)
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
 
 
 class OutputWriter:
     """Writes at explicit offsets into ``fd``, buffering runs of adjacent writes.
 
-    Writes that continue the pending run (or follow it after a small gap, filled with zeros) are
-    appended in memory; anything else flushes first. Call :meth:`flush` before handing ``fd`` to
-    other writers (``copy_file_range``, ``splice``) and before closing.
+    A write that continues the pending run (or follows it after a small gap, filled with zeros)
+    is copied into the current buffer; anything else hands the buffer to the writer thread
+    first. Call :meth:`flush` (which waits for every write) before handing ``fd`` to other
+    writers (``copy_file_range``, ``splice``), before truncating and before closing; call
+    :meth:`close` to stop the thread.
     """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self._pending = bytearray()
-        self._start = 0  # file offset of _pending[0]
-        self.high_water = 0  # one past the last byte ever written
+        self._bufs = [bytearray(_CAPACITY), bytearray(_CAPACITY)]
+        self._pending: list[Future[None] | None] = [None, None]
+        self._cur = 0
+        self._view = memoryview(self._bufs[0])
+        self._len = 0  # bytes pending in the current buffer
+        self._start = 0  # file offset of the pending run
+        self._pool: ThreadPoolExecutor | None = None
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset`` (possibly later, on flush)."""
-        end = self._start + len(self._pending)
-        if offset != end:
-            gap = offset - end
-            if self._pending and 0 < gap <= _MAX_GAP:
-                self._pending += _ZEROS[:gap]
+        n = len(data)
+        pos = self._len
+        gap = offset - self._start - pos
+        if gap:
+            if pos and 0 < gap <= _MAX_GAP and pos + gap + n <= _CAPACITY:
+                self._view[pos : pos + gap] = _ZEROS[:gap]
+                pos += gap
             else:
-                self.flush()
+                self._submit()
                 self._start = offset
-        self._pending += data
-        if len(self._pending) >= _FLUSH_AT:
-            self.flush()
+                pos = 0
+        if pos + n > _CAPACITY:
+            self._len = pos
+            self._submit()
+            self._start = offset
+            pos = 0
+            if n > _CAPACITY:
+                self._wait_all()
+                _pwrite_all(self.fd, data, offset)
+                self._start = offset + n
+                return
+        self._view[pos : pos + n] = data
+        self._len = pos + n
+
+    def _submit(self) -> None:
+        """Hand the current buffer to the writer thread and switch to the other one."""
+        if not self._len:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lcow-write")
+        cur = self._cur
+        self._pending[cur] = self._pool.submit(
+            _pwrite_all, self.fd, self._view[: self._len], self._start
+        )
+        self._start += self._len
+        self._len = 0
+        nxt = 1 - cur
+        self._wait(nxt)
+        self._cur = nxt
+        self._view = memoryview(self._bufs[nxt])
+
+    def _wait(self, index: int) -> None:
+        future = self._pending[index]
+        if future is not None:
+            self._pending[index] = None
+            future.result()  # re-raises a failed write (ENOSPC, EIO) here
+
+    def _wait_all(self) -> None:
+        self._wait(0)
+        self._wait(1)
 
     def flush(self) -> None:
-        """Write out the pending run."""
-        if not self._pending:
-            return
-        view = memoryview(self._pending)
-        offset = self._start
-        while view:
-            n = os.pwrite(self.fd, view, offset)
-            view = view[n:]
-            offset += n
-        view.release()
-        self.high_water = max(self.high_water, offset)
-        self._start = offset
-        self._pending.clear()
+        """Write out everything pending and wait until it is written."""
+        self._submit()
+        self._wait_all()
+
+    def close(self) -> None:
+        """Flush and stop the writer thread."""
+        try:
+            self.flush()
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Stop the writer thread without reporting write errors (the output is abandoned)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._pending = [None, None]
+        self._len = 0

@@ -291,11 +291,14 @@ class _Converter:
 def convert_stream(fd: int, initial: bytes, out_fd: int, options: ConvertOptions) -> ConvertResult:
     """Convert the tar readable from ``fd`` into the empty file ``out_fd``."""
     writer = Ext4Writer(out_fd, max_size=options.max_size, inline_data=options.inline_data)
-    reader = TarReader(fd, initial)
-    conv = _Converter(writer, reader, options)
-    conv.run()
-    conv.finish()
-    stats = writer.close()
+    try:
+        reader = TarReader(fd, initial)
+        conv = _Converter(writer, reader, options)
+        conv.run()
+        conv.finish()
+        stats = writer.close()
+    finally:
+        writer.out.discard()
     file_size = stats.size
     root_hash = hash_offset = None
     if options.dm_verity:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import zlib
 from collections.abc import Iterator
 
 from lcow._util.outbuf import OutputWriter
@@ -33,6 +34,7 @@ KERNEL_COPY_MIN = 256 << 10
 
 _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12s")
 _CHKSUM_SPACES = sum(b" " * 8)
+_ZERO_BLOCK = bytes(BLOCK)
 _POSIX_MAGIC = b"ustar\x00"
 _GNU_MAGIC = b"ustar "
 _SPARSE_ENTRY = struct.Struct("12s12s")
@@ -101,6 +103,11 @@ class TarEntry:
 
 def _num(field: bytes, what: str, name: bytes) -> int:
     """Parse a numeric header field: octal text, or GNU base-256 when the top bit is set."""
+    if field and field[0] < 0x80:
+        try:  # the common case: digits, then NULs or spaces
+            return int(field.rstrip(b"\x00 "), 8)
+        except ValueError:
+            pass
     if field and field[0] & 0x80:
         value = int.from_bytes(field[1:], "big") | ((field[0] & 0x3F) << (8 * (len(field) - 1)))
         if field[0] & 0x40:  # 0xff prefix: negative, two's complement
@@ -116,13 +123,33 @@ def _num(field: bytes, what: str, name: bytes) -> int:
         raise InvalidArgument(f"{shown}: invalid {what} field {field!r}", subject=shown) from None
 
 
+def _checksum_ok(raw: bytes | bytearray, field: bytes) -> bool:
+    """Whether the header's stored checksum equals the sum of its bytes (field as spaces).
+
+    Exact but cheaper than ``sum(raw)``: both values lie in [0, 512 * 255], and matching them
+    modulo 255 (base-256 digits of ``raw``) and modulo 65521 (Adler-32's byte sum) pins them
+    down, since 255 * 65521 exceeds that range.
+    """
+    try:
+        stored = int(field.rstrip(b"\x00 "), 8)
+    except ValueError:
+        return False
+    if not 0 <= stored <= BLOCK * 255:
+        return False
+    delta = _CHKSUM_SPACES - sum(field)
+    by255 = (int.from_bytes(raw, "little") + delta - stored) % 255
+    by65521 = ((zlib.adler32(raw) & 0xFFFF) - 1 + delta - stored) % 65521
+    return by255 == 0 and by65521 == 0
+
+
 def _pax_time(value: bytes, key: str, name: bytes) -> int:
     """Parse a PAX decimal time (``-12.5``, ``1700000000.123456789``) to ns."""
     try:
-        negative = value.startswith(b"-")
-        whole, _, frac = value.lstrip(b"-").partition(b".")
-        frac = frac[:9].ljust(9, b"0")
-        ns = int(whole or b"0") * 1_000_000_000 + int(frac)
+        whole, dot, frac = value.partition(b".")
+        if not dot:
+            return int(whole) * 1_000_000_000
+        negative = whole.startswith(b"-")
+        ns = int(whole.lstrip(b"-") or b"0") * 1_000_000_000 + int(frac[:9].ljust(9, b"0"))
     except ValueError:
         shown = name.decode("utf-8", "backslashreplace")
         raise InvalidArgument(f"{shown}: invalid PAX {key} {value!r}", subject=shown) from None
@@ -313,16 +340,16 @@ class TarReader:
                     raise self._truncated(None)
                 return  # EOF at a header boundary without the end marker: accept, as Go does
             offset = self.consumed
-            header = self._take(BLOCK, None)
-            raw = bytes(header)
-            if raw.count(0) == BLOCK:
+            start = self._start
+            raw = self._buf[start : start + BLOCK]
+            self._start = start + BLOCK
+            self.consumed = offset + BLOCK
+            if raw[0] == 0 and raw == _ZERO_BLOCK:
                 self._skip_end_marker()
                 return
             fields = _HEADER.unpack(raw)
             name = fields[0].split(b"\x00", 1)[0]
-            chksum = _num(fields[6], "checksum", name)
-            total = sum(raw) - sum(fields[6]) + _CHKSUM_SPACES
-            if chksum != total:
+            if not _checksum_ok(raw, fields[6]):
                 shown = name.decode("utf-8", "backslashreplace")
                 raise InvalidArgument(
                     f"{shown}: invalid tar header checksum at offset {offset}", subject=shown
@@ -365,16 +392,20 @@ class TarReader:
 
             meta_bytes = 0
             entry.mode = _num(fields[1], "mode", name) & 0o7777
-            entry.uid = _num(fields[2], "uid", name)
-            entry.gid = _num(fields[3], "gid", name)
-            entry.mtime_ns = _num(fields[5], "mtime", name) * 1_000_000_000
+            # Fields a PAX record overrides are not parsed (GNU tar repeats mtime in PAX).
+            if pax is None or b"uid" not in pax:
+                entry.uid = _num(fields[2], "uid", name)
+            if pax is None or b"gid" not in pax:
+                entry.gid = _num(fields[3], "gid", name)
+            if pax is None or b"mtime" not in pax:
+                entry.mtime_ns = _num(fields[5], "mtime", name) * 1_000_000_000
             entry.linkname = fields[8].split(b"\x00", 1)[0]
             if typeflag in (b"3", b"4"):
                 entry.devmajor = _num(fields[13], "devmajor", name)
                 entry.devminor = _num(fields[14], "devminor", name)
             entry.realsize = size
             if magic == _GNU_MAGIC and typeflag == b"S":
-                self._gnu_sparse(entry, raw)
+                self._gnu_sparse(entry, bytes(raw))
             if long_name is not None:
                 entry.name = long_name
                 long_name = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import struct
 
 from lcow.formats.ext4.extents import build_extent_tree, split_runs
 from lcow.formats.ext4.layout import (
@@ -11,21 +12,27 @@ from lcow.formats.ext4.layout import (
     EXTENTS_IN_INODE,
     EXTRA_ISIZE,
     INLINE_IBLOCK_SIZE,
-    INODE_SIZE,
     INODE_STRUCT,
+    MAX_EXTENT_LEN,
     InodeFlag,
 )
 from lcow.formats.ext4.tree import Tree
 from lcow.formats.ext4.xattrs import XattrItem, pack_xattrs, split_name
 
-__all__ = ["encode_time", "inode_xattrs", "pack_inode"]
+__all__ = ["encode_time", "inode_xattrs", "pack_inode_into"]
 
 _EMPTY_EXTENTS = EXTENT_HEADER.pack(EXT4_EXTENT_MAGIC, 0, EXTENTS_IN_INODE, 0, 0).ljust(60, b"\x00")
 _MIN_SEC = -(1 << 31)
 _MAX_SEC = 0x37FFFFFFF
 _FLAG_EXTENTS = int(InodeFlag.EXTENTS)
 _FLAG_INLINE = int(InodeFlag.INLINE_DATA)
-_PAD = bytes(INODE_SIZE - INODE_STRUCT.size)
+_BASE = INODE_STRUCT.size
+_pack_into = INODE_STRUCT.pack_into
+_ZERO_IBLOCK = bytes(60)
+# A root holding one extent: header + ee_block, ee_len, ee_start_hi, ee_start_lo, padding to 60.
+_ROOT1 = struct.Struct("<HHHHIIHHI36x")
+_S_IFREG, _S_IFDIR, _S_IFLNK = stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK
+_S_IFCHR, _S_IFBLK = stat.S_IFCHR, stat.S_IFBLK
 
 
 def encode_time(ns: int) -> tuple[int, int]:
@@ -61,17 +68,21 @@ def inode_xattrs(tree: Tree, ino: int, inline_enabled: bool) -> tuple[bytes | No
     return pack_xattrs(items, owner=f"inode {ino}")
 
 
-def pack_inode(
+def pack_inode_into(
+    buf: bytearray,
+    offset: int,
     tree: Tree,
     ino: int,
     deep_root: bytes | None,
     xattr_area: bytes | None,
     xattr_block: int,
     extra_blocks: int,
-) -> bytes:
-    """The 256 bytes of inode ``ino``'s table slot.
+) -> None:
+    """Pack inode ``ino`` into its 256-byte table slot at ``buf[offset:]`` (zeroed beforehand).
 
     Args:
+        buf: the inode table being built.
+        offset: byte offset of the slot in ``buf``.
         tree: the namespace holding the inode.
         ino: inode number.
         deep_root: the extent root when the tree has nodes outside the inode.
@@ -80,27 +91,35 @@ def pack_inode(
         extra_blocks: metadata blocks owned besides data (extent nodes, xattr block).
     """
     mode = tree.mode[ino]
-    fmt = stat.S_IFMT(mode)
+    fmt = mode & 0o170000
     flags = 0
-    runs = tree.data_runs(ino)
-    data_blocks = sum(run[2] for run in runs) if runs else 0
-    if fmt == stat.S_IFREG and ino in tree.data:  # inline data
-        block = tree.data[ino][:INLINE_IBLOCK_SIZE].ljust(60, b"\x00")
-        flags = _FLAG_INLINE
-    elif fmt in (stat.S_IFREG, stat.S_IFDIR) or (fmt == stat.S_IFLNK and runs):
-        if deep_root is not None:
-            block = deep_root
-        elif runs:
-            block = build_extent_tree(split_runs(runs), _no_alloc)[0]
-        else:
-            block = _EMPTY_EXTENTS
+    data_blocks = 0
+    nblocks = tree.nblocks[ino]
+    if fmt == _S_IFREG and nblocks and deep_root is None:
+        # The common case, a dense file in one to four extents.
+        data_blocks = nblocks
+        block = _dense_root(tree.start[ino], nblocks)
         flags = _FLAG_EXTENTS
-    elif fmt == stat.S_IFLNK:  # fast symlink: the target is the block map area
-        block = tree.data[ino].ljust(60, b"\x00")
-    elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
-        block = bytes(4) + tree.rdev.get(ino, 0).to_bytes(4, "little") + bytes(52)
     else:
-        block = bytes(60)
+        runs = tree.data_runs(ino)
+        data_blocks = sum(run[2] for run in runs) if runs else 0
+        if fmt == _S_IFREG and ino in tree.data:  # inline data
+            block = tree.data[ino][:INLINE_IBLOCK_SIZE].ljust(60, b"\x00")
+            flags = _FLAG_INLINE
+        elif fmt in (_S_IFREG, _S_IFDIR) or (fmt == _S_IFLNK and runs):
+            if deep_root is not None:
+                block = deep_root
+            elif runs:
+                block = build_extent_tree(split_runs(runs), _no_alloc)[0]
+            else:
+                block = _EMPTY_EXTENTS
+            flags = _FLAG_EXTENTS
+        elif fmt == _S_IFLNK:  # fast symlink: the target is the block map area
+            block = tree.data[ino].ljust(60, b"\x00")
+        elif fmt in (_S_IFCHR, _S_IFBLK):
+            block = bytes(4) + tree.rdev.get(ino, 0).to_bytes(4, "little") + bytes(52)
+        else:
+            block = _ZERO_IBLOCK
     size = tree.size[ino]
     uid = tree.uid[ino]
     gid = tree.gid[ino]
@@ -108,8 +127,10 @@ def pack_inode(
     atime, atime_x = encode_time(tree.atime[ino])
     ctime, ctime_x = encode_time(tree.ctime[ino])
     mtime, mtime_x = encode_time(tree.mtime[ino])
-    links = tree.links[ino] + 2 if fmt == stat.S_IFDIR else tree.links[ino]
-    packed = INODE_STRUCT.pack(
+    links = tree.links[ino] + 2 if fmt == _S_IFDIR else tree.links[ino]
+    _pack_into(
+        buf,
+        offset,
         mode,
         uid & 0xFFFF,
         size & 0xFFFFFFFF,
@@ -121,7 +142,7 @@ def pack_inode(
         links,
         sectors & 0xFFFFFFFF,
         flags,
-        b"\x00" * 4,  # osd1
+        b"",  # osd1
         block,
         0,  # i_generation
         xattr_block,
@@ -142,8 +163,24 @@ def pack_inode(
         mtime_x,
     )
     if xattr_area is not None:
-        return packed + xattr_area
-    return packed + _PAD
+        buf[offset + _BASE : offset + _BASE + len(xattr_area)] = xattr_area
+
+
+def _dense_root(start: int, nblocks: int) -> bytes:
+    """Depth-0 extent root for ``nblocks`` contiguous blocks from ``start`` (≤ 4 extents)."""
+    if nblocks <= MAX_EXTENT_LEN:
+        return _ROOT1.pack(
+            EXT4_EXTENT_MAGIC,
+            1,
+            EXTENTS_IN_INODE,
+            0,
+            0,
+            0,
+            nblocks,
+            start >> 32,
+            start & 0xFFFFFFFF,
+        )
+    return build_extent_tree(split_runs([(0, start, nblocks)]), _no_alloc)[0]
 
 
 def _no_alloc(count: int) -> int:

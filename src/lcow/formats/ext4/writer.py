@@ -26,7 +26,7 @@ from lcow._util.outbuf import OutputWriter
 from lcow.errors import FailedPrecondition, InvalidArgument, LimitExceeded
 from lcow.formats.ext4.dirents import pack_directory
 from lcow.formats.ext4.extents import Run, build_extent_tree, split_runs
-from lcow.formats.ext4.inodes import inode_xattrs, pack_inode
+from lcow.formats.ext4.inodes import inode_xattrs, pack_inode_into
 from lcow.formats.ext4.layout import (
     BLOCK_SIZE,
     BLOCKS_PER_GROUP,
@@ -45,6 +45,8 @@ from lcow.formats.ext4.superblock import pack_superblock
 from lcow.formats.ext4.tree import Tree
 
 __all__ = ["Ext4Writer", "ImageStats"]
+
+_TABLE_CHUNK = 1 << 20  # inode table bytes packed per write
 
 _FTYPE = {
     stat.S_IFREG: FileType.REG_FILE,
@@ -224,7 +226,7 @@ class Ext4Writer:
             inline_data=self.inline_data,
         )
         self.out.write_at(1024, superblock)
-        self.out.flush()
+        self.out.close()
         os.ftruncate(self.out.fd, blocks_count * BLOCK_SIZE)
         return ImageStats(
             size=blocks_count * BLOCK_SIZE,
@@ -301,29 +303,36 @@ class Ext4Writer:
             bm = bytearray(BLOCK_SIZE)
             bm[ipg // 8 :] = b"\xff" * (BLOCK_SIZE - ipg // 8)  # padding past the group's inodes
             bitmaps.append(bm)
-        base = table_start * BLOCK_SIZE - INODE_SIZE  # inode 1 is the first slot
         mode = tree.mode
-        for ino in range(1, tree.count + 1):
-            g, index = divmod(ino - 1, ipg)
-            if mode[ino]:
-                if ino in tree.children:
-                    dirs[g] += 1
-                area, _ = (
-                    inode_xattrs(tree, ino, self.inline_data)
-                    if (ino in tree.xattrs or (self.inline_data and ino in tree.data))
-                    else (None, None)
-                )
-                out.write_at(
-                    base + ino * INODE_SIZE,
-                    pack_inode(
-                        tree, ino, deep_roots.get(ino), area, xattr_block[ino], extra_blocks[ino]
-                    ),
-                )
-            elif ino >= LOST_AND_FOUND_INO:
-                continue  # free: left zero
-            # reserved inodes 1..10 are in use (and empty)
-            bitmaps[g][index >> 3] |= 1 << (index & 7)
-            free_inodes[g] -= 1
+        count = tree.count
+        chunk_inodes = _TABLE_CHUNK // INODE_SIZE
+        for first in range(1, count + 1, chunk_inodes):
+            last = min(first + chunk_inodes, count + 1)
+            table = bytearray((last - first) * INODE_SIZE)
+            for ino in range(first, last):
+                g, index = divmod(ino - 1, ipg)
+                if mode[ino]:
+                    if ino in tree.children:
+                        dirs[g] += 1
+                    area = None
+                    if ino in tree.xattrs or (self.inline_data and ino in tree.data):
+                        area = inode_xattrs(tree, ino, self.inline_data)[0]
+                    pack_inode_into(
+                        table,
+                        (ino - first) * INODE_SIZE,
+                        tree,
+                        ino,
+                        deep_roots.get(ino),
+                        area,
+                        xattr_block[ino],
+                        extra_blocks[ino],
+                    )
+                elif ino >= LOST_AND_FOUND_INO:
+                    continue  # free: left zero
+                # (reserved inodes 1..10 are in use and empty)
+                bitmaps[g][index >> 3] |= 1 << (index & 7)
+                free_inodes[g] -= 1
+            out.write_at(table_start * BLOCK_SIZE + (first - 1) * INODE_SIZE, table)
         out.flush()
         return dirs, free_inodes, bitmaps
 
