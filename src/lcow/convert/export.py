@@ -128,6 +128,7 @@ def export_layer(
     out: int | BinaryIO | Callable[[bytes], object],
     *,
     aufs_whiteouts: bool = True,
+    top: bytes = b"/",
 ) -> ExportResult:
     """Write the whole filesystem in ``reader`` as an uncompressed tar to ``out``.
 
@@ -135,6 +136,7 @@ def export_layer(
         reader: the layer image.
         out: a descriptor, a binary file object, or a ``write(bytes)`` callable.
         aufs_whiteouts: turn overlay whiteouts and opaque directories into AUFS markers.
+        top: the directory whose contents are the layer (``/upper`` in a sandbox).
 
     Returns:
         Counts of what was written.
@@ -146,14 +148,17 @@ def export_layer(
         src_fd = -1  # in-memory image: data goes through Python
     first_name: dict[int, bytes] = {}  # inode -> first exported name (hard links)
     members = 0
-    walk = reader.walk(b"/")
-    next(walk)  # the root itself is not a member
+    walk = reader.walk(top)
+    next(walk)  # the top itself is not a member
+    strip = len(top.rstrip(b"/")) + 1
+    lost_found = top == b"/"
     for entry in walk:
-        rel = entry.path[1:]
+        rel = entry.path[strip:]
         mode = entry.mode
         fmt = stat.S_IFMT(mode)
         if (
-            fmt == stat.S_IFDIR
+            lost_found
+            and fmt == stat.S_IFDIR
             and rel == b"lost+found"
             and entry.nlink == 2
             and _is_empty(reader, entry)

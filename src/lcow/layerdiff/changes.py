@@ -20,11 +20,13 @@ from collections.abc import Iterable, Iterator
 from enum import IntEnum
 from typing import NamedTuple
 
+from lcow.formats.ext4.read_inode import Inode
 from lcow.formats.ext4.reader import Ext4Reader
 
 __all__ = [
     "Change",
     "ChangeKind",
+    "LayerContent",
     "MergedView",
     "Meta",
     "change_size",
@@ -61,6 +63,13 @@ class Change(NamedTuple):
         return f"{self.kind.letter} {self.path}"
 
 
+class LayerContent(NamedTuple):
+    """A layer's own content: the subtree ``top`` of an image (``None``: no content yet)."""
+
+    reader: Ext4Reader | None
+    top: bytes = b"/"
+
+
 class Meta(NamedTuple):
     """What change detection compares, per entry."""
 
@@ -75,19 +84,30 @@ class Meta(NamedTuple):
     capability: bytes | None
 
 
+def _empty_dir(reader: Ext4Reader, inode: Inode) -> bool:
+    return inode.is_dir and next(iter(reader.iterdir(inode)), None) is None
+
+
 def _is_whiteout(mode: int, rdev: int) -> bool:
     return stat.S_ISCHR(mode) and rdev == 0
 
 
-def _scan(reader: Ext4Reader, layer: int) -> Iterator[tuple[bytes, Meta, bool]]:
-    """``(path, meta, opaque)`` for every entry but the root, walk order."""
-    walk = reader.walk(b"/")
+def _scan(content: LayerContent, layer: int) -> Iterator[tuple[bytes, Meta, bool]]:
+    """``(path, meta, opaque)`` for every entry below the content's top, paths relative to it
+    (in absolute form), walk order."""
+    reader, top = content
+    if reader is None:
+        return
+    walk = reader.walk(top)
     next(walk)
+    strip = len(top.rstrip(b"/"))
     for e in walk:
+        if top == b"/" and e.path == b"/lost+found" and _empty_dir(reader, e.inode):
+            continue  # every ext4 has one; it is not layer content
         xattrs = e.xattrs
         opaque = stat.S_ISDIR(e.mode) and xattrs.get(OPAQUE_XATTR) == b"y"
         yield (
-            e.path,
+            e.path[strip:],
             Meta(
                 e.mode,
                 e.uid,
@@ -123,10 +143,10 @@ class MergedView:
         self.root = _Node(None, {})
 
     @classmethod
-    def build(cls, readers: Iterable[Ext4Reader]) -> MergedView:
+    def build(cls, contents: Iterable[LayerContent]) -> MergedView:
         """Merge layers given nearest first."""
         view = cls()
-        layers = list(readers)
+        layers = list(contents)
         for index in range(len(layers) - 1, -1, -1):
             view.apply(_scan(layers[index], index))
         return view
@@ -212,7 +232,7 @@ def _fspath(path: bytes) -> str:
     return os.fsdecode(path)
 
 
-def overlay_changes(layer: Ext4Reader, lower: MergedView) -> list[Change]:
+def overlay_changes(layer: LayerContent, lower: MergedView) -> list[Change]:
     """Changes of a layer against its direct parent, overlay style (SPEC §5.6)."""
     records: list[Change] = []
     remembered: set[bytes] = set()
@@ -297,7 +317,7 @@ def tree_changes(new: MergedView, old: MergedView) -> list[Change]:
     return records
 
 
-def own_diff_size(layer: Ext4Reader) -> int:
+def own_diff_size(layer: LayerContent) -> int:
     """Bytes of non-directory own content, each inode once (overlay2's DiffSize rule)."""
     seen: set[int] = set()
     total = 0

@@ -1,0 +1,1 @@
+"""Mount backends behind one interface: userspace, host, vm (SPEC §1)."""

@@ -1,0 +1,141 @@
+"""What every backend offers the driver, and the file-system view Get returns (SPEC §3, §4.8).
+
+A backend turns a layer's disk list (its own folder first, then its ancestors) into a
+:class:`ContainerFS`: the union of their content with overlay semantics. The driver owns ids,
+folders, counts and locks; a backend only opens and closes views.
+"""
+
+from __future__ import annotations
+
+import stat as stat_module
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from lcow.storage.dataroot import LayerFile
+
+__all__ = ["Backend", "ContainerFS", "FileInfo", "LayerDisk", "go_file_mode"]
+
+
+@dataclass(frozen=True)
+class LayerDisk:
+    """One layer of a view: its folder and the disk holding its own content (``None`` when the
+    layer has none yet — an empty layer)."""
+
+    folder: Path
+    disk: LayerFile | None
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """``lstat``/``stat`` of one path in a view, with owners (remotefs's FileInfo had none)."""
+
+    name: str
+    size: int
+    mode: int  # st_mode: type and permission bits
+    mtime_ns: int
+    uid: int
+    gid: int
+    nlink: int = 1
+    rdev: int = 0
+    ino: int = 0
+
+    @property
+    def is_dir(self) -> bool:
+        """True for directories."""
+        return stat_module.S_ISDIR(self.mode)
+
+    def to_remotefs(self) -> dict[str, object]:
+        """LCOW's remotefs JSON form (``NameVar``, ``SizeVar``, Go ``ModeVar`` …)."""
+        return {
+            "NameVar": self.name,
+            "SizeVar": self.size,
+            "ModeVar": go_file_mode(self.mode),
+            "ModTimeVar": self.mtime_ns,
+            "IsDirVar": self.is_dir,
+        }
+
+
+def go_file_mode(mode: int) -> int:
+    """Go's ``os.FileMode`` for a POSIX ``st_mode`` (SPEC §4.8)."""
+    value = mode & 0o777
+    fmt = stat_module.S_IFMT(mode)
+    value |= {
+        stat_module.S_IFDIR: 1 << 31,
+        stat_module.S_IFLNK: 1 << 27,
+        stat_module.S_IFBLK: 1 << 26,
+        stat_module.S_IFIFO: 1 << 25,
+        stat_module.S_IFSOCK: 1 << 24,
+        stat_module.S_IFCHR: (1 << 26) | (1 << 21),
+    }.get(fmt, 0)
+    if mode & stat_module.S_ISUID:
+        value |= 1 << 23
+    if mode & stat_module.S_ISGID:
+        value |= 1 << 22
+    if mode & stat_module.S_ISVTX:
+        value |= 1 << 20
+    return value
+
+
+class ContainerFS(Protocol):
+    """The object Get returns: remote file access to a layer's view (SPEC §4.8).
+
+    Paths are absolute inside the view (``/etc/passwd``) and are data, never shell text.
+    Backends without write support raise :class:`~lcow.errors.NotSupported` from write methods.
+    """
+
+    @property
+    def path(self) -> str:
+        """Where the view lives: a host directory (host backend) or a guest path."""
+        ...
+
+    def stat(self, path: str) -> FileInfo:
+        """Information about ``path``, symlinks followed (inside the view)."""
+        ...
+
+    def lstat(self, path: str) -> FileInfo:
+        """Information about ``path`` itself."""
+        ...
+
+    def readlink(self, path: str) -> str:
+        """A symlink's target."""
+        ...
+
+    def readdir(self, path: str) -> list[FileInfo]:
+        """Entries of a directory, sorted by name."""
+        ...
+
+    def open(self, path: str) -> BinaryIO:
+        """A readable binary file object."""
+        ...
+
+    def readfile(self, path: str) -> bytes:
+        """A whole file."""
+        ...
+
+    def resolve_path(self, path: str) -> str:
+        """``path`` with every symlink resolved, never leaving the view's root."""
+        ...
+
+    def archive_path(self, path: str, out: Callable[[bytes], object]) -> None:
+        """Write a tar of ``path`` (recursively) to ``out``."""
+        ...
+
+    def close(self) -> None:
+        """Release what the view holds (open disks, mounts)."""
+        ...
+
+
+class Backend(Protocol):
+    """Opens and closes views."""
+
+    name: str
+
+    def open_view(self, layer_id: str, disks: list[LayerDisk]) -> ContainerFS:
+        """A view over ``disks`` (own content first, then ancestors nearest first)."""
+        ...
+
+    def cleanup(self) -> None:
+        """Release everything the backend holds (never fails)."""
+        ...

@@ -1,0 +1,387 @@
+"""A read-only overlay union of layer images, read in user space (SPEC §3 Get, §5.4).
+
+Each layer contributes a subtree of its image: the whole filesystem of a ``layer.vhd``, the
+``upper/`` directory of a ``sandbox.vhdx``. Lookups follow overlayfs: the nearest layer wins, a
+0/0 character device (whiteout) hides the name below it, a directory with
+``trusted.overlay.opaque=y`` hides everything below it, and a non-directory hides whatever lower
+layers have under its name. Images are opened on first use and directory listings cached.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import stat
+from collections.abc import Callable
+from typing import BinaryIO
+
+from lcow.backends.base import FileInfo, LayerDisk
+from lcow.convert.tarwriter import END_OF_ARCHIVE, TarHeader, padding
+from lcow.errors import InvalidArgument, NotFound, NotSupported
+from lcow.formats.ext4.layout import ROOT_INO
+from lcow.formats.ext4.read_dirs import DirEntry
+from lcow.formats.ext4.read_inode import Inode
+from lcow.formats.ext4.reader import Ext4Reader
+from lcow.formats.source import open_source
+
+__all__ = ["UnionView"]
+
+OPAQUE_XATTR = b"trusted.overlay.opaque"
+_MAX_SYMLINKS = 40
+_LISTING_CACHE = 4096
+
+
+class _Layer:
+    """One layer's own content: an image subtree, opened lazily."""
+
+    def __init__(self, disk: LayerDisk) -> None:
+        self.disk = disk
+        self._reader: Ext4Reader | None = None
+        self._top: Inode | None = None
+        self._empty = disk.disk is None
+        self._listings: dict[int, dict[bytes, DirEntry]] = {}
+
+    def _open(self) -> None:
+        if self._reader is not None or self._empty:
+            return
+        assert self.disk.disk is not None
+        reader = Ext4Reader(open_source(self.disk.disk.path), close_source=True)
+        top = reader.lookup(b"/")
+        if self.disk.disk.writable:  # a sandbox's own content is its upper/ directory
+            upper = self.child_of(reader, top, b"upper")
+            if upper is None or not upper.is_dir:
+                reader.close()
+                self._empty = True
+                return
+            top = upper
+        self._reader, self._top = reader, top
+
+    def listing(self, reader: Ext4Reader, inode: Inode) -> dict[bytes, DirEntry]:
+        """A directory's entries by name (cached)."""
+        entries = self._listings.get(inode.ino)
+        if entries is None:
+            entries = {e.name: e for e in reader.iterdir(inode)}
+            if inode.ino == ROOT_INO and b"lost+found" in entries:
+                # Every ext4 has one; an empty one at the image root is not layer content.
+                lost = reader.inode(entries[b"lost+found"].ino)
+                if lost.is_dir and next(iter(reader.iterdir(lost)), None) is None:
+                    del entries[b"lost+found"]
+            if len(self._listings) >= _LISTING_CACHE:
+                self._listings.clear()
+            self._listings[inode.ino] = entries
+        return entries
+
+    def child_of(self, reader: Ext4Reader, inode: Inode, name: bytes) -> Inode | None:
+        """The inode named ``name`` in directory ``inode``, or ``None``."""
+        found = self.listing(reader, inode).get(name)
+        return None if found is None else reader.inode(found.ino)
+
+    @property
+    def reader(self) -> Ext4Reader | None:
+        self._open()
+        return self._reader
+
+    def top(self) -> Inode | None:
+        self._open()
+        return self._top
+
+    def names(self, inode: Inode) -> dict[bytes, DirEntry]:
+        """Entries of a directory of this layer."""
+        assert self._reader is not None
+        return self.listing(self._reader, inode)
+
+    def is_opaque(self, inode: Inode) -> bool:
+        assert self._reader is not None
+        return inode.is_dir and self._reader.xattrs(inode).get(OPAQUE_XATTR) == b"y"
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        self._listings.clear()
+
+
+def _is_whiteout(inode: Inode) -> bool:
+    return stat.S_ISCHR(inode.mode) and inode.rdev == 0
+
+
+def _split(path: str) -> list[bytes]:
+    norm = posixpath.normpath("/" + path)
+    return [os.fsencode(p) for p in norm.split("/") if p]
+
+
+class UnionView:
+    """The ContainerFS of the userspace backend: read operations over the union."""
+
+    def __init__(self, layer_id: str, disks: list[LayerDisk]) -> None:
+        self.layer_id = layer_id
+        self._layers = [_Layer(d) for d in disks]
+
+    @property
+    def path(self) -> str:
+        """LCOW's in-VM union path; the userspace view has no host directory."""
+        return f"/tmp/{self.layer_id}-mount"
+
+    # -- resolution --------------------------------------------------------------------------
+
+    def _candidates(self, parts: list[bytes]) -> list[tuple[_Layer, Inode]]:
+        """Layers holding ``parts``, nearest first: one entry for a non-directory, every
+        contributing layer for a directory (stopping at an opaque one)."""
+        found: list[tuple[_Layer, Inode]] = []
+        for layer in self._layers:
+            reader = layer.reader
+            node = layer.top()
+            if reader is None or node is None:
+                continue
+            stop_after = False
+            missing = False
+            for k, part in enumerate(parts):
+                if not node.is_dir:
+                    return found  # a non-directory in this layer hides the path below
+                if k and layer.is_opaque(node):
+                    stop_after = True
+                child = layer.child_of(reader, node, part)
+                if child is None:
+                    missing = True
+                    break
+                if _is_whiteout(child):
+                    return found
+                node = child
+            if missing:
+                if stop_after:
+                    return found
+                continue
+            if not node.is_dir:
+                return found or [(layer, node)]
+            if found and not found[0][1].is_dir:
+                return found
+            found.append((layer, node))
+            if stop_after or (parts and layer.is_opaque(node)):
+                return found
+        return found
+
+    def _lookup(self, path: str) -> tuple[_Layer, Inode, list[bytes]]:
+        parts = _split(path)
+        found = self._candidates(parts)
+        if not found:
+            if not parts:  # an empty view still has a root: 0755, 0:0
+                raise _EmptyRoot
+            raise NotFound(f"{path}: no such file or directory", subject=path)
+        layer, inode = found[0]
+        return layer, inode, parts
+
+    def _info(self, name: str, inode: Inode) -> FileInfo:
+        return FileInfo(
+            name=name,
+            size=inode.size,
+            mode=inode.mode,
+            mtime_ns=inode.mtime_ns,
+            uid=inode.uid,
+            gid=inode.gid,
+            nlink=inode.nlink,
+            rdev=inode.rdev,
+            ino=inode.ino,
+        )
+
+    # -- read operations ---------------------------------------------------------------------
+
+    def lstat(self, path: str) -> FileInfo:
+        """Information about ``path`` itself."""
+        try:
+            _, inode, parts = self._lookup(path)
+        except _EmptyRoot:
+            return FileInfo(
+                name="/", size=4096, mode=stat.S_IFDIR | 0o755, mtime_ns=0, uid=0, gid=0, nlink=2
+            )
+        return self._info(os.fsdecode(parts[-1]) if parts else "/", inode)
+
+    def stat(self, path: str) -> FileInfo:
+        """Information about ``path`` with symlinks followed inside the view."""
+        return self.lstat(self.resolve_path(path))
+
+    def readlink(self, path: str) -> str:
+        """A symlink's target."""
+        layer, inode, _ = self._lookup(path)
+        if not inode.is_symlink:
+            raise InvalidArgument(f"{path}: not a symbolic link", subject=path)
+        assert layer.reader is not None
+        return os.fsdecode(layer.reader.readlink(inode))
+
+    def readdir(self, path: str) -> list[FileInfo]:
+        """Entries of a directory, merged over the layers, sorted by name."""
+        parts = _split(path)
+        found = self._candidates(parts)
+        if not found:
+            if not parts:
+                return []
+            raise NotFound(f"{path}: no such file or directory", subject=path)
+        if not found[0][1].is_dir:
+            raise InvalidArgument(f"{path}: not a directory", subject=path)
+        hidden: set[bytes] = set()
+        result: dict[bytes, FileInfo] = {}
+        for layer, inode in found:
+            reader = layer.reader
+            assert reader is not None
+            for name, entry in layer.names(inode).items():
+                if name in hidden or name in result:
+                    continue
+                child = reader.inode(entry.ino)
+                hidden.add(name)
+                if _is_whiteout(child):
+                    continue
+                result[name] = self._info(os.fsdecode(name), child)
+        return [result[name] for name in sorted(result)]
+
+    def open(self, path: str) -> BinaryIO:
+        """A readable binary file object over a regular file."""
+        layer, inode, _ = self._lookup(self.resolve_path(path))
+        if not inode.is_reg:
+            raise InvalidArgument(f"{path}: not a regular file", subject=path)
+        assert layer.reader is not None
+        return io.BufferedReader(layer.reader.open_file(inode))
+
+    def readfile(self, path: str) -> bytes:
+        """A whole regular file."""
+        with self.open(path) as fh:
+            return fh.read()
+
+    def resolve_path(self, path: str) -> str:
+        """Resolve every symlink in ``path``; absolute targets and ``..`` stay inside the view."""
+        pending = [p for p in posixpath.normpath("/" + path).split("/") if p]
+        pending.reverse()
+        resolved: list[str] = []
+        hops = 0
+        while pending:
+            part = pending.pop()
+            if part == ".":
+                continue
+            if part == "..":
+                if resolved:
+                    resolved.pop()
+                continue
+            candidate = "/" + "/".join([*resolved, part])
+            try:
+                info = self.lstat(candidate)
+            except NotFound:
+                resolved.append(part)
+                resolved.extend(reversed(pending))
+                return "/" + "/".join(resolved)
+            if stat.S_ISLNK(info.mode):
+                hops += 1
+                if hops > _MAX_SYMLINKS:
+                    raise InvalidArgument(
+                        f"{path}: too many levels of symbolic links", subject=path
+                    )
+                target = self.readlink(candidate)
+                if target.startswith("/"):
+                    resolved = []
+                pending.extend(reversed([p for p in target.split("/") if p]))
+                continue
+            resolved.append(part)
+        return "/" + "/".join(resolved)
+
+    def archive_path(self, path: str, out: Callable[[bytes], object]) -> None:
+        """Write a tar of ``path`` and everything below it (names relative to its parent)."""
+        start = posixpath.normpath("/" + path)
+        base = posixpath.basename(start) or "."
+        self._archive(start, base, out)
+        out(END_OF_ARCHIVE)
+
+    def _archive(self, path: str, name: str, out: Callable[[bytes], object]) -> None:
+        info = self.lstat(path)
+        fmt = stat.S_IFMT(info.mode)
+        encoded = os.fsencode(name)
+        if fmt == stat.S_IFDIR:
+            out(
+                TarHeader.encode(
+                    encoded + b"/",
+                    typeflag=b"5",
+                    mode=info.mode,
+                    uid=info.uid,
+                    gid=info.gid,
+                    size=0,
+                    mtime_ns=info.mtime_ns,
+                )
+            )
+            for child in self.readdir(path):
+                self._archive(
+                    posixpath.join(path, child.name), posixpath.join(name, child.name), out
+                )
+            return
+        if fmt == stat.S_IFREG:
+            out(
+                TarHeader.encode(
+                    encoded,
+                    typeflag=b"0",
+                    mode=info.mode,
+                    uid=info.uid,
+                    gid=info.gid,
+                    size=info.size,
+                    mtime_ns=info.mtime_ns,
+                )
+            )
+            with self.open(path) as fh:
+                while chunk := fh.read(1 << 20):
+                    out(chunk)
+            out(padding(info.size))
+            return
+        if fmt == stat.S_IFLNK:
+            target = os.fsencode(self.readlink(path))
+            out(
+                TarHeader.encode(
+                    encoded,
+                    typeflag=b"2",
+                    mode=info.mode,
+                    uid=info.uid,
+                    gid=info.gid,
+                    size=0,
+                    mtime_ns=info.mtime_ns,
+                    linkname=target,
+                )
+            )
+            return
+        typeflag = {stat.S_IFCHR: b"3", stat.S_IFBLK: b"4", stat.S_IFIFO: b"6"}.get(fmt)
+        if typeflag is not None:
+            out(
+                TarHeader.encode(
+                    encoded,
+                    typeflag=typeflag,
+                    mode=info.mode,
+                    uid=info.uid,
+                    gid=info.gid,
+                    size=0,
+                    mtime_ns=info.mtime_ns,
+                    devmajor=os.major(info.rdev),
+                    devminor=os.minor(info.rdev),
+                )
+            )
+
+    # -- writes are for the host and vm backends ----------------------------------------------
+
+    def _read_only(self, op: str) -> NotSupported:
+        return NotSupported(
+            f"{op}: not supported by the userspace backend; use lcow.backend=host or vm",
+            subject=self.layer_id,
+        )
+
+    def mkdir(self, path: str, mode: int = 0o755) -> None:
+        """Not supported here."""
+        raise self._read_only("mkdir")
+
+    def writefile(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Not supported here."""
+        raise self._read_only("writefile")
+
+    def remove(self, path: str) -> None:
+        """Not supported here."""
+        raise self._read_only("remove")
+
+    def close(self) -> None:
+        """Close every opened image."""
+        for layer in self._layers:
+            layer.close()
+
+
+class _EmptyRoot(Exception):
+    """Internal: the view has no content at all (its root is synthesised)."""

@@ -1,0 +1,1 @@
+"""The LCOW graph driver: options, operations, changes (SPEC §2, §3)."""

@@ -1,0 +1,433 @@
+"""The LCOW graph driver: Docker's 15 operations over a data root (SPEC §3).
+
+Layers are folders of the data root (:mod:`lcow.storage.dataroot`): a read-only layer holds
+``layer.vhd`` (written by :meth:`Driver.apply_diff` with lcow's converter), a writable layer
+``sandbox.vhdx`` (:meth:`Driver.create_read_write`), and ``layerchain.json`` names its
+ancestors. Views (what :meth:`Driver.get` returns) come from an injected backend and are
+reference-counted per id. Diff, Changes and DiffSize read the images directly, whatever the
+backend, so the two stubs of the original are real here.
+
+Locking: a per-id lock serialises operations on one layer inside the process, and an advisory
+lock on the data root serialises changes to folders across processes. Every file is written under
+a temporary name and renamed into place, so a crash leaves each layer whole or absent; Cleanup
+sweeps what an interrupted Remove or write left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from lcow._util.atomic import atomic_output
+from lcow.backends.base import Backend, ContainerFS, LayerDisk
+from lcow.convert.export import export_layer
+from lcow.convert.options import ConvertOptions
+from lcow.convert.tar2ext4 import tar2ext4
+from lcow.errors import AlreadyExists, LcowError, NotFound, NotSupported
+from lcow.formats.ext4.reader import Ext4Reader
+from lcow.formats.source import open_source
+from lcow.graphdriver.diffstream import DiffStream
+from lcow.graphdriver.options import DriverOptions, parse_driver_options, sandbox_size_bytes
+from lcow.layerdiff.changes import (
+    Change,
+    LayerContent,
+    MergedView,
+    change_size,
+    overlay_changes,
+    own_diff_size,
+    tree_changes,
+)
+from lcow.layerdiff.export_changes import export_changes
+from lcow.storage.dataroot import LAYER_VHD, SANDBOX_VHDX, DataRoot, validate_id
+from lcow.storage.locks import IdLocks, RootLock
+
+__all__ = ["Driver"]
+
+log = logging.getLogger(__name__)
+
+
+def _make_backend(options: DriverOptions) -> Backend:
+    if options.backend == "userspace":
+        from lcow.backends.userspace import UserspaceBackend
+
+        return UserspaceBackend()
+    raise NotSupported(
+        f"driver not supported: the {options.backend} backend is not available in this build",
+        subject=options.backend,
+    )
+
+
+class Driver:
+    """moby's LCOW graph driver (``lcow``), Python names (SPEC §3).
+
+    Args:
+        home: the data root.
+        options: ``key=value`` strings (SPEC §2); ``None`` = none.
+        uid_maps: ignored (as in LCOW).
+        gid_maps: ignored.
+        backend: a backend instance; by default the one ``lcow.backend`` names.
+
+    Raises:
+        InvalidArgument: a bad option.
+        NotSupported: the backend's prerequisites are missing (``driver not supported``).
+    """
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str],
+        options: Sequence[str] | None = None,
+        uid_maps: object = None,
+        gid_maps: object = None,
+        *,
+        backend: Backend | None = None,
+    ) -> None:
+        self.root = DataRoot(home)
+        self.options = parse_driver_options(options, root=str(self.root.root))
+        self.backend = backend if backend is not None else _make_backend(self.options)
+        self.root.create()
+        self._ids = IdLocks()
+        self._root_lock = RootLock(self.root.root)
+        self._cache_lock = threading.Lock()
+        self._views: dict[str, tuple[ContainerFS, int]] = {}
+        self._views_lock = threading.Lock()
+
+    def __str__(self) -> str:
+        return "lcow"
+
+    @property
+    def name(self) -> str:
+        """The driver name, ``lcow``."""
+        return "lcow"
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def status(self) -> list[tuple[str, str]]:
+        """``[("LCOW", "")]`` followed by lcow's own pairs."""
+        return [
+            ("LCOW", ""),
+            ("Backend", self.backend.name),
+            ("Mode", "global" if self.options.global_mode else "per-id"),
+            ("Root", str(self.root.root)),
+            ("Layers", str(len(self.root.layer_ids()))),
+        ]
+
+    def exists(self, layer_id: str) -> bool:
+        """Whether the layer's folder exists (a folder without a disk counts)."""
+        try:
+            return os.path.lexists(self.root.layer_dir(layer_id))
+        except LcowError:
+            return False
+
+    def get_metadata(self, layer_id: str) -> dict[str, str]:
+        """``{"dir": dir(id)}``; never fails, no existence check."""
+        return {"dir": str(self.root.root / os.path.basename(layer_id.replace("\\", "/")))}
+
+    def get_layer_path(self, layer_id: str) -> str:
+        """The layer's folder."""
+        return str(self.root.layer_dir(layer_id))
+
+    def parent_chain(self, layer_id: str) -> list[Path]:
+        """Ancestor folders of a layer, nearest first."""
+        return self.root.read_chain(layer_id)
+
+    # -- create ------------------------------------------------------------------------------
+
+    def create(
+        self, layer_id: str, parent: str | None = None, opts: Mapping[str, str] | None = None
+    ) -> None:
+        """Make the layer folder and its ``layerchain.json``; no disk yet."""
+        validate_id(layer_id)
+        with self._ids.hold(layer_id), self._root_lock.hold():
+            chain: list[Path] = []
+            if parent is not None:
+                parent_dir = self.root.layer_dir(parent)
+                if not parent_dir.is_dir():
+                    raise NotFound(
+                        f"lcowdriver: cannot create layer folder with missing parent {parent}",
+                        subject=parent,
+                    )
+                chain = [parent_dir, *self.root.read_chain(parent)]
+            folder = self.root.layer_dir(layer_id)
+            existed = folder.exists()
+            if existed and DataRoot.layer_file(folder) is not None:
+                raise AlreadyExists(
+                    f"lcowdriver: create: layer {layer_id} already exists with content",
+                    subject=layer_id,
+                )
+            folder.mkdir(mode=0o700, exist_ok=True)
+            try:
+                self.root.write_chain(layer_id, chain)
+            except LcowError:
+                if not existed:
+                    try:
+                        shutil.rmtree(folder)
+                    except OSError as exc:
+                        log.warning("failed to remove layer %s: %s", folder, exc)
+                raise
+
+    def create_read_write(
+        self, layer_id: str, parent: str | None = None, opts: Mapping[str, str] | None = None
+    ) -> None:
+        """Create, then give the layer an empty ``sandbox.vhdx``."""
+        self.create(layer_id, parent, opts)
+        size = sandbox_size_bytes(layer_id, opts)
+        with self._ids.hold(layer_id):
+            self._materialise_sandbox(layer_id, size)
+
+    def _materialise_sandbox(self, layer_id: str, size: int | None) -> None:
+        """Write ``<id>/sandbox.vhdx``: a copy of the cached template for the default size."""
+        from lcow.storage.sandbox import make_sandbox
+
+        target = self.root.layer_dir(layer_id) / SANDBOX_VHDX
+        if size is not None:
+            make_sandbox(target, size)
+            return
+        template = self.root.cache / SANDBOX_VHDX
+        with self._cache_lock:
+            if not template.exists():
+                make_sandbox(template, None)
+        with open(template, "rb") as src, atomic_output(target, fsync=True, mode=0o600) as fd:
+            size_left = os.fstat(src.fileno()).st_size
+            offset = 0
+            while size_left:
+                done = os.copy_file_range(src.fileno(), fd, size_left, offset, offset)
+                if not done:
+                    break
+                offset += done
+                size_left -= done
+
+    # -- content -----------------------------------------------------------------------------
+
+    def apply_diff(
+        self, layer_id: str, parent: str | None, diff: BinaryIO | int | str | os.PathLike[str]
+    ) -> int:
+        """Convert a tar stream into ``<id>/layer.vhd``; returns the unpacked size.
+
+        The whole stream is read (padding included). On failure no partial file remains and
+        earlier content is untouched; on success a sandbox the layer had is replaced.
+        """
+        folder = self.root.layer_dir(layer_id)
+        with self._ids.hold(layer_id):
+            if not folder.is_dir():
+                raise NotFound(
+                    f"lcowdriver: applydiff: {layer_id}: layer does not exist", subject=layer_id
+                )
+            result = tar2ext4(
+                diff,
+                folder / LAYER_VHD,
+                ConvertOptions(
+                    convert_whiteouts=True,
+                    vhd_footer=True,
+                    dm_verity=self.options.dm_verity,
+                    fsync=True,
+                ),
+            )
+            with contextlib.suppress(FileNotFoundError):
+                (folder / SANDBOX_VHDX).unlink()
+            meta = {"content_size": result.content_size, "vhd_size": result.file_size}
+            if result.root_hash is not None:
+                meta["root_hash"] = result.root_hash  # type: ignore[assignment]
+                meta["hash_offset"] = result.hash_offset  # type: ignore[assignment]
+            self.root.write_meta(layer_id, meta)
+            return result.content_size
+
+    @contextlib.contextmanager
+    def _contents(self, folders: list[Path]) -> Iterator[list[LayerContent]]:
+        """Open the own content of each folder (nearest first) for reading."""
+        opened: list[LayerContent] = []
+        try:
+            for folder in folders:
+                disk = DataRoot.layer_file(folder)
+                if disk is None:
+                    opened.append(LayerContent(None))
+                    continue
+                reader = Ext4Reader(open_source(disk.path), close_source=True)
+                top = b"/upper" if disk.writable else b"/"
+                if disk.writable:
+                    try:
+                        reader.lookup(top)
+                    except NotFound:
+                        reader.close()
+                        opened.append(LayerContent(None))
+                        continue
+                opened.append(LayerContent(reader, top))
+            yield opened
+        finally:
+            for content in opened:
+                if content.reader is not None:
+                    content.reader.close()
+
+    def _is_direct(self, layer_id: str, parent: str | None) -> tuple[bool, list[Path]]:
+        chain = self.root.read_chain(layer_id)
+        if parent is None:
+            return not chain, chain
+        return bool(chain) and chain[0] == self.root.layer_dir(parent), chain
+
+    def write_diff(
+        self, layer_id: str, parent: str | None, out: BinaryIO | int | Callable[[bytes], object]
+    ) -> None:
+        """Write the tar of ``id``'s changes against ``parent`` to ``out`` (see :meth:`diff`)."""
+        folder = self.root.layer_dir(layer_id)
+        if not folder.is_dir():
+            raise NotFound(f"lcowdriver: diff: {layer_id}: layer does not exist", subject=layer_id)
+        direct, chain = self._is_direct(layer_id, parent)
+        try:
+            if direct:
+                with self._contents([folder]) as (own,):
+                    if own.reader is None:
+                        _write_empty_tar(out)
+                        return
+                    export_layer(own.reader, out, top=own.top)
+                return
+            parent_folders = (
+                []
+                if parent is None
+                else [self.root.layer_dir(parent), *self.root.read_chain(parent)]
+            )
+            with self._contents([folder, *chain]) as new, self._contents(parent_folders) as old:
+                new_view, old_view = MergedView.build(new), MergedView.build(old)
+                export_changes(new_view, new, tree_changes(new_view, old_view), out)
+        except LcowError as exc:
+            raise type(exc)(
+                f"lcowdriver: diff: {layer_id} failed to export layer to tar stream for id: "
+                f"{layer_id}, parent: {parent or ''} : {exc}",
+                subject=layer_id,
+            ) from exc
+
+    def diff(self, layer_id: str, parent: str | None = None) -> DiffStream:
+        """A readable tar stream of ``id``'s changes against ``parent``.
+
+        The direct parent (or none, for a base) gives the layer's own content with AUFS
+        whiteouts; any other parent the comparison of the two views, as overlay2 does. Errors
+        surface from ``read``; ``close`` never fails.
+        """
+        self.root.layer_dir(layer_id)  # validates the id now, not in the producer thread
+        return DiffStream(lambda out: self.write_diff(layer_id, parent, out))
+
+    def changes(self, layer_id: str, parent: str | None = None) -> list[Change]:
+        """Changes of ``id`` against ``parent`` (SPEC §5.6 for the direct parent, else §5.7)."""
+        folder = self.root.layer_dir(layer_id)
+        if not folder.is_dir():
+            raise NotFound(
+                f"lcowdriver: changes: {layer_id}: layer does not exist", subject=layer_id
+            )
+        direct, chain = self._is_direct(layer_id, parent)
+        if direct:
+            with self._contents([folder]) as (own,), self._contents(chain) as lower:
+                return overlay_changes(own, MergedView.build(lower))
+        parent_folders = (
+            [] if parent is None else [self.root.layer_dir(parent), *self.root.read_chain(parent)]
+        )
+        with self._contents([folder, *chain]) as new, self._contents(parent_folders) as old:
+            return tree_changes(MergedView.build(new), MergedView.build(old))
+
+    def diff_size(self, layer_id: str, parent: str | None = None) -> int:
+        """Bytes of changed content (SPEC §3 DiffSize, §5.8)."""
+        folder = self.root.layer_dir(layer_id)
+        if not folder.is_dir():
+            raise NotFound(
+                f"lcowdriver: diffsize: {layer_id}: layer does not exist", subject=layer_id
+            )
+        direct, chain = self._is_direct(layer_id, parent)
+        if direct:
+            with self._contents([folder]) as (own,):
+                return own_diff_size(own)
+        parent_folders = (
+            [] if parent is None else [self.root.layer_dir(parent), *self.root.read_chain(parent)]
+        )
+        with self._contents([folder, *chain]) as new, self._contents(parent_folders) as old:
+            new_view = MergedView.build(new)
+            return change_size(new_view, tree_changes(new_view, MergedView.build(old)))
+
+    # -- views -------------------------------------------------------------------------------
+
+    def get(self, layer_id: str, mount_label: str = "") -> ContainerFS:
+        """The layer's view; counted, released by :meth:`put`."""
+        with self._ids.hold(layer_id):
+            with self._views_lock:
+                held = self._views.get(layer_id)
+                if held is not None:
+                    self._views[layer_id] = (held[0], held[1] + 1)
+                    return held[0]
+            folder = self.root.layer_dir(layer_id)
+            if not folder.is_dir():
+                raise NotFound(
+                    f"lcowdriver: get: {layer_id}: layer does not exist", subject=layer_id
+                )
+            folders = [folder, *self.root.read_chain(layer_id)]
+            disks = [LayerDisk(f, DataRoot.layer_file(f)) for f in folders]
+            view = self.backend.open_view(layer_id, disks)
+            with self._views_lock:
+                self._views[layer_id] = (view, 1)
+            return view
+
+    def put(self, layer_id: str) -> None:
+        """Release one :meth:`get`; the view closes at zero. Without a Get it is a no-op."""
+        with self._ids.hold(layer_id):
+            with self._views_lock:
+                held = self._views.get(layer_id)
+                if held is None:
+                    return
+                view, count = held
+                if count > 1:
+                    self._views[layer_id] = (view, count - 1)
+                    return
+                del self._views[layer_id]
+            view.close()
+
+    def view_count(self, layer_id: str) -> int:
+        """Outstanding Gets of a layer (0 when none)."""
+        with self._views_lock:
+            held = self._views.get(layer_id)
+            return 0 if held is None else held[1]
+
+    def _drop_views(self, layer_id: str) -> None:
+        with self._views_lock:
+            held = self._views.pop(layer_id, None)
+        if held is not None:
+            try:
+                held[0].close()
+            except (OSError, LcowError) as exc:
+                log.warning("lcowdriver: %s: closing its view failed: %s", layer_id, exc)
+
+    # -- removal -----------------------------------------------------------------------------
+
+    def remove(self, layer_id: str) -> None:
+        """Tear down the layer's views and delete its folder (unknown ids succeed)."""
+        validate_id(layer_id)
+        with self._ids.hold(layer_id):
+            self._drop_views(layer_id)
+            with self._root_lock.hold():
+                self.root.remove_layer(layer_id)
+
+    def cleanup(self) -> None:
+        """Release every view, sweep ``-removing`` folders and temporaries; never fails."""
+        if not self.root.root.exists():
+            return
+        with self._views_lock:
+            ids = list(self._views)
+        for layer_id in ids:
+            self._drop_views(layer_id)
+        try:
+            self.backend.cleanup()
+        except (OSError, LcowError) as exc:
+            log.warning("lcowdriver: cleanup: backend: %s", exc)
+        with self._root_lock.hold():
+            self.root.sweep_removing()
+            self.root.sweep_temporaries()
+
+
+def _write_empty_tar(out: BinaryIO | int | Callable[[bytes], object]) -> None:
+    data = bytes(1024)
+    if isinstance(out, int):
+        os.write(out, data)
+    elif hasattr(out, "write"):
+        out.write(data)
+    else:
+        out(data)

@@ -1,0 +1,1 @@
+"""Data root layout: layer folders, layerchain.json, locks, removal (SPEC §1)."""

@@ -1,0 +1,248 @@
+"""The data root exactly as LCOW lays it out (SPEC §1.1-§1.3).
+
+::
+
+    <root>/                 0700, made by init
+      cache/ scratch/       0700; cache/sandbox.vhdx is the blank sandbox template
+      <id>/                 one folder per layer (0700)
+        layer.vhd           read-only layer: ext4 + fixed VHD footer (ApplyDiff)
+        sandbox.vhdx        writable layer (CreateReadWrite, or Get on a Create-only layer)
+        layerchain.json     ancestors' folders, nearest first; ``null`` for a base
+        lcow-layer.json     lcow's own metadata (content size, verity root); Windows ignores it
+      <id>-removing/        transient during Remove; swept by Cleanup
+
+This module knows nothing of ext4: it maps ids to paths, reads and writes chains, and removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lcow._util.atomic import atomic_output
+from lcow.errors import CorruptImage, FailedPrecondition, InvalidArgument, NotFound
+
+__all__ = [
+    "LAYER_CHAIN",
+    "LAYER_META",
+    "LAYER_VHD",
+    "REMOVING_SUFFIX",
+    "SANDBOX_VHDX",
+    "DataRoot",
+    "LayerFile",
+    "validate_id",
+]
+
+log = logging.getLogger(__name__)
+
+LAYER_VHD = "layer.vhd"
+SANDBOX_VHDX = "sandbox.vhdx"
+LAYER_CHAIN = "layerchain.json"
+LAYER_META = "lcow-layer.json"
+REMOVING_SUFFIX = "-removing"
+_DIR_MODE = 0o700
+
+
+def validate_id(layer_id: str) -> str:
+    """Return ``layer_id`` if it is one usable path component (SPEC §3 project decision)."""
+    if (
+        not layer_id
+        or layer_id in (".", "..")
+        or "/" in layer_id
+        or "\\" in layer_id
+        or "\x00" in layer_id
+    ):
+        raise InvalidArgument(
+            f"invalid layer id {layer_id!r}: must be one path component", subject=layer_id
+        )
+    return layer_id
+
+
+@dataclass(frozen=True)
+class LayerFile:
+    """The disk holding a folder's own content."""
+
+    path: Path
+    writable: bool  # sandbox.vhdx (True) or layer.vhd (False)
+
+
+class DataRoot:
+    """Paths and on-disk records of one data root."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(os.path.abspath(root))
+        self.cache = self.root / "cache"
+        self.scratch = self.root / "scratch"
+
+    def create(self) -> None:
+        """Make the root, ``cache/`` and ``scratch/`` (0700); drop stale scratch disks."""
+        for path in (self.root, self.cache, self.scratch):
+            try:
+                path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise FailedPrecondition(
+                    f"lcowdriver: init: failed to create '{path}': {exc.strerror}",
+                    subject=str(path),
+                ) from exc
+        for stale in self.scratch.glob("**/*.vhdx"):
+            log.info("lcowdriver: init: deleting stale scratch file %s", stale)
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def layer_dir(self, layer_id: str) -> Path:
+        """``dir(id)``: the folder of a layer."""
+        return self.root / validate_id(layer_id)
+
+    def removing_dir(self, layer_id: str) -> Path:
+        """Where a layer folder goes while it is being deleted."""
+        return self.root / (validate_id(layer_id) + REMOVING_SUFFIX)
+
+    def resolve_folder(self, recorded: str) -> Path:
+        """A chain entry resolved by its last component against this root (moved roots and
+        Windows-written chains keep working)."""
+        name = recorded.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+        return self.root / validate_id(name)
+
+    def layer_ids(self) -> list[str]:
+        """Ids of every layer folder, sorted."""
+        skip = {"cache", "scratch"}
+        ids = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.root):
+                if (
+                    entry.is_dir(follow_symlinks=False)
+                    and entry.name not in skip
+                    and not (entry.name.endswith(REMOVING_SUFFIX) or entry.name.startswith("."))
+                ):
+                    ids.append(entry.name)
+        return sorted(ids)
+
+    # -- layerchain.json ---------------------------------------------------------------------
+
+    def read_chain(self, layer_id: str) -> list[Path]:
+        """Ancestor folders, nearest first (empty for a base or a missing file)."""
+        path = self.layer_dir(layer_id) / LAYER_CHAIN
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise FailedPrecondition(
+                f"lcowdriver: getlayerchain: {layer_id} unable to read layerchain file {path}: "
+                f"{exc.strerror}",
+                subject=layer_id,
+            ) from exc
+        try:
+            value = json.loads(data)
+            if value is None:
+                return []
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError("expected an array of strings or null")
+            return [self.resolve_folder(v) for v in value]
+        except (ValueError, InvalidArgument) as exc:
+            raise CorruptImage(
+                f"lcowdriver: getlayerchain: {layer_id} failed to unmarshall layerchain file "
+                f"{path}: {exc}",
+                subject=layer_id,
+            ) from exc
+
+    def write_chain(self, layer_id: str, chain: list[Path]) -> None:
+        """Write ``layerchain.json`` (0600): absolute POSIX paths, ``null`` for a base."""
+        folder = self.layer_dir(layer_id)
+        value = [str(p) for p in chain] if chain else None
+        data = json.dumps(value, separators=(",", ":")).encode()
+        try:
+            with atomic_output(folder / LAYER_CHAIN, mode=0o600) as fd:
+                os.write(fd, data)
+        except OSError as exc:
+            raise FailedPrecondition(
+                f"lcowdriver: setlayerchain: {layer_id} failed to write layerchain file: "
+                f"{exc.strerror}",
+                subject=layer_id,
+            ) from exc
+
+    # -- layer files and metadata -----------------------------------------------------------
+
+    @staticmethod
+    def layer_file(folder: Path) -> LayerFile | None:
+        """The folder's ``layer.vhd``, else its ``sandbox.vhdx``, else ``None``."""
+        vhd = folder / LAYER_VHD
+        if vhd.exists():
+            return LayerFile(vhd, writable=False)
+        vhdx = folder / SANDBOX_VHDX
+        if vhdx.exists():
+            return LayerFile(vhdx, writable=True)
+        return None
+
+    @staticmethod
+    def require_layer_file(folder: Path) -> LayerFile:
+        """Like :meth:`layer_file` but a folder without one is an error (LCOW's message)."""
+        found = DataRoot.layer_file(folder)
+        if found is None:
+            raise NotFound(f"failed to locate layer or sandbox in {folder}", subject=str(folder))
+        return found
+
+    def read_meta(self, layer_id: str) -> dict[str, Any]:
+        """lcow's own per-layer metadata (empty when absent or unreadable)."""
+        try:
+            value = json.loads((self.layer_dir(layer_id) / LAYER_META).read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def write_meta(self, layer_id: str, meta: dict[str, Any]) -> None:
+        """Replace lcow's own per-layer metadata atomically."""
+        with atomic_output(self.layer_dir(layer_id) / LAYER_META, mode=0o600) as fd:
+            os.write(fd, json.dumps(meta, sort_keys=True).encode())
+
+    # -- removal -----------------------------------------------------------------------------
+
+    def remove_layer(self, layer_id: str) -> None:
+        """Rename the folder to ``<id>-removing`` (missing is fine), then delete it."""
+        folder = self.layer_dir(layer_id)
+        removing = self.removing_dir(layer_id)
+        try:
+            os.rename(folder, removing)
+        except FileNotFoundError:
+            if not removing.exists():
+                return
+        except OSError as exc:
+            if removing.exists():  # a previous removal was interrupted; finish both
+                shutil.rmtree(removing, ignore_errors=True)
+                os.rename(folder, removing)
+            else:
+                raise FailedPrecondition(
+                    f"lcowdriver: remove: {layer_id}: {exc}", subject=layer_id
+                ) from exc
+        shutil.rmtree(removing)
+
+    def sweep_removing(self) -> list[str]:
+        """Delete every ``*-removing`` directory; returns the names that could not be removed."""
+        failed = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.root):
+                if entry.name.endswith(REMOVING_SUFFIX) and entry.is_dir(follow_symlinks=False):
+                    try:
+                        shutil.rmtree(entry.path)
+                    except OSError as exc:
+                        log.warning("lcowdriver: cleanup failed to cleanup %s: %s", entry.name, exc)
+                        failed.append(entry.name)
+        return failed
+
+    def sweep_temporaries(self) -> None:
+        """Delete temporary files an interrupted write left in layer folders."""
+        for layer_id in self.layer_ids():
+            folder = self.root / layer_id
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.scandir(folder):
+                    if entry.name.startswith(".") and ".tmp-" in entry.name:
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry.path)
