@@ -1,0 +1,1 @@
+"""Conformance suites shipped with lcow: the graphtest port and backend checks."""
