@@ -252,16 +252,19 @@ def _is_empty(reader: Ext4Reader, entry: Entry) -> bool:
 
 
 def _copy_contents(reader: Ext4Reader, entry: Entry, sink: _Sink, src_fd: int) -> None:
+    if src_fd < 0:  # no host file (in-memory image): read through the file object
+        with reader.open_file(entry.inode, path=entry.path) as fh:
+            while chunk := fh.read(1 << 20):
+                sink.write(chunk)
+        return
     done = 0
     for span in reader.spans(entry.inode, path=entry.path):
         if span.offset > done:
             sink.zeros(span.offset - done)
         if span.data is not None:
             sink.write(span.data)
-        elif span.host_offset is not None and src_fd >= 0:
-            sink.copy_from(src_fd, span.host_offset, span.length)
         elif span.host_offset is not None:
-            sink.write(reader.source.pread(span.host_offset, span.length))
+            sink.copy_from(src_fd, span.host_offset, span.length)
         else:
             sink.zeros(span.length)
         done = span.offset + span.length

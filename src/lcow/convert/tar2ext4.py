@@ -21,7 +21,7 @@ from lcow.errors import InvalidArgument, NotFound
 from lcow.formats.ext4.layout import INODE_XATTR_SPACE, ROOT_INO
 from lcow.formats.ext4.tree import encode_dev
 from lcow.formats.ext4.writer import Ext4Writer
-from lcow.formats.ext4.xattrs import split_name
+from lcow.formats.ext4.xattrs import acl_to_disk, split_name
 
 __all__ = ["convert_stream", "tar2ext4"]
 
@@ -179,11 +179,20 @@ class _Converter:
     def _xattrs(self, entry: TarEntry) -> dict[bytes, bytes]:
         kept = {}
         for name, value in entry.xattrs.items():  # type: ignore[union-attr]
-            if split_name(name) is None:
+            split = split_name(name)
+            if split is None:
                 log.warning(
                     "%s: skipping xattr %r in an unknown namespace", _shown(entry.name), name
                 )
                 continue
+            if split[0] in (2, 3):  # POSIX ACLs: ext4 stores its own compact form
+                disk = acl_to_disk(value)
+                if disk is None:
+                    shown = _shown(entry.name)
+                    raise InvalidArgument(
+                        f"{shown}: malformed POSIX ACL in {name.decode()}", subject=shown
+                    )
+                value = disk
             kept[name] = value
         return kept
 

@@ -142,8 +142,22 @@ def _checksum_ok(raw: bytes | bytearray, field: bytes) -> bool:
     return by255 == 0 and by65521 == 0
 
 
+#: Times are clamped to what ext4 can store (seconds -2^31 .. 0x37fffffff).
+MIN_TIME_NS = -(1 << 31) * 1_000_000_000
+MAX_TIME_NS = 0x37FFFFFFF * 1_000_000_000 + 999_999_999
+
+
+def _clamp_time(ns: int) -> int:
+    return MIN_TIME_NS if ns < MIN_TIME_NS else MAX_TIME_NS if ns > MAX_TIME_NS else ns
+
+
 def _pax_time(value: bytes, key: str, name: bytes) -> int:
-    """Parse a PAX decimal time (``-12.5``, ``1700000000.123456789``) to ns."""
+    """Parse a PAX decimal time (``-12.5``, ``1700000000.123456789``) to ns, clamped to the
+    range ext4 can store."""
+    return _clamp_time(_pax_time_raw(value, key, name))
+
+
+def _pax_time_raw(value: bytes, key: str, name: bytes) -> int:
     try:
         whole, dot, frac = value.partition(b".")
         if not dot:
@@ -398,7 +412,7 @@ class TarReader:
             if pax is None or b"gid" not in pax:
                 entry.gid = _num(fields[3], "gid", name)
             if pax is None or b"mtime" not in pax:
-                entry.mtime_ns = _num(fields[5], "mtime", name) * 1_000_000_000
+                entry.mtime_ns = _clamp_time(_num(fields[5], "mtime", name) * 1_000_000_000)
             entry.linkname = fields[8].split(b"\x00", 1)[0]
             if typeflag in (b"3", b"4"):
                 entry.devmajor = _num(fields[13], "devmajor", name)

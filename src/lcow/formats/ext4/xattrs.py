@@ -140,3 +140,29 @@ def pack_xattrs(
         XATTR_HEADER.pack_into(buf, 0, EXT4_XATTR_MAGIC, 1, 1, block_hash(hashes), 0, b"")
         block = bytes(buf)
     return inode_area, block
+
+
+_ACL_XATTR_VERSION = 2  # the form getxattr/setxattr use (posix_acl_xattr)
+_ACL_DISK_VERSION = 1  # ext4's on-disk form
+_ACL_USER, _ACL_GROUP = 0x02, 0x08  # the tags that carry an id
+_ACL_TAGS = {0x01, 0x02, 0x04, 0x08, 0x10, 0x20}
+
+
+def acl_to_disk(value: bytes) -> bytes | None:
+    """Convert a POSIX ACL from the xattr form (as tar carries it) to ext4's on-disk form.
+
+    Returns ``None`` when ``value`` is not a well-formed xattr-form ACL.
+    """
+    if len(value) < 4 or (len(value) - 4) % 8:
+        return None
+    if int.from_bytes(value[:4], "little") != _ACL_XATTR_VERSION:
+        return None
+    out = bytearray(_ACL_DISK_VERSION.to_bytes(4, "little"))
+    for i in range(4, len(value), 8):
+        tag = int.from_bytes(value[i : i + 2], "little")
+        if tag not in _ACL_TAGS:
+            return None
+        out += value[i : i + 4]  # e_tag, e_perm
+        if tag in (_ACL_USER, _ACL_GROUP):
+            out += value[i + 4 : i + 8]  # e_id
+    return bytes(out)
