@@ -2,7 +2,8 @@
 
 Public API (more arrives as the driver grows):
 
-* :func:`lcow.tar2ext4` — stream a tar into an ext4 image, optionally with dm-verity and a VHD footer.
+* :func:`lcow.tar2ext4` — stream a tar into an ext4 image, optionally with dm-verity and a
+  VHD footer.
 * :class:`lcow.ConvertOptions`, :class:`lcow.ConvertResult`.
 * the error tree in :mod:`lcow.errors`.
 """

@@ -9,7 +9,7 @@ layer converter must handle (SPEC §5.1-5.2, §6.3-6.7):
    setgid and sticky modes, ``user.*``, ``trusted.*`` and ``security.capability`` xattrs as PAX
    ``SCHILY.xattr.*`` (in-inode and external-block sizes), a 255-byte file name and a 200+-byte
    path, a 64 MiB file of deterministic content (streamed, never held in memory), a PAX 1.0 sparse
-   file with unaligned data and a trailing hole, 32-bit ids and nanosecond mtimes.
+   file with data at an unaligned offset and a trailing hole, 32-bit ids and nanosecond mtimes.
 2. ``layer-2-whiteouts.tar``: AUFS whiteouts (``.wh.name``, for a file, a setuid file and a
    directory), opaque directories (``dir/.wh..wh..opq``), a whiteout and an opaque marker *before*
    their directory's own entry, and a modified file.
@@ -136,7 +136,12 @@ class _Layer:
         self._tf.addfile(info)
 
     def sparse(self, name: str, real_size: int, segments: list[tuple[int, bytes]]) -> None:
-        """A GNU PAX 1.0 sparse member: a decimal map block, then only the data segments."""
+        """A GNU PAX 1.0 sparse member: a decimal map block, then only the data segments.
+
+        GNU tar pads every segment to 512 bytes in the archive while Go's archive/tar and Python's
+        tarfile read them back to back; keep all but the last segment a multiple of 512 long so
+        both readings agree.
+        """
         entries = [(offset, len(data)) for offset, data in segments]
         if not entries or entries[-1][0] + entries[-1][1] < real_size:
             entries.append((real_size, 0))  # GNU tar marks a trailing hole like this
@@ -227,7 +232,7 @@ def _base(layer: _Layer) -> None:
     layer.sparse(
         "var/lib/sparse.img",
         32 << 20,
-        [(0, b"A" * 4096), ((1 << 20) + 100, b"B" * 5000), (16 << 20, b"C" * 8192)],
+        [(0, b"A" * 4096), ((1 << 20) + 100, b"B" * 5120), (16 << 20, b"C" * 8000)],
     )
     layer.dir("var/log")
     layer.file("var/log/dpkg.log", _text(100, "dpkg"))

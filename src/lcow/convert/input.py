@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, cast
 
-from lcow.errors import InvalidArgument
+from lcow.errors import InvalidArgument, NotFound
 
 __all__ = ["open_tar_input"]
 
@@ -128,6 +128,8 @@ def open_tar_input(src: str | os.PathLike[str] | BinaryIO | int) -> Iterator[tup
         elif isinstance(src, (str, os.PathLike)):
             try:
                 own_fd = fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError as exc:
+                raise NotFound(f"{os.fspath(src)}: no such file", subject=os.fspath(src)) from exc
             except OSError as exc:
                 raise InvalidArgument(f"{os.fspath(src)}: cannot open: {exc.strerror}") from exc
         else:

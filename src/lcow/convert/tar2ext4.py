@@ -21,7 +21,7 @@ from lcow.errors import InvalidArgument, NotFound
 from lcow.formats.ext4.layout import INODE_XATTR_SPACE, ROOT_INO
 from lcow.formats.ext4.tree import encode_dev
 from lcow.formats.ext4.writer import Ext4Writer
-from lcow.formats.ext4.xattrs import acl_to_disk, split_name
+from lcow.formats.ext4.xattrs import acl_to_disk, pack_xattrs, split_name
 
 __all__ = ["convert_stream", "tar2ext4"]
 
@@ -174,6 +174,7 @@ class _Converter:
             tree.ctime[ino] = entry.ctime_ns
         if entry.xattrs:
             tree.xattrs[ino] = self._xattrs(entry)
+            self._check_xattrs(ino, _shown(entry.name))
         return ino
 
     def _xattrs(self, entry: TarEntry) -> dict[bytes, bytes]:
@@ -196,6 +197,16 @@ class _Converter:
             kept[name] = value
         return kept
 
+    def _check_xattrs(self, ino: int, shown: str) -> None:
+        """Fail now, naming the entry, if the attributes cannot fit the inode and one block."""
+        items = [
+            (split[0], split[1], value)
+            for name, value in self.tree.xattrs[ino].items()
+            if (split := split_name(name)) is not None
+        ]
+        items.sort(key=lambda item: (item[0], len(item[1]), item[1]))
+        pack_xattrs(items, owner=shown)
+
     def _update_dir(self, ino: int, entry: TarEntry) -> None:
         """A directory entry for an existing directory: new metadata, xattrs merged."""
         tree = self.tree
@@ -208,6 +219,7 @@ class _Converter:
             merged = dict(tree.xattrs.get(ino) or {})
             merged.update(self._xattrs(entry))
             tree.xattrs[ino] = merged
+            self._check_xattrs(ino, _shown(entry.name))
 
     def _file_data(self, node: int, entry: TarEntry, shown: str) -> None:
         reader = self.reader
@@ -266,6 +278,7 @@ class _Converter:
         parent = tree.directory(parts[:-1], shown)
         if base == _WH_OPAQUE:
             tree.xattrs[parent] = {**tree.xattrs.get(parent, {}), _OPAQUE_XATTR: b"y"}
+            self._check_xattrs(parent, shown)
             return
         if base.startswith(_WH_META):
             return  # other AUFS metadata inside a directory: not content

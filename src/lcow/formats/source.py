@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Iterator
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, Self, runtime_checkable
 
 from lcow.errors import CorruptImage, NotSupported
 from lcow.formats.vhd.footer import FOOTER_SIZE, read_footer
@@ -96,6 +96,14 @@ class ByteSource(Protocol):
 
     def close(self) -> None:
         """Release the host file if the source owns it."""
+        ...
+
+    def __enter__(self) -> Self:
+        """Use as a context manager that closes the source."""
+        ...
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the source."""
         ...
 
 
@@ -238,6 +246,12 @@ class BytesSource:
 
     def close(self) -> None:
         """Nothing to release."""
+
+    def __enter__(self) -> BytesSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class ContainerKind(enum.Enum):

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from lcow._util.atomic import atomic_output
 from lcow.backends.base import Backend, ContainerFS, LayerDisk
 from lcow.convert.export import export_layer
 from lcow.convert.options import ConvertOptions
@@ -34,6 +33,7 @@ from lcow.formats.ext4.reader import Ext4Reader
 from lcow.formats.source import open_source
 from lcow.graphdriver.diffstream import DiffStream
 from lcow.graphdriver.options import DriverOptions, parse_driver_options, sandbox_size_bytes
+from lcow.graphdriver.sandbox import copy_sandbox, make_sandbox
 from lcow.layerdiff.changes import (
     Change,
     LayerContent,
@@ -182,25 +182,15 @@ class Driver:
 
     def _materialise_sandbox(self, layer_id: str, size: int | None) -> None:
         """Write ``<id>/sandbox.vhdx``: a copy of the cached template for the default size."""
-        from lcow.storage.sandbox import make_sandbox
-
         target = self.root.layer_dir(layer_id) / SANDBOX_VHDX
         if size is not None:
-            make_sandbox(target, size)
+            make_sandbox(target, size)  # other sizes are never cached (SPEC §3)
             return
         template = self.root.cache / SANDBOX_VHDX
         with self._cache_lock:
             if not template.exists():
                 make_sandbox(template, None)
-        with open(template, "rb") as src, atomic_output(target, fsync=True, mode=0o600) as fd:
-            size_left = os.fstat(src.fileno()).st_size
-            offset = 0
-            while size_left:
-                done = os.copy_file_range(src.fileno(), fd, size_left, offset, offset)
-                if not done:
-                    break
-                offset += done
-                size_left -= done
+        copy_sandbox(template, target)
 
     # -- content -----------------------------------------------------------------------------
 

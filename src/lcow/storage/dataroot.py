@@ -238,9 +238,8 @@ class DataRoot:
         return failed
 
     def sweep_temporaries(self) -> None:
-        """Delete temporary files an interrupted write left in layer folders."""
-        for layer_id in self.layer_ids():
-            folder = self.root / layer_id
+        """Delete temporary files an interrupted write left in layer folders and the cache."""
+        for folder in [self.cache, *(self.root / i for i in self.layer_ids())]:
             with contextlib.suppress(FileNotFoundError):
                 for entry in os.scandir(folder):
                     if entry.name.startswith(".") and ".tmp-" in entry.name:

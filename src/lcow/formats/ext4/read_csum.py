@@ -105,9 +105,7 @@ def fs_csum_seed(uuid: bytes, stored_seed: int | None) -> int:
     return crc32c_raw(_M32, uuid)
 
 
-def group_desc_csum(
-    *, metadata_csum: bool, seed: int, uuid: bytes, group: int, desc: bytes
-) -> int:
+def group_desc_csum(*, metadata_csum: bool, seed: int, uuid: bytes, group: int, desc: bytes) -> int:
     """``ext4_group_desc_csum``: the 16-bit ``bg_checksum`` of one descriptor.
 
     Args:

@@ -114,8 +114,7 @@ def parse_dir_region(
         if ino:
             if ino > inodes_count:
                 raise CorruptImage(
-                    f"{where}: record at offset {off} points at inode {ino} beyond "
-                    f"{inodes_count}",
+                    f"{where}: record at offset {off} points at inode {ino} beyond {inodes_count}",
                     subject=subject,
                 )
             name = buf[off + DIRENT_HEADER.size : off + DIRENT_HEADER.size + name_len]
@@ -173,8 +172,10 @@ def parse_inline_dir(
 def verify_dir_block(block: bytes, iseed: int, *, indexed: bool, where: str, subject: str) -> None:
     """Check a directory block's ``metadata_csum`` checksum.
 
-    Leaf blocks end with a 12-byte tail record holding ``crc32c(iseed, block[:-12])``; htree
-    index blocks carry a ``dx_tail`` after their ``limit`` entries.
+    Leaf blocks end with a 12-byte tail record holding ``crc32c(iseed, block[:-12])``. In an
+    htree directory the root (block 0) and inner nodes carry a ``dx_tail`` after their ``limit``
+    entries instead (``ext4_dx_csum``); they are recognised by their shape first, because a
+    root converted from a leaf block keeps stale leaf-tail bytes.
 
     Args:
         block: the whole block.
@@ -187,32 +188,34 @@ def verify_dir_block(block: bytes, iseed: int, *, indexed: bool, where: str, sub
         CorruptImage: no checksum where one is required, or a mismatch.
     """
     bs = len(block)
-    tail_off = bs - _DIR_TAIL.size
-    t_ino, t_len, t_nl, t_ft, t_csum = _DIR_TAIL.unpack_from(block, tail_off)
-    if t_ino == 0 and t_len == _DIR_TAIL.size and t_nl == 0 and t_ft == DIR_TAIL_FILE_TYPE:
-        computed = crc32c_raw(iseed, block[:tail_off])
-        if computed != t_csum:
+    count_offset = _dx_count_offset(block) if indexed else None
+    if count_offset is not None:
+        limit, count = _U16X2.unpack_from(block, count_offset)
+        tail = count_offset + limit * _DX_ENTRY
+        if count > limit or tail + _DX_TAIL > bs:
             raise CorruptImage(
-                f"{where}: checksum mismatch (stored {t_csum:#010x}, computed {computed:#010x})",
+                f"{where}: htree node limit {limit}/count {count} leaves no room for its checksum",
+                subject=subject,
+            )
+        crc = crc32c_raw(iseed, block[: count_offset + count * _DX_ENTRY])
+        crc = crc32c_raw(crc, block[tail : tail + 4])
+        crc = crc32c_raw(crc, b"\0\0\0\0")
+        stored = struct.unpack_from("<I", block, tail + 4)[0]
+        if crc != stored:
+            raise CorruptImage(
+                f"{where}: htree node checksum mismatch (stored {stored:#010x}, computed "
+                f"{crc:#010x})",
                 subject=subject,
             )
         return
-    count_offset = _dx_count_offset(block) if indexed else None
-    if count_offset is None:
+    tail_off = bs - _DIR_TAIL.size
+    t_ino, t_len, t_nl, t_ft, t_csum = _DIR_TAIL.unpack_from(block, tail_off)
+    if not (t_ino == 0 and t_len == _DIR_TAIL.size and t_nl == 0 and t_ft == DIR_TAIL_FILE_TYPE):
         raise CorruptImage(f"{where}: directory block has no checksum tail", subject=subject)
-    limit, count = _U16X2.unpack_from(block, count_offset)
-    tail = count_offset + limit * _DX_ENTRY
-    if count > limit or tail + _DX_TAIL > bs:
+    computed = crc32c_raw(iseed, block[:tail_off])
+    if computed != t_csum:
         raise CorruptImage(
-            f"{where}: htree node limit {limit}/count {count} leaves no room for its checksum",
-            subject=subject,
-        )
-    crc = crc32c_raw(iseed, block[: count_offset + count * _DX_ENTRY])
-    crc = crc32c_raw(crc, block[tail : tail + 4])
-    stored = struct.unpack_from("<I", block, tail + 4)[0]
-    if crc != stored:
-        raise CorruptImage(
-            f"{where}: htree node checksum mismatch (stored {stored:#010x}, computed {crc:#010x})",
+            f"{where}: checksum mismatch (stored {t_csum:#010x}, computed {computed:#010x})",
             subject=subject,
         )
 

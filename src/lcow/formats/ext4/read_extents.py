@@ -15,6 +15,7 @@ once, so the work is bounded by the size of the image.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -53,12 +54,12 @@ class DataRun(NamedTuple):
         logical: first logical block.
         physical: first physical block, or ``None`` for a hole or an unwritten extent (both
             read as zeros).
-        count: blocks in the run.
+        length: blocks in the run.
     """
 
     logical: int
     physical: int | None
-    count: int
+    length: int
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ class MapContext:
 
     Attributes:
         ino: inode number (for messages).
-        where: subject for messages, e.g. ``"img: inode 12 (/etc/passwd)"``.
+        image: image label for messages.
+        path: a path naming the inode, for messages.
         block_size: filesystem block size.
         blocks_count: blocks in the filesystem.
         first_data_block: superblock block (0 or 1); no mapping may point at or below it.
@@ -76,7 +78,8 @@ class MapContext:
     """
 
     ino: int
-    where: str
+    image: str
+    path: bytes | None
     block_size: int
     blocks_count: int
     first_data_block: int
@@ -84,8 +87,13 @@ class MapContext:
     verify_extent_block: Callable[[int, bytes, int], None] | None = None
 
     def corrupt(self, what: str) -> CorruptImage:
-        """An error naming the inode."""
-        return CorruptImage(f"{self.where}: {what}", subject=f"inode {self.ino}")
+        """An error naming the image, inode and path."""
+        if self.path is None:
+            return CorruptImage(
+                f"{self.image}: inode {self.ino}: {what}", subject=f"inode {self.ino}"
+            )
+        path = os.fsdecode(self.path)
+        return CorruptImage(f"{self.image}: inode {self.ino} ({path}): {what}", subject=path)
 
     def check_blocks(self, first: int, count: int, what: str) -> None:
         """Refuse a block range outside the filesystem's data area."""
@@ -99,15 +107,19 @@ class MapContext:
 def _coalesce(runs: Iterator[DataRun]) -> Iterator[DataRun]:
     pending: DataRun | None = None
     for run in runs:
-        if pending is not None and pending.logical + pending.count == run.logical and (
-            (pending.physical is None and run.physical is None)
-            or (
-                pending.physical is not None
-                and run.physical is not None
-                and pending.physical + pending.count == run.physical
+        if (
+            pending is not None
+            and pending.logical + pending.length == run.logical
+            and (
+                (pending.physical is None and run.physical is None)
+                or (
+                    pending.physical is not None
+                    and run.physical is not None
+                    and pending.physical + pending.length == run.physical
+                )
             )
         ):
-            pending = DataRun(pending.logical, pending.physical, pending.count + run.count)
+            pending = DataRun(pending.logical, pending.physical, pending.length + run.length)
             continue
         if pending is not None:
             yield pending
@@ -123,7 +135,7 @@ def _fill(ctx: MapContext, mapped: Iterator[DataRun], nblocks: int) -> Iterator[
     for run in mapped:
         if run.logical >= nblocks:
             break
-        count = min(run.count, nblocks - run.logical)
+        count = min(run.length, nblocks - run.logical)
         if run.logical > cursor:
             yield DataRun(cursor, None, run.logical - cursor)
         if run.physical is not None:

@@ -29,10 +29,22 @@ _EXTRA_ATIME = 16
 _EXTRA_CRTIME = 20
 _EXTRA_CRTIME_EXTRA = 24
 _VALID_TYPES = frozenset(
-    {stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO,
-     stat.S_IFSOCK}
+    {
+        stat.S_IFREG,
+        stat.S_IFDIR,
+        stat.S_IFLNK,
+        stat.S_IFCHR,
+        stat.S_IFBLK,
+        stat.S_IFIFO,
+        stat.S_IFSOCK,
+    }
 )
 _U32 = struct.Struct("<I")
+_S_IFMT = 0o170000
+_DEVICE_TYPES = (stat.S_IFCHR, stat.S_IFBLK)
+_EXTENTS_FL = int(InodeFlag.EXTENTS)
+_INLINE_DATA_FL = int(InodeFlag.INLINE_DATA)
+_HUGE_FILE_FL = int(InodeFlag.HUGE_FILE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +113,12 @@ class Inode:
     @property
     def has_extents(self) -> bool:
         """Data mapped by an extent tree (``EXTENTS_FL``)."""
-        return bool(self.flags & InodeFlag.EXTENTS)
+        return bool(self.flags & _EXTENTS_FL)
 
     @property
     def has_inline_data(self) -> bool:
         """Data stored in the inode (``INLINE_DATA_FL``)."""
-        return bool(self.flags & InodeFlag.INLINE_DATA)
+        return bool(self.flags & _INLINE_DATA_FL)
 
 
 def decode_time_ns(seconds: int, extra: int | None) -> int:
@@ -134,6 +146,12 @@ def _decode_rdev(i_block: bytes) -> int:
     return os.makedev((new & 0xFFF00) >> 8, (new & 0xFF) | ((new >> 12) & 0xFFF00))
 
 
+def _bad(image: str, ino: int, path: bytes | None, what: str) -> CorruptImage:
+    where = f"inode {ino}" if path is None else f"inode {ino} ({os.fsdecode(path)})"
+    subject = f"inode {ino}" if path is None else os.fsdecode(path)
+    return CorruptImage(f"{image}: {where}: {what}", subject=subject)
+
+
 def parse_inode(
     ino: int,
     raw: bytes,
@@ -142,7 +160,8 @@ def parse_inode(
     bit64: bool,
     block_size: int,
     verify_seed: int | None,
-    name: str,
+    image: str,
+    path: bytes | None = None,
 ) -> Inode:
     """Decode one on-disk inode.
 
@@ -154,7 +173,8 @@ def parse_inode(
         block_size: filesystem block size.
         verify_seed: the filesystem checksum seed to verify the inode checksum with, or
             ``None`` not to verify.
-        name: image label for messages.
+        image: image label for messages.
+        path: a path naming the inode, for messages.
 
     Returns:
         The decoded inode; the caller decides whether an unused inode (mode 0 or no links)
@@ -164,7 +184,7 @@ def parse_inode(
         CorruptImage: bad ``i_extra_isize``, unknown file type, checksum mismatch.
     """
     inode_size = len(raw)
-    padded = raw[: INODE_STRUCT.size].ljust(INODE_STRUCT.size, b"\0")
+    padded = raw if inode_size >= INODE_STRUCT.size else raw.ljust(INODE_STRUCT.size, b"\0")
     (
         i_mode,
         i_uid,
@@ -196,16 +216,13 @@ def parse_inode(
         i_atime_extra,
         i_crtime,
         i_crtime_extra,
-    ) = INODE_STRUCT.unpack(padded)
+    ) = INODE_STRUCT.unpack_from(padded)
     if inode_size <= GOOD_OLD_INODE_SIZE:
         extra = 0
     else:
         extra = i_extra_isize
         if extra % 4 or GOOD_OLD_INODE_SIZE + extra > inode_size:
-            raise CorruptImage(
-                f"{name}: inode {ino}: bad i_extra_isize {extra} for {inode_size}-byte inodes",
-                subject=f"inode {ino}",
-            )
+            raise _bad(image, ino, path, f"bad i_extra_isize {extra} for {inode_size}-byte inodes")
     if verify_seed is not None:
         has_hi = extra >= _EXTRA_CSUM_HI
         iseed = read_csum.inode_csum_seed(verify_seed, ino, i_generation)
@@ -214,22 +231,18 @@ def parse_inode(
         if not has_hi:
             computed &= 0xFFFF
         if stored != computed:
-            raise CorruptImage(
-                f"{name}: inode {ino}: checksum mismatch (stored {stored:#x}, computed "
-                f"{computed:#x})",
-                subject=f"inode {ino}",
+            raise _bad(
+                image, ino, path, f"checksum mismatch (stored {stored:#x}, computed {computed:#x})"
             )
-    if i_mode and stat.S_IFMT(i_mode) not in _VALID_TYPES:
-        raise CorruptImage(
-            f"{name}: inode {ino}: bad file type in mode {i_mode:#o}", subject=f"inode {ino}"
-        )
+    mode_type = i_mode & _S_IFMT
+    if i_mode and mode_type not in _VALID_TYPES:
+        raise _bad(image, ino, path, f"bad file type in mode {i_mode:#o}")
     blocks = i_blocks_lo
     if huge_file:
         blocks |= l_i_blocks_high << 32
-        if i_flags & InodeFlag.HUGE_FILE:
+        if i_flags & _HUGE_FILE_FL:
             blocks *= block_size // 512
-    mode_type = stat.S_IFMT(i_mode)
-    rdev = _decode_rdev(i_block) if mode_type in (stat.S_IFCHR, stat.S_IFBLK) else 0
+    rdev = _decode_rdev(i_block) if mode_type in _DEVICE_TYPES else 0
     return Inode(
         ino=ino,
         mode=i_mode,
@@ -253,4 +266,3 @@ def parse_inode(
         i_block=i_block,
         xattr_area=raw[GOOD_OLD_INODE_SIZE + extra :] if inode_size > GOOD_OLD_INODE_SIZE else b"",
     )
-

@@ -207,10 +207,11 @@ def parse_superblock(raw: bytes, *, disk_size: int, name: str, verify: bool) -> 
         )
     if incompat & IncompatFeature.JOURNAL_DEV:
         raise UnsupportedFeature(f"{name}: an external ext4 journal device, not a filesystem")
-    unknown = incompat & ~SUPPORTED_INCOMPAT
+    unknown = f["s_feature_incompat"] & ~int(SUPPORTED_INCOMPAT)
     if unknown:
         raise UnsupportedFeature(
-            f"{name}: ext4 incompatible features not supported: {unknown!r} ({int(unknown):#x})",
+            f"{name}: ext4 incompatible features not supported: "
+            f"{IncompatFeature(unknown)!r} ({unknown:#x})",
             subject=name,
         )
     if f["s_log_block_size"] > _MAX_LOG_BLOCK_SIZE:
@@ -392,4 +393,3 @@ def parse_group_desc(
             subject=name,
         )
     return GroupDesc(bg_inode_table=table, bg_flags=flags, bg_checksum=checksum)
-

@@ -56,14 +56,14 @@ class RawXattr(NamedTuple):
     """One stored attribute.
 
     Attributes:
-        index: ``e_name_index`` (namespace).
+        name_index: ``e_name_index`` (namespace).
         name: name suffix after the namespace prefix.
         value: the value, or ``b""`` when it lives in an EA inode.
         value_inum: EA inode holding the value (0 when stored inline).
         value_size: ``e_value_size``.
     """
 
-    index: int
+    name_index: int
     name: bytes
     value: bytes
     value_inum: int

@@ -17,7 +17,31 @@ from lcow.errors import InvalidArgument, LimitExceeded, NotFound
 from lcow.formats.ext4.extents import Run
 from lcow.formats.ext4.layout import LOST_AND_FOUND_INO, MAX_LINKS, MAX_NAME_LEN, ROOT_INO
 
-__all__ = ["Tree", "encode_dev"]
+__all__ = ["TimeArray", "Tree", "encode_dev"]
+
+
+#: Times are stored as unsigned ns offsets from ext4's earliest second (-2^31), which covers
+#: its whole range (to 0x37fffffff s, year 2446) in 64 bits.
+_TIME_BIAS = (1 << 31) * 1_000_000_000
+
+
+class TimeArray:
+    """Nanosecond times, compact: an unsigned 64-bit array with a bias."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values = array("Q")
+
+    def append(self, ns: int) -> None:
+        """Add a row."""
+        self._values.append(ns + _TIME_BIAS)
+
+    def __getitem__(self, index: int) -> int:
+        return self._values[index] - _TIME_BIAS
+
+    def __setitem__(self, index: int, ns: int) -> None:
+        self._values[index] = ns + _TIME_BIAS
 
 
 def encode_dev(major: int, minor: int) -> int:
@@ -44,9 +68,9 @@ class Tree:
         self.uid = array("I")
         self.gid = array("I")
         self.size = array("Q")
-        self.mtime = array("q")
-        self.atime = array("q")
-        self.ctime = array("q")
+        self.mtime = TimeArray()
+        self.atime = TimeArray()
+        self.ctime = TimeArray()
         self.links = array("I")
         self.start = array("Q")
         self.nblocks = array("Q")

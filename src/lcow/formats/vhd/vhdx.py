@@ -222,14 +222,10 @@ class VhdxImage:
         self.chunk_ratio = (1 << 23) * md.logical_sector_size // md.block_size
         self.block_count = -(-md.virtual_disk_size // md.block_size)
         entries = (
-            self.block_count + (self.block_count - 1) // self.chunk_ratio
-            if self.block_count
-            else 0
+            self.block_count + (self.block_count - 1) // self.chunk_ratio if self.block_count else 0
         )
         if entries * 8 > bat.length:
-            raise self._corrupt(
-                f"BAT region holds {bat.length // 8} entries, {entries} needed"
-            )
+            raise self._corrupt(f"BAT region holds {bat.length // 8} entries, {entries} needed")
         self._bat_offset = bat.file_offset
         self._bat_entries = entries
 

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian/Ubuntu machine and run the whole test suite.
+#
+# As root (or with sudo) installs the system tools the tests use as oracles, creates .venv with
+# the package and its test dependencies, then runs ruff, mypy and pytest. Extra arguments go to
+# pytest (e.g. `bash tools/test.sh -m "not slow"`). Exits non-zero if any step failed; pytest's
+# own exit status wins when pytest failed.
+#
+# Tests that need root, loop devices or a tool skip with a reason; with CI=true they fail instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+    e2fsprogs      # e2fsck -fn, the filesystem oracle; mke2fs, debugfs
+    qemu-utils     # qemu-img info -f vpc: the VHD footer oracle
+    cryptsetup-bin # veritysetup verify: the dm-verity oracle
+    tar gzip zstd  # GNU tar archives and compares (tar -df); compressed inputs
+    attr           # getfattr/setfattr for poking at xattrs by hand
+    util-linux     # losetup, mount, umount
+    python3-venv
+)
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"
+    elif command -v sudo >/dev/null; then sudo "$@"
+    else return 1
+    fi
+}
+
+if command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    if ! { as_root apt-get update -q && as_root apt-get install -y -q "${APT_PACKAGES[@]}"; }; then
+        echo "test.sh: could not install system packages (need root); continuing" >&2
+    fi
+else
+    echo "test.sh: no apt-get; install ${APT_PACKAGES[*]} by hand" >&2
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q -e '.[test]'
+
+status=0
+echo "== ruff check"
+.venv/bin/ruff check . || status=1
+echo "== mypy (strict, files from pyproject.toml)"
+.venv/bin/mypy || status=1
+echo "== pytest"
+pytest_status=0
+.venv/bin/pytest "$@" || pytest_status=$?
+if [ "$pytest_status" -ne 0 ]; then
+    exit "$pytest_status"
+fi
+exit "$status"
