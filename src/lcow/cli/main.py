@@ -47,6 +47,9 @@ COMMANDS: dict[str, CommandInfo] = {
     "tar2ext4": CommandInfo(
         "lcow.cli.tar2ext4_cmd", "convert a tar stream into an ext4 layer image (hcsshim flags)"
     ),
+    "vhd2tar": CommandInfo(
+        "lcow.cli.vhd2tar_cmd", "export a layer image (layer.vhd, sandbox.vhdx, raw ext4) as a tar"
+    ),
     "demo": CommandInfo(
         "lcow.cli.demo_cmd", "write the sample layer tars, convert them to layer.vhd files"
     ),
