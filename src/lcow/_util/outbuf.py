@@ -70,6 +70,14 @@ class OutputWriter:
         self._view[pos : pos + n] = data
         self._len = pos + n
 
+    def submit(self) -> None:
+        """Start writing what is pending without waiting for it.
+
+        Enough before another writer fills *other* ranges of the file (``copy_file_range``):
+        positional writes to disjoint ranges do not interfere.
+        """
+        self._submit()
+
     def _submit(self) -> None:
         """Hand the current buffer to the writer thread and switch to the other one."""
         if not self._len:

@@ -167,11 +167,9 @@ class _Converter:
     def _new_node(self, entry: TarEntry, mode_type: int) -> int:
         tree = self.tree
         perm = 0o777 if mode_type == stat.S_IFLNK else entry.mode
-        ino = tree.new_inode(mode_type | perm, entry.uid, entry.gid, entry.mtime_ns)
-        if entry.atime_ns is not None:
-            tree.atime[ino] = entry.atime_ns
-        if entry.ctime_ns is not None:
-            tree.ctime[ino] = entry.ctime_ns
+        ino = tree.new_inode(
+            mode_type | perm, entry.uid, entry.gid, entry.mtime_ns, entry.atime_ns, entry.ctime_ns
+        )
         if entry.xattrs:
             tree.xattrs[ino] = self._xattrs(entry)
             self._check_xattrs(ino, _shown(entry.name))
@@ -212,9 +210,13 @@ class _Converter:
         tree = self.tree
         tree.mode[ino] = stat.S_IFDIR | entry.mode
         tree.uid[ino], tree.gid[ino] = entry.uid, entry.gid
-        tree.mtime[ino] = entry.mtime_ns
-        tree.atime[ino] = entry.atime_ns if entry.atime_ns is not None else entry.mtime_ns
-        tree.ctime[ino] = entry.ctime_ns if entry.ctime_ns is not None else entry.mtime_ns
+        mtime = entry.mtime_ns
+        tree.set_times(
+            ino,
+            mtime,
+            mtime if entry.atime_ns is None else entry.atime_ns,
+            mtime if entry.ctime_ns is None else entry.ctime_ns,
+        )
         if entry.xattrs:
             merged = dict(tree.xattrs.get(ino) or {})
             merged.update(self._xattrs(entry))

@@ -292,7 +292,7 @@ class TarReader:
             out.write_at(offset, self._take(buffered, entry))
             offset += buffered
             n -= buffered
-        out.flush()
+        out.submit()  # pending small writes go on in the background; ranges are disjoint
         self._start = self._end = 0
         if self._regular:
             while n:

@@ -16,7 +16,7 @@ from lcow.formats.ext4.layout import (
     MAX_EXTENT_LEN,
     InodeFlag,
 )
-from lcow.formats.ext4.tree import Tree
+from lcow.formats.ext4.tree import TIME_BIAS, Tree
 from lcow.formats.ext4.xattrs import XattrItem, pack_xattrs, split_name
 
 __all__ = ["encode_time", "inode_xattrs", "pack_inode_into"]
@@ -124,9 +124,9 @@ def pack_inode_into(
     uid = tree.uid[ino]
     gid = tree.gid[ino]
     sectors = (data_blocks + extra_blocks) * 8
-    atime, atime_x = encode_time(tree.atime[ino])
-    ctime, ctime_x = encode_time(tree.ctime[ino])
-    mtime, mtime_x = encode_time(tree.mtime[ino])
+    atime, atime_x = encode_time(tree.atime[ino] - TIME_BIAS)
+    ctime, ctime_x = encode_time(tree.ctime[ino] - TIME_BIAS)
+    mtime, mtime_x = encode_time(tree.mtime[ino] - TIME_BIAS)
     links = tree.links[ino] + 2 if fmt == _S_IFDIR else tree.links[ino]
     _pack_into(
         buf,

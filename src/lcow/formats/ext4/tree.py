@@ -17,31 +17,12 @@ from lcow.errors import InvalidArgument, LimitExceeded, NotFound
 from lcow.formats.ext4.extents import Run
 from lcow.formats.ext4.layout import LOST_AND_FOUND_INO, MAX_LINKS, MAX_NAME_LEN, ROOT_INO
 
-__all__ = ["TimeArray", "Tree", "encode_dev"]
+__all__ = ["TIME_BIAS", "Tree", "encode_dev"]
 
 
 #: Times are stored as unsigned ns offsets from ext4's earliest second (-2^31), which covers
 #: its whole range (to 0x37fffffff s, year 2446) in 64 bits.
-_TIME_BIAS = (1 << 31) * 1_000_000_000
-
-
-class TimeArray:
-    """Nanosecond times, compact: an unsigned 64-bit array with a bias."""
-
-    __slots__ = ("_values",)
-
-    def __init__(self) -> None:
-        self._values = array("Q")
-
-    def append(self, ns: int) -> None:
-        """Add a row."""
-        self._values.append(ns + _TIME_BIAS)
-
-    def __getitem__(self, index: int) -> int:
-        return self._values[index] - _TIME_BIAS
-
-    def __setitem__(self, index: int, ns: int) -> None:
-        self._values[index] = ns + _TIME_BIAS
+TIME_BIAS = (1 << 31) * 1_000_000_000
 
 
 def encode_dev(major: int, minor: int) -> int:
@@ -68,9 +49,10 @@ class Tree:
         self.uid = array("I")
         self.gid = array("I")
         self.size = array("Q")
-        self.mtime = TimeArray()
-        self.atime = TimeArray()
-        self.ctime = TimeArray()
+        # Times: ns + TIME_BIAS (see times() / set_times()).
+        self.mtime = array("Q")
+        self.atime = array("Q")
+        self.ctime = array("Q")
         self.links = array("I")
         self.start = array("Q")
         self.nblocks = array("Q")
@@ -81,7 +63,7 @@ class Tree:
         self.runs: dict[int, list[Run]] = {}
         self.rdev: dict[int, int] = {}
         for _ in range(LOST_AND_FOUND_INO + 1):  # row 0, reserved inodes 1..10, lost+found
-            self._append_row(0, 0, 0, 0)
+            self._append_row(0, 0, 0, TIME_BIAS, TIME_BIAS, TIME_BIAS)
         self.mode[ROOT_INO] = stat.S_IFDIR | 0o755
         self.children[ROOT_INO] = {}
         self.parent[ROOT_INO] = ROOT_INO
@@ -97,25 +79,59 @@ class Tree:
 
     # -- inode allocation --------------------------------------------------------------------
 
-    def _append_row(self, mode: int, uid: int, gid: int, mtime: int) -> int:
+    def _append_row(
+        self, mode: int, uid: int, gid: int, mtime: int, atime: int = 0, ctime: int = 0
+    ) -> int:
+        """Add a row; times are already biased (0 = the earliest time ext4 has)."""
         self.mode.append(mode)
         self.uid.append(uid)
         self.gid.append(gid)
         self.size.append(0)
         self.mtime.append(mtime)
-        self.atime.append(mtime)
-        self.ctime.append(mtime)
+        self.atime.append(atime)
+        self.ctime.append(ctime)
         self.links.append(0)
         self.start.append(0)
         self.nblocks.append(0)
         return len(self.mode) - 1
 
-    def new_inode(self, mode: int, uid: int, gid: int, mtime: int) -> int:
-        """A new, unnamed inode with the next number."""
-        ino = self._append_row(mode, uid, gid, mtime)
+    def new_inode(
+        self,
+        mode: int,
+        uid: int,
+        gid: int,
+        mtime: int,
+        atime: int | None = None,
+        ctime: int | None = None,
+    ) -> int:
+        """A new, unnamed inode with the next number (times in ns; atime and ctime default to
+        mtime)."""
+        m = mtime + TIME_BIAS
+        ino = self._append_row(
+            mode,
+            uid,
+            gid,
+            m,
+            m if atime is None else atime + TIME_BIAS,
+            m if ctime is None else ctime + TIME_BIAS,
+        )
         if stat.S_ISDIR(mode):
             self.children[ino] = {}
         return ino
+
+    def times(self, ino: int) -> tuple[int, int, int]:
+        """``(mtime, atime, ctime)`` of ``ino`` in ns."""
+        return (
+            self.mtime[ino] - TIME_BIAS,
+            self.atime[ino] - TIME_BIAS,
+            self.ctime[ino] - TIME_BIAS,
+        )
+
+    def set_times(self, ino: int, mtime: int, atime: int, ctime: int) -> None:
+        """Set the three times of ``ino`` (ns)."""
+        self.mtime[ino] = mtime + TIME_BIAS
+        self.atime[ino] = atime + TIME_BIAS
+        self.ctime[ino] = ctime + TIME_BIAS
 
     def is_dir(self, ino: int) -> bool:
         """True for directories."""
