@@ -35,6 +35,7 @@ KERNEL_COPY_MIN = 256 << 10
 _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12s")
 _CHKSUM_SPACES = sum(b" " * 8)
 _ZERO_BLOCK = bytes(BLOCK)
+_META_TYPES = frozenset((b"x", b"g", b"L", b"K"))
 _POSIX_MAGIC = b"ustar\x00"
 _GNU_MAGIC = b"ustar "
 _SPARSE_ENTRY = struct.Struct("12s12s")
@@ -349,7 +350,7 @@ class TarReader:
         long_link: bytes | None = None
         meta_bytes = 0  # metadata records pending for the next member
         while True:
-            if not self._fill(BLOCK):
+            if self._end - self._start < BLOCK and not self._fill(BLOCK):
                 if self._end - self._start:
                     raise self._truncated(None)
                 return  # EOF at a header boundary without the end marker: accept, as Go does
@@ -368,34 +369,33 @@ class TarReader:
                 raise InvalidArgument(
                     f"{shown}: invalid tar header checksum at offset {offset}", subject=shown
                 )
-            entry = TarEntry()
-            entry.offset = offset
             magic = fields[9]
             if magic == _POSIX_MAGIC and fields[15][0]:
                 name = fields[15].split(b"\x00", 1)[0] + b"/" + name
-            entry.name = name
             typeflag = fields[7]
             if typeflag == b"\x00":
                 typeflag = b"0"
-            entry.type = typeflag
             size = _num(fields[4], "size", name)
             if size < 0:
-                raise InvalidArgument(
-                    f"{entry.display_name}: negative size", subject=entry.display_name
-                )
-            entry.size = size
+                shown = name.decode("utf-8", "backslashreplace")
+                raise InvalidArgument(f"{shown}: negative size", subject=shown)
 
-            if typeflag in (b"x", b"g", b"L", b"K"):
+            if typeflag in _META_TYPES:
                 meta_bytes += size
                 if meta_bytes > MAX_META_SIZE:
-                    shown = entry.display_name
+                    shown = name.decode("utf-8", "backslashreplace")
                     raise LimitExceeded(
                         f"{shown}: {typeflag.decode()} records of {meta_bytes} bytes exceed "
                         f"the limit of {MAX_META_SIZE}",
                         subject=shown,
                     )
-                data = bytes(self._take(size, entry))
-                self.finish_data(entry)
+                if self._end - self._start < size + BLOCK and not self._fill(size):
+                    holder = TarEntry()
+                    holder.name = name
+                    raise self._truncated(holder)
+                data = bytes(self._view[self._start : self._start + size])
+                used = (size + BLOCK - 1) & ~(BLOCK - 1)
+                self._skip(used, None)
                 if typeflag == b"x":
                     pax, sparse_pairs = self._parse_pax(data, name, pax, sparse_pairs)
                 elif typeflag == b"L":
@@ -404,6 +404,11 @@ class TarReader:
                     long_link = data.split(b"\x00", 1)[0]
                 continue  # 'g': global PAX headers are ignored
 
+            entry = TarEntry()
+            entry.offset = offset
+            entry.name = name
+            entry.type = typeflag
+            entry.size = size
             meta_bytes = 0
             entry.mode = _num(fields[1], "mode", name) & 0o7777
             # Fields a PAX record overrides are not parsed (GNU tar repeats mtime in PAX).
