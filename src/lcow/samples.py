@@ -18,19 +18,35 @@ layer converter must handle (SPEC §5.1-5.2, §6.3-6.7):
    replaced afterwards.
 
 Only the standard library is used (``tarfile``); times are fixed, owners numeric with fixed names.
+
+:func:`write_sample_image` packs the three layers into an image tarball, as ``docker save``
+writes it (``manifest.json``, ``<id>/layer.tar``; or Docker 25's OCI-based form) or as an OCI
+image layout (``oci-layout``, ``index.json``, ``blobs/sha256/``), with layers stored plain,
+gzip or zstd and every digest and diff ID correct. Its output is deterministic too.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
+import shutil
 import struct
 import tarfile
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, cast
+from typing import IO, Any, Literal, cast
 
-__all__ = ["BIG_FILE_SIZE", "SAMPLE_EPOCH", "SAMPLE_LAYER_NAMES", "write_sample_layers"]
+__all__ = [
+    "BIG_FILE_SIZE",
+    "SAMPLE_EPOCH",
+    "SAMPLE_IMAGE_NAME",
+    "SAMPLE_LAYER_NAMES",
+    "write_sample_image",
+    "write_sample_layers",
+]
 
 #: mtime of the first entry (2023-11-14T22:13:20Z); later entries count up from it.
 SAMPLE_EPOCH = 1_700_000_000
@@ -319,3 +335,235 @@ def write_sample_layers(out_dir: str | os.PathLike[str]) -> list[Path]:
         os.replace(tmp, path)
         paths.append(path)
     return paths
+
+
+# --------------------------------------------------------------------------------------------
+# image tarballs
+
+#: the repository tag of the sample image.
+SAMPLE_IMAGE_NAME = "lcow-sample:latest"
+
+ImageFormat = Literal["docker", "docker-oci", "oci"]
+Compression = Literal["none", "gzip", "zstd"]
+
+_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+_LAYER_TYPES = {
+    "none": "application/vnd.oci.image.layer.v1.tar",
+    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+}
+
+
+class _Blob:
+    """A file of the image and its digest."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        self.digest = f"sha256:{digest.hexdigest()}"
+        self.size = path.stat().st_size
+
+    @property
+    def hex(self) -> str:
+        return self.digest.split(":", 1)[1]
+
+
+def _json_bytes(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _compress(tar: Path, out: Path, compression: Compression) -> Path:
+    if compression == "none":
+        return tar
+    if compression == "gzip":
+        import gzip
+
+        with (
+            open(tar, "rb") as src,
+            open(out, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=1) as gz,
+        ):
+            shutil.copyfileobj(src, gz, 1 << 20)
+        return out
+    import zstandard
+
+    with open(tar, "rb") as src, open(out, "wb") as dst:
+        zstandard.ZstdCompressor(level=3).copy_stream(src, dst, size=tar.stat().st_size)
+    return out
+
+
+def _config(diff_ids: list[str]) -> bytes:
+    created = "2023-11-14T22:13:20Z"
+    return _json_bytes(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "created": created,
+            "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/usr/bin:/bin"], "WorkingDir": "/"},
+            "history": [
+                {"created": created, "created_by": f"lcow samples: layer {i + 1}"}
+                for i in range(len(diff_ids))
+            ],
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }
+    )
+
+
+def _add(tf: tarfile.TarFile, name: str, content: bytes | Path | None) -> None:
+    """Add a directory (``content=None``), bytes or a file with fixed owner, mode and time."""
+    info = tarfile.TarInfo(name)
+    info.mtime = SAMPLE_EPOCH
+    info.uid = info.gid = 0
+    if content is None:
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        tf.addfile(info)
+    elif isinstance(content, bytes):
+        info.mode, info.size = 0o644, len(content)
+        tf.addfile(info, cast(IO[bytes], _BytesReader(content)))
+    else:
+        info.mode, info.size = 0o644, content.stat().st_size
+        with open(content, "rb") as f:
+            tf.addfile(info, f)
+
+
+def _docker_members(
+    blobs: list[_Blob], diff_ids: list[str], config: bytes
+) -> list[tuple[str, bytes | Path | None]]:
+    """Docker before 25: ``<config hex>.json``, ``<v1 id>/{VERSION,json,layer.tar}``."""
+    config_hex = hashlib.sha256(config).hexdigest()
+    members: list[tuple[str, bytes | Path | None]] = []
+    layer_names = []
+    parent = ""
+    for blob, diff_id in zip(blobs, diff_ids, strict=True):
+        v1 = hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
+        v1_json: dict[str, object] = {"id": v1, "created": "2023-11-14T22:13:20Z"}
+        if parent:
+            v1_json["parent"] = parent
+        members += [
+            (f"{v1}/", None),
+            (f"{v1}/VERSION", b"1.0"),
+            (f"{v1}/json", _json_bytes(v1_json)),
+            (f"{v1}/layer.tar", blob.path),
+        ]
+        layer_names.append(f"{v1}/layer.tar")
+        parent = v1
+    repo, tag = SAMPLE_IMAGE_NAME.rsplit(":", 1)
+    manifest = [
+        {"Config": f"{config_hex}.json", "RepoTags": [SAMPLE_IMAGE_NAME], "Layers": layer_names}
+    ]
+    members += [
+        (f"{config_hex}.json", config),
+        ("manifest.json", _json_bytes(manifest)),
+        ("repositories", _json_bytes({repo: {tag: parent}})),
+    ]
+    return members
+
+
+def _oci_members(
+    blobs: list[_Blob], config: bytes, compression: Compression, *, docker_manifest: bool
+) -> list[tuple[str, bytes | Path | None]]:
+    """An OCI image layout (and Docker 25's ``manifest.json`` beside it)."""
+    config_hex = hashlib.sha256(config).hexdigest()
+    manifest = _json_bytes(
+        {
+            "schemaVersion": 2,
+            "mediaType": _OCI_MANIFEST,
+            "config": {
+                "mediaType": _OCI_CONFIG,
+                "digest": f"sha256:{config_hex}",
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": _LAYER_TYPES[compression], "digest": b.digest, "size": b.size}
+                for b in blobs
+            ],
+        }
+    )
+    manifest_hex = hashlib.sha256(manifest).hexdigest()
+    repo, tag = SAMPLE_IMAGE_NAME.rsplit(":", 1)
+    index = {
+        "schemaVersion": 2,
+        "mediaType": _OCI_INDEX,
+        "manifests": [
+            {
+                "mediaType": _OCI_MANIFEST,
+                "digest": f"sha256:{manifest_hex}",
+                "size": len(manifest),
+                "annotations": {
+                    "io.containerd.image.name": f"docker.io/library/{repo}:{tag}",
+                    "org.opencontainers.image.ref.name": tag,
+                },
+            }
+        ],
+    }
+    members: list[tuple[str, bytes | Path | None]] = [
+        ("blobs/", None),
+        ("blobs/sha256/", None),
+        *((f"blobs/sha256/{b.hex}", b.path) for b in blobs),
+        (f"blobs/sha256/{config_hex}", config),
+        (f"blobs/sha256/{manifest_hex}", manifest),
+        ("index.json", _json_bytes(index)),
+        ("oci-layout", _json_bytes({"imageLayoutVersion": "1.0.0"})),
+    ]
+    if docker_manifest:
+        entry = {
+            "Config": f"blobs/sha256/{config_hex}",
+            "RepoTags": [SAMPLE_IMAGE_NAME],
+            "Layers": [f"blobs/sha256/{b.hex}" for b in blobs],
+        }
+        members.append(("manifest.json", _json_bytes([entry])))
+    return members
+
+
+def write_sample_image(
+    path: str | os.PathLike[str],
+    format: ImageFormat = "docker",
+    *,
+    compression: Compression = "none",
+    layers: Sequence[str | os.PathLike[str]] | None = None,
+) -> Path:
+    """Write an image tarball of the sample layers (``lcow-sample:latest``).
+
+    Args:
+        path: the tarball to write (replaced if it exists; written under a temporary name).
+        format: ``docker`` (``docker save`` before Docker 25: ``manifest.json``,
+            ``<config hex>.json``, ``<v1 id>/layer.tar``, ``repositories``), ``docker-oci``
+            (Docker 25+: an OCI layout plus ``manifest.json`` naming ``blobs/sha256/<hex>``) or
+            ``oci`` (an OCI image layout only).
+        compression: how layer blobs are stored: ``none``, ``gzip`` or ``zstd``.
+        layers: tar files to use instead of the three sample layers, bottom first.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: an unknown format or compression.
+    """
+    if format not in ("docker", "docker-oci", "oci"):
+        raise ValueError(f"unknown image format {format!r} (docker, docker-oci, oci)")
+    if compression not in _LAYER_TYPES:
+        raise ValueError(f"unknown compression {compression!r} (none, gzip, zstd)")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".lcow-sample-") as work:
+        tars = [Path(p) for p in layers] if layers is not None else write_sample_layers(work)
+        diff_ids = [_Blob(t).digest for t in tars]
+        blobs = [
+            _Blob(_compress(t, Path(work) / f"blob-{i}", compression)) for i, t in enumerate(tars)
+        ]
+        config = _config(diff_ids)
+        if format == "docker":
+            members = _docker_members(blobs, diff_ids, config)
+        else:
+            members = _oci_members(blobs, config, compression, docker_manifest=format != "oci")
+        tmp = Path(work) / "image.tar"
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
+            for name, content in members:
+                _add(tf, name, content)
+        os.replace(tmp, out)
+    return out

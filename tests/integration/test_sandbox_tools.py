@@ -305,10 +305,14 @@ def test_make_sandbox_in_bytes(tmp_path: Path) -> None:
     make_sandbox(tmp_path / "odd.vhdx", 21 * GIB + 1)  # rounded up to whole MiB
     assert qemu_info_size(tmp_path / "odd.vhdx") == 21 * GIB + MIB
     qemu_check(tmp_path / "odd.vhdx")
-    for bad in (20 * GIB - 1, (64 << 40) + 1):
+    # An exact size (Docker's size=) may be below LCOW's 20 GB minimum.
+    make_sandbox(tmp_path / "small.vhdx", 512 * MIB)
+    assert qemu_info_size(tmp_path / "small.vhdx") == 512 * MIB
+    qemu_check(tmp_path / "small.vhdx")
+    for bad in ((8 << 20) - 1, (64 << 40) + 1):
         with pytest.raises(InvalidArgument):
             make_sandbox(tmp_path / "bad.vhdx", bad)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["default.vhdx", "odd.vhdx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["default.vhdx", "odd.vhdx", "small.vhdx"]
 
 
 def test_sandbox_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,8 +1,12 @@
 """Entry point of the ``lcow`` command: a lazy command table in the style of pip.
 
-``lcow <command> [options]``. The table below names each command's module; a module is imported
-only when its command runs, so ``lcow --help`` stays fast and a broken command cannot break the
-others. Every command module provides::
+``lcow [--root DIR] [--backend B] [-o key=value ...] [--json] <command> [options]``. The table
+below names each command's module; a module is imported only when its command runs, so
+``lcow --help`` stays fast and a broken command cannot break the others. The global options
+reach every command as ``args.root`` (``--root``, else ``$LCOW_ROOT``), ``args.driver_options``
+(the ``-o`` strings, then ``lcow.backend=B``) and ``args.json``; commands marked ``needs_root``
+are refused without a data root, the tools (``tar2ext4``, ``vhd2tar``, ``demo``) never need one.
+Every command module provides::
 
     SUMMARY: str                                      # one line for ``lcow --help``
     def add_arguments(parser: argparse.ArgumentParser) -> None
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -37,10 +42,16 @@ class CommandInfo:
     Attributes:
         module: dotted name of the module implementing the command.
         summary: one line shown by ``lcow --help``.
+        needs_root: the command works on a data root (``--root DIR`` or ``$LCOW_ROOT``).
     """
 
     module: str
     summary: str
+    needs_root: bool = False
+
+
+def _driver(module: str, summary: str) -> CommandInfo:
+    return CommandInfo(f"lcow.cli.{module}", summary, needs_root=True)
 
 
 COMMANDS: dict[str, CommandInfo] = {
@@ -51,8 +62,29 @@ COMMANDS: dict[str, CommandInfo] = {
         "lcow.cli.vhd2tar_cmd", "export a layer image (layer.vhd, sandbox.vhdx, raw ext4) as a tar"
     ),
     "demo": CommandInfo(
-        "lcow.cli.demo_cmd", "write the sample layer tars, convert them to layer.vhd files"
+        "lcow.cli.demo_cmd",
+        "the main job on generated samples: convert layers, import an image, inspect, export",
     ),
+    # the driver's operations (SPEC §3), one per subcommand
+    "create": _driver("create_cmd", "Create: a layer folder and its layerchain.json"),
+    "create-rw": _driver("create_rw_cmd", "CreateReadWrite: a layer with an empty sandbox.vhdx"),
+    "apply-diff": _driver("apply_diff_cmd", "ApplyDiff: a tar (plain/gzip/zstd) into layer.vhd"),
+    "diff": _driver("diff_cmd", "Diff: a layer's changes against a parent, as a tar"),
+    "changes": _driver("changes_cmd", "Changes: a layer's changes as 'C|A|D /path' lines"),
+    "diff-size": _driver("diff_size_cmd", "DiffSize: bytes of a layer's changed content"),
+    "exists": _driver("exists_cmd", "Exists: exit 0 if the layer exists, 4 if not"),
+    "get": _driver("get_cmd", "Get: open a layer's view, print its path and top entries"),
+    "put": _driver("put_cmd", "Put: release a view (a no-op in a fresh process)"),
+    "layer-path": _driver("layer_path_cmd", "GetLayerPath: the layer's folder"),
+    "metadata": _driver("metadata_cmd", "GetMetadata: the layer's metadata ({'dir': ...})"),
+    "remove": _driver("remove_cmd", "Remove: delete a layer (unknown ids succeed)"),
+    "cleanup": _driver("cleanup_cmd", "Cleanup: sweep '-removing' folders and temporaries"),
+    "status": _driver("status_cmd", "Status: the driver's status pairs (initialises the root)"),
+    # images and reading through views
+    "import": _driver("import_cmd", "import a docker-save or OCI image tarball, by chain IDs"),
+    "ls": _driver("ls_cmd", "list layers: parent, kind of disk, sizes"),
+    "cat": _driver("cat_cmd", "print a file of a layer's view (the union of its chain)"),
+    "tree": _driver("tree_cmd", "print the tree of a layer's view under a path"),
 }
 
 
@@ -73,12 +105,22 @@ class _Parser(argparse.ArgumentParser):
 
 def _top_parser() -> _Parser:
     width = max(len(name) for name in COMMANDS)
-    epilog = "commands:\n" + "\n".join(
-        f"  {name:<{width}}  {info.summary}" for name, info in COMMANDS.items()
+
+    def rows(needs_root: bool) -> str:
+        return "\n".join(
+            f"  {name:<{width}}  {info.summary}"
+            for name, info in COMMANDS.items()
+            if info.needs_root == needs_root
+        )
+
+    epilog = (
+        f"tools:\n{rows(False)}\n\n"
+        f"driver and image commands (need --root DIR or $LCOW_ROOT):\n{rows(True)}"
     )
     parser = _Parser(
         prog=PROG,
-        description="Docker's LCOW storage driver in Python: ext4 layer images and tools.",
+        description="Docker's LCOW storage driver in Python: ext4 layer images, the graph "
+        "driver's operations, image import.",
         epilog=epilog + f"\n\nRun '{PROG} <command> --help' for a command's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
@@ -87,9 +129,34 @@ def _top_parser() -> _Parser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log more (repeat for debug)"
     )
+    parser.add_argument(
+        "--root", metavar="DIR", default=None,
+        help="the driver's data root (default: $LCOW_ROOT)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--backend", choices=_backends(), default=None,
+        help="backend for views (default userspace); same as -o lcow.backend=B",
+    )  # fmt: skip
+    parser.add_argument(
+        "-o", "--opt", dest="driver_options", action="append", default=[], type=_option,
+        metavar="KEY=VALUE", help="a driver option (SPEC §2), e.g. -o lcow.globalmode=true",
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print every command's result as JSON")
     parser.add_argument("command", metavar="<command>", help="one of: " + ", ".join(COMMANDS))
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
+
+
+def _backends() -> tuple[str, ...]:
+    from lcow.graphdriver.options import BACKENDS
+
+    return BACKENDS
+
+
+def _option(text: str) -> str:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return text
 
 
 def _version() -> str:
@@ -119,6 +186,18 @@ def _parse(argv: Sequence[str]) -> tuple[_CommandModule, argparse.Namespace]:
     module.add_arguments(parser)
     args = parser.parse_args(top.args)
     args.verbose = top.verbose
+    args.command = top.command
+    args.root = top.root or os.environ.get("LCOW_ROOT") or None
+    args.driver_options = list(top.driver_options)
+    if top.backend is not None:
+        args.driver_options.append(f"lcow.backend={top.backend}")
+    args.json = bool(top.json or getattr(args, "json", False))
+    if COMMANDS[top.command].needs_root and args.root is None:
+        raise UsageError(
+            f"'{top.command}' works on a data root: give --root DIR before the command "
+            "(or set LCOW_ROOT)",
+            usage=_top_parser().format_usage(),
+        )
     return module, args
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -154,22 +153,15 @@ class Driver:
                     )
                 chain = [parent_dir, *self.root.read_chain(parent)]
             folder = self.root.layer_dir(layer_id)
-            existed = folder.exists()
-            if existed and DataRoot.layer_file(folder) is not None:
+            if not folder.exists():
+                self.root.new_folder(layer_id, chain)
+                return
+            if DataRoot.layer_file(folder) is not None:
                 raise AlreadyExists(
                     f"lcowdriver: create: layer {layer_id} already exists with content",
                     subject=layer_id,
                 )
-            folder.mkdir(mode=0o700, exist_ok=True)
-            try:
-                self.root.write_chain(layer_id, chain)
-            except LcowError:
-                if not existed:
-                    try:
-                        shutil.rmtree(folder)
-                    except OSError as exc:
-                        log.warning("failed to remove layer %s: %s", folder, exc)
-                raise
+            self.root.write_chain(layer_id, chain)  # LCOW: an existing folder is fine
 
     def create_read_write(
         self, layer_id: str, parent: str | None = None, opts: Mapping[str, str] | None = None
@@ -351,6 +343,13 @@ class Driver:
                     f"lcowdriver: get: {layer_id}: layer does not exist", subject=layer_id
                 )
             folders = [folder, *self.root.read_chain(layer_id)]
+            for ancestor in folders[1:]:
+                if not ancestor.is_dir():
+                    raise NotFound(
+                        f"lcowdriver: get: {layer_id} failed to get layer details for {ancestor}: "
+                        "the folder does not exist",
+                        subject=layer_id,
+                    )
             disks = [LayerDisk(f, DataRoot.layer_file(f)) for f in folders]
             view = self.backend.open_view(layer_id, disks)
             with self._views_lock:

@@ -43,6 +43,17 @@ _GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _GO_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 
 
+_DIGITS = re.compile(r"[0-9]+")
+_SIGNED_DIGITS = re.compile(r"[+-]?[0-9]+")
+
+
+def _go_atoi(text: str) -> int:
+    """Go's ``strconv.Atoi``: an optional sign and ASCII digits, nothing else."""
+    if not _SIGNED_DIGITS.fullmatch(text):
+        raise ValueError(text)
+    return int(text, 10)
+
+
 def parse_go_bool(text: str) -> bool | None:
     """Go's ``strconv.ParseBool``: the accepted spellings, else ``None``."""
     if text in _GO_TRUE:
@@ -118,7 +129,7 @@ def parse_driver_options(options: Iterable[str] | None, *, root: str) -> DriverO
     timeout = 0
     if "lcow.timeout" in pairs:
         try:
-            timeout = int(pairs["lcow.timeout"], 10)
+            timeout = _go_atoi(pairs["lcow.timeout"])
         except ValueError:
             raise InvalidArgument(
                 "lcow.timeout option could not be interpreted as an integer", subject="lcow.timeout"
@@ -178,6 +189,8 @@ def sandbox_size_bytes(layer_id: str, storage_opt: Mapping[str, str] | None) -> 
         return None
     text = opts["lcow.sandboxsize"]
     try:
+        if not _DIGITS.fullmatch(text):
+            raise ValueError  # Go's ParseUint: ASCII digits only, no sign, space or "_"
         gb = int(text, 10)
         if not 0 <= gb < 1 << 32:
             raise ValueError

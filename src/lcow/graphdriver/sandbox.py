@@ -66,6 +66,7 @@ __all__ = [
 GIB = 1 << 30
 TIB = 1 << 40
 MIN_SANDBOX_GB = 20  # LCOW's default and minimum (lcow.sandboxsize)
+MIN_EXACT_SIZE = 8 << 20  # smallest exact size (Docker's ``size``) accepted
 MAX_SANDBOX_GB = MAX_VIRTUAL_SIZE // GIB  # 65536: the VHDX limit of 64 TiB
 BLOCK_SIZE = 4096
 INODE_SIZE = 256
@@ -226,9 +227,18 @@ def _mkfs_env(conf: str) -> dict[str, str]:
 
 
 def _run_mke2fs(raw: str, conf: str, size: int) -> None:
-    argv = mke2fs_argv(_find_mke2fs(), raw, size)
+    # mke2fs gets the file as an inherited descriptor (/dev/fd/N), never by path: if this
+    # process is killed and Cleanup deletes the temporary, an orphaned mke2fs keeps writing to
+    # the unlinked inode instead of creating the file again.
+    fd = os.open(raw, os.O_RDWR | os.O_CLOEXEC)
     try:
-        proc = subprocess.run(argv, capture_output=True, env=_mkfs_env(conf), check=False)
+        argv = mke2fs_argv(_find_mke2fs(), f"/dev/fd/{fd}", size)
+        try:
+            proc = subprocess.run(
+                argv, capture_output=True, env=_mkfs_env(conf), check=False, pass_fds=(fd,)
+            )
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise MkfsFailed(f"{argv[0]}: cannot run: {exc.strerror}", argv=argv) from exc
     if proc.returncode != 0:
@@ -282,8 +292,12 @@ def make_sandbox(path: str | os.PathLike[str], size: int | None = None) -> None:
         path: the VHDX to write; its directory must exist.
         size: virtual size in bytes (rounded up to a 1 MiB multiple), or ``None`` for 20 GB.
 
+    An explicit size may be below LCOW's 20 GB minimum (that minimum belongs to
+    ``lcow.sandboxsize``): Docker's generic ``size`` option asks for an exact quota such as
+    ``512M``.
+
     Raises:
-        InvalidArgument: ``size`` below 20 GB or above 64 TiB.
+        InvalidArgument: ``size`` below 8 MiB (too small for a useful ext4) or above 64 TiB.
         MkfsFailed: mke2fs is missing or failed.
         NotSupported: the directory's file system cannot hold the sparse raw file.
         OSError: writing failed.
@@ -291,9 +305,9 @@ def make_sandbox(path: str | os.PathLike[str], size: int | None = None) -> None:
     if size is None:
         _make(path, sandbox_size_bytes(MIN_SANDBOX_GB))
         return
-    if size < MIN_SANDBOX_GB * GIB or size > MAX_VIRTUAL_SIZE:
+    if size < MIN_EXACT_SIZE or size > MAX_VIRTUAL_SIZE:
         raise InvalidArgument(
-            f"sandbox size {size} bytes is outside {MIN_SANDBOX_GB} GB .. {MAX_SANDBOX_GB} GB",
+            f"sandbox size {size} bytes is outside {MIN_EXACT_SIZE} bytes .. {MAX_SANDBOX_GB} GB",
             subject=str(size),
         )
     _make(path, -(-size // _MIB) * _MIB)

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,9 +155,12 @@ class DataRoot:
                 subject=layer_id,
             ) from exc
 
-    def write_chain(self, layer_id: str, chain: list[Path]) -> None:
-        """Write ``layerchain.json`` (0600): absolute POSIX paths, ``null`` for a base."""
-        folder = self.layer_dir(layer_id)
+    def write_chain(self, layer_id: str, chain: list[Path], *, folder: Path | None = None) -> None:
+        """Write ``layerchain.json`` (0600): absolute POSIX paths, ``null`` for a base.
+
+        ``folder`` overrides where it goes (a layer folder still being built).
+        """
+        folder = folder or self.layer_dir(layer_id)
         value = [str(p) for p in chain] if chain else None
         data = json.dumps(value, separators=(",", ":")).encode()
         try:
@@ -237,8 +241,30 @@ class DataRoot:
                         failed.append(entry.name)
         return failed
 
+    def new_folder(self, layer_id: str, chain: list[Path]) -> None:
+        """Create ``dir(id)`` with its chain in one step: built under a temporary name, then
+        renamed, so a crash never leaves a layer folder without its ``layerchain.json``."""
+        folder = self.layer_dir(layer_id)
+        tmp = self.root / f".{layer_id}.tmp-{secrets.token_hex(6)}"
+        tmp.mkdir(mode=_DIR_MODE)
+        try:
+            self.write_chain(layer_id, chain, folder=tmp)
+            os.rename(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
     def sweep_temporaries(self) -> None:
-        """Delete temporary files an interrupted write left in layer folders and the cache."""
+        """Delete what interrupted writes left: temporary layer folders in the root, temporary
+        files in layer folders and the cache."""
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.root):
+                if entry.name.startswith(".") and ".tmp-" in entry.name:
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry.path)
         for folder in [self.cache, *(self.root / i for i in self.layer_ids())]:
             with contextlib.suppress(FileNotFoundError):
                 for entry in os.scandir(folder):

@@ -26,6 +26,7 @@ from lcow.formats.ext4.read_csum import crc32c_raw
 __all__ = [
     "DIR_TAIL_FILE_TYPE",
     "DirEntry",
+    "collect_dir_names",
     "decode_rec_len",
     "parse_dir_region",
     "parse_inline_dir",
@@ -41,6 +42,8 @@ _DX_NODE_COUNT_OFFSET = 8  # after the fake inode-0 record header
 _DX_ENTRY = 8
 _DX_TAIL = 8  # dt_reserved, dt_checksum
 _U16X2 = struct.Struct("<HH")
+_DOTS = frozenset({b".", b".."})
+_DIRENT_UNPACK = DIRENT_HEADER.unpack_from
 
 
 class DirEntry(NamedTuple):
@@ -124,6 +127,81 @@ def parse_dir_region(
                 )
             yield DirEntry(name, ino, ftype)
         off += rec_len
+
+
+def collect_dir_names(
+    buf: bytes,
+    start: int,
+    stop: int,
+    out: list[tuple[bytes, int]],
+    *,
+    block_size: int,
+    inodes_count: int,
+    has_filetype: bool,
+) -> bool:
+    """Append ``(name, ino)`` of the live records in ``buf[start:stop]``, without ``.``/``..``.
+
+    The fast twin of :func:`parse_dir_region` for walks: same checks, but it reports a bad
+    record by returning ``False`` (the caller then re-parses the region with
+    :func:`parse_dir_region` to raise the precise error).
+
+    Args:
+        buf: bytes holding the region.
+        start: first byte of the region (records must tile ``[start, stop)`` exactly).
+        stop: end of the region.
+        out: receives the entries, in on-disk order.
+        block_size: filesystem block size (``rec_len`` decoding).
+        inodes_count: highest valid inode number.
+        has_filetype: entries carry a file type byte.
+
+    Returns:
+        ``True`` when every record was valid.
+    """
+    first = len(out)
+    append = out.append
+    off = start
+    if has_filetype and block_size < 65536:  # the usual layout, without per-record decoding
+        unpack = _DIRENT_UNPACK
+        try:
+            while off < stop:
+                ino, rec_len, name_len, _ = unpack(buf, off)
+                end = off + rec_len
+                if rec_len < _MIN_REC_LEN or rec_len & 3 or end > stop or name_len + 8 > rec_len:
+                    return False
+                if ino:
+                    if ino > inodes_count or not name_len:
+                        return False
+                    name = buf[off + 8 : off + 8 + name_len]
+                    if name_len > 2 or name not in _DOTS:
+                        append((name, ino))
+                off = end
+        except struct.error:  # a record header past the end of buf
+            return False
+    else:
+        while off < stop:
+            if stop - off < DIRENT_HEADER.size:
+                return False
+            ino, rec_len, name_len, ftype = DIRENT_HEADER.unpack_from(buf, off)
+            if not has_filetype:
+                name_len |= ftype << 8
+            rec_len = decode_rec_len(rec_len, block_size)
+            if (
+                rec_len < _MIN_REC_LEN
+                or rec_len & 3
+                or off + rec_len > stop
+                or name_len + 8 > rec_len
+            ):
+                return False
+            if ino:
+                if ino > inodes_count or not name_len:
+                    return False
+                name = buf[off + 8 : off + 8 + name_len]
+                if name_len > 2 or name not in _DOTS:
+                    append((name, ino))
+            off += rec_len
+    # "/" and NUL checked once over all names: a joined string has one iff a name has one.
+    names = b"".join([name for name, _ in out[first:]])
+    return b"/" not in names and b"\0" not in names
 
 
 def parse_inline_dir(

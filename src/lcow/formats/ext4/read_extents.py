@@ -38,6 +38,7 @@ __all__ = [
     "blockmap_max_blocks",
     "blockmap_runs",
     "extent_runs",
+    "simple_extent_runs",
 ]
 
 MAX_EXTENT_DEPTH = 5  # EXT4_MAX_EXTENT_DEPTH
@@ -45,6 +46,7 @@ MAX_LOGICAL_BLOCKS = 1 << 32  # ee_block and ei_block are 32-bit
 _DIRECT_BLOCKS = 12  # EXT4_NDIR_BLOCKS
 _I_BLOCK_WORDS = struct.Struct("<15I")
 _EXTENT_TAIL = 4  # struct ext4_extent_tail: et_checksum
+_ROOT_CAPACITY = 4  # extents in i_block after the header: (60 - 12) // 12
 
 
 class DataRun(NamedTuple):
@@ -166,6 +168,83 @@ def extent_runs(ctx: MapContext, i_block: bytes, nblocks: int) -> Iterator[DataR
     seen: set[int] = set()
     mapped = _walk_node(ctx, i_block, None, 0, MAX_LOGICAL_BLOCKS, nblocks, seen)
     return _coalesce(_fill(ctx, mapped, nblocks))
+
+
+def simple_extent_runs(
+    i_block: bytes, nblocks: int, blocks_count: int, first_data_block: int
+) -> list[DataRun] | None:
+    """Runs of a file whose extent tree is only its root (depth 0), the common case, fast.
+
+    Produces exactly what :func:`extent_runs` produces for such a tree, without building a
+    :class:`MapContext`. Anything unusual — another depth, a bad header or entry — gives
+    ``None``, and the caller falls back to :func:`extent_runs`, which explains the problem.
+
+    Args:
+        i_block: the inode's 60-byte ``i_block``.
+        nblocks: logical blocks the file size covers.
+        blocks_count: blocks in the filesystem.
+        first_data_block: the superblock's block (0 or 1).
+
+    Returns:
+        Coalesced runs tiling ``[0, nblocks)``, or ``None``.
+    """
+    magic, entries, max_entries, depth, _ = EXTENT_HEADER.unpack_from(i_block)
+    if (
+        magic != EXT4_EXTENT_MAGIC
+        or depth
+        or not 0 < max_entries <= _ROOT_CAPACITY
+        or entries > max_entries
+    ):
+        return None
+    runs: list[DataRun] = []
+    cursor = prev_end = total = 0
+    for i in range(entries):
+        ee_block, ee_len, start_hi, start_lo = EXTENT_ENTRY.unpack_from(i_block, 12 + 12 * i)
+        unwritten = ee_len > MAX_EXTENT_LEN
+        length = ee_len - MAX_EXTENT_LEN if unwritten else ee_len
+        physical = (start_hi << 32) | start_lo
+        if (
+            length == 0
+            or ee_block < prev_end
+            or ee_block + length > MAX_LOGICAL_BLOCKS
+            or physical <= first_data_block
+            or physical + length > blocks_count
+        ):
+            return None
+        if ee_block >= nblocks:
+            break
+        count = min(length, nblocks - ee_block)
+        if ee_block > cursor:
+            _push(runs, cursor, None, ee_block - cursor)
+        if unwritten:
+            _push(runs, ee_block, None, count)
+        else:
+            total += count
+            if total > blocks_count:
+                return None
+            _push(runs, ee_block, physical, count)
+        cursor = ee_block + count
+        prev_end = ee_block + length
+    if cursor < nblocks:
+        _push(runs, cursor, None, nblocks - cursor)
+    return runs
+
+
+def _push(runs: list[DataRun], logical: int, physical: int | None, length: int) -> None:
+    """Append a run, merging it into the previous one when they continue each other."""
+    if runs:
+        p_logical, p_physical, p_length = runs[-1]
+        if p_logical + p_length == logical and (
+            (p_physical is None and physical is None)
+            or (
+                p_physical is not None
+                and physical is not None
+                and p_physical + p_length == physical
+            )
+        ):
+            runs[-1] = DataRun(p_logical, p_physical, p_length + length)
+            return
+    runs.append(DataRun(logical, physical, length))
 
 
 def _walk_node(

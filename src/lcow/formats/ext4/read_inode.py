@@ -16,7 +16,16 @@ from lcow.errors import CorruptImage
 from lcow.formats.ext4 import read_csum
 from lcow.formats.ext4.layout import INODE_STRUCT, InodeFlag
 
-__all__ = ["GOOD_OLD_INODE_SIZE", "Inode", "decode_time_ns", "parse_inode"]
+__all__ = [
+    "GOOD_OLD_INODE_SIZE",
+    "LEAN_INODE",
+    "SIZE_INODE",
+    "VALID_FILE_TYPES",
+    "Inode",
+    "decode_rdev",
+    "decode_time_ns",
+    "parse_inode",
+]
 
 GOOD_OLD_INODE_SIZE = 128
 _NS = 1_000_000_000
@@ -39,7 +48,18 @@ _VALID_TYPES = frozenset(
         stat.S_IFSOCK,
     }
 )
+VALID_FILE_TYPES = _VALID_TYPES
 _U32 = struct.Struct("<I")
+# The fields a metadata scan needs, for a fast unpack straight from an inode-table buffer of
+# inodes larger than 128 bytes: i_mode, i_uid, i_size_lo, i_mtime, i_gid, i_links_count,
+# i_flags, i_block[0] and [1] (device numbers), i_file_acl_lo, i_size_high, l_i_file_acl_high,
+# l_i_uid_high, l_i_gid_high, i_extra_isize and i_mtime_extra.
+LEAN_INODE = struct.Struct("<HHI8xI4xHH4xI4xII56xII6xHHH4xH6xI")
+assert LEAN_INODE.size == 140
+# Fewer still, for summing sizes: i_mode, i_size_lo, i_links_count, i_flags, i_size_high,
+# i_extra_isize.
+SIZE_INODE = struct.Struct("<H2xI18xH4xI72xI16xH")
+assert SIZE_INODE.size == 130
 _S_IFMT = 0o170000
 _DEVICE_TYPES = (stat.S_IFCHR, stat.S_IFBLK)
 _EXTENTS_FL = int(InodeFlag.EXTENTS)
@@ -138,12 +158,15 @@ def decode_time_ns(seconds: int, extra: int | None) -> int:
     return secs * _NS + (extra >> 2)
 
 
-def _decode_rdev(i_block: bytes) -> int:
-    old = _U32.unpack_from(i_block, 0)[0]
+def decode_rdev(old: int, new: int) -> int:
+    """A device number from ``i_block[0]`` (old 8:8 encoding) or ``i_block[1]`` (new 12:20)."""
     if old:
         return os.makedev((old >> 8) & 0xFF, old & 0xFF)
-    new = _U32.unpack_from(i_block, 4)[0]
     return os.makedev((new & 0xFFF00) >> 8, (new & 0xFF) | ((new >> 12) & 0xFFF00))
+
+
+def _decode_rdev(i_block: bytes) -> int:
+    return decode_rdev(_U32.unpack_from(i_block, 0)[0], _U32.unpack_from(i_block, 4)[0])
 
 
 def _bad(image: str, ino: int, path: bytes | None, what: str) -> CorruptImage:

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from lcow.formats.ext4.read_inode import Inode
 
-__all__ = ["ByteSpan", "Entry", "ReadLimits"]
+__all__ = ["ByteSpan", "Entry", "ReadLimits", "ScanEntry"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,37 @@ class ByteSpan(NamedTuple):
     length: int
     host_offset: int | None
     data: bytes | None
+
+
+class ScanEntry(NamedTuple):
+    """One entry of a metadata scan (:meth:`Ext4Reader.scan`): what Changes and DiffSize compare.
+
+    Attributes:
+        path: absolute path bytes inside the image.
+        ino: inode number (shared by hard links).
+        mode: ``st_mode``.
+        uid: owner.
+        gid: group.
+        size: size in bytes.
+        mtime_ns: modification time in nanoseconds.
+        rdev: device number of character and block devices, else 0.
+        nlink: link count.
+        opaque: a directory whose ``trusted.overlay.opaque`` xattr is ``y``.
+        capability: the ``security.capability`` xattr when the scan was asked for it and the
+            entry has one, else ``None``.
+    """
+
+    path: bytes
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    rdev: int
+    nlink: int
+    opaque: bool
+    capability: bytes | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,45 @@
+"""``lcow --root DIR exists ID``: the driver's Exists (SPEC §3).
+
+Exit status 0 and ``true`` when the layer's folder exists (a folder without a disk counts);
+exit status 4 (``NOT_FOUND``, as for every missing layer) and ``false`` when it does not, also
+when the data root itself is missing. No error message is printed for a missing layer.
+``--json``: ``{"Id", "Exists"}`` with the same statuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from lcow.cli._driver import add_id, add_json, check_options, emit, open_driver, root_exists
+from lcow.cli.status import ExitStatus
+from lcow.storage.dataroot import validate_id
+
+__all__ = ["SUMMARY", "add_arguments", "run"]
+
+SUMMARY = "Exists: exit 0 and print 'true' if the layer exists, else exit 4 and print 'false'"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``lcow exists``.
+
+    Args:
+        parser: the command's parser.
+    """
+    add_id(parser)
+    add_json(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``lcow exists``.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        :attr:`ExitStatus.OK` if the layer exists, else :attr:`ExitStatus.NOT_FOUND`.
+    """
+    validate_id(args.id)
+    check_options(args)
+    found = root_exists(args) and open_driver(args).exists(args.id)
+    emit(args, {"Id": args.id, "Exists": found}, "true" if found else "false")
+    return ExitStatus.OK if found else ExitStatus.NOT_FOUND

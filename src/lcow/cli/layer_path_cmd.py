@@ -1,0 +1,40 @@
+"""``lcow --root DIR layer-path ID``: the driver's GetLayerPath (SPEC §3).
+
+Prints ``<root>/<ID>``, the layer's folder, without checking that it exists (as LCOW does); the
+data root must exist. ``--json``: ``{"Id", "Path"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from lcow.cli._driver import add_id, add_json, emit, open_driver
+from lcow.cli.status import ExitStatus
+
+__all__ = ["SUMMARY", "add_arguments", "run"]
+
+SUMMARY = "GetLayerPath: print the layer's folder"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``lcow layer-path``.
+
+    Args:
+        parser: the command's parser.
+    """
+    add_id(parser)
+    add_json(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``lcow layer-path``.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        :attr:`ExitStatus.OK`; failures are raised for the CLI boundary to map.
+    """
+    path = open_driver(args).get_layer_path(args.id)
+    emit(args, {"Id": args.id, "Path": path}, path)
+    return ExitStatus.OK

@@ -1,0 +1,409 @@
+"""Import an image tarball into a data root: one read-only layer per chain ID (issue 4 item 7).
+
+1. **Plan** (nothing written): index the archive (:mod:`lcow.images.archive`), read it as a
+   ``docker save`` archive (``manifest.json``) or an OCI image layout (``oci-layout``,
+   ``index.json``), verify every manifest, index and config against its digest, check that every
+   layer blob is present, and compute each layer's chain ID. Its hex is the layer id; layers that
+   already have a ``layer.vhd`` are skipped (their recorded parent must agree).
+2. **Apply**, bottom-up: Create, then ApplyDiff from the blob while both of its digests are checked
+   in the same pass (:mod:`lcow.images.blobstream`). A mismatch, or any other failure or
+   interruption, removes every layer this import created and re-raises, so an import leaves either
+   all of its new layers or none. The diff and chain IDs go into the layer's own metadata file.
+
+The plugin and the CLI share this module; it never prints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, BinaryIO
+
+from lcow.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    LcowError,
+    LimitExceeded,
+)
+from lcow.images.archive import ImageArchive
+from lcow.images.blobstream import FileRange, LayerFeed
+from lcow.images.chainid import chain_id, layer_id
+from lcow.images.dockerarchive import is_docker_archive, read_docker_archive
+from lcow.images.errors import DigestMismatch, ImageError
+from lcow.images.model import ImageSpec, LayerRef
+from lcow.images.oci import is_oci_layout, read_oci_layout
+from lcow.storage.dataroot import DataRoot
+
+if TYPE_CHECKING:
+    from lcow.graphdriver.driver import Driver
+
+__all__ = [
+    "ImportPlan",
+    "ImportResult",
+    "ImportedImage",
+    "ImportedLayer",
+    "PlannedLayer",
+    "import_image",
+    "plan_import",
+    "read_images",
+    "run_import",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlannedLayer:
+    """A layer the image needs.
+
+    Attributes:
+        ref: the blob and its digests.
+        chain_id: ``sha256:<hex>`` over this layer and all below it.
+        layer_id: the data-root id (the chain ID's hex).
+        parent: the layer id below, ``None`` for a base.
+        present: the data root already has it (it will be skipped).
+        blob_size: bytes of the blob as stored in the archive.
+    """
+
+    ref: LayerRef
+    chain_id: str
+    layer_id: str
+    parent: str | None
+    present: bool
+    blob_size: int
+
+
+@dataclass(frozen=True)
+class ImportPlan:
+    """What an import will do.
+
+    Attributes:
+        format: ``docker-archive`` or ``oci-layout``.
+        images: the images of the archive.
+        layers: every distinct layer, bottom-up (parents before children).
+    """
+
+    format: str
+    images: tuple[ImageSpec, ...]
+    layers: tuple[PlannedLayer, ...]
+
+    @property
+    def bytes_to_apply(self) -> int:
+        """Stored bytes of the layers that will be converted (for a progress bar)."""
+        return sum(layer.blob_size for layer in self.layers if not layer.present)
+
+
+@dataclass(frozen=True)
+class ImportedLayer:
+    """One layer of the result.
+
+    Attributes:
+        layer_id: the data-root id.
+        parent: the id below, ``None`` for a base.
+        diff_id: ``sha256:<hex>`` of its uncompressed tar.
+        chain_id: ``sha256:<hex>``; ``layer_id`` is its hex.
+        created: made by this import (``False``: it was already there).
+        size: ApplyDiff's size (the tar's unpack size) for created layers; the recorded one for
+            existing layers, when known.
+        compression: how the blob was stored (``gzip``, ``zstd``, ``none``; ``""`` if skipped).
+    """
+
+    layer_id: str
+    parent: str | None
+    diff_id: str
+    chain_id: str
+    created: bool
+    size: int | None
+    compression: str = ""
+
+
+@dataclass(frozen=True)
+class ImportedImage:
+    """One image of the result.
+
+    Attributes:
+        tags: repository tags or reference names from the archive.
+        config: the config digest (Docker's image ID).
+        layer_ids: its layers, bottom first; the last is the image's top layer.
+    """
+
+    tags: tuple[str, ...]
+    config: str
+    layer_ids: tuple[str, ...]
+
+    @property
+    def top(self) -> str | None:
+        """The top layer id (``None`` for an image without layers)."""
+        return self.layer_ids[-1] if self.layer_ids else None
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import did.
+
+    Attributes:
+        format: ``docker-archive`` or ``oci-layout``.
+        images: each image with its layer ids.
+        layers: every distinct layer, bottom-up.
+    """
+
+    format: str
+    images: tuple[ImportedImage, ...]
+    layers: tuple[ImportedLayer, ...] = field(default=())
+
+    @property
+    def created(self) -> list[str]:
+        """Ids of the layers this import created."""
+        return [layer.layer_id for layer in self.layers if layer.created]
+
+
+def read_images(archive: ImageArchive) -> tuple[str, list[ImageSpec]]:
+    """Detect the archive's format and read its images (metadata verified, blobs not read).
+
+    Returns:
+        The format name and the images.
+
+    Raises:
+        ImageError: neither format, or malformed metadata (see the format readers).
+    """
+    if is_docker_archive(archive):
+        images = read_docker_archive(archive)
+    elif is_oci_layout(archive):
+        images = read_oci_layout(archive)
+    else:
+        raise ImageError(
+            f"{archive.name}: not an image archive: no manifest.json (docker save) and no "
+            "oci-layout + index.json (OCI image layout)",
+            subject=archive.name,
+        )
+    return images[0].format, images
+
+
+def _recorded_parent(root: DataRoot, layer: str) -> str | None:
+    chain = root.read_chain(layer)
+    return chain[0].name if chain else None
+
+
+def plan_import(driver: Driver, archive: ImageArchive) -> ImportPlan:
+    """Work out which layers an import needs and which the data root already has.
+
+    Raises:
+        ImageError: the archive is not a usable image (nothing has been written).
+        AlreadyExists: a layer id is taken by a writable layer.
+        FailedPrecondition: an existing layer with the id has another parent.
+    """
+    fmt, images = read_images(archive)
+    planned: dict[str, PlannedLayer] = {}
+    for image in images:
+        parent: str | None = None
+        parent_chain: str | None = None
+        for ref in image.layers:
+            chain = chain_id(parent_chain, ref.diff_id)
+            lid = layer_id(chain)
+            if lid not in planned:
+                planned[lid] = PlannedLayer(
+                    ref=ref,
+                    chain_id=chain,
+                    layer_id=lid,
+                    parent=parent,
+                    present=_present(driver, lid, parent),
+                    blob_size=archive.size(ref.member),
+                )
+            parent, parent_chain = lid, chain
+    return ImportPlan(format=fmt, images=tuple(images), layers=tuple(planned.values()))
+
+
+def _present(driver: Driver, lid: str, parent: str | None) -> bool:
+    """Whether the data root already has the layer ``lid`` (with a ``layer.vhd``)."""
+    if not driver.exists(lid):
+        return False
+    disk = DataRoot.layer_file(driver.root.layer_dir(lid))
+    if disk is None:
+        return False  # an empty folder (an interrupted import): apply into it
+    if disk.writable:
+        raise AlreadyExists(
+            f"layer {lid} already exists as a writable layer; remove it to import the image",
+            subject=lid,
+        )
+    recorded = _recorded_parent(driver.root, lid)
+    if recorded != parent:
+        raise FailedPrecondition(
+            f"layer {lid} already exists with parent {recorded or '(none)'}, but the image puts "
+            f"it on {parent or '(none)'}",
+            subject=lid,
+        )
+    return True
+
+
+def run_import(
+    driver: Driver,
+    archive: ImageArchive,
+    plan: ImportPlan,
+    *,
+    progress: Callable[[int], None] | None = None,
+    on_layer: Callable[[ImportedLayer], None] | None = None,
+) -> ImportResult:
+    """Create and apply the layers of ``plan`` bottom-up; all-or-nothing for new layers.
+
+    Args:
+        driver: the driver of the data root.
+        archive: the archive the plan was made from.
+        plan: from :func:`plan_import`.
+        progress: called (from a helper thread) with counts of stored bytes read.
+        on_layer: called after each layer, in order, created or skipped.
+
+    Returns:
+        What was imported.
+
+    Raises:
+        DigestMismatch: a layer does not hash to its digest or diff ID.
+        ImageError: a layer blob is corrupt or not a valid tar.
+    """
+    created: list[str] = []
+    done: list[ImportedLayer] = []
+    try:
+        for planned in plan.layers:
+            if planned.present:
+                meta = driver.root.read_meta(planned.layer_id)
+                size = meta.get("content_size")
+                layer = ImportedLayer(
+                    layer_id=planned.layer_id,
+                    parent=planned.parent,
+                    diff_id=planned.ref.diff_id,
+                    chain_id=planned.chain_id,
+                    created=False,
+                    size=size if isinstance(size, int) else None,
+                )
+            else:
+                layer = _apply(driver, archive, planned, created, progress)
+            done.append(layer)
+            if on_layer is not None:
+                on_layer(layer)
+    except BaseException:
+        _roll_back(driver, created)
+        raise
+    images = tuple(
+        ImportedImage(
+            tags=image.tags,
+            config=image.config,
+            layer_ids=tuple(_layer_ids(image.layers)),
+        )
+        for image in plan.images
+    )
+    return ImportResult(format=plan.format, images=images, layers=tuple(done))
+
+
+def _layer_ids(layers: Sequence[LayerRef]) -> list[str]:
+    out: list[str] = []
+    parent: str | None = None
+    for ref in layers:
+        parent = chain_id(parent, ref.diff_id)
+        out.append(layer_id(parent))
+    return out
+
+
+def _apply(
+    driver: Driver,
+    archive: ImageArchive,
+    planned: PlannedLayer,
+    created: list[str],
+    progress: Callable[[int], None] | None,
+) -> ImportedLayer:
+    lid = planned.layer_id
+    if not driver.exists(lid):
+        driver.create(lid, planned.parent)
+        created.append(lid)
+    else:
+        driver.create(lid, planned.parent)  # an empty leftover folder: rewrite its chain
+    name = f"{archive.name}: {planned.ref.member}"
+    found = archive.member_range(planned.ref.member)
+    where = None if found is None else FileRange(*found)
+    with archive.open_member(planned.ref.member) as blob:
+        feed = LayerFeed(blob, name=name, progress=progress, where=where)
+        try:
+            size = driver.apply_diff(lid, planned.parent, feed.read_fd)
+        except BaseException as exc:
+            cause = feed.abort()
+            if cause is not None and cause is not exc:
+                raise cause from exc
+            if isinstance(exc, InvalidArgument) and not isinstance(exc, ImageError | LimitExceeded):
+                raise ImageError(
+                    f"{name}: not a valid layer tar: {exc}", subject=planned.ref.member
+                ) from exc
+            raise
+        got = feed.finish()
+    _check(name, "digest", planned.ref.digest, got.digest)
+    if planned.ref.size is not None and planned.ref.size != got.size:
+        raise DigestMismatch(
+            f"{name}: size {got.size} does not match the descriptor's {planned.ref.size}",
+            subject=planned.ref.member,
+            expected=str(planned.ref.size),
+            got=str(got.size),
+        )
+    _check(name, "diff ID", planned.ref.diff_id, got.diff_id)
+    meta = driver.root.read_meta(lid)
+    meta.update(diff_id=got.diff_id, chain_id=planned.chain_id)
+    driver.root.write_meta(lid, meta)
+    return ImportedLayer(
+        layer_id=lid,
+        parent=planned.parent,
+        diff_id=got.diff_id,
+        chain_id=planned.chain_id,
+        created=True,
+        size=size,
+        compression=got.compression,
+    )
+
+
+def _check(name: str, what: str, expected: str | None, got: str) -> None:
+    if expected is not None and expected != got:
+        raise DigestMismatch(
+            f"{name}: {what} mismatch: expected {expected}, got {got}",
+            subject=name,
+            expected=expected,
+            got=got,
+        )
+
+
+def _roll_back(driver: Driver, created: list[str]) -> None:
+    for lid in reversed(created):
+        try:
+            driver.remove(lid)
+        except (OSError, LcowError) as exc:
+            log.warning("import: could not remove layer %s after a failure: %s", lid, exc)
+
+
+def import_image(
+    driver: Driver,
+    source: str | os.PathLike[str] | BinaryIO,
+    *,
+    progress: Callable[[int], None] | None = None,
+    on_plan: Callable[[ImportPlan], None] | None = None,
+    on_layer: Callable[[ImportedLayer], None] | None = None,
+) -> ImportResult:
+    """Import a ``docker save`` or OCI image-layout tarball (plain, gzip or zstd).
+
+    Args:
+        driver: the driver of the data root to import into.
+        source: the tarball's path, or a readable binary stream (spooled to a temporary file
+            in the data root's ``scratch/`` when it cannot seek or is compressed).
+        progress: called with counts of stored layer bytes read (from a helper thread).
+        on_plan: called once the plan is known, before any layer is written.
+        on_layer: called after each layer, created or skipped.
+
+    Returns:
+        The images and layers, bottom-up.
+
+    Raises:
+        ImageError: malformed, hostile or incomplete archive, or a digest mismatch
+            (:class:`~lcow.images.errors.DigestMismatch`); no new layer is left behind.
+        NotFound: the path does not exist.
+    """
+    with ImageArchive.open(source, spool_dir=driver.root.scratch) as archive:
+        plan = plan_import(driver, archive)
+        if on_plan is not None:
+            on_plan(plan)
+        return run_import(driver, archive, plan, progress=progress, on_layer=on_layer)
