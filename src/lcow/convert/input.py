@@ -15,11 +15,12 @@ import stat
 import threading
 import zlib
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, cast
+from dataclasses import dataclass
+from typing import BinaryIO, NamedTuple, cast
 
 from lcow.errors import InvalidArgument, NotFound
 
-__all__ = ["open_tar_input"]
+__all__ = ["FileSlice", "TarSource", "open_tar_input"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -114,15 +115,64 @@ def _sniff(read: Callable[[int], bytes]) -> bytes:
     return data
 
 
-@contextlib.contextmanager
-def open_tar_input(src: str | os.PathLike[str] | BinaryIO | int) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(fd, initial_bytes)`` from which the uncompressed tar can be read.
+@dataclass(frozen=True)
+class FileSlice:
+    """A tar stored as ``length`` bytes at ``offset`` of a regular file (a member of an image
+    archive): read in place, with kernel copies, never past its end."""
 
-    ``initial_bytes`` were already consumed from ``fd`` and come first.
+    fd: int
+    offset: int
+    length: int
+
+
+class TarSource(NamedTuple):
+    """Where the converter reads the uncompressed tar.
+
+    Attributes:
+        fd: the descriptor.
+        initial: bytes already consumed from ``fd`` that come first.
+        start: for a file slice, its first byte (reads are positional); else ``None``.
+        end: for a file slice, one past its last byte; else ``None``.
     """
+
+    fd: int
+    initial: bytes = b""
+    start: int | None = None
+    end: int | None = None
+
+
+def _slice_reader(where: FileSlice) -> Callable[[int], bytes]:
+    pos = [where.offset]
+    end = where.offset + where.length
+
+    def read(n: int) -> bytes:
+        n = min(n, end - pos[0])
+        if n <= 0:
+            return b""
+        data = os.pread(where.fd, n, pos[0])
+        pos[0] += len(data)
+        return data
+
+    return read
+
+
+@contextlib.contextmanager
+def open_tar_input(
+    src: str | os.PathLike[str] | BinaryIO | int | FileSlice,
+) -> Iterator[TarSource]:
+    """Yield the :class:`TarSource` from which the uncompressed tar can be read."""
     own_fd = -1
     pump: _Pump | None = None
     try:
+        if isinstance(src, FileSlice):
+            head = os.pread(src.fd, 4, src.offset) if src.length >= 4 else b""
+            if head.startswith(_GZIP_MAGIC) or head.startswith(_ZSTD_MAGIC):
+                work = _gunzip if head.startswith(_GZIP_MAGIC) else _unzstd
+                pump = _Pump(work, _slice_reader(src))
+                yield from _yield_checked(pump, b"")
+                return
+            yield TarSource(src.fd, b"", src.offset, src.offset + src.length)
+            return
         if isinstance(src, int):
             fd = src
         elif isinstance(src, (str, os.PathLike)):
@@ -154,7 +204,7 @@ def open_tar_input(src: str | os.PathLike[str] | BinaryIO | int) -> Iterator[tup
             pump = _Pump(_prefixed(work, initial), _read_fd(fd))
             yield from _yield_checked(pump, b"")
             return
-        yield fd, initial
+        yield TarSource(fd, initial)
     finally:
         if pump is not None:
             pump.close()
@@ -162,9 +212,9 @@ def open_tar_input(src: str | os.PathLike[str] | BinaryIO | int) -> Iterator[tup
             os.close(own_fd)
 
 
-def _yield_checked(pump: _Pump, initial: bytes) -> Iterator[tuple[int, bytes]]:
+def _yield_checked(pump: _Pump, initial: bytes) -> Iterator[TarSource]:
     try:
-        yield pump.read_fd, initial
+        yield TarSource(pump.read_fd, initial)
     except InvalidArgument:
         if pump.error is not None:
             raise _decompress_error(pump.error) from pump.error

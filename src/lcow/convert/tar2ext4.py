@@ -14,7 +14,7 @@ import os
 import stat
 from typing import BinaryIO
 
-from lcow.convert.input import open_tar_input
+from lcow.convert.input import FileSlice, TarSource, open_tar_input
 from lcow.convert.options import ConvertOptions, ConvertResult
 from lcow.convert.tarstream import TarEntry, TarReader
 from lcow.errors import InvalidArgument, NotFound
@@ -312,11 +312,11 @@ class _Converter:
         self.hidden_links.clear()
 
 
-def convert_stream(fd: int, initial: bytes, out_fd: int, options: ConvertOptions) -> ConvertResult:
-    """Convert the tar readable from ``fd`` into the empty file ``out_fd``."""
+def convert_stream(source: TarSource, out_fd: int, options: ConvertOptions) -> ConvertResult:
+    """Convert the tar readable from ``source`` into the empty file ``out_fd``."""
     writer = Ext4Writer(out_fd, max_size=options.max_size, inline_data=options.inline_data)
     try:
-        reader = TarReader(fd, initial)
+        reader = TarReader(source.fd, source.initial, start=source.start, end=source.end)
         conv = _Converter(writer, reader, options)
         conv.run()
         conv.finish()
@@ -349,14 +349,15 @@ def convert_stream(fd: int, initial: bytes, out_fd: int, options: ConvertOptions
 
 
 def tar2ext4(
-    src: str | os.PathLike[str] | BinaryIO | int,
+    src: str | os.PathLike[str] | BinaryIO | int | FileSlice,
     dst: str | os.PathLike[str],
     options: ConvertOptions | None = None,
 ) -> ConvertResult:
     """Convert a tar (plain, gzip or zstd) into an ext4 image file at ``dst``.
 
     Args:
-        src: a path, a readable binary file object, or a file descriptor.
+        src: a path, a readable binary file object, a file descriptor, or a
+            :class:`~lcow.convert.input.FileSlice` (a tar stored inside another file).
         dst: the output path; written under a temporary name and renamed when complete.
         options: conversion options; defaults to :class:`ConvertOptions()`.
 
@@ -371,5 +372,5 @@ def tar2ext4(
     from lcow._util.atomic import atomic_output
 
     opts = options or ConvertOptions()
-    with open_tar_input(src) as (fd, initial), atomic_output(dst, fsync=opts.fsync) as out_fd:
-        return convert_stream(fd, initial, out_fd, opts)
+    with open_tar_input(src) as source, atomic_output(dst, fsync=opts.fsync) as out_fd:
+        return convert_stream(source, out_fd, opts)

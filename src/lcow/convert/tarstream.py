@@ -178,9 +178,13 @@ class TarReader:
         fd: readable descriptor: a regular file (data moves with ``copy_file_range``) or a pipe
             (``splice``). It is read from its current offset; the reader does not close it.
         initial: bytes already read from ``fd`` that come first (used after sniffing magic).
+        start: read a regular file from this offset instead of the current one.
+        end: never read a regular file at or past this offset (the tar ends there).
     """
 
-    def __init__(self, fd: int, initial: bytes = b"") -> None:
+    def __init__(
+        self, fd: int, initial: bytes = b"", *, start: int | None = None, end: int | None = None
+    ) -> None:
         self._fd = fd
         st = os.fstat(fd)
         self._regular = stat.S_ISREG(st.st_mode)
@@ -191,7 +195,12 @@ class TarReader:
         self._end = len(initial)
         self._buf[: len(initial)] = initial
         # Absolute input offset of _buf[_end] for regular files (explicit-offset reads).
-        self._file_pos = os.lseek(fd, 0, os.SEEK_CUR) if self._regular else 0
+        self._file_pos = 0
+        self._limit = -1  # regular files: offset where the input ends (-1: at EOF)
+        if self._regular:
+            self._file_pos = os.lseek(fd, 0, os.SEEK_CUR) if start is None else start
+            if end is not None:
+                self._limit = end
         self.consumed = 0  # bytes of archive consumed so far
         self._eof = False
 
@@ -203,6 +212,11 @@ class TarReader:
             return 0
         target = self._view[self._end :]
         if self._regular:
+            if self._limit >= 0:
+                target = target[: max(0, self._limit - self._file_pos)]
+                if not target:
+                    self._eof = True
+                    return 0
             n = os.preadv(self._fd, [target], self._file_pos)
             self._file_pos += n
         else:
@@ -253,7 +267,7 @@ class TarReader:
         if not n:
             return
         if self._regular:
-            size = os.fstat(self._fd).st_size
+            size = self._limit if self._limit >= 0 else os.fstat(self._fd).st_size
             if self._file_pos + n > size:
                 raise self._truncated(entry)
             self._file_pos += n
@@ -296,6 +310,8 @@ class TarReader:
         out.submit()  # pending small writes go on in the background; ranges are disjoint
         self._start = self._end = 0
         if self._regular:
+            if self._limit >= 0 and self._file_pos + n > self._limit:
+                raise self._truncated(entry)
             while n:
                 done = os.copy_file_range(self._fd, out.fd, n, self._file_pos, offset)
                 if done == 0:

@@ -25,6 +25,7 @@ from typing import BinaryIO
 
 from lcow.backends.base import Backend, ContainerFS, LayerDisk
 from lcow.convert.export import export_layer
+from lcow.convert.input import FileSlice
 from lcow.convert.options import ConvertOptions
 from lcow.convert.tar2ext4 import tar2ext4
 from lcow.errors import AlreadyExists, LcowError, NotFound, NotSupported
@@ -187,7 +188,10 @@ class Driver:
     # -- content -----------------------------------------------------------------------------
 
     def apply_diff(
-        self, layer_id: str, parent: str | None, diff: BinaryIO | int | str | os.PathLike[str]
+        self,
+        layer_id: str,
+        parent: str | None,
+        diff: BinaryIO | int | str | os.PathLike[str] | FileSlice,
     ) -> int:
         """Convert a tar stream into ``<id>/layer.vhd``; returns the unpacked size.
 

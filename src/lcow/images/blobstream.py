@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, cast
 
+from lcow.convert.input import FileSlice
 from lcow.images.errors import ImageError
 
 __all__ = ["FeedResult", "FileRange", "LayerFeed"]
@@ -185,7 +186,8 @@ class _RangeHash:
 
 
 class LayerFeed:
-    """Pumps one blob, decompressed, into a pipe; :attr:`read_fd` is the converter's input.
+    """Feeds one blob to the converter; :attr:`source` is the converter's input: the blob in
+    place (a plain tar inside a file) or the read end of a pipe a thread fills (decompressed).
 
     Call :meth:`finish` after the converter succeeded (it reads what the converter left, waits
     for the thread and returns the digests), or :meth:`abort` after it failed.
@@ -213,7 +215,20 @@ class LayerFeed:
         self._tar_hash: _BackgroundHash | None = None  # None: the tar is the blob itself
         self._compression = "none"
         self.error: BaseException | None = None
+        self.read_fd = -1
+        self._thread: threading.Thread | None = None
+        if where is not None and not os.pread(where.fd, 4, where.offset).startswith(
+            (_GZIP_MAGIC, _ZSTD_MAGIC)
+        ):
+            # A plain tar inside a file (the usual docker-save layer): the converter reads it
+            # in place with kernel copies while another thread hashes the same range.
+            self.source: int | FileSlice = FileSlice(where.fd, where.offset, where.size)
+            self._range_hash = _RangeHash(where)
+            if progress is not None:
+                progress(where.size)
+            return
         self.read_fd, self._write_fd = os.pipe()
+        self.source = self.read_fd
         with contextlib.suppress(OSError, AttributeError):
             fcntl.fcntl(self._write_fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         self._thread = threading.Thread(target=self._run, name="lcow-layer-feed", daemon=True)
@@ -328,12 +343,13 @@ class LayerFeed:
         Raises:
             ImageError: the blob could not be read or decompressed.
         """
-        try:
-            while os.read(self.read_fd, _CHUNK):
-                pass
-        finally:
-            os.close(self.read_fd)
-            self._thread.join()
+        if self._thread is not None:
+            try:
+                while os.read(self.read_fd, _CHUNK):
+                    pass
+            finally:
+                os.close(self.read_fd)
+                self._thread.join()
         if self._range_hash is not None and self._where is not None:
             self._raw.hash.close()
             raw, size = self._range_hash.digest(), self._where.size
@@ -347,9 +363,10 @@ class LayerFeed:
     def abort(self) -> BaseException | None:
         """Stop the threads after the converter failed; returns the pump's own error, if any
         (a corrupt compressed stream is the cause worth reporting, not the truncated tar)."""
-        with contextlib.suppress(OSError):
-            os.close(self.read_fd)
-        self._thread.join()
+        if self._thread is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.read_fd)
+            self._thread.join()
         self._raw.hash.close()
         if self._range_hash is not None:
             self._range_hash.close()

@@ -324,7 +324,7 @@ def _apply(
     with archive.open_member(planned.ref.member) as blob:
         feed = LayerFeed(blob, name=name, progress=progress, where=where)
         try:
-            size = driver.apply_diff(lid, planned.parent, feed.read_fd)
+            size = driver.apply_diff(lid, planned.parent, feed.source)
         except BaseException as exc:
             cause = feed.abort()
             if cause is not None and cause is not exc:
