@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from lcow import ConvertOptions, tar2ext4
@@ -76,7 +76,7 @@ BASE_TIME = 1_600_000_000 * _NS
 class Spec:
     """One path of a tree: what the tar entry says."""
 
-    kind: str  # "dir", "file", "symlink"
+    kind: str  # "dir", "file", "symlink", "hardlink" (``target``: the linked path)
     mode: int = 0o644
     uid: int = 0
     gid: int = 0
@@ -86,18 +86,23 @@ class Spec:
     cap: bytes | None = None
 
     def entry(self, path: bytes) -> TarEntry:
-        xattrs = {CAPABILITY: self.cap} if self.cap is not None else {}
+        linked = self.kind == "hardlink"
+        xattrs = {CAPABILITY: self.cap} if self.cap is not None and not linked else {}
         return TarEntry(
             path,
             kind=self.kind,
-            mode=0o777 if self.kind == "symlink" else self.mode,
+            mode=0o777 if self.kind == "symlink" else self.mode,  # as the writer stores them
             uid=self.uid,
             gid=self.gid,
             mtime_ns=self.mtime_ns,
-            data=self.data,
+            data=b"" if linked else self.data,
             target=self.target,
             xattrs=xattrs,
         )
+
+
+def _whole(ns: int) -> int:
+    return ns // _NS * _NS
 
 
 names = st.sampled_from([b"a", b"b", b"c", b"d", b"e", b"f", b"g", b"h", b"sub", b"x.y", b"z z"])
@@ -111,7 +116,7 @@ def specs(draw: st.DrawFn, kind: str) -> Spec:
         mode=draw(st.sampled_from(MODES)),
         uid=draw(st.sampled_from(IDS)),
         gid=draw(st.sampled_from(IDS)),
-        mtime_ns=draw(st.one_of(times, times.map(lambda t: t // _NS * _NS))),
+        mtime_ns=draw(times if kind == "dir" else st.one_of(times, times.map(_whole))),
     )
     if kind == "file":
         spec.data = draw(st.binary(max_size=300))
@@ -127,7 +132,7 @@ def trees(draw: st.DrawFn, depth: int = 3) -> dict[bytes, Spec]:
     out: dict[bytes, Spec] = {}
 
     def fill(prefix: bytes, level: int) -> None:
-        for name in draw(st.lists(names, max_size=4, unique=True)):
+        for name in draw(st.lists(names, min_size=2 if not prefix else 0, max_size=4, unique=True)):
             path = prefix + name
             kind = draw(
                 st.sampled_from(["file", "file", "symlink"] + (["dir"] * 2 if level else []))
@@ -189,11 +194,10 @@ def changes(draw: st.DrawFn, lower: dict[bytes, Spec]) -> Upper:
         return any(path == c or path.startswith(c + b"/") for c in subtrees)
 
     def free(path: bytes) -> bool:
-        return (
-            not inside(path)
-            and path not in retouched
-            and not any(c.startswith(path + b"/") for c in subtrees)
-        )
+        """Nothing at or below ``path`` is in the upper layer yet, nor is ``path`` inside a
+        replaced subtree."""
+        touched = [*up.specs, *up.whiteouts]
+        return not inside(path) and not any(t == path or t.startswith(path + b"/") for t in touched)
 
     def copy_up(path: bytes) -> None:
         for parent in _parents(path):
@@ -202,28 +206,37 @@ def changes(draw: st.DrawFn, lower: dict[bytes, Spec]) -> Upper:
 
     existing = sorted(lower)
     dirs = [b""] + [p for p in existing if lower[p].kind == "dir"]
-    ops = ["add", "add", "modify", "delete", "opaque", "remode", "retime", "retype"]
     for _ in range(draw(st.integers(1, 6))):
-        op = draw(st.sampled_from(ops))
-        if op == "add":
+        if not existing or draw(st.integers(0, 3)) == 0:
             parent = draw(st.sampled_from(dirs))
             path = (parent + b"/" if parent else b"") + b"new-" + draw(names)
             if path in lower or not free(path):
                 continue
+            event("op: add")
             subtrees.append(path)
             copy_up(path)
             kind = draw(st.sampled_from(["file", "dir", "symlink"]))
             up.specs[path] = draw(specs(kind))
             if kind == "dir" and draw(st.booleans()):
                 up.specs[path + b"/inner"] = draw(specs("file"))
-            continue
-        if not existing:
+            if kind == "file" and draw(st.booleans()):  # a second name for the same inode
+                link = Spec(**vars(up.specs[path]))
+                link.kind, link.target = "hardlink", path
+                up.specs[path + b"-link"] = link
+                subtrees.append(path + b"-link")
             continue
         path = draw(st.sampled_from(existing))
         old = lower[path]
+        if old.kind == "dir":
+            op = draw(st.sampled_from(["delete", "opaque", "remode", "retime", "retype"]))
+        elif old.kind == "file":
+            op = draw(st.sampled_from(["delete", "modify", "recap", "resize", "retype"]))
+        else:
+            op = draw(st.sampled_from(["delete", "modify", "retype"]))
         if op in ("remode", "retime"):
-            if old.kind != "dir" or inside(path) or path in retouched:
+            if inside(path) or path in retouched:
                 continue
+            event(f"op: {op}")
             retouched.add(path)
             copy_up(path)
             new = Spec(**vars(up.specs.get(path, old)))
@@ -237,31 +250,33 @@ def changes(draw: st.DrawFn, lower: dict[bytes, Spec]) -> Upper:
             continue
         if not free(path):
             continue
-        if op == "modify" and old.kind != "dir":
-            subtrees.append(path)
-            copy_up(path)
+        event(f"op: {op}")
+        subtrees.append(path)
+        copy_up(path)
+        if op == "modify":
             new = draw(specs(old.kind))
             new.mtime_ns = old.mtime_ns + draw(st.integers(1, 10**9))  # always a real change
             up.specs[path] = new
+        elif op == "resize":  # only the size changes
+            new = Spec(**vars(old))
+            new.data = old.data + b"+" * draw(st.integers(1, 50))
+            up.specs[path] = new
+        elif op == "recap":  # only security.capability changes
+            new = Spec(**vars(old))
+            new.cap = draw(st.sampled_from([c for c in [None, *CAPS] if c != old.cap]))
+            up.specs[path] = new
         elif op == "delete":
-            subtrees.append(path)
-            copy_up(path)
             up.whiteouts[path] = draw(specs("file"))
-        elif op == "opaque" and old.kind == "dir":
-            subtrees.append(path)
-            copy_up(path)
+        elif op == "opaque":
             up.specs[path] = Spec(**vars(old))
             up.opaque.add(path)
             for name in draw(st.lists(names, max_size=2, unique=True)):
                 up.specs[path + b"/" + name] = draw(specs("file"))
-        elif op == "retype":
-            subtrees.append(path)
-            copy_up(path)
-            if old.kind == "dir":
-                up.specs[path] = draw(specs("file"))
-            else:
-                up.specs[path] = draw(specs("dir"))
-                up.specs[path + b"/inside"] = draw(specs("file"))
+        elif old.kind == "dir":  # retype
+            up.specs[path] = draw(specs("file"))
+        else:
+            up.specs[path] = draw(specs("dir"))
+            up.specs[path + b"/inside"] = draw(specs("file"))
     return up
 
 
@@ -309,6 +324,9 @@ class Applier:
         elif spec.kind == "file":
             with open(full, "wb") as f:
                 f.write(spec.data)
+        elif spec.kind == "hardlink":  # same metadata as its target: nothing else to set
+            os.link(self.full(spec.target), full, follow_symlinks=False)
+            return
         else:
             os.symlink(spec.target, full)
         os.chown(full, spec.uid, spec.gid, follow_symlinks=False)
@@ -521,7 +539,7 @@ def _image(work: Path, name: str, entries: list[TarEntry]) -> Ext4Reader:
 
 
 @requires("root", "xattrs")
-@settings(max_examples=_SCALE or 60, **_COMMON)  # type: ignore[arg-type]
+@settings(max_examples=_SCALE or 100, **_COMMON)  # type: ignore[arg-type]
 @given(scenario=scenarios())
 def test_changes_and_sizes_match_real_trees(scenario: tuple[dict[bytes, Spec], Upper]) -> None:
     lower, up = scenario

@@ -26,6 +26,7 @@ from lcow.formats.ext4.read_csum import crc32c_raw
 __all__ = [
     "DIR_TAIL_FILE_TYPE",
     "DirEntry",
+    "collect_dir_inodes",
     "collect_dir_names",
     "decode_rec_len",
     "parse_dir_region",
@@ -44,6 +45,7 @@ _DX_TAIL = 8  # dt_reserved, dt_checksum
 _U16X2 = struct.Struct("<HH")
 _DOTS = frozenset({b".", b".."})
 _DIRENT_UNPACK = DIRENT_HEADER.unpack_from
+_FT_DIR = FileType.DIR
 
 
 class DirEntry(NamedTuple):
@@ -202,6 +204,66 @@ def collect_dir_names(
     # "/" and NUL checked once over all names: a joined string has one iff a name has one.
     names = b"".join([name for name, _ in out[first:]])
     return b"/" not in names and b"\0" not in names
+
+
+def collect_dir_inodes(
+    buf: bytes,
+    start: int,
+    stop: int,
+    out: list[int],
+    dir_names: dict[int, bytes],
+    *,
+    block_size: int,
+    inodes_count: int,
+    has_filetype: bool,
+) -> bool:
+    """Append the inode numbers of the live records in ``buf[start:stop]``, without ``.``/``..``.
+
+    :func:`collect_dir_names` for callers that need few names (summing sizes): records are
+    checked the same way, names only for being non-empty; the names of entries whose type says
+    directory (all names, without the ``filetype`` feature) go to ``dir_names``.
+
+    Returns:
+        ``True`` when every record was valid.
+    """
+    if not has_filetype or block_size >= 65536:
+        named: list[tuple[bytes, int]] = []
+        ok = collect_dir_names(
+            buf,
+            start,
+            stop,
+            named,
+            block_size=block_size,
+            inodes_count=inodes_count,
+            has_filetype=has_filetype,
+        )
+        for name, ino in named:
+            out.append(ino)
+            dir_names[ino] = name
+        return ok
+    unpack = _DIRENT_UNPACK
+    append = out.append
+    off = start
+    try:
+        while off < stop:
+            ino, rec_len, name_len, ftype = unpack(buf, off)
+            end = off + rec_len
+            if rec_len < _MIN_REC_LEN or rec_len & 3 or end > stop or name_len + 8 > rec_len:
+                return False
+            if ino:
+                if ino > inodes_count or not name_len:
+                    return False
+                if ftype == _FT_DIR:
+                    name = buf[off + 8 : off + 8 + name_len]
+                    if name not in _DOTS:
+                        append(ino)
+                        dir_names[ino] = name
+                elif name_len > 2 or buf[off + 8 : off + 8 + name_len] not in _DOTS:
+                    append(ino)
+            off = end
+    except struct.error:  # a record header past the end of buf
+        return False
+    return True
 
 
 def parse_inline_dir(

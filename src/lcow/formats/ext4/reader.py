@@ -16,21 +16,23 @@ blocks (no shared blocks), limits its depth and the size of each directory
 :class:`~lcow.errors.CorruptImage` naming the image, inode and path; limits raise
 :class:`~lcow.errors.LimitExceeded`; refused features :class:`~lcow.errors.NotSupported`.
 
-Layer export (Diff), Changes and DiffSize build on :meth:`Ext4Reader.walk` (metadata of every
-entry), :meth:`Ext4Reader.open_file` (contents) and :meth:`Ext4Reader.spans` (where the bytes
-sit in the host file, for ``os.copy_file_range``).
+Layer export (Diff) builds on :meth:`Ext4Reader.walk_inodes` (every entry's inode),
+:meth:`Ext4Reader.open_file` (contents) and :meth:`Ext4Reader.spans` (where the bytes sit in the
+host file, for ``os.copy_file_range``); Changes and DiffSize on the lean metadata scan of
+:mod:`lcow.formats.ext4.read_scan` (:meth:`Ext4Reader.scan`, :meth:`Ext4Reader.scan_dir`,
+:meth:`Ext4Reader.content_size`). Inodes are read a chunk of inode table at a time
+(:mod:`lcow.formats.ext4.read_itable`), directories a run of blocks at a time
+(:mod:`lcow.formats.ext4.read_listing`).
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import stat
-from collections.abc import Iterable, Iterator
-from operator import itemgetter
+from collections.abc import Iterator
 
 from lcow.errors import CorruptImage, InvalidArgument, LimitExceeded, NotFound
-from lcow.formats.ext4 import read_csum
+from lcow.formats.ext4 import read_csum, read_listing, read_scan
 from lcow.formats.ext4.layout import (
     EXT4_XATTR_MAGIC,
     ROOT_INO,
@@ -42,7 +44,6 @@ from lcow.formats.ext4.layout import (
 )
 from lcow.formats.ext4.read_dirs import (
     DirEntry,
-    collect_dir_names,
     parse_dir_region,
     parse_inline_dir,
 )
@@ -57,15 +58,8 @@ from lcow.formats.ext4.read_extents import (
     simple_extent_runs,
 )
 from lcow.formats.ext4.read_file import FileReader, FileSegment
-from lcow.formats.ext4.read_inode import (
-    GOOD_OLD_INODE_SIZE,
-    LEAN_INODE,
-    SIZE_INODE,
-    VALID_FILE_TYPES,
-    Inode,
-    decode_rdev,
-    parse_inode,
-)
+from lcow.formats.ext4.read_inode import Inode, parse_inode
+from lcow.formats.ext4.read_itable import InodeTable
 from lcow.formats.ext4.read_super import (
     GroupDesc,
     Superblock,
@@ -102,25 +96,10 @@ __all__ = [
 
 _FAST_SYMLINK_SIZE = 60  # a target shorter than i_block (EXT4_N_BLOCKS * 4) may live in it
 _INLINE_IBLOCK = 60
-_CHUNK = 1 << 16  # bytes of inode table read at once
-_ITABLE_CACHE = 512  # inode-table chunks kept (32 MiB), the oldest dropped first
 _XATTR_MAGIC_BYTES = EXT4_XATTR_MAGIC.to_bytes(4, "little")
 _INDEX_FL = int(InodeFlag.INDEX)
 _EA_INODE_FL = int(InodeFlag.EA_INODE)
 _PATH_MAX = 4096
-_DIR_READ_BLOCKS = 256  # directory blocks read at once
-_NS = 1_000_000_000
-_EXTRA_MTIME = 12  # i_extra_isize bytes that include i_mtime_extra
-_INLINE_DATA_FL = int(InodeFlag.INLINE_DATA)
-_DEVICE_TYPES = (stat.S_IFCHR, stat.S_IFBLK)
-_S_IFDIR = stat.S_IFDIR
-_EXTENTS_FL = int(InodeFlag.EXTENTS)
-_DIR_FAST_FLAGS = _EXTENTS_FL | _INLINE_DATA_FL  # a fast-scanned directory has extents only
-_VALID_TYPES = VALID_FILE_TYPES
-_OPAQUE_XATTR = b"trusted.overlay.opaque"
-_CAPABILITY_XATTR = b"security.capability"
-_first = itemgetter(0)
-_tuple_new = tuple.__new__  # builds ScanEntry records without the NamedTuple's Python __new__
 
 
 class Ext4Reader:
@@ -169,10 +148,9 @@ class Ext4Reader:
         self._bit64 = sb.incompat(IncompatFeature.BIT64)
         self._filetype = sb.incompat(IncompatFeature.FILETYPE)
         self._inline = sb.incompat(IncompatFeature.INLINE_DATA)
-        self._uninit_flags = sb.has_metadata_csum or sb.has_gdt_csum
         self._groups: dict[int, GroupDesc] = {}
         self._inode_size = sb.s_inode_size
-        self._itable: dict[tuple[int, int], bytes] = {}
+        self.inode_table = InodeTable(source, sb, self.group_desc, self._corrupt)
 
     @classmethod
     def open(
@@ -262,7 +240,7 @@ class Ext4Reader:
         Raises:
             CorruptImage: number out of range, uninitialised inode table, bad inode.
         """
-        data, offset = self._inode_bytes(ino, path)
+        data, offset = self.inode_table.slot(ino, path)
         return parse_inode(
             ino,
             data[offset : offset + self._inode_size],
@@ -274,36 +252,12 @@ class Ext4Reader:
             path=path,
         )
 
-    def _inode_bytes(self, ino: int, path: bytes | None) -> tuple[bytes, int]:
-        """The inode-table bytes holding inode ``ino`` and the inode's offset in them.
+    def used_inode(self, ino: int, *, path: bytes | None) -> Inode:
+        """Decode inode ``ino`` reached from a directory entry: it must be in use.
 
-        The table is read in chunks of :data:`_CHUNK` bytes (a bounded number kept), so
-        a walk reads each part of it once instead of once per inode.
+        Raises:
+            CorruptImage: see :meth:`inode`; an unused inode; inline data without the feature.
         """
-        sb = self.superblock
-        if not 1 <= ino <= sb.s_inodes_count:
-            raise self._corrupt(ino, path, f"inode number out of range 1..{sb.s_inodes_count}")
-        group, index = divmod(ino - 1, sb.s_inodes_per_group)
-        desc = self._groups.get(group) or self.group_desc(group)
-        if self._uninit_flags and desc.inode_uninit:
-            raise self._corrupt(ino, path, f"lies in group {group}'s uninitialised inode table")
-        chunk, offset = divmod(index * self._inode_size, _CHUNK)
-        key = (group, chunk)
-        data = self._itable.get(key)
-        if data is None:
-            table_bytes = sb.s_inodes_per_group * self._inode_size
-            start = chunk * _CHUNK
-            # parse_group_desc checked that the whole table lies inside the filesystem.
-            data = self.source.pread(
-                desc.bg_inode_table * self.block_size + start,
-                min(_CHUNK, table_bytes - start),
-            )
-            if len(self._itable) >= _ITABLE_CACHE:
-                del self._itable[next(iter(self._itable))]
-            self._itable[key] = data
-        return data, offset
-
-    def _used_inode(self, ino: int, path: bytes | None) -> Inode:
         inode = self.inode(ino, path=path)
         if inode.mode == 0 or inode.nlink == 0:
             raise self._corrupt(ino, path, "a directory entry points at an unused inode")
@@ -655,7 +609,7 @@ class Ext4Reader:
             NotFound: a component is missing or not a directory.
             CorruptImage: damage on the way.
         """
-        root = self._used_inode(ROOT_INO, b"/")
+        root = self.used_inode(ROOT_INO, path=b"/")
         if not root.is_dir:
             raise self._corrupt(ROOT_INO, b"/", "the root inode is not a directory")
         inodes = [root]
@@ -677,7 +631,7 @@ class Ext4Reader:
             for entry in self.iterdir(cur, path=walked or b"/"):
                 if entry.name == part:
                     walked += b"/" + part
-                    inodes.append(self._used_inode(entry.ino, walked))
+                    inodes.append(self.used_inode(entry.ino, path=walked))
                     break
             else:
                 raise NotFound(
@@ -710,69 +664,10 @@ class Ext4Reader:
             return [(e.name, e.ino) for e in listing]
         if not inode.is_dir:
             raise InvalidArgument(f"{self._where(inode.ino, path)}: not a directory")
-        return self._list_blocks(self.data_runs(inode, path=path), inode.ino, path, seen_blocks)
-
-    def _list_blocks(
-        self,
-        runs: Iterable[DataRun],
-        ino: int,
-        path: bytes,
-        seen_blocks: set[int],
-        *,
-        sort: bool = True,
-    ) -> list[tuple[bytes, int]]:
-        """The ``(name, ino)`` list of a directory stored in ``runs``, sorted by name unless
-        ``sort`` is false (see :meth:`children`)."""
-        out: list[tuple[bytes, int]] = []
-        bs = self.block_size
-        limit = self.limits.max_dir_entries
-        count = self.superblock.s_inodes_count
-        for _, physical, length in runs:
-            if physical is None:
-                continue
-            for done in range(0, length, _DIR_READ_BLOCKS):
-                first = physical + done
-                nblocks = min(_DIR_READ_BLOCKS, length - done)
-                for block_nr in range(first, first + nblocks):
-                    if block_nr in seen_blocks:
-                        raise self._corrupt(ino, path, f"directory block {block_nr} is used twice")
-                    seen_blocks.add(block_nr)
-                data = self.source.pread(first * bs, nblocks * bs)
-                for i in range(0, nblocks * bs, bs):
-                    ok = collect_dir_names(
-                        data,
-                        i,
-                        i + bs,
-                        out,
-                        block_size=bs,
-                        inodes_count=count,
-                        has_filetype=self._filetype,
-                    )
-                    if not ok:
-                        self._dir_block_error(ino, path, data[i : i + bs])
-                    if len(out) > limit:
-                        raise LimitExceeded(f"{self._where(ino, path)}: more than {limit} entries")
-        if sort:
-            out.sort(key=_first)
-        if len(dict(out)) != len(out):
-            out.sort(key=_first)
-            dupe = next(a for a, b in itertools.pairwise(out) if a[0] == b[0])
-            raise self._corrupt(ino, path, f"name {dupe[0]!r} appears twice")
-        return out
-
-    def _dir_block_error(self, ino: int, path: bytes, block: bytes) -> None:
-        """Raise the precise error for a directory block :func:`collect_dir_names` refused."""
-        subject = os.fsdecode(path)
-        for _ in parse_dir_region(
-            block,
-            where=f"{self._where(ino, path)}: directory block",
-            subject=subject,
-            block_size=self.block_size,
-            inodes_count=self.superblock.s_inodes_count,
-            has_filetype=self._filetype,
-        ):
-            pass
-        raise self._corrupt(ino, path, "bad directory block")  # not reached
+        runs = self.data_runs(inode, path=path)
+        return read_listing.list_names(
+            self, runs, ino=inode.ino, path=path, seen_blocks=seen_blocks
+        )
 
     def entry(self, inode: Inode, path: bytes, *, xattrs: bool = True) -> Entry:
         """Build the :class:`Entry` of an inode reached at ``path``.
@@ -832,7 +727,7 @@ class Ext4Reader:
             LimitExceeded: a configured limit is hit.
         """
         root = self.lookup(top)
-        top_path = _normal(top)
+        top_path = read_scan.normal_path(top)
         yield top_path, root
         if not root.is_dir:
             return
@@ -841,7 +736,7 @@ class Ext4Reader:
         prefix = b"" if top_path == b"/" else top_path
         stack = [(prefix, iter(self.children(root, path=top_path, seen_blocks=seen_blocks)))]
         max_depth = self.limits.max_depth
-        used_inode = self._used_inode
+        used_inode = self.used_inode
         while stack:
             dir_path, listing = stack[-1]
             child = next(listing, None)
@@ -849,7 +744,7 @@ class Ext4Reader:
                 stack.pop()
                 continue
             path = dir_path + b"/" + child[0]
-            inode = used_inode(child[1], path)
+            inode = used_inode(child[1], path=path)
             yield path, inode
             if not inode.is_dir:
                 continue
@@ -862,7 +757,7 @@ class Ext4Reader:
                 )
             stack.append((path, iter(self.children(inode, path=path, seen_blocks=seen_blocks))))
 
-    # -- metadata scan --------------------------------------------------------------------
+    # -- metadata scan (lcow.formats.ext4.read_scan) -----------------------------------------
 
     def scan(
         self,
@@ -874,11 +769,11 @@ class Ext4Reader:
     ) -> Iterator[ScanEntry]:
         """Metadata of every entry under ``top`` (itself first), in :meth:`walk` order, fast.
 
-        What Changes and DiffSize compare, and nothing more: the inode table is read in bulk
-        and only the needed fields are decoded; xattrs are read only for directories (the
-        overlay opaque flag) and, with ``capability``, for entries that have any. Symlink
-        targets are not read. The same bounds as :meth:`walk` apply. With
-        ``verify_checksums`` every inode goes through the checked decoder instead.
+        What Changes and DiffSize compare, and nothing more (see
+        :mod:`lcow.formats.ext4.read_scan`): the inode table is read in bulk and only the
+        needed fields are decoded; xattrs are read only for directories (the overlay opaque
+        flag) and, with ``capability``, for entries that have any. Symlink targets are not
+        read. The same bounds as :meth:`walk` apply.
 
         Args:
             top: directory (or file) to start at.
@@ -896,141 +791,47 @@ class Ext4Reader:
             CorruptImage: damage anywhere in the tree, naming inode and path.
             LimitExceeded: a configured limit is hit.
         """
-        root = self.lookup(top)
-        top_path = _normal(top)
-        shown = b"/" if relative else top_path
-        yield self._scan_entry(root, top_path, shown, capability)
-        if not root.is_dir:
-            return
-        seen_dirs = {root.ino}
-        seen_blocks: set[int] = set()
-        listing = self.children(root, path=top_path, seen_blocks=seen_blocks)
-        if hide_lost_found:
-            listing = self._without_empty_lost_found(listing, top_path)
-        prefix = (b"" if shown == b"/" else shown) + b"/"
-        # What relative paths lack: prepended for messages and reads.
-        base = b"" if not relative or top_path == b"/" else top_path
-        stack = [(prefix, iter(listing))]
-        max_depth = self.limits.max_depth
-        isz = self._inode_size
-        ipg = self.superblock.s_inodes_per_group
-        itable = self._itable
-        # The common case is decoded inline: a used, well-formed inode of a filesystem with
-        # inodes larger than 128 bytes, read without checksum verification — for a directory,
-        # one without xattrs whose extent tree is only its root. Anything else takes the
-        # checked path (self._used_inode), which raises the precise error.
-        fast = isz > GOOD_OLD_INODE_SIZE and not self._verify_meta
-        unpack = LEAN_INODE.unpack_from
-        bad_flags = 0 if self._inline else _INLINE_DATA_FL
-        max_extra = isz - GOOD_OLD_INODE_SIZE
-        xattr_room = max_extra - 4  # an in-inode xattr magic fits up to here
-        acl_hi = 1 << 32 if self._bit64 else 0  # without 64bit the high half is ignored
-        bs = self.block_size
-        blocks_count = self.superblock.s_blocks_count
-        first_data_block = self.superblock.s_first_data_block
-        max_dir_size = self.limits.max_dir_size
-        new = _tuple_new
-        while stack:
-            dir_prefix, children = stack[-1]
-            for name, ino in children:
-                path = dir_prefix + name
-                runs: list[DataRun] | None = None
-                if fast:
-                    group, index = divmod(ino - 1, ipg)
-                    chunk, off = divmod(index * isz, _CHUNK)
-                    data = itable.get((group, chunk))
-                    if data is None:
-                        data, off = self._inode_bytes(ino, base + path)
-                    (
-                        mode, uid, size, mtime, gid, links, flags, dev_old, dev_new,
-                        acl, size_hi, acl_high, uid_hi, gid_hi, extra, mtime_x,
-                    ) = unpack(data, off)  # fmt: skip
-                    fmt = mode & 0o170000
-                    ok = (
-                        fmt in _VALID_TYPES
-                        and links
-                        and not flags & bad_flags
-                        and not extra & 3
-                        and extra <= max_extra
-                    )
-                    has_xattrs = False
-                    if ok and (capability or fmt == _S_IFDIR):
-                        has_xattrs = bool(
-                            acl | acl_high * acl_hi
-                            or (
-                                extra <= xattr_room
-                                and data[off + 128 + extra : off + 132 + extra]
-                                == _XATTR_MAGIC_BYTES
-                            )
-                        )
-                        if fmt == _S_IFDIR:
-                            size |= size_hi << 32
-                            if (
-                                not has_xattrs
-                                and flags & _DIR_FAST_FLAGS == _EXTENTS_FL
-                                and size <= max_dir_size
-                            ):
-                                runs = simple_extent_runs(
-                                    data[off + 40 : off + 100],
-                                    -(-size // bs),
-                                    blocks_count,
-                                    first_data_block,
-                                )
-                            ok = runs is not None
-                    if ok:
-                        secs = mtime - 0x100000000 if mtime & 0x80000000 else mtime
-                        if extra >= _EXTRA_MTIME:
-                            secs += (mtime_x & 3) << 32
-                            mtime_ns = secs * _NS + (mtime_x >> 2)
-                        else:
-                            mtime_ns = secs * _NS
-                        yield new(
-                            ScanEntry,
-                            (
-                                path,
-                                ino,
-                                mode,
-                                uid | uid_hi << 16,
-                                gid | gid_hi << 16,
-                                size | size_hi << 32,
-                                mtime_ns,
-                                decode_rdev(dev_old, dev_new) if fmt in _DEVICE_TYPES else 0,
-                                links,
-                                False,
-                                self._capability(ino, base + path) if has_xattrs and capability
-                                else None,
-                            ),
-                        )  # fmt: skip
-                        if runs is None:
-                            continue
-                if runs is None:
-                    inode = self._used_inode(ino, base + path)
-                    yield self._scan_entry(inode, base + path, path, capability)
-                    if not inode.is_dir:
-                        continue
-                if ino in seen_dirs:
-                    raise self._corrupt(ino, base + path, "directory reached twice (loop)")
-                seen_dirs.add(ino)
-                if len(stack) >= max_depth:
-                    raise LimitExceeded(
-                        f"{self._where(ino, base + path)}: nesting deeper than {max_depth} "
-                        "directories"
-                    )
-                if runs is None:
-                    listing = self.children(inode, path=base + path, seen_blocks=seen_blocks)
-                else:
-                    listing = self._list_blocks(runs, ino, base + path, seen_blocks)
-                stack.append((path + b"/", iter(listing)))
-                break
-            else:
-                stack.pop()
+        return read_scan.scan(
+            self, top, capability=capability, relative=relative, hide_lost_found=hide_lost_found
+        )
+
+    def scan_dir(
+        self,
+        ino: int,
+        *,
+        path: bytes,
+        base: bytes = b"",
+        capability: bool = False,
+        hide_lost_found: bool = False,
+        seen_dirs: set[int],
+        seen_blocks: set[int],
+    ) -> list[ScanEntry]:
+        """Metadata of one directory's entries: :meth:`scan` one level at a time, for callers
+        that expand a tree lazily (see :func:`lcow.formats.ext4.read_scan.scan_dir`).
+
+        Raises:
+            InvalidArgument: ``ino`` is not a directory.
+            CorruptImage: damage in the directory or its entries' inodes.
+            LimitExceeded: a configured limit is hit.
+        """
+        return read_scan.scan_dir(
+            self,
+            ino,
+            path=path,
+            base=base,
+            capability=capability,
+            hide_lost_found=hide_lost_found,
+            seen_dirs=seen_dirs,
+            seen_blocks=seen_blocks,
+        )
 
     def content_size(self, top: bytes = b"/", *, hide_lost_found: bool = False) -> int:
         """Bytes of the distinct non-directory inodes below ``top`` (hard links once).
 
         overlay2's DiffSize of a layer whose content is ``top``: the sizes :meth:`scan` would
         report for every non-directory below ``top``, each inode counted once, with the same
-        checks and bounds, but without names, records or order.
+        bounds, but without records or order; a name is read (and checked) only where an
+        error message needs it, since names do not change a size.
 
         Args:
             top: the directory whose contents are summed.
@@ -1041,129 +842,4 @@ class Ext4Reader:
             CorruptImage: damage anywhere in the tree, naming inode and path.
             LimitExceeded: a configured limit is hit.
         """
-        root = self.lookup(top)
-        top_path = _normal(top)
-        if not root.is_dir:
-            return 0
-        seen_dirs = {root.ino}
-        seen_blocks: set[int] = set()
-        counted: set[int] = set()
-        listing = self.children(root, path=top_path, seen_blocks=seen_blocks)
-        if hide_lost_found:
-            listing = self._without_empty_lost_found(listing, top_path)
-        prefix = b"" if top_path == b"/" else top_path
-        # Directories still to read: (path, depth, runs or None for the checked path).
-        pending: list[tuple[bytes, int, int, list[DataRun] | None]] = []
-        max_depth = self.limits.max_depth
-        isz = self._inode_size
-        ipg = self.superblock.s_inodes_per_group
-        itable = self._itable
-        fast = isz > GOOD_OLD_INODE_SIZE and not self._verify_meta
-        unpack = SIZE_INODE.unpack_from
-        bad_flags = 0 if self._inline else _INLINE_DATA_FL
-        max_extra = isz - GOOD_OLD_INODE_SIZE
-        bs = self.block_size
-        blocks_count = self.superblock.s_blocks_count
-        first_data_block = self.superblock.s_first_data_block
-        max_dir_size = self.limits.max_dir_size
-        total = 0
-        depth = 1
-        while True:
-            for name, ino in listing:
-                if ino in counted:
-                    continue
-                runs = None
-                if fast:
-                    group, index = divmod(ino - 1, ipg)
-                    chunk, off = divmod(index * isz, _CHUNK)
-                    data = itable.get((group, chunk))
-                    if data is None:
-                        data, off = self._inode_bytes(ino, prefix + b"/" + name)
-                    mode, size, links, flags, size_hi, extra = unpack(data, off)
-                    fmt = mode & 0o170000
-                    if (
-                        fmt in _VALID_TYPES
-                        and links
-                        and not flags & bad_flags
-                        and not extra & 3
-                        and extra <= max_extra
-                    ):
-                        if fmt != _S_IFDIR:
-                            counted.add(ino)
-                            total += size | size_hi << 32
-                            continue
-                        size |= size_hi << 32
-                        if flags & _DIR_FAST_FLAGS == _EXTENTS_FL and size <= max_dir_size:
-                            runs = simple_extent_runs(
-                                data[off + 40 : off + 100],
-                                -(-size // bs),
-                                blocks_count,
-                                first_data_block,
-                            )
-                path = prefix + b"/" + name
-                if runs is None:
-                    inode = self._used_inode(ino, path)
-                    if not inode.is_dir:
-                        counted.add(ino)
-                        total += inode.size
-                        continue
-                if ino in seen_dirs:
-                    raise self._corrupt(ino, path, "directory reached twice (loop)")
-                seen_dirs.add(ino)
-                if depth >= max_depth:
-                    raise LimitExceeded(
-                        f"{self._where(ino, path)}: nesting deeper than {max_depth} directories"
-                    )
-                pending.append((path, depth + 1, ino, runs))
-            if not pending:
-                return total
-            prefix, depth, ino, runs = pending.pop()
-            if runs is None:
-                inode = self._used_inode(ino, prefix)
-                listing = self.children(inode, path=prefix, seen_blocks=seen_blocks)
-            else:
-                listing = self._list_blocks(runs, ino, prefix, seen_blocks, sort=False)
-
-    def _without_empty_lost_found(
-        self, listing: list[tuple[bytes, int]], top_path: bytes
-    ) -> list[tuple[bytes, int]]:
-        for i, (name, ino) in enumerate(listing):
-            if name == b"lost+found":
-                path = (b"" if top_path == b"/" else top_path) + b"/lost+found"
-                inode = self._used_inode(ino, path)
-                if inode.is_dir and next(iter(self.iterdir(inode, path=path)), None) is None:
-                    return listing[:i] + listing[i + 1 :]
-                break
-        return listing
-
-    def _scan_entry(self, inode: Inode, path: bytes, shown: bytes, capability: bool) -> ScanEntry:
-        """The :class:`ScanEntry` of an inode decoded by the checked path."""
-        opaque = False
-        cap = None
-        if inode.is_dir or capability:
-            xattrs = self.xattrs(inode, path=path)
-            opaque = inode.is_dir and xattrs.get(_OPAQUE_XATTR) == b"y"
-            cap = xattrs.get(_CAPABILITY_XATTR) if capability else None
-        return ScanEntry(
-            shown,
-            inode.ino,
-            inode.mode,
-            inode.uid,
-            inode.gid,
-            inode.size,
-            inode.mtime_ns,
-            inode.rdev,
-            inode.nlink,
-            opaque,
-            cap,
-        )
-
-    def _capability(self, ino: int, path: bytes) -> bytes | None:
-        inode = self._used_inode(ino, path)
-        return self.xattrs(inode, path=path).get(_CAPABILITY_XATTR)
-
-
-def _normal(top: bytes) -> bytes:
-    """``top`` as an absolute path without empty or ``.`` components."""
-    parts = [p for p in top.split(b"/") if p not in (b"", b".")]
-    return b"/" + b"/".join(parts) if parts else b"/"
+        return read_scan.content_size(self, top, hide_lost_found=hide_lost_found)
