@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, cast
 
-from lcow.convert.tarwriter import END_OF_ARCHIVE, TarHeader, padding
+from lcow.convert.tarwriter import END_OF_ARCHIVE, TYPEFLAGS, TarHeader, padding
 from lcow.errors import CorruptImage
 from lcow.formats.ext4.read_inode import Inode
 from lcow.formats.ext4.reader import Ext4Reader
@@ -43,14 +43,6 @@ _BUF_SIZE = 1 << 20
 _PIPE_SIZE = 1 << 20  # asked for an output pipe, so the reader drains 1 MiB per wakeup
 _ZERO_CHUNK = bytes(1 << 20)
 _ZERO_VIEW = memoryview(_ZERO_CHUNK)
-_TYPEFLAG = {
-    stat.S_IFREG: b"0",
-    stat.S_IFDIR: b"5",
-    stat.S_IFLNK: b"2",
-    stat.S_IFCHR: b"3",
-    stat.S_IFBLK: b"4",
-    stat.S_IFIFO: b"6",
-}
 _S_IFMT = 0o170000
 _S_IFREG = stat.S_IFREG
 _S_IFDIR = stat.S_IFDIR
@@ -347,7 +339,7 @@ def export_layer(
         opaque = aufs_whiteouts and fmt == _S_IFDIR and xattrs.get(OPAQUE_XATTR) == b"y"
         if opaque:
             xattrs = {k: v for k, v in xattrs.items() if k != OPAQUE_XATTR}
-        typeflag = _TYPEFLAG.get(fmt)
+        typeflag = TYPEFLAGS.get(fmt)
         if typeflag is None:
             continue  # sockets have no tar form
         size = inode.size if fmt == _S_IFREG else 0

@@ -8,11 +8,21 @@ extended attributes (``SCHILY.xattr.<name>``).
 
 from __future__ import annotations
 
+import stat
 import struct
 
-__all__ = ["BLOCK", "END_OF_ARCHIVE", "TarHeader", "padding"]
+__all__ = ["BLOCK", "END_OF_ARCHIVE", "TYPEFLAGS", "TarHeader", "padding"]
 
 BLOCK = 512
+#: The tar type flag of each file type that has one (sockets have none).
+TYPEFLAGS: dict[int, bytes] = {
+    stat.S_IFREG: b"0",
+    stat.S_IFDIR: b"5",
+    stat.S_IFLNK: b"2",
+    stat.S_IFCHR: b"3",
+    stat.S_IFBLK: b"4",
+    stat.S_IFIFO: b"6",
+}
 END_OF_ARCHIVE = bytes(2 * BLOCK)
 _USTAR = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12s")
 _MAX_OCTAL_7 = 0o7777777

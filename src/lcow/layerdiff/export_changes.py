@@ -11,19 +11,11 @@ import stat
 from collections.abc import Callable
 from typing import BinaryIO
 
-from lcow.convert.tarwriter import END_OF_ARCHIVE, TarHeader, padding
+from lcow.convert.tarwriter import END_OF_ARCHIVE, TYPEFLAGS, TarHeader, padding
 from lcow.layerdiff.changes import Change, ChangeKind, LayerContent, MergedView
 
 __all__ = ["export_changes"]
 
-_TYPEFLAG = {
-    stat.S_IFREG: b"0",
-    stat.S_IFDIR: b"5",
-    stat.S_IFLNK: b"2",
-    stat.S_IFCHR: b"3",
-    stat.S_IFBLK: b"4",
-    stat.S_IFIFO: b"6",
-}
 _OPAQUE = b"trusted.overlay.opaque"
 
 
@@ -70,7 +62,7 @@ def export_changes(
         source_path = top.rstrip(b"/") + path
         entry = reader.entry(inode, source_path)
         fmt = stat.S_IFMT(entry.mode)
-        typeflag = _TYPEFLAG.get(fmt)
+        typeflag = TYPEFLAGS.get(fmt)
         if typeflag is None:
             continue
         xattrs = {k: v for k, v in entry.xattrs.items() if k != _OPAQUE} or None

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from lcow.backends.base import FileInfo, LayerDisk
-from lcow.convert.tarwriter import END_OF_ARCHIVE, TarHeader, padding
+from lcow.convert.tarwriter import END_OF_ARCHIVE, TYPEFLAGS, TarHeader, padding
 from lcow.errors import InvalidArgument, NotFound, NotSupported
 from lcow.formats.ext4.layout import ROOT_INO
 from lcow.formats.ext4.read_dirs import DirEntry
@@ -341,7 +341,7 @@ class UnionView:
                 )
             )
             return
-        typeflag = {stat.S_IFCHR: b"3", stat.S_IFBLK: b"4", stat.S_IFIFO: b"6"}.get(fmt)
+        typeflag = TYPEFLAGS.get(fmt)
         if typeflag is not None:
             out(
                 TarHeader.encode(
