@@ -21,7 +21,7 @@ from lcow.errors import InvalidArgument, NotFound
 from lcow.formats.ext4.layout import INODE_XATTR_SPACE, ROOT_INO
 from lcow.formats.ext4.tree import encode_dev
 from lcow.formats.ext4.writer import Ext4Writer
-from lcow.formats.ext4.xattrs import acl_to_disk, pack_xattrs, split_name
+from lcow.formats.ext4.xattrs import acl_to_disk, pack_xattrs, split_name, xattr_items
 
 __all__ = ["convert_stream", "tar2ext4"]
 
@@ -197,13 +197,7 @@ class _Converter:
 
     def _check_xattrs(self, ino: int, shown: str) -> None:
         """Fail now, naming the entry, if the attributes cannot fit the inode and one block."""
-        items = [
-            (split[0], split[1], value)
-            for name, value in self.tree.xattrs[ino].items()
-            if (split := split_name(name)) is not None
-        ]
-        items.sort(key=lambda item: (item[0], len(item[1]), item[1]))
-        pack_xattrs(items, owner=shown)
+        pack_xattrs(xattr_items(self.tree.xattrs[ino]), owner=shown)
 
     def _update_dir(self, ino: int, entry: TarEntry) -> None:
         """A directory entry for an existing directory: new metadata, xattrs merged."""

@@ -17,7 +17,7 @@ from lcow.formats.ext4.layout import (
     InodeFlag,
 )
 from lcow.formats.ext4.tree import TIME_BIAS, Tree
-from lcow.formats.ext4.xattrs import XattrItem, pack_xattrs, split_name
+from lcow.formats.ext4.xattrs import XattrItem, pack_xattrs, xattr_items
 
 __all__ = ["encode_time", "inode_xattrs", "pack_inode_into"]
 
@@ -56,13 +56,7 @@ def inode_xattrs(tree: Tree, ino: int, inline_enabled: bool) -> tuple[bytes | No
         items.append((7, b"data", tree.data[ino][INLINE_IBLOCK_SIZE:]))
     xattrs = tree.xattrs.get(ino)
     if xattrs:
-        rest = []
-        for name, value in xattrs.items():
-            split = split_name(name)
-            if split is not None:
-                rest.append((split[0], split[1], value))
-        rest.sort(key=lambda item: (item[0], len(item[1]), item[1]))
-        items.extend(rest)
+        items.extend(xattr_items(xattrs))
     if not items:
         return None, None
     return pack_xattrs(items, owner=f"inode {ino}")

@@ -12,7 +12,15 @@ from lcow.formats.ext4.layout import (
     XATTR_PREFIXES,
 )
 
-__all__ = ["XattrItem", "block_hash", "entry_hash", "pack_xattrs", "split_name"]
+__all__ = [
+    "XattrItem",
+    "acl_to_disk",
+    "block_hash",
+    "entry_hash",
+    "pack_xattrs",
+    "split_name",
+    "xattr_items",
+]
 
 _M32 = 0xFFFFFFFF
 _ENTRY_SIZE = XATTR_ENTRY.size  # 16
@@ -54,6 +62,18 @@ def block_hash(hashes: list[int]) -> int:
             return 0
         h = ((h << 16) & _M32) ^ (h >> 16) ^ eh
     return h
+
+
+def xattr_items(xattrs: dict[bytes, bytes]) -> list[XattrItem]:
+    """Attributes as stored, in the kernel's block order (index, name length, name); names in
+    unknown namespaces are left out."""
+    items = [
+        (split[0], split[1], value)
+        for name, value in xattrs.items()
+        if (split := split_name(name)) is not None
+    ]
+    items.sort(key=lambda item: (item[0], len(item[1]), item[1]))
+    return items
 
 
 def _entry_size(suffix: bytes) -> int:
