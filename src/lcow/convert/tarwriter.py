@@ -8,10 +8,13 @@ extended attributes (``SCHILY.xattr.<name>``).
 
 from __future__ import annotations
 
+import os
 import stat
 import struct
+from collections.abc import Callable
+from typing import BinaryIO
 
-__all__ = ["BLOCK", "END_OF_ARCHIVE", "TYPEFLAGS", "TarHeader", "padding"]
+__all__ = ["BLOCK", "END_OF_ARCHIVE", "TYPEFLAGS", "TarHeader", "as_writer", "padding"]
 
 BLOCK = 512
 #: The tar type flag of each file type that has one (sockets have none).
@@ -28,6 +31,22 @@ _USTAR = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12s")
 _MAX_OCTAL_7 = 0o7777777
 _MAX_OCTAL_11 = 0o77777777777
 _NS = 1_000_000_000
+
+
+def as_writer(out: BinaryIO | int | Callable[[bytes], object]) -> Callable[[bytes], object]:
+    """A ``write(bytes)`` callable for a descriptor (written fully), a file object or a callable."""
+    if isinstance(out, int):
+        fd = out
+
+        def write_fd(data: bytes) -> None:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+
+        return write_fd
+    if hasattr(out, "write"):
+        return out.write
+    return out
 
 
 def padding(size: int) -> bytes:

@@ -28,6 +28,7 @@ from lcow.convert.export import export_layer
 from lcow.convert.input import FileSlice
 from lcow.convert.options import ConvertOptions
 from lcow.convert.tar2ext4 import tar2ext4
+from lcow.convert.tarwriter import END_OF_ARCHIVE, as_writer
 from lcow.errors import AlreadyExists, LcowError, NotFound, NotSupported
 from lcow.formats.ext4.reader import Ext4Reader
 from lcow.formats.source import open_source
@@ -198,12 +199,8 @@ class Driver:
         The whole stream is read (padding included). On failure no partial file remains and
         earlier content is untouched; on success a sandbox the layer had is replaced.
         """
-        folder = self.root.layer_dir(layer_id)
         with self._ids.hold(layer_id):
-            if not folder.is_dir():
-                raise NotFound(
-                    f"lcowdriver: applydiff: {layer_id}: layer does not exist", subject=layer_id
-                )
+            folder = self._existing("applydiff", layer_id)
             result = tar2ext4(
                 diff,
                 folder / LAYER_VHD,
@@ -249,6 +246,19 @@ class Driver:
                 if content.reader is not None:
                     content.reader.close()
 
+    def _existing(self, op: str, layer_id: str) -> Path:
+        """The layer's folder; NotFound naming ``op`` when it does not exist."""
+        folder = self.root.layer_dir(layer_id)
+        if not folder.is_dir():
+            raise NotFound(f"lcowdriver: {op}: {layer_id}: layer does not exist", subject=layer_id)
+        return folder
+
+    def _view_folders(self, layer_id: str | None) -> list[Path]:
+        """The folders whose union is ``layer_id``'s view, nearest first (none for ``None``)."""
+        if layer_id is None:
+            return []
+        return [self.root.layer_dir(layer_id), *self.root.read_chain(layer_id)]
+
     def _is_direct(self, layer_id: str, parent: str | None) -> tuple[bool, list[Path]]:
         chain = self.root.read_chain(layer_id)
         if parent is None:
@@ -259,24 +269,18 @@ class Driver:
         self, layer_id: str, parent: str | None, out: BinaryIO | int | Callable[[bytes], object]
     ) -> None:
         """Write the tar of ``id``'s changes against ``parent`` to ``out`` (see :meth:`diff`)."""
-        folder = self.root.layer_dir(layer_id)
-        if not folder.is_dir():
-            raise NotFound(f"lcowdriver: diff: {layer_id}: layer does not exist", subject=layer_id)
+        folder = self._existing("diff", layer_id)
         direct, chain = self._is_direct(layer_id, parent)
         try:
             if direct:
                 with self._contents([folder]) as (own,):
                     if own.reader is None:
-                        _write_empty_tar(out)
+                        as_writer(out)(END_OF_ARCHIVE)
                         return
                     export_layer(own.reader, out, top=own.top)
                 return
-            parent_folders = (
-                []
-                if parent is None
-                else [self.root.layer_dir(parent), *self.root.read_chain(parent)]
-            )
-            with self._contents([folder, *chain]) as new, self._contents(parent_folders) as old:
+            old_folders = self._view_folders(parent)
+            with self._contents([folder, *chain]) as new, self._contents(old_folders) as old:
                 new_view, old_view = MergedView.build(new), MergedView.build(old)
                 export_changes(new_view, new, tree_changes(new_view, old_view), out)
         except LcowError as exc:
@@ -298,36 +302,24 @@ class Driver:
 
     def changes(self, layer_id: str, parent: str | None = None) -> list[Change]:
         """Changes of ``id`` against ``parent`` (SPEC §5.6 for the direct parent, else §5.7)."""
-        folder = self.root.layer_dir(layer_id)
-        if not folder.is_dir():
-            raise NotFound(
-                f"lcowdriver: changes: {layer_id}: layer does not exist", subject=layer_id
-            )
+        folder = self._existing("changes", layer_id)
         direct, chain = self._is_direct(layer_id, parent)
         if direct:
             with self._contents([folder]) as (own,), self._contents(chain) as lower:
                 return overlay_changes(own, MergedView.build(lower))
-        parent_folders = (
-            [] if parent is None else [self.root.layer_dir(parent), *self.root.read_chain(parent)]
-        )
-        with self._contents([folder, *chain]) as new, self._contents(parent_folders) as old:
+        old_folders = self._view_folders(parent)
+        with self._contents([folder, *chain]) as new, self._contents(old_folders) as old:
             return tree_changes(MergedView.build(new), MergedView.build(old))
 
     def diff_size(self, layer_id: str, parent: str | None = None) -> int:
         """Bytes of changed content (SPEC §3 DiffSize, §5.8)."""
-        folder = self.root.layer_dir(layer_id)
-        if not folder.is_dir():
-            raise NotFound(
-                f"lcowdriver: diffsize: {layer_id}: layer does not exist", subject=layer_id
-            )
+        folder = self._existing("diffsize", layer_id)
         direct, chain = self._is_direct(layer_id, parent)
         if direct:
             with self._contents([folder]) as (own,):
                 return own_diff_size(own)
-        parent_folders = (
-            [] if parent is None else [self.root.layer_dir(parent), *self.root.read_chain(parent)]
-        )
-        with self._contents([folder, *chain]) as new, self._contents(parent_folders) as old:
+        old_folders = self._view_folders(parent)
+        with self._contents([folder, *chain]) as new, self._contents(old_folders) as old:
             new_view = MergedView.build(new)
             return change_size(new_view, tree_changes(new_view, MergedView.build(old)))
 
@@ -341,12 +333,7 @@ class Driver:
                 if held is not None:
                     self._views[layer_id] = (held[0], held[1] + 1)
                     return held[0]
-            folder = self.root.layer_dir(layer_id)
-            if not folder.is_dir():
-                raise NotFound(
-                    f"lcowdriver: get: {layer_id}: layer does not exist", subject=layer_id
-                )
-            folders = [folder, *self.root.read_chain(layer_id)]
+            folders = [self._existing("get", layer_id), *self.root.read_chain(layer_id)]
             for ancestor in folders[1:]:
                 if not ancestor.is_dir():
                     raise NotFound(
@@ -414,13 +401,3 @@ class Driver:
         with self._root_lock.hold():
             self.root.sweep_removing()
             self.root.sweep_temporaries()
-
-
-def _write_empty_tar(out: BinaryIO | int | Callable[[bytes], object]) -> None:
-    data = bytes(1024)
-    if isinstance(out, int):
-        os.write(out, data)
-    elif hasattr(out, "write"):
-        out.write(data)
-    else:
-        out(data)

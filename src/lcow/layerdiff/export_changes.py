@@ -11,27 +11,12 @@ import stat
 from collections.abc import Callable
 from typing import BinaryIO
 
-from lcow.convert.tarwriter import END_OF_ARCHIVE, TYPEFLAGS, TarHeader, padding
+from lcow.convert.tarwriter import END_OF_ARCHIVE, TYPEFLAGS, TarHeader, as_writer, padding
 from lcow.layerdiff.changes import Change, ChangeKind, LayerContent, MergedView
 
 __all__ = ["export_changes"]
 
 _OPAQUE = b"trusted.overlay.opaque"
-
-
-def _writer(out: BinaryIO | int | Callable[[bytes], object]) -> Callable[[bytes], object]:
-    if isinstance(out, int):
-        fd = out
-
-        def write_fd(data: bytes) -> None:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-
-        return write_fd
-    if hasattr(out, "write"):
-        return out.write
-    return out
 
 
 def export_changes(
@@ -41,7 +26,7 @@ def export_changes(
     out: BinaryIO | int | Callable[[bytes], object],
 ) -> None:
     """Write ``changes`` of ``view`` (built from ``contents``, nearest first) as a tar."""
-    write = _writer(out)
+    write = as_writer(out)
     first_name: dict[tuple[int, int], bytes] = {}
     for change in sorted(changes, key=lambda c: c.path):
         path = os.fsencode(change.path)
