@@ -54,12 +54,12 @@ class OutputWriter:
                 self._view[pos : pos + gap] = _ZEROS[:gap]
                 pos += gap
             else:
-                self._submit()
+                self.submit()
                 self._start = offset
                 pos = 0
         if pos + n > _CAPACITY:
             self._len = pos
-            self._submit()
+            self.submit()
             self._start = offset
             pos = 0
             if n > _CAPACITY:
@@ -71,15 +71,11 @@ class OutputWriter:
         self._len = pos + n
 
     def submit(self) -> None:
-        """Start writing what is pending without waiting for it.
+        """Hand the pending run to the writer thread without waiting for it; switch buffers.
 
         Enough before another writer fills *other* ranges of the file (``copy_file_range``):
         positional writes to disjoint ranges do not interfere.
         """
-        self._submit()
-
-    def _submit(self) -> None:
-        """Hand the current buffer to the writer thread and switch to the other one."""
         if not self._len:
             return
         if self._pool is None:
@@ -107,7 +103,7 @@ class OutputWriter:
 
     def flush(self) -> None:
         """Write out everything pending and wait until it is written."""
-        self._submit()
+        self.submit()
         self._wait_all()
 
     def close(self) -> None:
