@@ -376,8 +376,7 @@ class TarReader:
             self._start = start + BLOCK
             self.consumed = offset + BLOCK
             if raw[0] == 0 and raw == _ZERO_BLOCK:
-                self._skip_end_marker()
-                return
+                return  # end marker; what follows it is read by drain()
             fields = _HEADER.unpack(raw)
             name = fields[0].split(b"\x00", 1)[0]
             if not _checksum_ok(raw, fields[6]):
@@ -452,10 +451,6 @@ class TarReader:
                 pax = None
                 sparse_pairs = None
             yield entry
-
-    def _skip_end_marker(self) -> None:
-        self._fill(BLOCK)
-        # Whatever follows (second zero block, record padding) is drained by drain().
 
     def _parse_pax(
         self,
