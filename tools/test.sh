@@ -17,6 +17,9 @@ APT_PACKAGES=(
     tar gzip zstd  # GNU tar archives and compares (tar -df); compressed inputs
     attr           # getfattr/setfattr for poking at xattrs by hand
     util-linux     # losetup, mount, umount
+    qemu-system-common fuse3 # qemu-storage-daemon: FUSE export of sandbox.vhdx (host backend)
+    docker.io      # dockerd 20.10 for the graph-driver plugin's end-to-end tests
+    busybox-static # a rootfs for images the plugin tests build
     python3-venv
 )
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from lcow.backends.taroptions import TarOptions
 from lcow.storage.dataroot import LayerFile
 
 __all__ = ["Backend", "ContainerFS", "FileInfo", "LayerDisk", "go_file_mode"]
@@ -81,14 +82,19 @@ def go_file_mode(mode: int) -> int:
 class ContainerFS(Protocol):
     """The object Get returns: remote file access to a layer's view (SPEC §4.8).
 
-    Paths are absolute inside the view (``/etc/passwd``) and are data, never shell text.
-    Backends without write support raise :class:`~lcow.errors.NotSupported` from write methods.
+    The 20 remotefs operations, with snake_case names. Paths are absolute inside the view
+    (``/etc/passwd``), are data (never shell text), and never reach outside the view: symlinks
+    resolve as if the view's root were ``/``. Failures raise :class:`OSError` subclasses
+    (``FileNotFoundError`` …) with the errno and the path inside the view, as ``os`` does.
+    Read-only backends raise :class:`~lcow.errors.NotSupported` from the write operations.
     """
 
     @property
     def path(self) -> str:
         """Where the view lives: a host directory (host backend) or a guest path."""
         ...
+
+    # -- reading -------------------------------------------------------------------------
 
     def stat(self, path: str) -> FileInfo:
         """Information about ``path``, symlinks followed (inside the view)."""
@@ -107,7 +113,7 @@ class ContainerFS(Protocol):
         ...
 
     def open(self, path: str) -> BinaryIO:
-        """A readable binary file object."""
+        """A readable binary file object (symlinks followed inside the view)."""
         ...
 
     def readfile(self, path: str) -> bytes:
@@ -118,12 +124,71 @@ class ContainerFS(Protocol):
         """``path`` with every symlink resolved, never leaving the view's root."""
         ...
 
-    def archive_path(self, path: str, out: Callable[[bytes], object]) -> None:
+    def archive_path(
+        self, path: str, out: Callable[[bytes], object], options: TarOptions | None = None
+    ) -> None:
         """Write a tar of ``path`` (recursively) to ``out``."""
         ...
 
+    # -- writing (host and vm backends) ----------------------------------------------------
+
+    def mkdir(self, path: str, mode: int = 0o755) -> None:
+        """Create one directory (its parent must exist)."""
+        ...
+
+    def mkdir_all(self, path: str, mode: int = 0o755) -> None:
+        """Create a directory and any missing parents; an existing directory is fine."""
+        ...
+
+    def remove(self, path: str) -> None:
+        """Remove a file, symlink, special file or empty directory."""
+        ...
+
+    def remove_all(self, path: str) -> None:
+        """Remove ``path`` and everything below it; a missing path is fine."""
+        ...
+
+    def link(self, old: str, new: str) -> None:
+        """Hard-link ``new`` to the existing ``old``."""
+        ...
+
+    def symlink(self, target: str, new: str) -> None:
+        """Create symlink ``new`` pointing at ``target`` (stored verbatim)."""
+        ...
+
+    def lchmod(self, path: str, mode: int) -> None:
+        """Set permission bits (incl. setuid/setgid/sticky) without following a symlink."""
+        ...
+
+    def lchown(self, path: str, uid: int, gid: int) -> None:
+        """Set owners without following a symlink."""
+        ...
+
+    def mknod(self, path: str, mode: int, major: int, minor: int) -> None:
+        """Create a device node or other special file (``mode`` includes the type)."""
+        ...
+
+    def mkfifo(self, path: str, mode: int) -> None:
+        """Create a named pipe."""
+        ...
+
+    def open_file(self, path: str, flags: int, perm: int = 0o644) -> BinaryIO:
+        """``os.open`` flags (``O_RDWR|O_CREAT`` …) → a binary file object with read, write,
+        seek and close."""
+        ...
+
+    def write_file(self, path: str, data: bytes, perm: int = 0o644) -> None:
+        """Create or truncate a file with ``data``."""
+        ...
+
+    def extract_archive(
+        self, dest: str, stream: BinaryIO, options: TarOptions | None = None
+    ) -> None:
+        """Unpack a tar stream below directory ``dest``; entries never land outside it."""
+        ...
+
     def close(self) -> None:
-        """Release what the view holds (open disks, mounts)."""
+        """Release what the view object holds (not the mount: that is Put's job)."""
         ...
 
 

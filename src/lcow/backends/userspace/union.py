@@ -17,8 +17,10 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from lcow.backends.base import FileInfo, LayerDisk
+from lcow.backends.readonly import ReadOnlyWrites
+from lcow.backends.taroptions import TarOptions
 from lcow.convert.tarwriter import END_OF_ARCHIVE, TYPEFLAGS, TarHeader, padding
-from lcow.errors import InvalidArgument, NotFound, NotSupported
+from lcow.errors import InvalidArgument, NotFound
 from lcow.formats.ext4.layout import ROOT_INO
 from lcow.formats.ext4.read_dirs import DirEntry
 from lcow.formats.ext4.read_inode import Inode
@@ -111,7 +113,7 @@ def _split(path: str) -> list[bytes]:
     return [os.fsencode(p) for p in norm.split("/") if p]
 
 
-class UnionView:
+class UnionView(ReadOnlyWrites):
     """The ContainerFS of the userspace backend: read operations over the union."""
 
     def __init__(self, layer_id: str, disks: list[LayerDisk]) -> None:
@@ -281,7 +283,9 @@ class UnionView:
             resolved.append(part)
         return "/" + "/".join(resolved)
 
-    def archive_path(self, path: str, out: Callable[[bytes], object]) -> None:
+    def archive_path(
+        self, path: str, out: Callable[[bytes], object], options: TarOptions | None = None
+    ) -> None:
         """Write a tar of ``path`` and everything below it (names relative to its parent)."""
         start = posixpath.normpath("/" + path)
         base = posixpath.basename(start) or "."
@@ -356,26 +360,6 @@ class UnionView:
                     devminor=os.minor(info.rdev),
                 )
             )
-
-    # -- writes are for the host and vm backends ----------------------------------------------
-
-    def _read_only(self, op: str) -> NotSupported:
-        return NotSupported(
-            f"{op}: not supported by the userspace backend; use lcow.backend=host or vm",
-            subject=self.layer_id,
-        )
-
-    def mkdir(self, path: str, mode: int = 0o755) -> None:
-        """Not supported here."""
-        raise self._read_only("mkdir")
-
-    def writefile(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        """Not supported here."""
-        raise self._read_only("writefile")
-
-    def remove(self, path: str) -> None:
-        """Not supported here."""
-        raise self._read_only("remove")
 
     def close(self) -> None:
         """Close every opened image."""
