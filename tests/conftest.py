@@ -15,7 +15,7 @@ import pytest
 from lcow.samples import write_sample_layers
 from tests.helpers import ensure, release_leftover_mounts
 
-_ROOT_NEEDS = {"root", "loop", "xattrs"}
+_ROOT_NEEDS = {"root", "loop", "xattrs", "host"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

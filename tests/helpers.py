@@ -35,6 +35,7 @@ __all__ = [
     "assert_e2fsck_clean",
     "ensure",
     "footer_size",
+    "host_leftovers",
     "in_ci",
     "loop_mount",
     "missing",
@@ -100,6 +101,46 @@ def _xattr_problem() -> str | None:
     return None
 
 
+@functools.cache
+def _host_problem() -> str | None:
+    """What the host backend lacks here (root, loop, overlayfs, qemu-storage-daemon)."""
+    from lcow.backends.host import check_prerequisites
+    from lcow.errors import NotSupported
+
+    try:
+        check_prerequisites()
+    except NotSupported as exc:
+        return str(exc)
+    if tool("qemu-storage-daemon") is None:
+        return "qemu-storage-daemon not found (Debian: qemu-system-common)"
+    if not Path("/dev/fuse").exists():
+        return "no /dev/fuse"
+    return None
+
+
+def host_leftovers(root: Path) -> list[str]:
+    """Mounts below ``root``, loop devices on files below it and storage daemons serving it:
+    what a host-backend run must not leave behind."""
+    prefix = os.fspath(root.resolve())
+    found = []
+    with open("/proc/self/mountinfo", "rb") as table:
+        for line in table:
+            point = os.fsdecode(line.split(b" ")[4]).replace("\\040", " ")
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(f"mount {point}")
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        with contextlib.suppress(OSError):
+            target = backing.read_text().strip()
+            if target.startswith(prefix + "/"):
+                found.append(f"loop {backing.parent.parent.name} on {target}")
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv = cmdline.read_bytes()
+            if b"qemu-storage-daemon" in argv and os.fsencode(prefix) in argv:
+                found.append(f"process {cmdline.parent.name}: qemu-storage-daemon")
+    return found
+
+
 def _problem(need: str) -> str | None:
     if need == "root":
         return None if os.geteuid() == 0 else "needs root"
@@ -107,6 +148,8 @@ def _problem(need: str) -> str | None:
         return _loop_problem()
     if need == "xattrs":
         return _xattr_problem()
+    if need == "host":
+        return _host_problem()
     if tool(need) is None:
         return f"{need} not found"
     return None
@@ -116,7 +159,8 @@ def requires(*needs: str) -> pytest.MarkDecorator:
     """Mark a test (or module via ``pytestmark``) as needing each of ``needs``.
 
     ``needs`` are ``"root"``, ``"loop"`` (root and a working loop driver), ``"xattrs"`` (root and
-    user/trusted/security xattrs on the temp directory) or binary names (``"e2fsck"``,
+    user/trusted/security xattrs on the temp directory), ``"host"`` (all the host backend
+    needs: root, loop, overlayfs, FUSE, qemu-storage-daemon) or binary names (``"e2fsck"``,
     ``"qemu-img"``...). Checked in ``conftest.pytest_runtest_setup``: skip, or fail under CI.
     """
     return pytest.mark.requires(*needs)

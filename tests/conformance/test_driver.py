@@ -15,18 +15,28 @@ from lcow.backends.userspace import UserspaceBackend
 from lcow.graphdriver.driver import Driver
 from lcow.testing import backend_suite as suite
 from lcow.testing.backend_suite import DriverFactory
-from tests.helpers import requires
+from tests.helpers import host_leftovers, requires
+
+
+def _host(home: Path, options: Sequence[str] | None) -> Driver:
+    return Driver(home, [*(options or []), "lcow.backend=host"])
+
 
 BACKENDS: dict[str, Callable[[Path, Sequence[str] | None], Driver]] = {
     "userspace": lambda home, options: Driver(home, options, backend=UserspaceBackend()),
+    "host": _host,
 }
+NEEDS = {"userspace": (), "host": ("host",)}
 
 sandboxes = requires("mke2fs")
 
 
-@pytest.fixture(params=sorted(BACKENDS))
-def make(request: pytest.FixtureRequest) -> Iterator[DriverFactory]:
-    """A factory for drivers on the parametrised backend; every driver made is cleaned up."""
+@pytest.fixture(
+    params=[pytest.param(name, marks=requires(*NEEDS[name])) for name in sorted(BACKENDS)]
+)
+def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DriverFactory]:
+    """A factory for drivers on the parametrised backend; every driver made is cleaned up,
+    and a host-backend run must leave no mount, loop device or storage daemon behind."""
     made: list[Driver] = []
     build = BACKENDS[request.param]
 
@@ -38,6 +48,7 @@ def make(request: pytest.FixtureRequest) -> Iterator[DriverFactory]:
     yield factory
     for driver in made:
         driver.cleanup()
+    assert host_leftovers(tmp_path) == []
 
 
 def test_string_and_status(make: DriverFactory, tmp_path: Path) -> None:

@@ -367,6 +367,7 @@ def test_get_and_put(cli: Cli, chain: list[str]) -> None:
         "Id": "b",
         "Dir": "/tmp/b-mount",
         "Backend": "userspace",
+        "Held": False,
         "Entries": ["bin", "etc", "opt", "usr"],
     }
     assert cli("put", "b") == ExitStatus.OK and cli.out == "b\n"

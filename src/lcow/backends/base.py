@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import stat as stat_module
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -193,12 +194,37 @@ class ContainerFS(Protocol):
 
 
 class Backend(Protocol):
-    """Opens and closes views."""
+    """Opens, counts and closes views (SPEC §3 Get/Put: per-id counts, the first Get
+    prepares, the last Put undoes)."""
 
     name: str
+    writable: bool  # views can be written: Get gives an empty layer a sandbox first
+    persistent: bool  # views and their counts outlive the process (another one may Put)
 
-    def open_view(self, layer_id: str, disks: list[LayerDisk]) -> ContainerFS:
-        """A view over ``disks`` (own content first, then ancestors nearest first)."""
+    def acquire(self, layer_id: str, disks: list[LayerDisk]) -> ContainerFS:
+        """Count a Get of ``layer_id``; the first opens a view over ``disks`` (own content
+        first, then ancestors nearest first)."""
+        ...
+
+    def release(self, layer_id: str) -> None:
+        """Count a Put; the last closes the view. Without a Get: nothing."""
+        ...
+
+    def release_all(self, layer_id: str) -> None:
+        """Close the view whatever its count (Remove)."""
+        ...
+
+    def count(self, layer_id: str) -> int:
+        """Outstanding Gets of ``layer_id``."""
+        ...
+
+    def in_use(self, disk: LayerFile) -> bool:
+        """Whether a view holds ``disk`` so that it must not be replaced."""
+        ...
+
+    def reading(self, disk: LayerFile) -> AbstractContextManager[Path]:
+        """A path to read ``disk``'s image consistently from while the block runs (a
+        mounted, writable disk is flushed and held still)."""
         ...
 
     def cleanup(self) -> None:

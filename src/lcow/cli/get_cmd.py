@@ -1,12 +1,11 @@
-"""``lcow --root DIR get ID``: the driver's Get (SPEC §3, §4.8), for one command's lifetime.
+"""``lcow --root DIR get ID``: the driver's Get (SPEC §3, §4.8).
 
-Each ``lcow`` invocation is its own process and the driver counts Gets per process, so this
-command takes a reference, opens the view, reports, and releases it (Put) before exiting. It
-prints the view's path and the entries of its root. With the userspace backend the path is
-LCOW's in-VM union path ``/tmp/<ID>-mount``: the view exists only inside the process (there is no
-host directory to ``cd`` into; use ``cat``/``tree`` or the Python API). A backend that mounts
-(host) prints a host directory, mounted only while the command runs.
-``--json``: ``{"Id", "Dir", "Backend", "Entries": [names]}``.
+Prints the view's path and the entries of its root. With the host backend the view is a
+mounted host directory that outlives the command: its reference is counted in the data root and
+released by ``lcow put ID`` (from any process). With the userspace backend the path is LCOW's
+in-VM union path ``/tmp/<ID>-mount`` and the view exists only inside the process, so the
+command releases it (Put) before exiting; use ``cat``/``tree`` or the Python API.
+``--json``: ``{"Id", "Dir", "Backend", "Held", "Entries": [names]}``.
 """
 
 from __future__ import annotations
@@ -42,17 +41,21 @@ def run(args: argparse.Namespace) -> int:
     """
     driver = open_driver(args)
     view = driver.get(args.id)
+    held = driver.backend.persistent
     try:
-        names = [entry.name for entry in view.readdir("/")]
+        names = [entry.name for entry in view.readdir("/") if entry.name != "lost+found"]
         path = view.path
-    finally:
+    except BaseException:
+        driver.put(args.id)
+        raise
+    if not held:
         driver.put(args.id)
     backend = driver.backend.name
-    value = {"Id": args.id, "Dir": path, "Backend": backend, "Entries": names}
+    value = {"Id": args.id, "Dir": path, "Backend": backend, "Held": held, "Entries": names}
     kind = (
-        "in-process view, no host directory; released when lcow exits"
-        if backend == "userspace"
-        else "released when lcow exits"
+        f"held until `lcow put {args.id}`"
+        if held
+        else "in-process view, no host directory; released when lcow exits"
     )
     listing = " ".join(names) if names else "(empty)"
     emit(args, value, [path, f"backend: {backend} ({kind})", f"/: {len(names)} entries: {listing}"])

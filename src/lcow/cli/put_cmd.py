@@ -1,10 +1,10 @@
 """``lcow --root DIR put ID``: the driver's Put (SPEC §3).
 
-Put releases a reference a Get of the same process took. Every ``lcow`` invocation is a fresh
-process (``lcow get`` already released its own reference), so here Put has no outstanding Get
-and is the documented no-op: exit 0, also for unknown layers or a missing data root. It prints
-the id (``--json``: ``{"Id", "Released": false}``). Long-lived views belong to the Python API
-(``Driver.get``/``Driver.put``) or the plugin.
+Put releases one Get. With the host backend, Gets are counted in the data root, so this
+releases a view a ``lcow get`` (or any process on the same root) took, unmounting it at zero.
+With the userspace backend every ``lcow`` invocation is a fresh process whose views died with
+it, so Put finds no outstanding Get and is the documented no-op. Exit 0 also for unknown layers
+or a missing data root. Prints the id (``--json``: ``{"Id", "Released": bool}``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from lcow.storage.dataroot import validate_id
 
 __all__ = ["SUMMARY", "add_arguments", "run"]
 
-SUMMARY = "Put: release a view taken by Get (no outstanding Get in a fresh process: a no-op)"
+SUMMARY = "Put: release a view taken by Get (host: counted in the data root; else a no-op)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,7 +29,7 @@ from lcow.convert.input import FileSlice
 from lcow.convert.options import ConvertOptions
 from lcow.convert.tar2ext4 import tar2ext4
 from lcow.convert.tarwriter import END_OF_ARCHIVE, as_writer
-from lcow.errors import AlreadyExists, LcowError, NotFound, NotSupported
+from lcow.errors import AlreadyExists, Busy, LcowError, NotFound, NotSupported
 from lcow.formats.ext4.reader import Ext4Reader
 from lcow.formats.source import open_source
 from lcow.graphdriver.diffstream import DiffStream
@@ -53,11 +53,22 @@ __all__ = ["Driver"]
 log = logging.getLogger(__name__)
 
 
-def _make_backend(options: DriverOptions) -> Backend:
+def _check_backend(options: DriverOptions) -> None:
+    if options.backend == "host":
+        from lcow.backends.host import check_prerequisites
+
+        check_prerequisites()
+
+
+def _make_backend(options: DriverOptions, root: DataRoot) -> Backend:
     if options.backend == "userspace":
         from lcow.backends.userspace import UserspaceBackend
 
         return UserspaceBackend()
+    if options.backend == "host":
+        from lcow.backends.host import HostBackend
+
+        return HostBackend(root.root)
     raise NotSupported(
         f"driver not supported: the {options.backend} backend is not available in this build",
         subject=options.backend,
@@ -90,13 +101,13 @@ class Driver:
     ) -> None:
         self.root = DataRoot(home)
         self.options = parse_driver_options(options, root=str(self.root.root))
-        self.backend = backend if backend is not None else _make_backend(self.options)
+        if backend is None:
+            _check_backend(self.options)  # "driver not supported" before anything is created
         self.root.create()
+        self.backend = backend if backend is not None else _make_backend(self.options, self.root)
         self._ids = IdLocks()
         self._root_lock = RootLock(self.root.root)
         self._cache_lock = threading.Lock()
-        self._views: dict[str, tuple[ContainerFS, int]] = {}
-        self._views_lock = threading.Lock()
 
     def __str__(self) -> str:
         return "lcow"
@@ -201,6 +212,12 @@ class Driver:
         """
         with self._ids.hold(layer_id):
             folder = self._existing("applydiff", layer_id)
+            own = DataRoot.layer_file(folder)
+            if own is not None and self.backend.in_use(own):
+                raise Busy(
+                    f"lcowdriver: applydiff: {layer_id}: its content is mounted; Put it first",
+                    subject=layer_id,
+                )
             result = tar2ext4(
                 diff,
                 folder / LAYER_VHD,
@@ -224,27 +241,34 @@ class Driver:
     def _contents(self, folders: list[Path]) -> Iterator[list[LayerContent]]:
         """Open the own content of each folder (nearest first) for reading."""
         opened: list[LayerContent] = []
-        try:
-            for folder in folders:
-                disk = DataRoot.layer_file(folder)
-                if disk is None:
+        with contextlib.ExitStack() as stack:
+            try:
+                yield self._open_contents(folders, opened, stack)
+            finally:
+                for content in opened:
+                    if content.reader is not None:
+                        content.reader.close()
+
+    def _open_contents(
+        self, folders: list[Path], opened: list[LayerContent], stack: contextlib.ExitStack
+    ) -> list[LayerContent]:
+        for folder in folders:
+            disk = DataRoot.layer_file(folder)
+            if disk is None:
+                opened.append(LayerContent(None))
+                continue
+            path = stack.enter_context(self.backend.reading(disk))
+            reader = Ext4Reader(open_source(path), close_source=True)
+            top = b"/upper" if disk.writable else b"/"
+            if disk.writable:
+                try:
+                    reader.lookup(top)
+                except NotFound:
+                    reader.close()
                     opened.append(LayerContent(None))
                     continue
-                reader = Ext4Reader(open_source(disk.path), close_source=True)
-                top = b"/upper" if disk.writable else b"/"
-                if disk.writable:
-                    try:
-                        reader.lookup(top)
-                    except NotFound:
-                        reader.close()
-                        opened.append(LayerContent(None))
-                        continue
-                opened.append(LayerContent(reader, top))
-            yield opened
-        finally:
-            for content in opened:
-                if content.reader is not None:
-                    content.reader.close()
+            opened.append(LayerContent(reader, top))
+        return opened
 
     def _existing(self, op: str, layer_id: str) -> Path:
         """The layer's folder; NotFound naming ``op`` when it does not exist."""
@@ -326,13 +350,12 @@ class Driver:
     # -- views -------------------------------------------------------------------------------
 
     def get(self, layer_id: str, mount_label: str = "") -> ContainerFS:
-        """The layer's view; counted, released by :meth:`put`."""
+        """The layer's view; counted, released by :meth:`put`.
+
+        With a writable backend, a layer without content first gets an empty sandbox (SPEC §3:
+        Get on a Create-only layer gives it writable own content).
+        """
         with self._ids.hold(layer_id):
-            with self._views_lock:
-                held = self._views.get(layer_id)
-                if held is not None:
-                    self._views[layer_id] = (held[0], held[1] + 1)
-                    return held[0]
             folders = [self._existing("get", layer_id), *self.root.read_chain(layer_id)]
             for ancestor in folders[1:]:
                 if not ancestor.is_dir():
@@ -341,40 +364,25 @@ class Driver:
                         "the folder does not exist",
                         subject=layer_id,
                     )
+            if self.backend.writable and DataRoot.layer_file(folders[0]) is None:
+                self._materialise_sandbox(layer_id, None)
             disks = [LayerDisk(f, DataRoot.layer_file(f)) for f in folders]
-            view = self.backend.open_view(layer_id, disks)
-            with self._views_lock:
-                self._views[layer_id] = (view, 1)
-            return view
+            return self.backend.acquire(layer_id, disks)
 
     def put(self, layer_id: str) -> None:
         """Release one :meth:`get`; the view closes at zero. Without a Get it is a no-op."""
         with self._ids.hold(layer_id):
-            with self._views_lock:
-                held = self._views.get(layer_id)
-                if held is None:
-                    return
-                view, count = held
-                if count > 1:
-                    self._views[layer_id] = (view, count - 1)
-                    return
-                del self._views[layer_id]
-            view.close()
+            self.backend.release(layer_id)
 
     def view_count(self, layer_id: str) -> int:
         """Outstanding Gets of a layer (0 when none)."""
-        with self._views_lock:
-            held = self._views.get(layer_id)
-            return 0 if held is None else held[1]
+        return self.backend.count(layer_id)
 
     def _drop_views(self, layer_id: str) -> None:
-        with self._views_lock:
-            held = self._views.pop(layer_id, None)
-        if held is not None:
-            try:
-                held[0].close()
-            except (OSError, LcowError) as exc:
-                log.warning("lcowdriver: %s: closing its view failed: %s", layer_id, exc)
+        try:
+            self.backend.release_all(layer_id)
+        except (OSError, LcowError) as exc:
+            log.warning("lcowdriver: %s: closing its view failed: %s", layer_id, exc)
 
     # -- removal -----------------------------------------------------------------------------
 
@@ -390,10 +398,6 @@ class Driver:
         """Release every view, sweep ``-removing`` folders and temporaries; never fails."""
         if not self.root.root.exists():
             return
-        with self._views_lock:
-            ids = list(self._views)
-        for layer_id in ids:
-            self._drop_views(layer_id)
         try:
             self.backend.cleanup()
         except (OSError, LcowError) as exc:

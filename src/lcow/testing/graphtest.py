@@ -8,6 +8,7 @@ checks read back only through the driver's operations and Get's view.
 
 from __future__ import annotations
 
+import errno
 import io
 import posixpath
 import random
@@ -24,6 +25,7 @@ from lcow.layerdiff.changes import Change, ChangeKind
 __all__ = [
     "LayerBuilder",
     "TarBuilder",
+    "ViewBuilder",
     "add_files",
     "add_many_files",
     "add_many_layers",
@@ -40,6 +42,7 @@ __all__ = [
     "test_create_snap",
     "test_deep_layer_read",
     "test_diff_apply",
+    "test_set_quota",
     "verify_base",
 ]
 
@@ -177,6 +180,44 @@ class TarBuilder:
     def commit(self) -> None:
         """Apply the collected changes with ApplyDiff."""
         self.driver.apply_diff(self.layer_id, self.parent, io.BytesIO(self.tar()))
+
+
+class ViewBuilder:
+    """Writes through the layer's own Get view, as graphtest does (writable backends).
+
+    The view stays held from construction to :meth:`commit` (its Put).
+    """
+
+    def __init__(self, driver: Driver, layer_id: str, parent: str | None) -> None:
+        self.driver = driver
+        self.layer_id = layer_id
+        self.view = driver.get(layer_id)
+
+    def mkdir(self, path: str, mode: int, uid: int = 0, gid: int = 0) -> None:
+        """Create a directory with exactly ``mode`` (no umask) and owners; an existing one is
+        left as it is (graphtest's ``MkdirAll``)."""
+        path = posixpath.normpath("/" + path)
+        try:
+            self.view.mkdir(path, mode)
+        except FileExistsError:
+            return
+        self.view.lchown(path, uid, gid)
+        self.view.lchmod(path, mode)
+
+    def write(self, path: str, data: bytes, mode: int, uid: int = 0, gid: int = 0) -> None:
+        """Write a file, then set owners and mode (in that order: chown clears setuid)."""
+        path = posixpath.normpath("/" + path)
+        self.view.write_file(path, data, mode)
+        self.view.lchown(path, uid, gid)
+        self.view.lchmod(path, mode)
+
+    def remove(self, path: str) -> None:
+        """Remove a path and everything below it."""
+        self.view.remove_all(posixpath.normpath("/" + path))
+
+    def commit(self) -> None:
+        """Release the view (Put): the writes are in the layer's sandbox."""
+        self.driver.put(self.layer_id)
 
 
 BuilderFactory = Callable[[Driver, str, str | None], LayerBuilder]
@@ -401,3 +442,21 @@ def test_changes(driver: Driver, make: BuilderFactory, count: int = 20) -> None:
     expected = change_many_files(builder, count, 6)
     builder.commit()
     check_changes(expected, driver.changes(upper, base))
+
+
+def test_set_quota(driver: Driver, make: BuilderFactory) -> None:
+    """SetQuota: a sandbox made with ``size=50M`` takes 25 MiB, then fails a 50 MiB write with
+    ENOSPC or EDQUOT (writable backends)."""
+    create_base(driver, make, "Base")
+    driver.create_read_write("Quota", "Base", {"size": "50M"})
+    view = driver.get("Quota")
+    try:
+        view.write_file("/smallfile", random.Random(1).randbytes(25 << 20), 0o644)
+        try:
+            view.write_file("/bigfile", random.Random(2).randbytes(50 << 20), 0o644)
+        except OSError as exc:
+            assert exc.errno in (errno.ENOSPC, errno.EDQUOT), exc
+        else:
+            raise AssertionError("a 50 MiB write into a 50 MiB sandbox with 25 MiB used worked")
+    finally:
+        driver.put("Quota")

@@ -13,13 +13,13 @@ import io
 import os
 import posixpath
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from typing import BinaryIO
 
+from lcow.backends.archive import tar_with_options
 from lcow.backends.base import FileInfo, LayerDisk
 from lcow.backends.readonly import ReadOnlyWrites
 from lcow.backends.taroptions import TarOptions
-from lcow.convert.tarwriter import END_OF_ARCHIVE, TYPEFLAGS, TarHeader, padding
 from lcow.errors import InvalidArgument, NotFound
 from lcow.formats.ext4.layout import ROOT_INO
 from lcow.formats.ext4.read_dirs import DirEntry
@@ -286,80 +286,22 @@ class UnionView(ReadOnlyWrites):
     def archive_path(
         self, path: str, out: Callable[[bytes], object], options: TarOptions | None = None
     ) -> None:
-        """Write a tar of ``path`` and everything below it (names relative to its parent)."""
-        start = posixpath.normpath("/" + path)
-        base = posixpath.basename(start) or "."
-        self._archive(start, base, out)
-        out(END_OF_ARCHIVE)
+        """Write a tar of ``path`` as Docker's ``TarWithOptions`` (see
+        :func:`~lcow.backends.archive.tar_with_options`), xattrs included."""
 
-    def _archive(self, path: str, name: str, out: Callable[[bytes], object]) -> None:
-        info = self.lstat(path)
-        fmt = stat.S_IFMT(info.mode)
-        encoded = os.fsencode(name)
-        if fmt == stat.S_IFDIR:
-            out(
-                TarHeader.encode(
-                    encoded + b"/",
-                    typeflag=b"5",
-                    mode=info.mode,
-                    uid=info.uid,
-                    gid=info.gid,
-                    size=0,
-                    mtime_ns=info.mtime_ns,
-                )
-            )
-            for child in self.readdir(path):
-                self._archive(
-                    posixpath.join(path, child.name), posixpath.join(name, child.name), out
-                )
-            return
-        if fmt == stat.S_IFREG:
-            out(
-                TarHeader.encode(
-                    encoded,
-                    typeflag=b"0",
-                    mode=info.mode,
-                    uid=info.uid,
-                    gid=info.gid,
-                    size=info.size,
-                    mtime_ns=info.mtime_ns,
-                )
-            )
-            with self.open(path) as fh:
-                while chunk := fh.read(1 << 20):
-                    out(chunk)
-            out(padding(info.size))
-            return
-        if fmt == stat.S_IFLNK:
-            target = os.fsencode(self.readlink(path))
-            out(
-                TarHeader.encode(
-                    encoded,
-                    typeflag=b"2",
-                    mode=info.mode,
-                    uid=info.uid,
-                    gid=info.gid,
-                    size=0,
-                    mtime_ns=info.mtime_ns,
-                    linkname=target,
-                )
-            )
-            return
-        typeflag = TYPEFLAGS.get(fmt)
-        if typeflag is not None:
-            out(
-                TarHeader.encode(
-                    encoded,
-                    typeflag=typeflag,
-                    mode=info.mode,
-                    uid=info.uid,
-                    gid=info.gid,
-                    size=0,
-                    mtime_ns=info.mtime_ns,
-                    devmajor=os.major(info.rdev),
-                    devminor=os.minor(info.rdev),
-                )
-            )
+        def xattrs(entry: str, info: FileInfo) -> Mapping[bytes, bytes]:
+            try:
+                layer, inode, _ = self._lookup(entry)
+            except _EmptyRoot:
+                return {}
+            assert layer.reader is not None
+            return layer.reader.xattrs(inode)
+
+        def link_key(entry: str, info: FileInfo) -> Hashable:
+            layer, inode, _ = self._lookup(entry)  # inode numbers are per layer image
+            return id(layer), inode.ino
+
+        tar_with_options(self, path, out, options, xattrs=xattrs, link_key=link_key)
 
     def close(self) -> None:
         """Close every opened image."""

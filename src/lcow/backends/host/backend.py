@@ -1,0 +1,491 @@
+"""Views mounted by the host kernel: loop devices, ext4 and overlayfs (issue 5, SPEC §4.7).
+
+Layout of the state folder ``<root>/mounts`` (0700)::
+
+    state.json, lock     the mount table (:mod:`.table`)
+    qsd.sock, qsd.pid    the storage daemon exporting sandboxes (:mod:`.storage_daemon`)
+    d/<slot>             one mounted disk: a layer.vhd read-only, a sandbox.vhdx read-write
+    e/<slot>             a sandbox's raw export (the file its loop device sits on)
+    v/<id>               an overlay view
+    mask/lost+found      a whiteout: hides the empty ``lost+found`` every layer image has
+
+Each disk is mounted once and shared by every view that needs it (counted per view). A view is
+an overlay whose lower directories are ``d/<slot>`` (a read-only layer) or
+``d/<slot>/upper`` (a sandbox ancestor), given relative to the state folder so that 128 layers
+fit the one-page option string; a writable view adds its sandbox's ``upper/`` and ``work/``.
+A single read-only layer is its own view, a sandbox without lowers its ``upper/``.
+
+Every ext4 image has a ``lost+found`` at its root that is not layer content (Diff, Changes and
+the userspace view leave an empty one out). So that a mounted view shows what overlay2 would,
+the ``mask`` folder joins a view as its topmost lower directory when no layer below has real
+content there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import stat
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from lcow.backends.base import LayerDisk
+from lcow.backends.host import kernel
+from lcow.backends.host.hostfs import HostFS
+from lcow.backends.host.scoped import probe_openat2
+from lcow.backends.host.storage_daemon import BINARY, StorageDaemon
+from lcow.backends.host.table import DiskEntry, MountState, MountTable, ViewEntry
+from lcow.errors import Busy, CorruptImage, FailedPrecondition, LcowError, NotSupported
+from lcow.storage.dataroot import LayerFile
+
+__all__ = ["STATE_FOLDER", "HostBackend"]
+
+log = logging.getLogger(__name__)
+
+STATE_FOLDER = "mounts"
+_SUPERBLOCK = 1024
+_LOOP_RELEASE_WAIT = 10.0
+_SLOT_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def check_prerequisites() -> None:
+    """Raise ``driver not supported`` naming what the host lacks."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root")
+    if not os.path.exists("/dev/loop-control"):
+        missing.append("loop devices (/dev/loop-control)")
+    try:
+        filesystems = Path("/proc/filesystems").read_text()
+    except OSError:
+        filesystems = ""
+    for fs in ("ext4", "overlay"):
+        if f"\t{fs}\n" not in filesystems:
+            missing.append(f"the {fs} filesystem")
+    if shutil.which("mount") is None:
+        missing.append("mount(8)")
+    try:
+        probe_openat2()
+    except (NotSupported, OSError):
+        missing.append("openat2(2) (Linux 5.6)")
+    if missing:
+        raise NotSupported(
+            "driver not supported: the host backend needs " + ", ".join(missing),
+            subject="host",
+        )
+
+
+def ext4_size(path: Path) -> int:
+    """Bytes of the ext4 filesystem at the start of ``path`` (a layer.vhd may carry a
+    dm-verity tree and a VHD footer after it; the loop device must end with the filesystem)."""
+    with open(path, "rb") as f:
+        f.seek(_SUPERBLOCK)
+        raw = f.read(_SUPERBLOCK)
+    if len(raw) < _SUPERBLOCK or raw[0x38:0x3A] != b"\x53\xef":
+        raise CorruptImage(f"{path}: not an ext4 image", subject=str(path))
+    blocks = int.from_bytes(raw[4:8], "little")
+    if int.from_bytes(raw[0x60:0x64], "little") & 0x80:  # 64bit
+        blocks |= int.from_bytes(raw[0x150:0x154], "little") << 32
+    return blocks * (1024 << int.from_bytes(raw[24:28], "little"))
+
+
+def _slot_name(number: int) -> str:
+    digits = ""
+    while True:
+        number, rest = divmod(number, 36)
+        digits = _SLOT_DIGITS[rest] + digits
+        if number == 0:
+            return digits
+
+
+class HostBackend:
+    """Views as host directories; counts kept in the data root so they outlive the process.
+
+    Args:
+        root: the data root.
+        timeout: seconds to wait for the storage daemon.
+
+    Raises:
+        NotSupported: not root, no loop devices, no overlayfs (``driver not supported``).
+    """
+
+    name = "host"
+    writable = True
+    persistent = True  # views and counts outlive the process (kept in the data root)
+
+    def __init__(self, root: Path, timeout: float = 30.0) -> None:
+        check_prerequisites()
+        self.home = root / STATE_FOLDER
+        for sub in ("", "d", "e", "v", "mask"):
+            (self.home / sub).mkdir(mode=0o700, exist_ok=True)
+        whiteout = self.home / "mask" / "lost+found"
+        if not whiteout.exists():
+            os.mknod(whiteout, 0o600 | stat.S_IFCHR, os.makedev(0, 0))
+        self.table = MountTable(self.home)
+        self.daemon = StorageDaemon(self.home, timeout)
+        with self.table.transaction() as state:
+            self._reconcile(state)
+
+    # -- views -----------------------------------------------------------------------------
+
+    def acquire(self, layer_id: str, disks: list[LayerDisk]) -> HostFS:
+        """Count a Get; the first one mounts the view (own content first in ``disks``)."""
+        with self.table.transaction() as state:
+            view = state.views.get(layer_id)
+            if view is not None:
+                view.count += 1
+                return self._fs(layer_id, view)
+            keys = self._attach_all(state, [d.disk for d in disks if d.disk is not None])
+            try:
+                own_writable = disks[0].disk is not None and disks[0].disk.writable
+                view = self._mount_view(state, layer_id, keys, own_writable)
+            except BaseException:
+                self._release_disks(state, keys, force=True)
+                raise
+            state.views[layer_id] = view
+            return self._fs(layer_id, view)
+
+    def release(self, layer_id: str) -> None:
+        """Count a Put; the last one unmounts the view and releases its disks.
+
+        Raises:
+            Busy: the view is still in use by a process (the Get stays counted).
+        """
+        with self.table.transaction() as state:
+            view = state.views.get(layer_id)
+            if view is None:
+                return
+            if view.count > 1:
+                view.count -= 1
+                return
+            self._teardown(state, layer_id, view, force=False)
+
+    def release_all(self, layer_id: str) -> None:
+        """Tear the view down whatever its count (Remove)."""
+        with self.table.transaction() as state:
+            view = state.views.get(layer_id)
+            if view is not None:
+                self._teardown(state, layer_id, view, force=True)
+
+    def count(self, layer_id: str) -> int:
+        """Outstanding Gets of ``layer_id``."""
+        view = self.table.peek().views.get(layer_id)
+        return 0 if view is None else view.count
+
+    def in_use(self, disk: LayerFile) -> bool:
+        """Whether ``disk`` is mounted for some view."""
+        return any(d.image == str(disk.path) for d in self.table.peek().disks.values())
+
+    @contextlib.contextmanager
+    def reading(self, disk: LayerFile) -> Iterator[Path]:
+        """A path from which ``disk``'s own content can be read consistently right now.
+
+        A mounted sandbox is frozen (its writes flushed and writers held) and read through
+        its raw export; any other disk is its own file.
+        """
+        if not disk.writable:
+            yield disk.path
+            return
+        with self.table.transaction() as state:
+            entry = next((d for d in state.disks.values() if d.image == str(disk.path)), None)
+            if entry is None:
+                yield disk.path
+                return
+            mountpoint = self.home / "d" / entry.slot
+            kernel.freeze(mountpoint)
+            try:
+                yield self.home / "e" / entry.slot
+            finally:
+                kernel.thaw(mountpoint)
+
+    def cleanup(self) -> None:
+        """Unmount everything, release every disk and stop the storage daemon; never fails."""
+        with self.table.transaction() as state:
+            for layer_id, view in list(state.views.items()):
+                try:
+                    self._teardown(state, layer_id, view, force=True)
+                except (OSError, LcowError) as exc:
+                    log.warning("host backend: cleanup: %s: %s", layer_id, exc)
+            state.views.clear()
+            for entry in state.disks.values():
+                entry.users = 1
+            try:
+                self._release_disks(state, list(state.disks), force=True)
+            except (OSError, LcowError) as exc:
+                log.warning("host backend: cleanup: disks: %s", exc)
+            state.disks.clear()
+            self._reconcile(state)
+
+    # -- mounting ----------------------------------------------------------------------------
+
+    def _fs(self, layer_id: str, view: ViewEntry) -> HostFS:
+        return HostFS(str(self.home / view.path), layer_id=layer_id)
+
+    def _lower_dir(self, state: MountState, key: str) -> str:
+        entry = state.disks[key]
+        return f"d/{entry.slot}/upper" if entry.writable else f"d/{entry.slot}"
+
+    def _mount_view(
+        self, state: MountState, layer_id: str, keys: list[str], own_writable: bool
+    ) -> ViewEntry:
+        if not keys:  # nothing anywhere: an empty, read-only root
+            empty = self.home / "v" / layer_id
+            empty.mkdir(mode=0o755, exist_ok=True)
+            return ViewEntry(f"v/{layer_id}", False, keys)
+        below = keys[1:] if own_writable else keys
+        lowers = [self._lower_dir(state, k) for k in below]
+        if own_writable and not lowers:
+            return ViewEntry(self._lower_dir(state, keys[0]), False, keys)
+        if not any(state.disks[k].lost_found for k in below):
+            lowers.insert(0, "mask")
+        elif not own_writable and len(lowers) == 1:
+            return ViewEntry(lowers[0], False, keys)  # one layer: mounted directly (v18.03)
+        target = self.home / "v" / layer_id
+        target.mkdir(mode=0o755, exist_ok=True)
+        own = state.disks[keys[0]].slot
+        kernel.mount_overlay(
+            self.home, f"v/{layer_id}", lowers,
+            upper=f"d/{own}/upper" if own_writable else None,
+            work=f"d/{own}/work" if own_writable else None,
+        )
+        return ViewEntry(f"v/{layer_id}", True, keys)
+
+    def _teardown(self, state: MountState, layer_id: str, view: ViewEntry, *, force: bool) -> None:
+        target = self.home / "v" / layer_id
+        if view.overlay:
+            try:
+                kernel.umount(target)
+            except OSError as exc:
+                if exc.errno == errno.EBUSY and not force:
+                    raise Busy(
+                        f"lcowdriver: put: {layer_id}: the view {target} is in use",
+                        subject=layer_id,
+                    ) from exc
+                if exc.errno not in (errno.EINVAL, errno.ENOENT):
+                    kernel.umount(target, lazy=True)
+        del state.views[layer_id]
+        with contextlib.suppress(OSError):
+            target.rmdir()
+        try:
+            self._release_disks(state, view.disks, force=force)
+        except (OSError, LcowError) as exc:
+            raise FailedPrecondition(
+                f"lcowdriver: put: {layer_id}: releasing its disks: {exc}", subject=layer_id
+            ) from exc
+
+    def _free_slot(self, state: MountState, taken: set[str]) -> str:
+        used = taken | {d.slot for d in state.disks.values()}
+        number = 0
+        while True:
+            slot = _slot_name(number)
+            if slot not in used and not os.path.ismount(self.home / "d" / slot):
+                return slot
+            number += 1
+
+    def _attach_all(self, state: MountState, files: list[LayerFile]) -> list[str]:
+        """Mount every disk of a view that is not mounted yet, count a user of each; returns
+        their table keys in order. Sandboxes are exported in one storage-daemon session."""
+        keys: list[str] = []
+        fresh: dict[str, tuple[LayerFile, str]] = {}
+        try:
+            for disk in files:
+                key = _disk_key(disk)
+                keys.append(key)
+                if key in state.disks:
+                    state.disks[key].users += 1
+                elif key not in fresh:
+                    taken = {slot for _, slot in fresh.values()}
+                    fresh[key] = (disk, self._free_slot(state, taken))
+            exports = [(slot, d.path) for d, slot in fresh.values() if d.writable]
+            if exports:
+                self._export(exports)
+            for key, (disk, slot) in fresh.items():
+                state.disks[key] = self._mount_disk(disk, slot)
+        except BaseException:
+            mounted = [k for k in keys if k in state.disks]
+            for key, (disk, slot) in fresh.items():
+                if disk.writable and key not in state.disks:
+                    self._unexport([(slot, None)])
+            self._release_disks(state, mounted, force=True)
+            raise
+        return keys
+
+    def _mount_disk(self, disk: LayerFile, slot: str) -> DiskEntry:
+        """Loop-mount a layer file (a sandbox through its export) at ``d/<slot>``."""
+        mountpoint = self.home / "d" / slot
+        mountpoint.mkdir(mode=0o700, exist_ok=True)
+        if disk.writable:
+            backing = self.home / "e" / slot
+            size = backing.stat().st_size
+        else:
+            backing, size = disk.path, ext4_size(disk.path)
+        device, fd = kernel.attach_loop(backing, read_only=not disk.writable, size=size)
+        try:
+            kernel.mount(device, mountpoint, "ext4", 0 if disk.writable else kernel.MS_RDONLY)
+        except OSError as exc:
+            raise FailedPrecondition(
+                f"{disk.path}: mounting it failed: {exc.strerror}", subject=str(disk.path)
+            ) from exc
+        finally:
+            os.close(fd)  # the mount holds the device now; auto-clear does the rest
+        if disk.writable:  # the sandbox's root gains upper/ and work/ (SPEC §1.1)
+            for sub in ("upper", "work"):
+                with contextlib.suppress(FileExistsError):
+                    (mountpoint / sub).mkdir(mode=0o755)
+        content = mountpoint / "upper" if disk.writable else mountpoint
+        return DiskEntry(
+            slot, str(disk.path), disk.writable, device, _has_lost_found(content, disk.writable)
+        )
+
+    def _release_disks(self, state: MountState, keys: list[str], *, force: bool) -> None:
+        """Drop one user of each disk; unmount those left without users, then end their
+        exports in one storage-daemon session (and stop the daemon when none remain)."""
+        unmounted: list[DiskEntry] = []
+        errors: list[OSError] = []
+        for key in keys:
+            entry = state.disks.get(key)
+            if entry is None:
+                continue
+            if entry.users > 1:
+                entry.users -= 1
+                continue
+            mountpoint = self.home / "d" / entry.slot
+            try:
+                kernel.umount(mountpoint)
+            except OSError as exc:
+                if exc.errno == errno.EBUSY and force:
+                    kernel.umount(mountpoint, lazy=True)
+                elif exc.errno not in (errno.EINVAL, errno.ENOENT):  # not mounted any more
+                    errors.append(exc)
+                    continue
+            del state.disks[key]
+            unmounted.append(entry)
+        exports = [(e.slot, e.device) for e in unmounted if e.writable]
+        if exports:
+            self._unexport(exports)
+            if not any(d.writable for d in state.disks.values()):
+                self.daemon.stop()
+        if errors:
+            raise errors[0]
+
+    def _export(self, disks: list[tuple[str, Path]]) -> None:
+        """Export sandboxes as the raw files ``e/<slot>``."""
+        self.daemon.start()
+        for slot, _ in disks:
+            (self.home / "e" / slot).touch(mode=0o600)
+        try:
+            self.daemon.export([(f"x{slot}", image, self.home / "e" / slot)
+                                for slot, image in disks])
+        except BaseException:
+            for slot, _ in disks:
+                with contextlib.suppress(OSError):
+                    (self.home / "e" / slot).unlink()
+            raise
+
+    def _unexport(self, disks: Sequence[tuple[str, str | None]]) -> None:
+        """End sandboxes' exports once their loop devices have let go of them."""
+        for slot, device in disks:
+            if device is not None:
+                _wait_loop_released(device, self.home / "e" / slot)
+        self.daemon.unexport([f"x{slot}" for slot, _ in disks])
+        for slot, _ in disks:
+            with contextlib.suppress(OSError):
+                (self.home / "e" / slot).unlink()
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def _reconcile(self, state: MountState) -> None:
+        """Adopt what the table records and is still mounted; undo everything else.
+
+        A process that died between mounting and saving the table leaves unrecorded mounts
+        and exports; a reboot or an outside ``umount`` leaves records without mounts.
+        """
+        mounted = {p for p, _ in kernel.mounts_below(self.home)}
+        for key, entry in list(state.disks.items()):
+            if str(self.home / "d" / entry.slot) not in mounted:
+                log.warning("host backend: disk %s is no longer mounted; forgetting it", key)
+                del state.disks[key]
+        for layer_id, view in list(state.views.items()):
+            gone = view.overlay and str(self.home / view.path) not in mounted
+            if gone or any(k not in state.disks for k in view.disks):
+                log.warning("host backend: view of %s is gone; forgetting it", layer_id)
+                del state.views[layer_id]
+        users: dict[str, int] = {}
+        for view in state.views.values():
+            for key in view.disks:
+                users[key] = users.get(key, 0) + 1
+        unused = []
+        for key, entry in state.disks.items():
+            entry.users = users.get(key, 1)
+            if key not in users:
+                unused.append(key)
+        self._release_disks(state, unused, force=True)
+        keep = {str(self.home / v.path) for v in state.views.values() if v.overlay}
+        keep |= {str(self.home / "d" / d.slot) for d in state.disks.values()}
+        daemon_running = self.daemon.pid() is not None
+        for point, fstype in reversed(list(kernel.mounts_below(self.home))):
+            if fstype.startswith("fuse") and daemon_running:
+                continue  # an export: the daemon unmounts it when the export goes
+            if point not in keep and point != str(self.home):
+                log.warning("host backend: unmounting orphan %s", point)
+                with contextlib.suppress(OSError):
+                    kernel.umount(point, lazy=True)
+        exports = {f"x{d.slot}" for d in state.disks.values() if d.writable}
+        orphans = [name for name in self.daemon.exports() if name not in exports]
+        if orphans:
+            log.warning("host backend: removing orphan exports %s", ", ".join(orphans))
+            self.daemon.unexport(orphans)
+        if not exports:
+            self.daemon.stop()
+        for stale in (self.home / "e").iterdir():
+            if f"x{stale.name}" not in exports and not os.path.ismount(stale):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+
+
+def _disk_key(disk: LayerFile) -> str:
+    """The table key of a layer file: its folder and inode (a removed and re-created layer
+    is another disk, even while the old one is still mounted for someone)."""
+    try:
+        return f"{disk.path.parent.name}:{disk.path.stat().st_ino}"
+    except FileNotFoundError as exc:
+        raise FailedPrecondition(
+            f"{disk.path}: the layer file vanished", subject=str(disk.path)
+        ) from exc
+
+
+def _has_lost_found(content: Path, writable: bool) -> bool:
+    """Whether a layer's ``lost+found`` is content: any in a sandbox's ``upper/``, in an
+    image anything but the empty directory every ext4 has."""
+    path = content / "lost+found"
+    try:
+        if writable or not path.is_dir() or path.is_symlink():
+            return path.exists() or path.is_symlink()
+        return any(os.scandir(path))
+    except OSError:
+        return True
+
+
+def _wait_loop_released(device: str, backing: Path) -> None:
+    """Wait for an auto-clearing loop device to let go of ``backing`` after its last
+    unmount (the kernel detaches it asynchronously)."""
+    record = Path("/sys/block") / os.path.basename(device) / "loop" / "backing_file"
+
+    def attached() -> bool:
+        try:
+            return record.read_text().rstrip("\n") == str(backing)
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + _LOOP_RELEASE_WAIT
+    while attached() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    if attached():
+        log.warning("host backend: %s still attached after %.0f s", device, _LOOP_RELEASE_WAIT)
+
+
+__all__ += ["BINARY", "check_prerequisites", "ext4_size"]

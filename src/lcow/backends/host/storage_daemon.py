@@ -1,0 +1,219 @@
+"""QEMU's storage daemon, which turns each mounted ``sandbox.vhdx`` into a raw file (issue 5).
+
+The kernel cannot read VHDX, so a writable sandbox is exported by ``qemu-storage-daemon`` as a
+raw image over FUSE and a loop device goes on that file. One daemon serves a whole data root:
+exports are added and removed through its QMP socket (a few milliseconds each, where a daemon
+per disk would cost a process start and ~20 MB each — a 128-layer chain of sandboxes is
+graphtest's DeepLayerRead). It is started by the first writable attach and stopped when the
+last export goes. It runs detached, so it outlives the process that started it; its pid file
+and socket live in the backend's state folder for the next process to find.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from qemu.qmp import QMPClient, QMPError
+
+from lcow.errors import FailedPrecondition, NotSupported
+
+__all__ = ["BINARY", "StorageDaemon"]
+
+log = logging.getLogger(__name__)
+
+BINARY = "qemu-storage-daemon"
+_T = TypeVar("_T")
+
+
+class StorageDaemon:
+    """The data root's ``qemu-storage-daemon``: control socket ``qsd.sock``, ``qsd.pid``.
+
+    Args:
+        home: the backend's state folder.
+        timeout: seconds to wait for the daemon to start, answer or stop.
+    """
+
+    def __init__(self, home: Path, timeout: float = 30.0) -> None:
+        self.socket = home / "qsd.sock"
+        self.pidfile = home / "qsd.pid"
+        self.timeout = timeout
+
+    # -- process -------------------------------------------------------------------------
+
+    def pid(self) -> int | None:
+        """The daemon's pid if it is running (checked against its command line)."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        if BINARY.encode() not in cmdline or os.fsencode(self.socket) not in cmdline:
+            return None  # the pid was reused
+        return pid
+
+    def start(self) -> None:
+        """Start the daemon unless it runs already."""
+        if self.pid() is not None:
+            return
+        binary = shutil.which(BINARY)
+        if binary is None:
+            raise NotSupported(
+                f"driver not supported: {BINARY} is missing (Debian: qemu-system-common)",
+                subject=BINARY,
+            )
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        done = subprocess.run(
+            [
+                binary,
+                "--chardev", f"socket,id=qmp,path={self.socket},server=on,wait=off",
+                "--monitor", "chardev=qmp",
+                "--daemonize", "--pidfile", str(self.pidfile),
+            ],
+            capture_output=True, text=True, timeout=self.timeout, check=False,
+        )
+        if done.returncode != 0:
+            raise FailedPrecondition(
+                f"{BINARY} failed to start: {done.stderr.strip()}", subject=BINARY
+            )
+
+    def stop(self) -> None:
+        """Stop the daemon (SIGTERM: it flushes and closes its images); kill it if it does not
+        exit within the timeout."""
+        pid = self.pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        if not _wait_gone(pid, self.timeout):
+            log.warning("%s (pid %d) did not quit; killing it", BINARY, pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, self.timeout)
+        for path in (self.pidfile, self.socket):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    # -- exports ---------------------------------------------------------------------------
+
+    def export(self, disks: list[tuple[str, Path, Path]]) -> None:
+        """Export each ``(name, image, mountpoint)``: the VHDX ``image`` read-write as the raw
+        file ``mountpoint`` (which must exist); ``name`` names the node and the export. One
+        session for all; on failure, the ones this call added are removed again."""
+
+        async def add(qmp: QMPClient) -> None:
+            done: list[str] = []
+            try:
+                for name, image, mountpoint in disks:
+                    await qmp.execute("blockdev-add", {
+                        "driver": "vhdx", "node-name": name,
+                        "file": {"driver": "file", "filename": str(image)},
+                    })
+                    try:
+                        await qmp.execute("block-export-add", {
+                            "type": "fuse", "id": name, "node-name": name,
+                            "mountpoint": str(mountpoint), "writable": True,
+                        })
+                    except QMPError:
+                        await qmp.execute("blockdev-del", {"node-name": name})
+                        raise
+                    done.append(name)
+            except QMPError:
+                await _remove(qmp, done)
+                raise
+
+        self._run(add, subject=", ".join(str(image) for _, image, _ in disks))
+
+    def unexport(self, names: list[str]) -> None:
+        """Remove exports and their nodes, waiting for QEMU to finish their I/O; unknown names
+        are fine."""
+
+        async def remove(qmp: QMPClient) -> None:
+            await _remove(qmp, names)
+
+        self._run(remove, subject=", ".join(names))
+
+    def exports(self) -> list[str]:
+        """Names of the current exports (none when the daemon is not running)."""
+        if self.pid() is None:
+            return []
+
+        async def query(qmp: QMPClient) -> list[str]:
+            return [str(e["id"]) for e in _list(await qmp.execute("query-block-exports"))]
+
+        return self._run(query)
+
+    # -- QMP -------------------------------------------------------------------------------
+
+    def _run(self, work: Callable[[QMPClient], Awaitable[_T]], subject: str = "") -> _T:
+        """Connect, run ``work``, disconnect — in a private event loop, so callers may be
+        any thread of a program that is not itself inside asyncio."""
+
+        async def session() -> _T:
+            qmp = QMPClient(BINARY)
+            await asyncio.wait_for(qmp.connect(str(self.socket)), self.timeout)
+            try:
+                return await asyncio.wait_for(work(qmp), self.timeout)
+            finally:
+                await qmp.disconnect()
+
+        try:
+            return asyncio.run(session())
+        except (TimeoutError, QMPError, OSError) as exc:
+            raise FailedPrecondition(
+                f"{BINARY}: {subject + ': ' if subject else ''}{exc or type(exc).__name__}",
+                subject=subject or BINARY,
+            ) from exc
+
+
+async def _remove(qmp: QMPClient, names: list[str]) -> None:
+    """Delete the exports called ``names`` (waiting for each to finish) and their nodes."""
+    current = {str(e["id"]) for e in _list(await qmp.execute("query-block-exports"))}
+    pending = {n for n in names if n in current}
+    for name in sorted(pending):
+        await qmp.execute("block-export-del", {"id": name})
+    while pending:  # the default listener queues every event, so none is missed
+        event = await qmp.events.get()
+        data = event.get("data")
+        if event["event"] == "BLOCK_EXPORT_DELETED" and isinstance(data, dict):
+            pending.discard(str(data.get("id")))
+    nodes = _list(await qmp.execute("query-named-block-nodes", {"flat": True}))
+    present = {str(n.get("node-name")) for n in nodes}
+    for name in names:
+        if name in present:
+            await qmp.execute("blockdev-del", {"node-name": name})
+
+
+def _list(value: object) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie has exited (a daemon's reaper may be slow to notice)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until ``pid`` has exited (reaping it if it is our child)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        if not _alive(pid):
+            return True
+        time.sleep(0.005)
+    return False

@@ -1,0 +1,337 @@
+"""``extractarchive``: Docker's ``archive.Untar`` confined to a destination directory (SPEC §4.8).
+
+The destination descriptor acts as ``/`` for every lookup (``openat2(RESOLVE_IN_ROOT)``), as if
+``Untar`` ran chrooted there: absolute names land below it, symlinks in the tar or already in the
+tree resolve inside it, so no entry can write elsewhere. Names that climb out with ``..`` are
+refused (Docker's breakout check), as are hard links to such names.
+
+Per entry, as Docker: missing parents are created (0755); an existing entry is replaced unless
+both are directories (then merged), or refused with ``NoOverwriteDirNonDir``; owners come from
+the header unless ``NoLchown`` (``ChownOpts`` overrides them); ``SCHILY.xattr.*`` are set (ENOTSUP
+and EPERM ignored); modes incl. setuid/setgid/sticky are set after the owners, never on
+symlinks; atime (at least mtime) and mtime last, directories' only after the whole archive. The
+overlay whiteout format turns ``.wh.<name>`` into a 0/0 character device and
+``.wh..wh..opq`` into ``trusted.overlay.opaque=y`` on its directory.
+
+The tar is read in streaming mode (gzip, bzip2 and xz are recognised); only one member's
+metadata is held at a time.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import stat
+import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, BinaryIO, Self, cast
+
+from lcow.backends.host.scoped import (
+    is_dir,
+    lstat_in,
+    makedirs_in,
+    parent_in_root,
+    proc_fd,
+    remove_all_at,
+    view_error,
+)
+from lcow.backends.taroptions import OVERLAY_WHITEOUTS, TarOptions
+from lcow.errors import AlreadyExists, InvalidArgument
+
+__all__ = ["untar"]
+
+_CHUNK = 1 << 20
+_NS = 1_000_000_000
+_XATTR_PREFIX = "SCHILY.xattr."
+#: The file system does not take the attribute: ignored, as Docker does.
+_XATTR_IGNORED = (errno.EOPNOTSUPP, errno.EPERM)
+_REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, tarfile.GNUTYPE_SPARSE)
+_SPECIAL = {
+    tarfile.CHRTYPE: stat.S_IFCHR,
+    tarfile.BLKTYPE: stat.S_IFBLK,
+    tarfile.FIFOTYPE: stat.S_IFIFO,
+}
+
+
+class _Peeked:
+    """``stream`` with bytes already read from it put back in front."""
+
+    def __init__(self, head: bytes, stream: BinaryIO) -> None:
+        self._head = head
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._head:
+            return self._stream.read(size)
+        if size < 0:
+            data, self._head = self._head + self._stream.read(), b""
+            return data
+        data, self._head = self._head[:size], self._head[size:]
+        if len(data) < size:
+            data += self._stream.read(size - len(data))
+        return data
+
+
+def _clean(name: str) -> str:
+    """Go's ``filepath.Clean``: lexical, ``..`` kept at the front of a relative name."""
+    cleaned = posixpath.normpath(name) if name else "."
+    return "/" + cleaned.lstrip("/") if cleaned.startswith("//") else cleaned
+
+
+def _escapes(name: str) -> bool:
+    return name == ".." or name.startswith("../")
+
+
+def _shown(name: str) -> str:
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _time_ns(member: tarfile.TarInfo, key: str) -> int | None:
+    text = member.pax_headers.get(key)
+    if text is None:
+        return int(member.mtime) * _NS if key == "mtime" else None
+    negative = text.startswith("-")
+    whole, _, frac = text.lstrip("-").partition(".")
+    try:
+        ns = int(whole or "0") * _NS + int(frac[:9].ljust(9, "0"))
+    except ValueError:
+        shown = _shown(member.name)
+        raise InvalidArgument(f"{shown}: invalid PAX {key} {text!r}", subject=shown) from None
+    return -ns if negative else ns
+
+
+@contextmanager
+def _entry_errors(name: str) -> Iterator[None]:
+    """Name the entry in a failure (OS errors keep their class and errno)."""
+    try:
+        yield
+    except tarfile.TarError as exc:
+        shown = _shown(name)
+        raise InvalidArgument(f"{shown}: {exc}", subject=shown) from exc
+    except OSError as exc:
+        made = view_error(exc, name)
+        if made is exc:
+            raise
+        raise made from None
+
+
+#: How tarfile says "the archive ends here": a zero block, or no bytes at a header boundary
+#: (Go accepts both). Other header errors end a tarfile iteration silently; they must not.
+_END_OF_ARCHIVE = tuple(getattr(tarfile, n) for n in ("EOFHeaderError", "EmptyHeaderError"))
+
+
+class _StrictInfo(tarfile.TarInfo):
+    """A TarInfo whose bad or truncated headers fail instead of ending the archive early."""
+
+    @classmethod
+    def fromtarfile(cls, archive: tarfile.TarFile) -> Self:
+        try:
+            return super().fromtarfile(archive)
+        except _END_OF_ARCHIVE:
+            raise
+        except tarfile.HeaderError as exc:
+            offset = archive.offset
+            raise tarfile.ReadError(f"invalid tar header at offset {offset}: {exc}") from None
+
+
+def _open_stream(stream: _Peeked) -> tarfile.TarFile:
+    try:
+        return tarfile.open(
+            fileobj=cast("IO[bytes]", stream),
+            mode="r|*",
+            tarinfo=_StrictInfo,
+            encoding="utf-8",
+            errors="surrogateescape",
+        )
+    except tarfile.TarError as exc:
+        raise InvalidArgument(f"archive: {exc}", subject="archive") from exc
+
+
+def untar(dest_fd: int, stream: BinaryIO, options: TarOptions | None = None) -> None:
+    """Unpack the tar read from ``stream`` below the directory ``dest_fd`` (its root).
+
+    Raises:
+        InvalidArgument: a malformed archive, a name or hard link climbing out with ``..``, an
+            unsupported entry type.
+        AlreadyExists: ``NoOverwriteDirNonDir`` and a directory/non-directory clash.
+        OSError: a file-system failure, naming the entry.
+    """
+    head = stream.read(tarfile.BLOCKSIZE)
+    if head:  # an empty input is an empty archive (Go's reader sees EOF)
+        _Untar(dest_fd, options or TarOptions()).run(_Peeked(head, stream))
+    while stream.read(_CHUNK):
+        pass  # consume what follows the end marker, so a writer on a pipe can finish
+
+
+class _Untar:
+    def __init__(self, dest_fd: int, options: TarOptions) -> None:
+        self.dest = dest_fd
+        self.options = options
+        self.dirs: list[tuple[str, int, int]] = []
+
+    def run(self, stream: _Peeked) -> None:
+        with _open_stream(stream) as archive:
+            while True:
+                try:
+                    member = archive.next()
+                except tarfile.TarError as exc:
+                    raise InvalidArgument(f"archive: {exc}", subject="archive") from exc
+                if member is None:
+                    break
+                archive.members.clear()  # type: ignore[attr-defined]  # keep no history
+                with _entry_errors(member.name):
+                    self._entry(archive, member)
+        for name, atime, mtime in self.dirs:
+            with _entry_errors(name), parent_in_root(self.dest, name) as (fd, base):
+                os.utime(base, ns=(atime, mtime), dir_fd=fd, follow_symlinks=False)
+
+    def _entry(self, archive: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        name = _clean(member.name)
+        if any(name.startswith(p) for p in self.options.exclude_patterns):
+            return
+        shown = _shown(member.name)
+        if _escapes(name):
+            raise InvalidArgument(f"{shown}: path escapes the destination directory", subject=shown)
+        if name in (".", "/"):
+            if member.isdir():
+                return  # the destination itself: merged, metadata untouched (Docker)
+            raise InvalidArgument(
+                f"{shown}: cannot replace the destination directory", subject=shown
+            )
+        parent = posixpath.dirname(name)
+        if parent not in ("", "/") and not self._exists(parent):
+            makedirs_in(self.dest, parent, 0o755)
+        with parent_in_root(self.dest, name) as (dir_fd, base):
+            existing = lstat_in(dir_fd, base)
+            if existing is not None:
+                self._clear(dir_fd, base, existing, member, shown)
+            if self.options.whiteout_format == OVERLAY_WHITEOUTS and self._whiteout(
+                dir_fd, base, member
+            ):
+                return
+            self._create(archive, dir_fd, base, member, is_dir(existing))
+            self._metadata(dir_fd, base, member, name)
+
+    def _exists(self, name: str) -> bool:
+        """Whether ``name`` itself exists (a dangling symlink does; Docker's ``Lstat``)."""
+        try:
+            with parent_in_root(self.dest, name) as (dir_fd, base):
+                return lstat_in(dir_fd, base) is not None
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def _clear(
+        self,
+        dir_fd: int,
+        base: bytes,
+        existing: os.stat_result,
+        member: tarfile.TarInfo,
+        shown: str,
+    ) -> None:
+        was_dir = stat.S_ISDIR(existing.st_mode)
+        if self.options.no_overwrite_dir_non_dir and was_dir != member.isdir():
+            what = "directory with non-directory" if was_dir else "non-directory with directory"
+            raise AlreadyExists(f"{shown}: cannot overwrite {what}", subject=shown)
+        if not (was_dir and member.isdir()):
+            remove_all_at(dir_fd, base)
+
+    def _whiteout(self, dir_fd: int, base: bytes, member: tarfile.TarInfo) -> bool:
+        """Overlay form of AUFS markers; True when the entry was one (nothing else to write)."""
+        if base == b".wh..wh..opq":
+            os.setxattr(proc_fd(dir_fd), "trusted.overlay.opaque", b"y")
+            return True
+        if base.startswith(b".wh."):
+            hidden = base[len(b".wh.") :]
+            os.mknod(hidden, stat.S_IFCHR, 0, dir_fd=dir_fd)
+            os.chown(hidden, member.uid, member.gid, dir_fd=dir_fd, follow_symlinks=False)
+            return True
+        return False
+
+    def _create(
+        self,
+        archive: tarfile.TarFile,
+        dir_fd: int,
+        base: bytes,
+        member: tarfile.TarInfo,
+        merge: bool,
+    ) -> None:
+        mode = member.mode & 0o7777
+        if member.type == tarfile.DIRTYPE:
+            if not merge:
+                os.mkdir(base, mode, dir_fd=dir_fd)
+        elif member.type in _REGULAR:
+            self._write(archive, dir_fd, base, member)
+        elif member.type == tarfile.SYMTYPE:
+            os.symlink(os.fsencode(member.linkname), base, dir_fd=dir_fd)
+        elif member.type == tarfile.LNKTYPE:
+            self._hardlink(dir_fd, base, member)
+        elif member.type in _SPECIAL:
+            device = os.makedev(member.devmajor, member.devminor)
+            os.mknod(base, _SPECIAL[member.type] | mode, device, dir_fd=dir_fd)
+        else:
+            shown = _shown(member.name)
+            raise InvalidArgument(
+                f"{shown}: unhandled tar header type {member.type!r}", subject=shown
+            )
+
+    def _write(
+        self, archive: tarfile.TarFile, dir_fd: int, base: bytes, member: tarfile.TarInfo
+    ) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(base, flags, member.mode & 0o777, dir_fd=dir_fd)
+        with os.fdopen(fd, "wb") as out:
+            data = archive.extractfile(member)
+            if data is None:
+                return
+            while chunk := data.read(_CHUNK):
+                out.write(chunk)
+
+    def _hardlink(self, dir_fd: int, base: bytes, member: tarfile.TarInfo) -> None:
+        target = _clean(member.linkname)
+        if _escapes(target):
+            shown = _shown(member.name)
+            raise InvalidArgument(
+                f"{shown}: hard link to {_shown(member.linkname)!r} escapes the destination",
+                subject=shown,
+            )
+        with parent_in_root(self.dest, target) as (target_fd, target_base):
+            os.link(
+                target_base,
+                base,
+                src_dir_fd=target_fd,
+                dst_dir_fd=dir_fd,
+                follow_symlinks=False,
+            )
+
+    def _metadata(self, dir_fd: int, base: bytes, member: tarfile.TarInfo, name: str) -> None:
+        if not self.options.no_lchown:
+            uid, gid = self.options.chown or (member.uid, member.gid)
+            os.chown(base, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+        fd = os.open(base, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            where = proc_fd(fd)
+            for key, value in member.pax_headers.items():
+                if key.startswith(_XATTR_PREFIX):
+                    try:
+                        os.setxattr(
+                            where,
+                            key[len(_XATTR_PREFIX) :],
+                            value.encode("utf-8", "surrogateescape"),
+                        )
+                    except OSError as exc:
+                        if exc.errno not in _XATTR_IGNORED:
+                            raise
+            # Linux has no symlink modes; chmod after chown, which clears setuid/setgid.
+            if not stat.S_ISLNK(os.fstat(fd).st_mode):
+                os.chmod(where, member.mode & 0o7777)
+        finally:
+            os.close(fd)
+        mtime = _time_ns(member, "mtime")
+        assert mtime is not None
+        atime = max(_time_ns(member, "atime") or mtime, mtime)
+        if member.type == tarfile.DIRTYPE:
+            self.dirs.append((name, atime, mtime))
+        else:
+            os.utime(base, ns=(atime, mtime), dir_fd=dir_fd, follow_symlinks=False)
