@@ -65,6 +65,9 @@ COMMANDS: dict[str, CommandInfo] = {
         "lcow.cli.demo_cmd",
         "the main job on generated samples: convert layers, import an image, inspect, export",
     ),
+    "plugin": CommandInfo(
+        "lcow.cli.plugin_cmd", "serve Docker's graph-driver plugin protocol ('plugin serve')"
+    ),
     # the driver's operations (SPEC §3), one per subcommand
     "create": _driver("create_cmd", "Create: a layer folder and its layerchain.json"),
     "create-rw": _driver("create_rw_cmd", "CreateReadWrite: a layer with an empty sandbox.vhdx"),

@@ -47,6 +47,9 @@ SANDBOX_VHDX = "sandbox.vhdx"
 LAYER_CHAIN = "layerchain.json"
 LAYER_META = "lcow-layer.json"
 REMOVING_SUFFIX = "-removing"
+# Folders of the root that are not layers: the sandbox template cache, VM scratch disks, and the
+# host backend's mount points and table (lcow.backends.host).
+RESERVED = frozenset({"cache", "scratch", "mounts"})
 _DIR_MODE = 0o700
 
 
@@ -61,6 +64,11 @@ def validate_id(layer_id: str) -> str:
     ):
         raise InvalidArgument(
             f"invalid layer id {layer_id!r}: must be one path component", subject=layer_id
+        )
+    if layer_id in RESERVED:
+        raise InvalidArgument(
+            f"invalid layer id {layer_id!r}: the data root uses that folder itself",
+            subject=layer_id,
         )
     return layer_id
 
@@ -114,13 +122,12 @@ class DataRoot:
 
     def layer_ids(self) -> list[str]:
         """Ids of every layer folder, sorted."""
-        skip = {"cache", "scratch"}
         ids = []
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.root):
                 if (
                     entry.is_dir(follow_symlinks=False)
-                    and entry.name not in skip
+                    and entry.name not in RESERVED
                     and not (entry.name.endswith(REMOVING_SUFFIX) or entry.name.startswith("."))
                 ):
                     ids.append(entry.name)
@@ -148,7 +155,7 @@ class DataRoot:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ValueError("expected an array of strings or null")
             return [self.resolve_folder(v) for v in value]
-        except (ValueError, InvalidArgument) as exc:
+        except (ValueError, RecursionError) as exc:  # InvalidArgument is a ValueError
             raise CorruptImage(
                 f"lcowdriver: getlayerchain: {layer_id} failed to unmarshall layerchain file "
                 f"{path}: {exc}",
@@ -198,7 +205,7 @@ class DataRoot:
         """lcow's own per-layer metadata (empty when absent or unreadable)."""
         try:
             value = json.loads((self.layer_dir(layer_id) / LAYER_META).read_bytes())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             return {}
         return value if isinstance(value, dict) else {}
 

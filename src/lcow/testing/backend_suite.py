@@ -63,7 +63,7 @@ OWN_METADATA = frozenset({"lcow-layer.json"})  # lcow's own file beside LCOW's (
 DEFAULT_SANDBOX = 20 * GIB
 SANDBOX_ON_DISK_LIMIT = 8 * MIB  # "a new 20 GB sandbox occupies only a few MB"
 
-BAD_IDS = ("", ".", "..", "a/b", "../escape", "a\\b", "nul\x00id")
+BAD_IDS = ("", ".", "..", "a/b", "../escape", "a\\b", "nul\x00id", "cache", "scratch", "mounts")
 
 # (options, exact message) of InitDriver (SPEC §2).
 INIT_OPTION_ERRORS: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -479,7 +479,8 @@ def test_corrupt_chain(make: DriverFactory, tmp: Path) -> None:
 
 
 def test_bad_ids(make: DriverFactory, tmp: Path, layer_id: str) -> None:
-    """Ids that are not one path component are rejected by every operation that takes one;
+    """Ids that are not one path component, or name one of the root's own folders, are
+    rejected by every operation that takes one;
     nothing is created or removed."""
     root = tmp / "root"
     driver = make(root)

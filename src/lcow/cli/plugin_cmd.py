@@ -1,0 +1,138 @@
+"""``lcow plugin serve``: run lcow as dockerd's graph-driver plugin (SPEC §9; docs/plugin.md).
+
+Listens on ``/run/docker/plugins/<name>.sock`` (mode 0660) where dockerd started with
+``--experimental --storage-driver <name>`` finds it. The layers go to Init's Home
+(``<data-root>/<name>``); ``--root`` is the plugin's own state directory, where Init is kept so
+that a restarted plugin serves a running dockerd without a new Init. Runs until SIGTERM or
+SIGINT, then finishes running calls, runs Cleanup and removes its socket. Logs go to stderr, one
+line per call with its request id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from lcow.cli.status import ExitStatus, UsageError
+
+__all__ = ["SUMMARY", "add_arguments", "run"]
+
+SUMMARY = "serve Docker's graph-driver plugin protocol on /run/docker/plugins/NAME.sock"
+
+_DEFAULT_BACKEND = "host"
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``lcow plugin serve`` and its options.
+
+    Args:
+        parser: the command's parser.
+    """
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    serve = actions.add_parser(
+        "serve",
+        help="serve the plugin protocol until SIGTERM",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+    )
+    serve.add_argument(
+        "--root", dest="state_root", metavar="DIR", default=None,
+        help="the plugin's state directory, where Init is persisted (default: the global "
+        "--root or $LCOW_ROOT)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--name", default="lcow",
+        help="plugin name: dockerd's --storage-driver value and the socket's name (default lcow)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--socket", metavar="PATH", default=None,
+        help="listen here instead of /run/docker/plugins/NAME.sock",
+    )  # fmt: skip
+    serve.add_argument(
+        "--backend", dest="plugin_backend", choices=_backends(), default=None,
+        help=f"backend for views (default {_DEFAULT_BACKEND}; dockerd needs host directories); "
+        "a '--storage-opt lcow.backend=B' from dockerd overrides it",
+    )  # fmt: skip
+    serve.add_argument(
+        "--workers", type=_positive, default=64,
+        help="threads for driver calls, i.e. calls served at once (default 64)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="how long running calls may finish after SIGTERM (default 30)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--log-level", choices=_LEVELS, default=None,
+        help="log level (default info; -v before the command: debug)",
+    )  # fmt: skip
+
+
+def _backends() -> tuple[str, ...]:
+    from lcow.graphdriver.options import BACKENDS
+
+    return BACKENDS
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _setup_logging(level_name: str) -> None:
+    """Log lines with the request id to stderr (journald adds time and unit)."""
+    from lcow.plugin.server import RequestIdFilter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level_name.upper()))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``lcow plugin serve``.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        :attr:`ExitStatus.OK` after a clean shutdown; failures are raised for the CLI boundary.
+    """
+    from lcow.graphdriver.options import parse_driver_options
+    from lcow.plugin.server import ServerConfig, socket_path_for
+    from lcow.plugin.server import run as serve
+
+    state_root = args.state_root or args.root
+    if not state_root:
+        raise UsageError("plugin serve: give --root DIR (the plugin's state directory)")
+    defaults = list(args.driver_options)  # the global -o KEY=VALUE / --backend
+    if args.plugin_backend is not None or not any(
+        o.lower().startswith("lcow.backend=") for o in defaults
+    ):
+        defaults.append(f"lcow.backend={args.plugin_backend or _DEFAULT_BACKEND}")
+    parse_driver_options(defaults, root=str(state_root))  # bad defaults fail now, not at Init
+    socket_path = Path(args.socket) if args.socket else socket_path_for(args.name)
+    _setup_logging(args.log_level or ("debug" if args.verbose else "info"))
+    status = serve(
+        ServerConfig(
+            socket_path=socket_path,
+            state_root=Path(state_root),
+            defaults=defaults,
+            workers=args.workers,
+            shutdown_timeout=args.shutdown_timeout,
+        )
+    )
+    return ExitStatus.OK if status == 0 else ExitStatus.ERROR

@@ -1,0 +1,800 @@
+"""The graph-driver plugin protocol through a real unix socket (SPEC §9.1 to §9.5, §9.7).
+
+A :class:`BackgroundServer` serves on a socket in a short temporary directory; the client
+speaks as dockerd does (``Accept`` header, JSON + newline, chunked ApplyDiff with an unescaped
+query). Answers are compared byte for byte where the daemon parses them. The default driver
+runs the userspace backend (no root); Get's success path uses :class:`DirBackend`, whose views
+are plain host directories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import io
+import json
+import os
+import queue
+import select
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lcow.errors import Busy
+from lcow.graphdriver.driver import Driver
+from lcow.plugin.server import BackgroundServer, ServerConfig, bind_unix_socket
+from lcow.plugin.streams import poison
+from tests.helpers import TarEntry, write_tar
+from tests.plugin.client import PluginClient, chunked, raw_request
+from tests.plugin.fakes import (
+    FailingDiffDriver,
+    RecordingDriver,
+    StuckDriver,
+    recording_factory,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+JSON_TYPE = "application/vnd.docker.plugins.v1+json"
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+
+class Plugin:
+    """A running server, its client and where things are."""
+
+    def __init__(self, base: Path, sock_dir: Path, name: str = "p") -> None:
+        self.base = base
+        self.socket = sock_dir / f"{name}.sock"
+        self.home = base / "home"
+        self.state_root = base / "state"
+        self.views = base / "views"
+        self.drivers: list[Driver] = []
+        self.server: BackgroundServer | None = None
+        self.client = PluginClient(str(self.socket))
+
+    def start(self, *, host_paths: bool = False, kind: type[Driver] = Driver) -> Plugin:
+        factory = recording_factory(self.drivers, self.views if host_paths else None, kind)
+        config = ServerConfig(
+            socket_path=self.socket,
+            state_root=self.state_root,
+            defaults=["lcow.backend=userspace"],
+            workers=64,
+            factory=factory,
+        )
+        self.server = BackgroundServer(config)
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        """Shut down as on SIGTERM; it must end cleanly (no call left running)."""
+        self.client.close()
+        if self.server is not None:
+            server, self.server = self.server, None
+            server.stop()
+            assert server.clean is True
+
+    @property
+    def driver(self) -> Driver:
+        return self.drivers[-1]
+
+    def init(self, opts: list[str] | None = None) -> None:
+        payload = {"Home": str(self.home), "Opts": opts, "UIDMaps": None, "GIDMaps": None}
+        assert self.client.call("GraphDriver.Init", payload).body == b"{}\n"
+
+    def layer(self, layer_id: str, parent: str, data: bytes) -> int:
+        """Create + ApplyDiff, as ``docker import``/``load`` do."""
+        self.client.ok("GraphDriver.Create", {"ID": layer_id, "Parent": parent})
+        reply = self.client.apply_diff(layer_id, parent, data)
+        assert reply.status == 200, reply
+        size: int = reply.json["Size"]
+        return size
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A short directory for sockets (unix socket paths are limited to 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="lcowp-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def plugin(tmp_path: Path, sock_dir: Path) -> Iterator[Plugin]:
+    running = Plugin(tmp_path, sock_dir).start()
+    yield running
+    running.stop()
+    assert not running.socket.exists()
+
+
+@pytest.fixture
+def host_plugin(tmp_path: Path, sock_dir: Path) -> Iterator[Plugin]:
+    running = Plugin(tmp_path, sock_dir).start(host_paths=True)
+    running.init()
+    yield running
+    running.stop()
+
+
+def tar_bytes(tmp: Path, entries: list[TarEntry], name: str = "layer.tar") -> bytes:
+    return write_tar(tmp / name, entries).read_bytes()
+
+
+def base_entries() -> list[TarEntry]:
+    return [
+        TarEntry("etc", kind="dir", mode=0o755),
+        TarEntry("etc/hostname", data=b"lcow\n"),
+        TarEntry("bin", kind="dir", mode=0o755),
+        TarEntry("bin/tool", data=b"#!/bin/sh\necho tool\n", mode=0o755),
+        TarEntry("bin/sh", kind="symlink", target="tool"),
+    ]
+
+
+def upper_entries() -> list[TarEntry]:
+    return [
+        TarEntry("etc", kind="dir", mode=0o755),
+        TarEntry("etc/.wh.hostname"),
+        TarEntry("etc/new", data=b"new\n"),
+        TarEntry("data", kind="dir", mode=0o700),
+        TarEntry("data/blob", data=b"x" * 5000),
+    ]
+
+
+def tar_names(data: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        return [m.name for m in tf.getmembers()]
+
+
+def layer_files(plugin: Plugin, layer_id: str) -> list[str]:
+    return sorted(os.listdir(plugin.home / layer_id))
+
+
+# -- handshake, Init, Capabilities ---------------------------------------------------------------
+
+
+def test_activate_answers_implements_graphdriver(plugin: Plugin) -> None:
+    reply = plugin.client.request("Plugin.Activate", b"")
+    assert reply.status == 200
+    assert reply.body == b'{"Implements":["GraphDriver"]}\n'
+    assert reply.headers["content-type"].startswith(JSON_TYPE)
+    assert reply.headers["x-lcow-request-id"]
+
+
+def test_socket_mode_is_0660(plugin: Plugin) -> None:
+    info = plugin.socket.stat()
+    assert stat.S_ISSOCK(info.st_mode)
+    assert stat.S_IMODE(info.st_mode) == 0o660
+
+
+def test_before_init_calls_fail_and_capabilities_answer(plugin: Plugin) -> None:
+    reply = plugin.client.call("GraphDriver.Status")
+    assert reply.status == 200
+    assert reply.json == {
+        "Err": "lcow plugin: not initialised: GraphDriver.Init has not been called"
+    }
+    reply = plugin.client.call("GraphDriver.Capabilities")
+    assert reply.body == b'{"Capabilities":{"ReproducesExactDiffs":false}}\n'
+    reply = plugin.client.call("GraphDriver.Diff", {"ID": "x"})
+    assert reply.status == 500
+    assert "not initialised" in reply.json["Err"]
+    reply = plugin.client.apply_diff("x", "", b"\0" * 1024)
+    assert reply.status == 200
+    assert "not initialised" in reply.json["Err"]
+
+
+ID_METHODS = [
+    "Create", "CreateReadWrite", "Remove", "Get", "Put", "Exists", "GetMetadata", "Diff",
+    "Changes", "DiffSize",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("method", [*ID_METHODS, "Status", "Cleanup"])
+def test_every_call_before_init_says_so(plugin: Plugin, method: str) -> None:
+    reply = plugin.client.call(f"GraphDriver.{method}", {"ID": "a"})
+    assert reply.status == (500 if method == "Diff" else 200)
+    assert reply.json == {
+        "Err": "lcow plugin: not initialised: GraphDriver.Init has not been called"
+    }
+
+
+@pytest.mark.parametrize("method", ID_METHODS)
+@pytest.mark.parametrize("payload", [{}, {"ID": ""}, {"ID": "../up"}, {"ID": "a/b"}, {"ID": 1}])
+def test_every_call_refuses_bad_ids(plugin: Plugin, method: str, payload: dict[str, Any]) -> None:
+    plugin.init()
+    reply = plugin.client.call(f"GraphDriver.{method}", payload)
+    assert reply.status == 400
+    assert reply.json["Err"].startswith(f"GraphDriver.{method}: ")
+    assert not (plugin.home.parent / "up").exists()  # nothing made outside the root
+    assert not (plugin.home / "a").exists()
+
+
+def test_init_creates_the_root_and_persists_its_arguments(plugin: Plugin) -> None:
+    payload = {
+        "Home": str(plugin.home),
+        "Opts": ["lcow.globalmode=true", "overlay2.size=1G"],
+        "UIDMaps": [{"container_id": 0, "host_id": 100000, "size": 65536}],
+        "GIDMaps": None,
+    }
+    assert plugin.client.call("GraphDriver.Init", payload).body == b"{}\n"
+    assert (plugin.home / "cache").is_dir()
+    assert stat.S_IMODE(plugin.home.stat().st_mode) == 0o700
+    saved = json.loads((plugin.state_root / "state.json").read_text())
+    assert saved["Home"] == str(plugin.home)
+    assert saved["Opts"] == payload["Opts"]
+    assert saved["UIDMaps"] == payload["UIDMaps"]
+    assert saved["GIDMaps"] is None
+    assert stat.S_IMODE((plugin.state_root / "state.json").stat().st_mode) == 0o600
+    status = plugin.client.ok("GraphDriver.Status")["Status"]
+    assert status[0] == ["LCOW", ""]
+    assert ["Mode", "global"] in status
+    assert ["Backend", "userspace"] in status
+
+
+@pytest.mark.parametrize(
+    ("home", "opts", "message"),
+    [
+        ("relative/home", None, "Home must be an absolute path"),
+        ("", None, "Home must be an absolute path"),
+        (None, ["lcow.globalmode=maybe"], "failed to parse value for 'lcow.globalmode'"),
+        (None, ["lcow.nosuchkey=1"], "unknown option 'lcow.nosuchkey'"),
+        (None, ["lcow.backend=vm"], "driver not supported"),
+    ],
+)
+def test_init_errors_leave_the_plugin_uninitialised(
+    plugin: Plugin, home: str | None, opts: list[str] | None, message: str
+) -> None:
+    payload = {"Home": str(plugin.home) if home is None else home, "Opts": opts}
+    reply = plugin.client.call("GraphDriver.Init", payload)
+    assert reply.status == 200
+    assert message in reply.json["Err"]
+    assert not (plugin.state_root / "state.json").exists()
+    assert "not initialised" in plugin.client.call("GraphDriver.Status").json["Err"]
+
+
+def test_a_new_init_replaces_the_driver(plugin: Plugin, tmp_path: Path) -> None:
+    plugin.init()
+    plugin.client.ok("GraphDriver.Create", {"ID": "one"})
+    other = tmp_path / "other"
+    payload = {"Home": str(other), "Opts": None, "UIDMaps": None, "GIDMaps": None}
+    assert plugin.client.call("GraphDriver.Init", payload).body == b"{}\n"
+    assert plugin.client.ok("GraphDriver.Exists", {"ID": "one"}) == {"Exists": False}
+    assert json.loads((plugin.state_root / "state.json").read_text())["Home"] == str(other)
+
+
+# -- layers --------------------------------------------------------------------------------------
+
+
+def test_layer_calls_answer_with_the_exact_fields(plugin: Plugin, tmp_path: Path) -> None:
+    plugin.init()
+    client = plugin.client
+    base = tar_bytes(tmp_path, base_entries())
+    size = plugin.layer("base", "", base)
+    assert size == len(b"lcow\n") + len(b"#!/bin/sh\necho tool\n")
+    assert layer_files(plugin, "base") == ["layer.vhd", "layerchain.json", "lcow-layer.json"]
+    upper = tar_bytes(tmp_path, upper_entries(), "upper.tar")
+    assert plugin.layer("upper", "base", upper) == 4 + 5000
+
+    assert client.call("GraphDriver.Exists", {"ID": "upper"}).body == b'{"Exists":true}\n'
+    assert client.call("GraphDriver.Exists", {"ID": "nope"}).body == b'{"Exists":false}\n'
+    assert client.call("GraphDriver.GetMetadata", {"ID": "upper"}).json == {
+        "Metadata": {"dir": str(plugin.home / "upper")}
+    }
+    reply = client.call("GraphDriver.Changes", {"ID": "upper", "Parent": "base"})
+    assert reply.body == (
+        b'{"Changes":[{"Path":"/data","Kind":1},{"Path":"/data/blob","Kind":1},'
+        b'{"Path":"/etc","Kind":0},{"Path":"/etc/hostname","Kind":2},'
+        b'{"Path":"/etc/new","Kind":1}]}\n'
+    )
+    assert client.call("GraphDriver.DiffSize", {"ID": "upper", "Parent": "base"}).body == (
+        b'{"Size":5004}\n'
+    )
+    # Diff against the direct parent: own content with AUFS whiteouts, as a raw tar.
+    reply = client.call("GraphDriver.Diff", {"ID": "upper", "Parent": "base"})
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "application/x-tar"
+    assert reply.headers["transfer-encoding"] == "chunked"
+    assert reply.headers["x-lcow-request-id"]
+    assert tar_names(reply.body) == ["data", "data/blob", "etc", "etc/.wh.hostname", "etc/new"]
+    # ...and against no parent: the whole view.
+    whole = client.call("GraphDriver.Diff", {"ID": "upper"})
+    assert "bin/tool" in tar_names(whole.body)
+    # The Diff applied elsewhere gives the same size as DiffSize (SPEC §3).
+    assert plugin.layer("copy", "base", reply.body) == 5004
+
+    status = client.ok("GraphDriver.Status")["Status"]
+    assert ["Layers", "3"] in status
+    assert client.call("GraphDriver.Remove", {"ID": "upper"}).body == b"{}\n"
+    assert client.ok("GraphDriver.Exists", {"ID": "upper"}) == {"Exists": False}
+    assert client.call("GraphDriver.Remove", {"ID": "never-was"}).body == b"{}\n"
+    assert client.call("GraphDriver.Cleanup").body == b"{}\n"
+
+
+def test_create_errors_come_back_as_err(plugin: Plugin) -> None:
+    plugin.init()
+    reply = plugin.client.call("GraphDriver.Create", {"ID": "a", "Parent": "missing"})
+    assert reply.status == 200
+    assert reply.json == {
+        "Err": "lcowdriver: cannot create layer folder with missing parent missing"
+    }
+    reply = plugin.client.call(
+        "GraphDriver.CreateReadWrite", {"ID": "rw", "StorageOpt": {"lcow.sandboxsize": "10"}}
+    )
+    assert reply.json == {
+        "Err": "lcowdriver: createreadwrite: id rw 'lcow.sandboxsize' option cannot be less than 20"
+    }
+
+
+def test_changes_and_sizes_of_missing_layers_fail(plugin: Plugin) -> None:
+    plugin.init()
+    for method in ("GraphDriver.Changes", "GraphDriver.DiffSize"):
+        reply = plugin.client.call(method, {"ID": "ghost"})
+        assert reply.status == 200
+        assert "ghost: layer does not exist" in reply.json["Err"]
+
+
+# -- Get and Put ---------------------------------------------------------------------------------
+
+
+def test_get_refuses_a_backend_without_host_directories(plugin: Plugin, tmp_path: Path) -> None:
+    plugin.init()
+    plugin.layer("base", "", tar_bytes(tmp_path, base_entries()))
+    reply = plugin.client.call("GraphDriver.Get", {"ID": "base"})
+    assert reply.status == 200
+    err = reply.json["Err"]
+    assert err.startswith("driver not supported")
+    assert "userspace backend" in err
+    assert "Dir" not in reply.json
+    assert plugin.driver.view_count("base") == 0
+
+
+def test_get_and_put_count_views(host_plugin: Plugin) -> None:
+    client, driver = host_plugin.client, host_plugin.driver
+    client.ok("GraphDriver.Create", {"ID": "base"})
+    client.ok("GraphDriver.CreateReadWrite", {"ID": "c-init", "Parent": "base"})
+    first = client.call("GraphDriver.Get", {"ID": "c-init"})
+    assert first.status == 200
+    directory = first.json["Dir"]
+    assert first.body == json.dumps({"Dir": directory}, separators=(",", ":")).encode() + b"\n"
+    assert Path(directory).is_dir()
+    assert client.ok("GraphDriver.Get", {"ID": "c-init", "MountLabel": ""})["Dir"] == directory
+    assert driver.view_count("c-init") == 2
+    assert client.call("GraphDriver.Put", {"ID": "c-init"}).body == b"{}\n"
+    assert driver.view_count("c-init") == 1
+    client.ok("GraphDriver.Put", {"ID": "c-init"})
+    assert driver.view_count("c-init") == 0
+    assert not Path(directory).exists()
+    client.ok("GraphDriver.Put", {"ID": "c-init"})  # no Get outstanding: a no-op
+    reply = client.call("GraphDriver.Get", {"ID": "ghost"})
+    assert "ghost: layer does not exist" in reply.json["Err"]
+    # Remove tears down a view whatever its count; Cleanup every view.
+    client.ok("GraphDriver.Get", {"ID": "c-init"})
+    client.ok("GraphDriver.Remove", {"ID": "c-init"})
+    assert driver.view_count("c-init") == 0
+    client.ok("GraphDriver.Get", {"ID": "base"})
+    client.ok("GraphDriver.Get", {"ID": "base"})
+    client.ok("GraphDriver.Cleanup")
+    assert driver.view_count("base") == 0
+
+
+# -- ApplyDiff streaming -------------------------------------------------------------------------
+
+
+def apply_diff_head(layer_id: str, parent: str = "", extra: str = "") -> str:
+    return (
+        f"POST /GraphDriver.ApplyDiff?id={layer_id}&parent={parent} HTTP/1.1\r\n"
+        "Host: plugin\r\nAccept: application/vnd.docker.plugins.v1.2+json\r\n"
+        "Content-Type: text/plain\r\n" + extra
+    )
+
+
+def test_apply_diff_answers_only_after_the_whole_body(plugin: Plugin, tmp_path: Path) -> None:
+    plugin.init()
+    plugin.client.ok("GraphDriver.Create", {"ID": "slow"})
+    body = chunked(tar_bytes(tmp_path, base_entries()) + b"\0" * 4096, 1000)  # padding after
+    final = b"0\r\n\r\n"
+    assert body.endswith(final)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(plugin.socket))
+        sock.sendall(
+            apply_diff_head("slow", extra="Transfer-Encoding: chunked").encode()
+            + b"\r\n\r\n"
+            + body[: -len(final)]
+        )
+        ready, _, _ = select.select([sock], [], [], 1.5)
+        assert not ready, "answered before the end of the body"
+        sock.sendall(final)
+        answer = sock.recv(65536)
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert json.loads(payload) == {"Size": 25}
+    assert (plugin.home / "slow" / "layer.vhd").is_file()
+
+
+def test_a_failed_apply_diff_still_drains_the_body(plugin: Plugin) -> None:
+    plugin.init()
+    plugin.client.ok("GraphDriver.Create", {"ID": "bad"})
+    garbage = b"\xff" * (8 << 20)  # not a tar: the converter stops at once
+    reply = plugin.client.apply_diff("bad", "", garbage)
+    assert reply.status == 200
+    assert "Err" in reply.json
+    assert layer_files(plugin, "bad") == ["layerchain.json"]
+    # The connection was read to the end of the body, so it stays usable.
+    assert plugin.client.ok("GraphDriver.Exists", {"ID": "bad"}) == {"Exists": True}
+
+
+def test_apply_diff_errors(plugin: Plugin, tmp_path: Path) -> None:
+    plugin.init()
+    data = tar_bytes(tmp_path, base_entries())
+    reply = plugin.client.apply_diff("ghost", "", data)
+    assert reply.status == 200
+    assert reply.json == {"Err": "lcowdriver: applydiff: ghost: layer does not exist"}
+    reply = plugin.client.request("GraphDriver.ApplyDiff?parent=", iter([data]),
+                                  encode_chunked=True)  # fmt: skip
+    assert reply.status == 400
+    assert "invalid layer id" in reply.json["Err"]
+    reply = plugin.client.apply_diff("..", "", data)
+    assert reply.status == 400
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.5], ids=["at-once", "after-a-pause"])
+@pytest.mark.parametrize("cut", ["header-boundary", "mid-entry", "chunked"])
+def test_a_truncated_apply_diff_body_leaves_no_layer(
+    tmp_path: Path, sock_dir: Path, cut: str, pause: float
+) -> None:
+    RecordingDriver.applied = queue.Queue()
+    running = Plugin(tmp_path, sock_dir).start(kind=RecordingDriver)
+    try:
+        running.init()
+        running.client.ok("GraphDriver.Create", {"ID": "cut"})
+        data = tar_bytes(tmp_path, [TarEntry(f"f{i}", data=b"y" * 3000) for i in range(20)])
+        if cut == "chunked":
+            body = chunked(data)[: len(data) // 2]  # no final chunk, cut inside a chunk
+            head = apply_diff_head("cut", extra="Transfer-Encoding: chunked")
+        else:
+            # A tar cut exactly after an entry is a valid tar without its end marker: only the
+            # missing bytes of the body tell that it is incomplete.
+            with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+                third = tf.getmembers()[3]
+            end = third.offset_data + 3072  # data padded to the block
+            body = data[:end] if cut == "header-boundary" else data[: end - 100]
+            head = apply_diff_head("cut", extra=f"Content-Length: {len(data)}")
+        # After a pause the converter has consumed what came; at once, the body may be lost
+        # with the connection before the handler reads it.
+        answer = raw_request(str(running.socket), head, body, pause=pause)
+        assert b'"Size"' not in answer
+        outcome = RecordingDriver.applied.get(timeout=30)
+        assert isinstance(outcome, ValueError), outcome  # the poison: not an end of input
+        assert layer_files(running, "cut") == ["layerchain.json"]
+        assert running.client.ok("GraphDriver.Changes", {"ID": "cut"}) == {"Changes": []}
+    finally:
+        running.stop()
+
+
+def test_the_poison_fails_every_cut_before_the_end_marker(tmp_path: Path) -> None:
+    """Whatever the converter is reading when a body breaks off (a header, file data, padding,
+    a PAX record), the poison block makes it fail; past the end marker the content is whole."""
+    entries = [
+        TarEntry("d", kind="dir"),
+        TarEntry("d/small", data=b"s" * 100),
+        TarEntry("d/" + "long-name-" * 12, data=b"p" * 1500, xattrs={"user.k": b"v"}),
+        TarEntry("d/link", kind="symlink", target="small"),
+        TarEntry("d/big", data=os.urandom(3000)),
+    ]
+    data = tar_bytes(tmp_path, entries)
+    end_marker = len(data.rstrip(b"\0"))
+    end_marker += -end_marker % 512
+    driver = Driver(tmp_path / "root", ["lcow.backend=userspace"])
+    cuts = sorted(
+        {*range(0, len(data), 64), *range(1, len(data), 512), *range(511, len(data), 512)}
+    )
+    for cut in cuts:
+        driver.create("cut")
+        read_fd, write_fd = os.pipe()
+        feeder = threading.Thread(target=_feed, args=(write_fd, data[:cut] + poison(cut)))
+        feeder.start()
+        try:
+            if cut <= end_marker:  # up to the end marker itself: the tar is incomplete
+                with pytest.raises(ValueError):
+                    driver.apply_diff("cut", None, read_fd)
+                assert layer_files_in(driver, "cut") == ["layerchain.json"], cut
+            elif cut >= end_marker + 1024:  # past the end marker: only padding was lost
+                assert driver.apply_diff("cut", None, read_fd) == 100 + 1500 + 3000
+            else:  # inside the end marker: either outcome, but never a partial layer
+                with contextlib.suppress(ValueError):
+                    driver.apply_diff("cut", None, read_fd)
+                assert "layer.vhd.tmp" not in " ".join(layer_files_in(driver, "cut"))
+        finally:
+            feeder.join()
+            os.close(read_fd)
+        driver.remove("cut")
+
+
+def _feed(fd: int, data: bytes) -> None:
+    with contextlib.suppress(BrokenPipeError), open(fd, "wb") as pipe:
+        pipe.write(data)
+
+
+def layer_files_in(driver: Driver, layer_id: str) -> list[str]:
+    return sorted(os.listdir(driver.get_layer_path(layer_id)))
+
+
+# -- Diff errors ---------------------------------------------------------------------------------
+
+
+def test_diff_errors_are_never_200(plugin: Plugin) -> None:
+    plugin.init()
+    reply = plugin.client.call("GraphDriver.Diff", {"ID": "ghost", "Parent": ""})
+    assert reply.status == 500
+    assert reply.json == {"Err": "lcowdriver: diff: ghost: layer does not exist"}
+    reply = plugin.client.request("GraphDriver.Diff", b"{not json")
+    assert reply.status == 400
+    assert "malformed JSON" in reply.json["Err"]
+
+
+def test_a_diff_failing_mid_stream_cuts_the_connection(tmp_path: Path, sock_dir: Path) -> None:
+    running = Plugin(tmp_path, sock_dir).start(kind=FailingDiffDriver)
+    try:
+        running.init()
+        running.client.ok("GraphDriver.Create", {"ID": "d"})
+        with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+            running.client.call("GraphDriver.Diff", {"ID": "d"})
+        assert running.client.ok("GraphDriver.Exists", {"ID": "d"}) == {"Exists": True}
+    finally:
+        running.stop()
+
+
+# -- HTTP-level errors ---------------------------------------------------------------------------
+
+
+def test_http_errors_have_err_bodies(plugin: Plugin) -> None:
+    client = plugin.client
+    reply = client.call("GraphDriver.NoSuchCall")
+    assert (reply.status, reply.json) == (404, {"Err": "unknown method 'GraphDriver.NoSuchCall'"})
+    reply = client.request("Plugin.Activate", None, http_method="GET")
+    assert reply.status == 405
+    assert "use POST" in reply.json["Err"]
+    reply = client.request("GraphDriver.Exists", b'{"ID": 12}')
+    assert reply.status == 400
+    assert reply.json == {"Err": "GraphDriver.Exists: field ID: expected a string, got a number"}
+    reply = client.request("GraphDriver.Exists", b'{"ID": "' + b"a" * (2 << 20) + b'"}')
+    assert reply.status == 413
+    assert "Err" in reply.json
+
+
+# -- concurrency ---------------------------------------------------------------------------------
+
+
+def test_concurrent_calls(host_plugin: Plugin, tmp_path: Path) -> None:
+    client = host_plugin.client
+    data = tar_bytes(tmp_path, base_entries())
+    assert host_plugin.layer("shared", "", data) == 25
+    # The same files again: each is a Modify (existing below), the equal directories are not.
+    same_files_again = [{"Path": p, "Kind": 0} for p in ("/bin/sh", "/bin/tool", "/etc/hostname")]
+    errors: list[str] = []
+    gets = [0]
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        own = PluginClient(str(host_plugin.socket))
+        try:
+            for round_ in range(4):
+                layer = f"w{n}-{round_}"
+                own.ok("GraphDriver.Create", {"ID": layer, "Parent": "shared"})
+                if own.apply_diff(layer, "shared", data, chunk=512).json != {"Size": 25}:
+                    errors.append(f"{layer}: ApplyDiff")
+                own.ok("GraphDriver.Get", {"ID": "shared"})
+                with lock:
+                    gets[0] += 1
+                changes = own.ok("GraphDriver.Changes", {"ID": layer, "Parent": "shared"})
+                if changes["Changes"] != same_files_again:
+                    errors.append(f"{layer}: {changes}")
+                diff = own.call("GraphDriver.Diff", {"ID": layer, "Parent": "shared"})
+                if diff.status != 200 or "bin/tool" not in tar_names(diff.body):
+                    errors.append(f"{layer}: Diff {diff}")
+                own.ok("GraphDriver.Put", {"ID": "shared"})
+                own.ok("GraphDriver.Remove", {"ID": layer})
+        except Exception as exc:  # collected, reported below
+            errors.append(f"worker {n}: {type(exc).__name__}: {exc}")
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert gets[0] == 128
+    assert host_plugin.driver.view_count("shared") == 0
+    assert client.ok("GraphDriver.Status")["Status"][-1] == ["Layers", "1"]
+
+
+def test_a_slow_upload_does_not_hold_up_other_calls(plugin: Plugin) -> None:
+    plugin.init()
+    plugin.client.ok("GraphDriver.Create", {"ID": "slow"})
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(plugin.socket))
+        sock.sendall(apply_diff_head("slow", extra="Content-Length: 1048576").encode()
+                     + b"\r\n\r\n" + b"\0" * 512)  # fmt: skip
+        started = time.monotonic()
+        other = PluginClient(str(plugin.socket))
+        assert other.ok("GraphDriver.Exists", {"ID": "slow"}) == {"Exists": True}
+        other.close()
+        assert time.monotonic() - started < 5
+        sock.sendall(b"\0" * (1048576 - 512))
+        sock.settimeout(30)
+        answer = sock.recv(65536)
+    assert b"HTTP/1.1 200" in answer
+
+
+# -- restarts, sockets, the command --------------------------------------------------------------
+
+
+def test_a_restarted_plugin_serves_without_a_new_init(tmp_path: Path, sock_dir: Path) -> None:
+    first = Plugin(tmp_path, sock_dir).start()
+    try:
+        first.init(["lcow.globalmode=true"])
+        first.layer("kept", "", tar_bytes(tmp_path, base_entries()))
+    finally:
+        first.stop()
+    assert not first.socket.exists()
+    second = Plugin(tmp_path, sock_dir).start()
+    try:
+        status = second.client.ok("GraphDriver.Status")["Status"]
+        assert ["Mode", "global"] in status
+        assert second.client.ok("GraphDriver.Exists", {"ID": "kept"}) == {"Exists": True}
+        assert second.drivers[0].options.global_mode
+    finally:
+        second.stop()
+
+
+def test_a_stuck_call_does_not_hold_up_the_shutdown(tmp_path: Path, sock_dir: Path) -> None:
+    StuckDriver.release = threading.Event()
+    StuckDriver.entered = threading.Event()
+    running = Plugin(tmp_path, sock_dir)
+    factory = recording_factory(running.drivers, None, StuckDriver)
+    config = ServerConfig(
+        socket_path=running.socket,
+        state_root=running.state_root,
+        defaults=["lcow.backend=userspace"],
+        shutdown_timeout=1.0,
+        factory=factory,
+    )
+    server = BackgroundServer(config)
+    server.start()
+    try:
+        running.client.ok("GraphDriver.Init", {"Home": str(running.home)})
+
+        def call() -> None:
+            with contextlib.suppress(Exception):  # the server goes away under it
+                PluginClient(str(running.socket), timeout=20).call(
+                    "GraphDriver.Exists", {"ID": "x"}
+                )
+
+        hung = threading.Thread(target=call, daemon=True)
+        hung.start()
+        assert StuckDriver.entered.wait(10)
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < 10
+        assert server.clean is False
+        assert not running.socket.exists()
+    finally:
+        StuckDriver.release.set()
+        running.client.close()
+
+
+def test_a_damaged_state_waits_for_init(tmp_path: Path, sock_dir: Path) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "state.json").write_text("{not json")
+    running = Plugin(tmp_path, sock_dir).start()
+    try:
+        assert "not initialised" in running.client.call("GraphDriver.Status").json["Err"]
+        running.init()
+        assert running.client.ok("GraphDriver.Status")["Status"][0] == ["LCOW", ""]
+    finally:
+        running.stop()
+
+
+def test_stale_and_busy_sockets(sock_dir: Path, tmp_path: Path) -> None:
+    path = sock_dir / "stale.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(path))
+    dead.close()  # the file stays, nobody listens: a crashed plugin's socket
+    live = bind_unix_socket(path)
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o660
+        with pytest.raises(Busy):
+            bind_unix_socket(path)
+    finally:
+        live.close()
+        path.unlink()
+    (sock_dir / "file.sock").write_text("not a socket")
+    with pytest.raises(ValueError, match="not a socket"):
+        bind_unix_socket(sock_dir / "file.sock")
+
+
+def test_two_plugins_cannot_share_a_state_directory(tmp_path: Path, sock_dir: Path) -> None:
+    first = Plugin(tmp_path, sock_dir, "one").start()
+    try:
+        with pytest.raises(Busy, match="another lcow plugin"):
+            Plugin(tmp_path, sock_dir, "two").start()
+        assert not (sock_dir / "two.sock").exists()
+    finally:
+        first.stop()
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the plugin did not create its socket"
+        time.sleep(0.05)
+
+
+def _serve(
+    state: Path, socket_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "lcow", "plugin", "serve", "--root", str(state),
+            "--socket", str(socket_path), "--backend", "userspace"]  # fmt: skip
+    return subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}
+    )
+
+
+def test_the_command_serves_until_sigterm(tmp_path: Path, sock_dir: Path) -> None:
+    socket_path = sock_dir / "cli.sock"
+    state = tmp_path / "state"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # systemd's Type=notify socket
+    notify.bind(str(sock_dir / "notify"))
+    notify.settimeout(30)
+    proc = _serve(state, socket_path, {"NOTIFY_SOCKET": str(sock_dir / "notify")})
+    try:
+        assert notify.recv(4096) == b"READY=1"
+        _wait_for(socket_path, proc)
+        client = PluginClient(str(socket_path))
+        assert client.request("Plugin.Activate", b"").json == {"Implements": ["GraphDriver"]}
+        payload: dict[str, Any] = {"Home": str(tmp_path / "home"), "Opts": None}
+        assert client.call("GraphDriver.Init", payload).body == b"{}\n"
+        client.ok("GraphDriver.Create", {"ID": "x"})
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert notify.recv(4096) == b"STOPPING=1"
+    finally:
+        notify.close()
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+    log = err.decode()
+    assert proc.returncode == 0, log
+    assert not socket_path.exists()
+    assert " INFO [" in log and "POST /GraphDriver.Create id=x -> 200" in log
+    assert "Init: home" in log and "stopped" in log
+    # A restart picks up the persisted Init.
+    proc = _serve(state, socket_path)
+    try:
+        _wait_for(socket_path, proc)
+        client = PluginClient(str(socket_path))
+        assert client.ok("GraphDriver.Exists", {"ID": "x"}) == {"Exists": True}
+        client.close()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+        assert proc.returncode == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
