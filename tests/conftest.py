@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lcow.samples import write_sample_layers
-from tests.helpers import ensure, release_leftover_mounts
+from tests.helpers import ensure, host_leftovers, release_leftover_mounts
 
 _ROOT_NEEDS = {"root", "loop", "xattrs", "host"}
 
@@ -33,10 +33,18 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Safety net: release loop devices a test interrupted mid-cleanup left attached."""
-    del session
+    """Safety net: release loop devices a test interrupted mid-cleanup left attached, and fail
+    the run if any mount, loop device or storage daemon of the session's temporary tree
+    survived it (the host backend must leave nothing behind)."""
     for device in release_leftover_mounts():
         print(f"\nconftest: released a leftover loop device {device}")
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    left = host_leftovers(factory.getbasetemp())
+    if left:
+        print("\nconftest: the test run left behind:\n  " + "\n  ".join(left))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

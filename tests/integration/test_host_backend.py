@@ -82,11 +82,19 @@ def test_view_is_the_chain_as_overlayfs_shows_it(driver: Driver) -> None:
 
 
 def test_single_layer_view(driver: Driver) -> None:
+    """One read-only layer is its disk's mount: its empty lost+found shows there (only)."""
     view = driver.get("base")
+    try:
+        assert _names(view.path) == ["a", "etc", "lost+found"]
+        assert os.path.ismount(view.path)
+    finally:
+        driver.put("base")
+    driver.create_read_write("on-base", "base")
+    view = driver.get("on-base")
     try:
         assert _names(view.path) == ["a", "etc"]
     finally:
-        driver.put("base")
+        driver.put("on-base")
 
 
 def test_writes_land_in_the_sandbox(driver: Driver) -> None:

@@ -17,8 +17,10 @@ A single read-only layer is its own view, a sandbox without lowers its ``upper/`
 
 Every ext4 image has a ``lost+found`` at its root that is not layer content (Diff, Changes and
 the userspace view leave an empty one out). So that a mounted view shows what overlay2 would,
-the ``mask`` folder joins a view as its topmost lower directory when no layer below has real
-content there.
+the ``mask`` folder joins an overlay as its topmost lower directory when no layer below has
+real content there. A single read-only layer, mounted directly, still shows its own: what
+dockerd reads from such a view (``docker save``) goes by the layer's tar-split record, and
+every container view is an overlay.
 """
 
 from __future__ import annotations
@@ -240,10 +242,12 @@ class HostBackend:
         lowers = [self._lower_dir(state, k) for k in below]
         if own_writable and not lowers:
             return ViewEntry(self._lower_dir(state, keys[0]), False, keys)
+        if not own_writable and len(lowers) == 1:
+            # One layer: mounted directly, as v18.03 did (an overlay would cost a third more
+            # per file opened, just to hide the image's empty lost+found).
+            return ViewEntry(lowers[0], False, keys)
         if not any(state.disks[k].lost_found for k in below):
             lowers.insert(0, "mask")
-        elif not own_writable and len(lowers) == 1:
-            return ViewEntry(lowers[0], False, keys)  # one layer: mounted directly (v18.03)
         target = self.home / "v" / layer_id
         target.mkdir(mode=0o755, exist_ok=True)
         own = state.disks[keys[0]].slot
@@ -277,13 +281,14 @@ class HostBackend:
                 f"lcowdriver: put: {layer_id}: releasing its disks: {exc}", subject=layer_id
             ) from exc
 
-    def _free_slot(self, state: MountState, taken: set[str]) -> str:
-        used = taken | {d.slot for d in state.disks.values()}
+    def _free_slots(self, state: MountState) -> Iterator[str]:
+        """Unused short names, lowest first (one skipped if something is mounted there)."""
+        used = {d.slot for d in state.disks.values()}
         number = 0
         while True:
             slot = _slot_name(number)
             if slot not in used and not os.path.ismount(self.home / "d" / slot):
-                return slot
+                yield slot
             number += 1
 
     def _attach_all(self, state: MountState, files: list[LayerFile]) -> list[str]:
@@ -291,6 +296,7 @@ class HostBackend:
         their table keys in order. Sandboxes are exported in one storage-daemon session."""
         keys: list[str] = []
         fresh: dict[str, tuple[LayerFile, str]] = {}
+        slots = self._free_slots(state)
         try:
             for disk in files:
                 key = _disk_key(disk)
@@ -298,8 +304,7 @@ class HostBackend:
                 if key in state.disks:
                     state.disks[key].users += 1
                 elif key not in fresh:
-                    taken = {slot for _, slot in fresh.values()}
-                    fresh[key] = (disk, self._free_slot(state, taken))
+                    fresh[key] = (disk, next(slots))
             exports = [(slot, d.path) for d, slot in fresh.values() if d.writable]
             if exports:
                 self._export(exports)
