@@ -40,7 +40,7 @@ else
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q -e '.[test]'
+.venv/bin/pip install -q -e '.[test,fuzz]'
 
 status=0
 echo "== ruff check"

@@ -3,8 +3,7 @@
 A :class:`BackgroundServer` serves on a socket in a short temporary directory; the client
 speaks as dockerd does (``Accept`` header, JSON + newline, chunked ApplyDiff with an unescaped
 query). Answers are compared byte for byte where the daemon parses them. The default driver
-runs the userspace backend (no root); Get's success path uses :class:`DirBackend`, whose views
-are plain host directories.
+runs the userspace backend (no root); Get's success path runs the real host backend (root).
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from lcow.errors import Busy
 from lcow.graphdriver.driver import Driver
 from lcow.plugin.server import BackgroundServer, ServerConfig, bind_unix_socket
 from lcow.plugin.streams import poison
-from tests.helpers import TarEntry, write_tar
+from tests.helpers import TarEntry, ensure, host_leftovers, write_tar
 from tests.plugin.client import PluginClient, chunked, raw_request
 from tests.plugin.fakes import (
     FailingDiffDriver,
@@ -61,17 +60,16 @@ class Plugin:
         self.socket = sock_dir / f"{name}.sock"
         self.home = base / "home"
         self.state_root = base / "state"
-        self.views = base / "views"
         self.drivers: list[Driver] = []
         self.server: BackgroundServer | None = None
         self.client = PluginClient(str(self.socket))
 
-    def start(self, *, host_paths: bool = False, kind: type[Driver] = Driver) -> Plugin:
-        factory = recording_factory(self.drivers, self.views if host_paths else None, kind)
+    def start(self, *, host: bool = False, kind: type[Driver] = Driver) -> Plugin:
+        factory = recording_factory(self.drivers, kind)
         config = ServerConfig(
             socket_path=self.socket,
             state_root=self.state_root,
-            defaults=["lcow.backend=userspace"],
+            defaults=[f"lcow.backend={'host' if host else 'userspace'}"],
             workers=64,
             factory=factory,
         )
@@ -122,10 +120,13 @@ def plugin(tmp_path: Path, sock_dir: Path) -> Iterator[Plugin]:
 
 @pytest.fixture
 def host_plugin(tmp_path: Path, sock_dir: Path) -> Iterator[Plugin]:
-    running = Plugin(tmp_path, sock_dir).start(host_paths=True)
+    """A plugin on the host backend: Get answers mounted host directories."""
+    ensure("host")
+    running = Plugin(tmp_path, sock_dir).start(host=True)
     running.init()
     yield running
     running.stop()
+    assert host_leftovers(tmp_path) == []
 
 
 def tar_bytes(tmp: Path, entries: list[TarEntry], name: str = "layer.tar") -> bytes:
@@ -665,7 +666,7 @@ def test_a_stuck_call_does_not_hold_up_the_shutdown(tmp_path: Path, sock_dir: Pa
     StuckDriver.release = threading.Event()
     StuckDriver.entered = threading.Event()
     running = Plugin(tmp_path, sock_dir)
-    factory = recording_factory(running.drivers, None, StuckDriver)
+    factory = recording_factory(running.drivers, StuckDriver)
     config = ServerConfig(
         socket_path=running.socket,
         state_root=running.state_root,

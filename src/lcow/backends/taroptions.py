@@ -70,7 +70,7 @@ class TarOptions:
         """Decode the JSON text remotefs sends."""
         try:
             data = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
             raise InvalidArgument(f"TarOptions: bad JSON: {exc}", subject="TarOptions") from exc
         return cls.from_go(data)
 

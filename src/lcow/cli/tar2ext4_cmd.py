@@ -2,9 +2,11 @@
 
 Flags keep hcsshim's single-dash spelling (``-i``, ``-o``, ``-overlay``, ``-vhd``, ``-only-vhd``,
 ``-inline``) and also accept the double-dash one; ``--max-size``, ``--dm-verity`` and ``--json`` are
-lcow's. The input is a path or ``-`` (stdin, also when ``-i`` is omitted), plain, gzip or zstd.
-``-only-vhd`` copies an existing ext4 image and appends a fixed VHD footer, ignoring the other
-options. The output is always written to a temporary name beside ``OUT`` and renamed on success.
+lcow's, as are the other limits (``--max-entries``, ``--max-depth``, ``--max-path``,
+``--max-name``, ``--max-xattr-name``, ``--max-xattr-value``). The input is a path or ``-``
+(stdin, also when ``-i`` is omitted), plain, gzip or zstd. ``-only-vhd`` copies an existing
+ext4 image and appends a fixed VHD footer, ignoring the other options. The output is always
+written to a temporary name beside ``OUT`` and renamed on success.
 """
 
 from __future__ import annotations
@@ -25,7 +27,17 @@ from pathlib import Path
 
 from lcow.cli._format import format_size, parse_size
 from lcow.cli.status import ExitStatus, UsageError
-from lcow.convert.options import DEFAULT_MAX_SIZE, ConvertOptions, ConvertResult
+from lcow.convert.options import (
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_MAX_NAME_LEN,
+    DEFAULT_MAX_PATH_LEN,
+    DEFAULT_MAX_SIZE,
+    DEFAULT_MAX_XATTR_NAME_LEN,
+    DEFAULT_MAX_XATTR_VALUE_LEN,
+    ConvertOptions,
+    ConvertResult,
+)
 from lcow.convert.tar2ext4 import tar2ext4
 from lcow.errors import CorruptImage
 
@@ -46,6 +58,33 @@ def _size_arg(text: str) -> int:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _count_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+    return value
+
+
+#: The conversion limits as flags: flag, option name, parser, default, metavar, help.
+_LIMIT_FLAGS = (
+    ("--max-entries", "max_entries", _count_arg, DEFAULT_MAX_ENTRIES, "N",
+     "most tar entries read"),
+    ("--max-depth", "max_depth", _count_arg, DEFAULT_MAX_DEPTH, "N",
+     "deepest directory nesting of an entry"),
+    ("--max-path", "max_path_len", _count_arg, DEFAULT_MAX_PATH_LEN, "BYTES",
+     "longest entry path or hard-link target"),
+    ("--max-name", "max_name_len", _count_arg, DEFAULT_MAX_NAME_LEN, "BYTES",
+     "longest name component (at most 255)"),
+    ("--max-xattr-name", "max_xattr_name_len", _count_arg, DEFAULT_MAX_XATTR_NAME_LEN, "BYTES",
+     "longest xattr name (at most 255)"),
+    ("--max-xattr-value", "max_xattr_value_len", _size_arg, DEFAULT_MAX_XATTR_VALUE_LEN, "SIZE",
+     "largest xattr value: bytes or K/M suffix"),
+)  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +124,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="largest ext4 image allowed: bytes or K/M/G/T suffix (default: 128G)",
     )  # fmt: skip
+    for flag, dest, kind, default, metavar, text in _LIMIT_FLAGS:
+        parser.add_argument(
+            flag, "-" + flag.lstrip("-"), dest=dest, type=kind, default=default,
+            metavar=metavar, help=f"{text} (default: {default})",
+        )  # fmt: skip
     parser.add_argument(
         "--dm-verity", "-dm-verity", dest="dm_verity", action="store_true",
         help="append a dm-verity hash tree and print its root hash",
@@ -121,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
             vhd_footer=args.vhd,
             dm_verity=args.dm_verity,
             progress=progress,
+            **{dest: getattr(args, dest) for _, dest, *_ in _LIMIT_FLAGS},
         )
         source: int | str = sys.stdin.fileno() if args.input == _STDIN else args.input
         result = tar2ext4(source, args.output, options)

@@ -32,18 +32,26 @@ def _read_fd(fd: int) -> Callable[[int], bytes]:
 
 
 def _gunzip(read: Callable[[int], bytes], write: Callable[[bytes], None]) -> None:
+    """Decompress gzip members, at most ``_CHUNK`` bytes of output at a time (a highly
+    compressible bomb must not expand into memory at once)."""
     dec = zlib.decompressobj(zlib.MAX_WBITS | 16)
     fed = False  # the current member has received input
     while chunk := read(_CHUNK):
-        while chunk:
-            fed = True
-            write(dec.decompress(chunk))
+        while True:
+            fed = fed or bool(chunk)
+            out = dec.decompress(chunk, _CHUNK)
+            if out:
+                write(out)
             if dec.eof:  # concatenated gzip members
                 chunk = dec.unused_data
                 dec = zlib.decompressobj(zlib.MAX_WBITS | 16)
                 fed = False
-            else:
-                chunk = b""
+                if not chunk:
+                    break
+                continue
+            chunk = dec.unconsumed_tail
+            if not chunk and len(out) < _CHUNK:
+                break  # input used up and no output left pending
     if fed and not dec.eof:
         raise InvalidArgument("input: truncated gzip stream")
 

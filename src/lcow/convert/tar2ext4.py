@@ -17,7 +17,7 @@ from typing import BinaryIO
 from lcow.convert.input import FileSlice, TarSource, open_tar_input
 from lcow.convert.options import ConvertOptions, ConvertResult
 from lcow.convert.tarstream import TarEntry, TarReader
-from lcow.errors import InvalidArgument, NotFound
+from lcow.errors import InvalidArgument, LimitExceeded, NotFound
 from lcow.formats.ext4.layout import INODE_XATTR_SPACE, ROOT_INO
 from lcow.formats.ext4.tree import encode_dev
 from lcow.formats.ext4.writer import Ext4Writer
@@ -53,6 +53,11 @@ _TYPE_NAMES = {
 }
 
 
+_MAX_ID = 0xFFFFFFFF
+_MAX_MAJOR = 0xFFF  # what new_encode_dev (ext4's i_block[1]) keeps
+_MAX_MINOR = 0xFFFFF
+
+
 def _shown(name: bytes) -> str:
     return name.decode("utf-8", "backslashreplace")
 
@@ -72,7 +77,7 @@ class _Converter:
 
     # -- names -------------------------------------------------------------------------------
 
-    def _parts(self, name: bytes, entry: TarEntry) -> list[bytes]:
+    def _parts(self, name: bytes, entry: TarEntry, what: str = "path") -> list[bytes]:
         if self.opts.convert_slash:
             name = name.replace(b"\\", b"/")
         parts = [p for p in name.split(b"/") if p and p != b"."]
@@ -82,7 +87,39 @@ class _Converter:
         if b"\x00" in name:
             shown = _shown(entry.name)
             raise InvalidArgument(f"{shown}: name contains a NUL byte", subject=shown)
+        self._check_path(parts, entry, what)
         return parts
+
+    def _check_path(self, parts: list[bytes], entry: TarEntry, what: str) -> None:
+        """Apply the name, path and depth limits to an entry name or link target."""
+        opts = self.opts
+        if len(parts) > opts.max_depth:
+            shown = _shown(entry.name)
+            raise LimitExceeded(
+                f"{shown}: {what} is {len(parts)} levels deep, more than the limit of "
+                f"max_depth={opts.max_depth}",
+                subject=shown,
+            )
+        # An AUFS whiteout names ".wh." + the name it hides: the prefix is not stored.
+        slack = len(_WH) if opts.convert_whiteouts and parts and parts[-1].startswith(_WH) else 0
+        length = sum(map(len, parts)) + len(parts) - slack  # "/a/b": a slash before each part
+        if length > opts.max_path_len:
+            shown = _shown(entry.name)
+            raise LimitExceeded(
+                f"{shown}: {what} of {length} bytes is longer than the limit of "
+                f"max_path_len={opts.max_path_len}",
+                subject=shown,
+            )
+        last = len(parts) - 1
+        for i, part in enumerate(parts):
+            if len(part) - (slack if i == last else 0) > opts.max_name_len:
+                shown = _shown(entry.name)
+                size = len(part) - (slack if i == last else 0)
+                raise LimitExceeded(
+                    f"{shown}: {what} has a component of {size} bytes, longer than the "
+                    f"limit of max_name_len={opts.max_name_len}",
+                    subject=shown,
+                )
 
     # -- main loop ---------------------------------------------------------------------------
 
@@ -90,8 +127,16 @@ class _Converter:
         reader = self.reader
         progress = self.opts.progress
         next_report = _PROGRESS_EVERY
+        max_entries = self.opts.max_entries
         for entry in reader.entries():
             self.entries += 1
+            if self.entries > max_entries:
+                shown = _shown(entry.name)
+                raise LimitExceeded(
+                    f"{shown}: more than {max_entries} entries, the limit of "
+                    f"max_entries={max_entries}",
+                    subject=shown,
+                )
             self.content_size += entry.realsize
             self._apply(entry)
             if progress is not None and reader.consumed >= next_report:
@@ -164,8 +209,24 @@ class _Converter:
 
     # -- node construction -------------------------------------------------------------------
 
+    def _check_ids(self, entry: TarEntry) -> None:
+        """Owners must fit ext4's 32-bit fields, device numbers Linux's 12+20 bits."""
+        checks = [("uid", entry.uid, _MAX_ID), ("gid", entry.gid, _MAX_ID)]
+        if entry.type in (b"3", b"4"):
+            checks += [
+                ("device major", entry.devmajor, _MAX_MAJOR),
+                ("device minor", entry.devminor, _MAX_MINOR),
+            ]
+        for what, value, high in checks:
+            if not 0 <= value <= high:
+                shown = _shown(entry.name)
+                raise InvalidArgument(
+                    f"{shown}: {what} {value} is out of range (0..{high})", subject=shown
+                )
+
     def _new_node(self, entry: TarEntry, mode_type: int) -> int:
         tree = self.tree
+        self._check_ids(entry)
         perm = 0o777 if mode_type == stat.S_IFLNK else entry.mode
         ino = tree.new_inode(
             mode_type | perm, entry.uid, entry.gid, entry.mtime_ns, entry.atime_ns, entry.ctime_ns
@@ -177,7 +238,20 @@ class _Converter:
 
     def _xattrs(self, entry: TarEntry) -> dict[bytes, bytes]:
         kept = {}
+        opts = self.opts
         for name, value in entry.xattrs.items():  # type: ignore[union-attr]
+            if len(name) > opts.max_xattr_name_len or len(value) > opts.max_xattr_value_len:
+                shown = _shown(entry.name)
+                limit, size, key = (
+                    ("max_xattr_name_len", len(name), "name")
+                    if len(name) > opts.max_xattr_name_len
+                    else ("max_xattr_value_len", len(value), "value")
+                )
+                raise LimitExceeded(
+                    f"{shown}: xattr {_shown(name)[:80]} has a {key} of {size} bytes, more than "
+                    f"the limit of {limit}={getattr(opts, limit)}",
+                    subject=shown,
+                )
             split = split_name(name)
             if split is None:
                 log.warning(
@@ -202,6 +276,7 @@ class _Converter:
     def _update_dir(self, ino: int, entry: TarEntry) -> None:
         """A directory entry for an existing directory: new metadata, xattrs merged."""
         tree = self.tree
+        self._check_ids(entry)
         tree.mode[ino] = stat.S_IFDIR | entry.mode
         tree.uid[ino], tree.gid[ino] = entry.uid, entry.gid
         mtime = entry.mtime_ns
@@ -245,7 +320,7 @@ class _Converter:
     def _hardlink(self, entry: TarEntry, parts: list[bytes], shown: str) -> None:
         if not parts:
             raise InvalidArgument(f"{shown}: hard link cannot replace the root", subject=shown)
-        target_parts = self._parts(entry.linkname, entry)
+        target_parts = self._parts(entry.linkname, entry, "hard link target")
         target: int | None
         if (
             self.opts.convert_whiteouts
@@ -279,6 +354,12 @@ class _Converter:
         if base.startswith(_WH_META):
             return  # other AUFS metadata inside a directory: not content
         hidden = base[len(_WH) :]
+        if hidden in (b"", b".", b".."):
+            raise InvalidArgument(
+                f"{shown}: whiteout of {_shown(hidden) or 'an empty name'!r} is not a name",
+                subject=shown,
+            )
+        self._check_ids(entry)
         node = tree.new_inode(stat.S_IFCHR, entry.uid, entry.gid, entry.mtime_ns)
         tree.place(parent, hidden, node, shown)
 
@@ -360,11 +441,19 @@ def tar2ext4(
 
     Raises:
         InvalidArgument: malformed or unsupported input (the message names the entry).
-        LimitExceeded: the image would exceed ``options.max_size``, or a name/xattr is too big.
+        LimitExceeded: the image would exceed ``options.max_size``, or another limit of
+            ``options`` (entries, name, path, depth, xattr sizes) is passed.
         NotFound: a hard link names a missing target.
+        Busy: no conversion slot became free within ``options.slot_timeout``
+            (:mod:`lcow.convert.limits`).
     """
     from lcow._util.atomic import atomic_output
+    from lcow.convert.limits import conversion_slot
 
     opts = options or ConvertOptions()
-    with open_tar_input(src) as source, atomic_output(dst, fsync=opts.fsync) as out_fd:
+    with (
+        conversion_slot(opts.slot_timeout, what=os.fspath(dst)),
+        open_tar_input(src) as source,
+        atomic_output(dst, fsync=opts.fsync) as out_fd,
+    ):
         return convert_stream(source, out_fd, opts)

@@ -171,6 +171,21 @@ def _pax_time_raw(value: bytes, key: str, name: bytes) -> int:
     return -ns if negative else ns
 
 
+#: Most digits a PAX number may have (2^64 has 20): longer ones are not sizes or ids.
+_MAX_DIGITS = 32
+
+
+def _pax_int(value: bytes, key: bytes | str, name: bytes) -> int:
+    """Parse a PAX decimal number: ASCII digits only (no sign, space or underscore)."""
+    if not value.isdigit() or len(value) > _MAX_DIGITS:
+        shown = name.decode("utf-8", "backslashreplace")
+        what = key.decode("ascii", "backslashreplace") if isinstance(key, bytes) else key
+        raise InvalidArgument(
+            f"{shown}: invalid PAX {what} {value[:40]!r}: not a decimal number", subject=shown
+        )
+    return int(value)
+
+
 class TarReader:
     """Iterate tar members from a file descriptor and copy their data into an image.
 
@@ -482,7 +497,7 @@ class TarReader:
             if key in (b"GNU.sparse.offset", b"GNU.sparse.numbytes"):
                 if sparse_pairs is None:
                     sparse_pairs = []
-                sparse_pairs.append(int(value))
+                sparse_pairs.append(_pax_int(value, key, name))
             else:
                 records[key] = value
             pos += length
@@ -493,13 +508,14 @@ class TarReader:
     ) -> None:
         name = entry.name
         xattrs: dict[bytes, bytes] | None = None
+        number = _pax_int
         for key, value in pax.items():
             if key == b"path":
                 entry.name = value
             elif key == b"linkpath":
                 entry.linkname = value
             elif key == b"size":
-                entry.size = entry.realsize = int(value)
+                entry.size = entry.realsize = number(value, key, name)
             elif key == b"mtime":
                 entry.mtime_ns = _pax_time(value, "mtime", name)
             elif key == b"atime":
@@ -507,17 +523,17 @@ class TarReader:
             elif key == b"ctime":
                 entry.ctime_ns = _pax_time(value, "ctime", name)
             elif key == b"uid":
-                entry.uid = int(value)
+                entry.uid = number(value, key, name)
             elif key == b"gid":
-                entry.gid = int(value)
+                entry.gid = number(value, key, name)
             elif key.startswith(b"SCHILY.xattr."):
                 if xattrs is None:
                     xattrs = {}
                 xattrs[key[13:]] = value
             elif key == b"SCHILY.devmajor":
-                entry.devmajor = int(value)
+                entry.devmajor = number(value, key, name)
             elif key == b"SCHILY.devminor":
-                entry.devminor = int(value)
+                entry.devminor = number(value, key, name)
         if xattrs is not None:
             entry.xattrs = xattrs
         if b"GNU.sparse.major" in pax or b"GNU.sparse.map" in pax or sparse_pairs is not None:
@@ -559,18 +575,15 @@ class TarReader:
             entry.name = pax[b"GNU.sparse.name"]
         real = pax.get(b"GNU.sparse.realsize") or pax.get(b"GNU.sparse.size")
         numbers: list[int]
-        try:
-            if pax.get(b"GNU.sparse.major") == b"1":
-                numbers = self._sparse_map_v1(entry)
-            elif b"GNU.sparse.map" in pax:
-                text = pax[b"GNU.sparse.map"]
-                numbers = [int(x) for x in text.split(b",")] if text else []
-            else:
-                numbers = pairs or []
-            if real is not None:
-                entry.realsize = int(real)
-        except ValueError:
-            raise InvalidArgument(f"{shown}: malformed GNU sparse map", subject=shown) from None
+        if pax.get(b"GNU.sparse.major") == b"1":
+            numbers = self._sparse_map_v1(entry)
+        elif b"GNU.sparse.map" in pax:
+            text = pax[b"GNU.sparse.map"]
+            numbers = [_pax_int(x, "sparse map", entry.name) for x in text.split(b",")]
+        else:
+            numbers = pairs or []
+        if real is not None:
+            entry.realsize = _pax_int(real, "sparse size", entry.name)
         if len(numbers) % 2:
             raise InvalidArgument(f"{shown}: malformed GNU sparse map", subject=shown)
         entry.sparse = [(numbers[i], numbers[i + 1]) for i in range(0, len(numbers), 2)]
@@ -583,7 +596,7 @@ class TarReader:
         pending = b""
         count = -1
         while count < 0 or len(lines) < 2 * count:
-            if used >= entry.size:
+            if used + BLOCK > entry.size:
                 raise InvalidArgument(f"{shown}: truncated GNU sparse map", subject=shown)
             block = bytes(self._take(BLOCK, entry))
             used += BLOCK
@@ -592,7 +605,7 @@ class TarReader:
             for part in parts:
                 if count >= 0 and len(lines) >= 2 * count:
                     break  # the rest of the block is padding
-                value = int(part)
+                value = _pax_int(part, "sparse map", entry.name)
                 if count < 0:
                     count = value
                     if count > MAX_SPARSE_SEGMENTS:

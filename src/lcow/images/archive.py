@@ -247,7 +247,7 @@ class ImageArchive:
         raw = self.read_bytes(name) if data is None else data
         try:
             return json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise ImageError(f"{self.name}: {name}: not valid JSON: {exc}", subject=name) from exc
 
     def names(self) -> Iterator[str]:

@@ -147,7 +147,7 @@ class StateStore:
             return None
         try:
             data = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
             raise CorruptImage(f"{self.path}: not JSON: {exc}", subject=str(self.path)) from None
         return InitRecord.from_json(data)
 

@@ -79,7 +79,7 @@ class MountState:
                 disks={k: DiskEntry(**v) for k, v in data["disks"].items()},
                 views={k: ViewEntry(**v) for k, v in data["views"].items()},
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise CorruptImage(f"mount table: {exc}", subject="state.json") from exc
 
 
@@ -144,6 +144,9 @@ class MountTable:
         return state
 
     def _save(self, state: MountState) -> None:
-        tmp = self.home / f".state.json.tmp-{os.getpid()}"
+        # One fixed temporary name: only the lock holder writes it, so a writer killed between
+        # the write and the rename leaves a file the next save overwrites and renames away (a
+        # per-pid name stayed behind for good).
+        tmp = self.home / ".state.json.tmp"
         tmp.write_bytes(state.to_json())
         os.replace(tmp, self.path)

@@ -122,6 +122,13 @@ def pack_xattrs(
         ``(inode_area, block)``: the in-inode area including its magic (``None`` if unused) and
         a full 4 KiB block (``None`` if unused).
     """
+    for _index, suffix, _value in items:
+        if len(suffix) > 255:  # e_name_len is one byte
+            raise LimitExceeded(
+                f"{owner}: xattr name {suffix[:40].decode('utf-8', 'replace')!r}... is longer "
+                "than ext4's 255 bytes",
+                subject=owner,
+            )
     used = 4  # end-of-entries marker
     split = 0
     for _index, suffix, value in items:

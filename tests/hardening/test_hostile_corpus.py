@@ -1,0 +1,63 @@
+"""The hostile tar corpus (:mod:`lcow.testing.hostile`) through every sink (hardening, part 1).
+
+Each case runs through ``tar2ext4``, ``Driver.apply_diff`` and ``lcow import`` (and whatever
+else :data:`lcow.testing.hostile_run.SINKS` lists), each sink in a fresh interpreter, and must
+end as its case says: the expected error naming the entry with nothing left behind and nothing
+written outside the scratch tree, or a layer that ``e2fsck -fn`` accepts, lcow's reader walks and
+— for the ``tar2ext4`` sink, when loop devices are available — a read-only kernel mount shows
+with the case's property; every sink's peak RSS stays within the case's budget and successful
+sinks write identical ext4 images. ``tools/hostile_corpus.py`` runs the same with a table.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import pytest
+
+from lcow.testing.hostile import ALL_CASES, write_case
+from lcow.testing.hostile_run import SINKS, markdown_table, run_isolated
+from tests.helpers import in_ci, requires, tool
+
+pytestmark = requires("e2fsck")
+
+
+@functools.cache
+def _kernel_ok() -> bool:
+    """Root and a loop driver: the ok cases are also checked through a kernel mount."""
+    ok = (
+        os.geteuid() == 0
+        and Path("/dev/loop-control").exists()
+        and all(tool(t) for t in ("losetup", "mount", "umount"))
+    )
+    if not ok and in_ci():
+        pytest.fail("CI=true: kernel mounts (root, loop devices) are needed", pytrace=False)
+    return ok
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the cases' inputs are written (each on first use)."""
+    return tmp_path_factory.mktemp("hostile")
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(ALL_CASES) >= 50
+    assert {"tar2ext4", "apply_diff", "import"} <= set(SINKS)
+    outcomes = {case.expect.outcome for case in ALL_CASES.values()}
+    assert {"ok", "InvalidArgument", "LimitExceeded", "NotFound"} <= outcomes
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=[pytest.mark.slow] if c.slow else []) for n, c in ALL_CASES.items()],
+)
+def test_hostile_case(name: str, corpus: Path) -> None:
+    case = ALL_CASES[name]
+    layer = write_case(corpus, case)
+    mount = ["tar2ext4"] if case.expect.error is None and _kernel_ok() else False
+    report = run_isolated(name, layer, mount=mount, timeout=600)
+    assert report.passed, "\n" + markdown_table([report])
+    assert [s.sink for s in report.sinks] == list(SINKS)

@@ -1,0 +1,178 @@
+"""Regression tests for what the hardening work found (see ``benchmarks/RELIABILITY.md``).
+
+Each test names the finding it guards: found by the hostile corpus, the fuzzers (their inputs
+also replay in ``test_fuzz_regressions.py``) or by review while writing them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+import zlib
+from pathlib import Path
+
+import pytest
+
+from lcow import ConvertOptions, tar2ext4
+from lcow.cli.main import main
+from lcow.cli.status import ExitStatus
+from lcow.convert.input import _gunzip
+from lcow.errors import CorruptImage, InvalidArgument
+from lcow.storage.dataroot import DataRoot
+from lcow.testing.hostile import END, file, member, sparse_v1
+
+DEEP_JSON = b"[" * 50_000
+
+
+def _convert(tmp: Path, data: bytes, **options: object) -> None:
+    src = tmp / "in.tar"
+    src.write_bytes(data)
+    tar2ext4(src, tmp / "out.img", ConvertOptions(**options))  # type: ignore[arg-type]
+
+
+# -- tar reader and converter ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        (b"size", b"12abc"),  # was ValueError (corpus: pax-size-not-a-number)
+        (b"size", b"-1024"),  # was OverflowError; could move the reader backwards
+        (b"uid", b"-1"),
+        (b"gid", b" 7"),
+        (b"SCHILY.devmajor", b"sp"),  # was ValueError (fuzz: tar_reader)
+        (b"SCHILY.devminor", b"1_0"),
+        (b"GNU.sparse.offset", b"x"),
+        (b"size", b"9" * 40),
+    ],
+)
+def test_pax_numbers_must_be_decimal(key: bytes, value: bytes, tmp_path: Path) -> None:
+    data = file(b"victim", b"x", records=[(key, value)]) + END
+    with pytest.raises(InvalidArgument, match=r"victim|PaxHeader"):  # the member or its header
+        _convert(tmp_path, data)
+
+
+def test_owner_beyond_32_bits(tmp_path: Path) -> None:
+    """Was OverflowError from the inode arrays (corpus: pax-uid-huge)."""
+    data = file(b"owner", b"x", records=[(b"uid", b"4294967296")]) + END
+    with pytest.raises(InvalidArgument, match="owner: uid 4294967296 is out of range"):
+        _convert(tmp_path, data)
+
+
+def test_negative_owner_from_a_base256_field(tmp_path: Path) -> None:
+    data = file(b"neg", b"x", uid=-5) + END
+    with pytest.raises(InvalidArgument, match="neg: uid -5"):
+        _convert(tmp_path, data)
+
+
+def test_device_numbers_beyond_what_ext4_keeps(tmp_path: Path) -> None:
+    """Were silently masked into another device (corpus: device-major-too-big)."""
+    data = member(b"dev", type=b"3", major=1, minor=1 << 20) + END
+    with pytest.raises(InvalidArgument, match="dev: device minor"):
+        _convert(tmp_path, data)
+
+
+@pytest.mark.parametrize("hidden", [b"", b".", b".."])
+def test_whiteout_of_a_dot_name(hidden: bytes, tmp_path: Path) -> None:
+    """``a/.wh...`` made a directory entry named ``..`` (corpus: whiteout-dotdot)."""
+    data = file(b"a/.wh." + hidden) + END
+    with pytest.raises(InvalidArgument, match="whiteout"):
+        _convert(tmp_path, data, convert_whiteouts=True)
+    _convert(tmp_path, data)  # without -overlay it is an ordinary file name
+
+
+def test_sparse_map_limit_keeps_its_category(tmp_path: Path) -> None:
+    """A sparse map over the segment limit was reported as 'malformed' (corpus:
+    sparse-count-bomb)."""
+    from lcow.errors import LimitExceeded
+
+    records = [
+        (b"GNU.sparse.major", b"1"),
+        (b"GNU.sparse.minor", b"0"),
+        (b"GNU.sparse.name", b"bomb"),
+        (b"GNU.sparse.realsize", b"1"),
+    ]
+    payload = b"9999999999\n0\n1\n".ljust(512, b"\x00") + b"x"
+    data = member(b"GNUSparseFile.0/bomb", payload, records=records)
+    with pytest.raises(LimitExceeded, match="bomb: sparse map too large"):
+        _convert(tmp_path, data + END)
+
+
+def test_sparse_map_block_must_fit_the_member(tmp_path: Path) -> None:
+    """A 1.0 map block larger than the member's data left it a negative data size."""
+    raw = bytearray(sparse_v1(b"s", 4096, [(0, b"y" * 10)]))
+    # shrink the member's size field to 100 bytes: less than its own map block
+    header_at = raw.index(b"GNUSparseFile.0/s\x00")
+    raw[header_at + 124 : header_at + 136] = b"%011o\x00" % 100
+    raw[header_at + 148 : header_at + 156] = b" " * 8
+    raw[header_at + 148 : header_at + 156] = b"%06o\x00 " % sum(raw[header_at : header_at + 512])
+    with pytest.raises(InvalidArgument, match="sparse map"):
+        _convert(tmp_path, bytes(raw) + END)
+
+
+def test_gzip_output_is_bounded_per_write() -> None:
+    """A 1 MiB read of a gzip bomb expanded into one huge buffer (corpus: deep-10k-every-level
+    peaked at 250 MiB, zeros-bomb)."""
+    packed = gzip.compress(bytes(64 << 20), compresslevel=9)
+    assert len(packed) < 1 << 20
+    source = io.BytesIO(packed)
+    sizes: list[int] = []
+    _gunzip(source.read, lambda chunk: sizes.append(len(chunk)))
+    assert sum(sizes) == 64 << 20
+    assert max(sizes) <= 1 << 20
+
+
+def test_gzip_members_and_trailing_garbage() -> None:
+    one = gzip.compress(b"a" * 3_000_000)
+    two = gzip.compress(b"b" * 10)
+    out = bytearray()
+    _gunzip(io.BytesIO(one + two).read, out.extend)
+    assert bytes(out) == b"a" * 3_000_000 + b"b" * 10
+    with pytest.raises(zlib.error):
+        _gunzip(io.BytesIO(one + b"garbage!").read, out.extend)
+    with pytest.raises(InvalidArgument, match="truncated gzip"):
+        _gunzip(io.BytesIO(one[:-20]).read, out.extend)
+
+
+# -- JSON nested past the interpreter's recursion limit --------------------------------------
+
+
+def test_deep_layerchain_is_corrupt(tmp_path: Path) -> None:
+    """json.loads raised RecursionError, not the documented CorruptImage (review; replayed by
+    fuzz/regressions/layerchain)."""
+    root = DataRoot(tmp_path / "root")
+    root.create()
+    (root.root / "l").mkdir()
+    (root.root / "l" / "layerchain.json").write_bytes(DEEP_JSON)
+    (root.root / "l" / "lcow-layer.json").write_bytes(DEEP_JSON)
+    with pytest.raises(CorruptImage, match="layerchain"):
+        root.read_chain("l")
+    assert root.read_meta("l") == {}
+
+
+def test_deep_manifest_fails_the_import_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A docker-save manifest.json nested 50,000 deep was an internal error (exit 1)."""
+    image = tmp_path / "image.tar"
+    with tarfile.open(image, "w") as tf:
+        for name, data in (("manifest.json", DEEP_JSON), ("x.json", json.dumps({}).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    root = tmp_path / "root"
+    assert main(["--root", str(root), "import", str(image)]) == ExitStatus.BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith("lcow: ") and "manifest.json" in err
+    assert DataRoot(root).layer_ids() == []
+
+
+def test_xattr_name_over_255_bytes_is_a_limit() -> None:
+    """``pack_xattrs`` hit ``struct.error`` on a 300-byte name (corpus: xattr-name-over-255)."""
+    from lcow.errors import LimitExceeded
+    from lcow.formats.ext4.xattrs import pack_xattrs
+
+    with pytest.raises(LimitExceeded, match="owner: xattr name"):
+        pack_xattrs([(1, b"n" * 300, b"1")], owner="owner")
