@@ -6,12 +6,15 @@ also replay in ``test_fuzz_regressions.py``) or by review while writing them.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import json
+import os
 import tarfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +23,7 @@ from lcow.cli.main import main
 from lcow.cli.status import ExitStatus
 from lcow.convert.input import _gunzip
 from lcow.errors import CorruptImage, InvalidArgument
+from lcow.graphdriver.driver import Driver
 from lcow.storage.dataroot import DataRoot
 from lcow.testing.hostile import END, file, member, sparse_v1
 
@@ -176,3 +180,40 @@ def test_xattr_name_over_255_bytes_is_a_limit() -> None:
 
     with pytest.raises(LimitExceeded, match="owner: xattr name"):
         pack_xattrs([(1, b"n" * 300, b"1")], owner="owner")
+
+
+class _FailingSource(io.RawIOBase):
+    """Fault injection: a tar stream whose source fails after ``limit`` bytes."""
+
+    def __init__(self, data: bytes, limit: int) -> None:
+        self.data, self.limit, self.pos = data, limit, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.pos >= self.limit:
+            raise OSError(errno.EIO, "injected read failure")
+        n = min(len(buffer), self.limit - self.pos, len(self.data) - self.pos)
+        buffer[:n] = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+
+@pytest.mark.parametrize("cut", ["in-header", "in-data", "after-end-marker"])
+def test_a_failing_source_never_leaves_an_image(tmp_path: Path, cut: str) -> None:
+    """The source failing anywhere — also while its trailing padding is drained, after the
+    converter has seen the end marker — is the error, and no ``layer.vhd`` is committed."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i in range(3):
+            info = tarfile.TarInfo(f"f{i}")
+            info.size = 1 << 20
+            tar.addfile(info, io.BytesIO(bytes(info.size)))
+    data = buf.getvalue()
+    limit = {"in-header": 100, "in-data": 1 << 20, "after-end-marker": len(data) - 10}[cut]
+    driver = Driver(tmp_path / "root")
+    driver.create("layer")
+    with pytest.raises(InvalidArgument, match=r"reading failed: .*injected read failure"):
+        driver.apply_diff("layer", None, _FailingSource(data, limit))
+    assert sorted(os.listdir(tmp_path / "root" / "layer")) == ["layerchain.json"]

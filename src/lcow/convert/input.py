@@ -141,12 +141,21 @@ class TarSource(NamedTuple):
         initial: bytes already consumed from ``fd`` that come first.
         start: for a file slice, its first byte (reads are positional); else ``None``.
         end: for a file slice, one past its last byte; else ``None``.
+        pump: the thread decompressing or copying into ``fd``, if any.
     """
 
     fd: int
     initial: bytes = b""
     start: int | None = None
     end: int | None = None
+    pump: _Pump | None = None
+
+    def check(self) -> None:
+        """Raise what went wrong on the pump's side (a read or decompression error), which
+        the converter saw only as an early end of the stream. Called before the output is
+        committed, so a failed source never leaves an image behind."""
+        if self.pump is not None and self.pump.error is not None:
+            raise _decompress_error(self.pump.error) from self.pump.error
 
 
 def _slice_reader(where: FileSlice) -> Callable[[int], bytes]:
@@ -222,7 +231,7 @@ def open_tar_input(
 
 def _yield_checked(pump: _Pump, initial: bytes) -> Iterator[TarSource]:
     try:
-        yield TarSource(pump.read_fd, initial)
+        yield TarSource(pump.read_fd, initial, pump=pump)
     except InvalidArgument:
         if pump.error is not None:
             raise _decompress_error(pump.error) from pump.error
@@ -234,6 +243,8 @@ def _yield_checked(pump: _Pump, initial: bytes) -> Iterator[TarSource]:
 def _decompress_error(exc: BaseException) -> InvalidArgument:
     if isinstance(exc, InvalidArgument):
         return exc
+    if isinstance(exc, OSError):  # the source itself failed, compressed or not
+        return InvalidArgument(f"input: reading failed: {exc}")
     return InvalidArgument(f"input: corrupt compressed stream: {exc}")
 
 

@@ -454,6 +454,8 @@ def tar2ext4(
     with (
         conversion_slot(opts.slot_timeout, what=os.fspath(dst)),
         open_tar_input(src) as source,
-        atomic_output(dst, fsync=opts.fsync) as out_fd,
     ):
-        return convert_stream(source, out_fd, opts)
+        with atomic_output(dst, fsync=opts.fsync) as out_fd:
+            result = convert_stream(source, out_fd, opts)
+            source.check()  # a failed source discards the output, never commits it
+        return result
