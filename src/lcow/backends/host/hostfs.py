@@ -33,6 +33,7 @@ from lcow.backends.host.scoped import (
     remove_all_at,
     view_error,
 )
+from lcow.backends.resolve import resolve_in_view
 from lcow.backends.taroptions import TarOptions
 from lcow.errors import InvalidArgument
 
@@ -203,36 +204,7 @@ class HostFS:
         Raises:
             OSError: ``ELOOP`` after 40 symlinks.
         """
-        pending = [p for p in os.fsdecode(normalize(path)).split("/") if p]
-        pending.reverse()
-        resolved: list[str] = []
-        hops = 0
-        while pending:
-            part = pending.pop()
-            if part in (".", ""):
-                continue
-            if part == "..":
-                if resolved:
-                    resolved.pop()
-                continue
-            candidate = "/" + "/".join([*resolved, part])
-            try:
-                info = self.lstat(candidate)
-            except (FileNotFoundError, NotADirectoryError):
-                resolved.append(part)
-                resolved.extend(reversed(pending))
-                return posixpath.normpath("/" + "/".join(resolved))
-            if stat.S_ISLNK(info.mode):
-                hops += 1
-                if hops > _MAX_SYMLINKS:
-                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
-                target = self.readlink(candidate)
-                if target.startswith("/"):
-                    resolved = []
-                pending.extend(reversed(target.split("/")))
-                continue
-            resolved.append(part)
-        return "/" + "/".join(resolved)
+        return resolve_in_view(path, self.lstat, self.readlink)
 
     def archive_path(
         self, path: str, out: Callable[[bytes], object], options: TarOptions | None = None

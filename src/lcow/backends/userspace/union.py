@@ -19,6 +19,7 @@ from typing import BinaryIO
 from lcow.backends.archive import tar_with_options
 from lcow.backends.base import FileInfo, LayerDisk
 from lcow.backends.readonly import ReadOnlyWrites
+from lcow.backends.resolve import resolve_in_view
 from lcow.backends.taroptions import TarOptions
 from lcow.errors import InvalidArgument, NotFound
 from lcow.formats.ext4.layout import ROOT_INO
@@ -250,38 +251,7 @@ class UnionView(ReadOnlyWrites):
 
     def resolve_path(self, path: str) -> str:
         """Resolve every symlink in ``path``; absolute targets and ``..`` stay inside the view."""
-        pending = [p for p in posixpath.normpath("/" + path).split("/") if p]
-        pending.reverse()
-        resolved: list[str] = []
-        hops = 0
-        while pending:
-            part = pending.pop()
-            if part == ".":
-                continue
-            if part == "..":
-                if resolved:
-                    resolved.pop()
-                continue
-            candidate = "/" + "/".join([*resolved, part])
-            try:
-                info = self.lstat(candidate)
-            except NotFound:
-                resolved.append(part)
-                resolved.extend(reversed(pending))
-                return "/" + "/".join(resolved)
-            if stat.S_ISLNK(info.mode):
-                hops += 1
-                if hops > _MAX_SYMLINKS:
-                    raise InvalidArgument(
-                        f"{path}: too many levels of symbolic links", subject=path
-                    )
-                target = self.readlink(candidate)
-                if target.startswith("/"):
-                    resolved = []
-                pending.extend(reversed([p for p in target.split("/") if p]))
-                continue
-            resolved.append(part)
-        return "/" + "/".join(resolved)
+        return resolve_in_view(path, self.lstat, self.readlink)
 
     def archive_path(
         self, path: str, out: Callable[[bytes], object], options: TarOptions | None = None
