@@ -118,6 +118,20 @@ def _host_problem() -> str | None:
     return None
 
 
+@functools.cache
+def _vm_problem() -> str | None:
+    """What the vm backend lacks here (QEMU, the assets of ``lcow uvm build``)."""
+    from lcow.backends.vm import check_prerequisites
+    from lcow.errors import NotSupported
+    from lcow.graphdriver.options import parse_driver_options
+
+    try:
+        check_prerequisites(parse_driver_options(["lcow.backend=vm"], root="/nonexistent"))
+    except NotSupported as exc:
+        return str(exc)
+    return None
+
+
 def host_leftovers(root: Path) -> list[str]:
     """Mounts below ``root``, loop devices on files below it and storage daemons serving it:
     what a host-backend run must not leave behind."""
@@ -150,6 +164,8 @@ def _problem(need: str) -> str | None:
         return _xattr_problem()
     if need == "host":
         return _host_problem()
+    if need == "vm":
+        return _vm_problem()
     if tool(need) is None:
         return f"{need} not found"
     return None

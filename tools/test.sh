@@ -19,7 +19,9 @@ APT_PACKAGES=(
     util-linux     # losetup, mount, umount
     qemu-system-common fuse3 # qemu-storage-daemon: FUSE export of sandbox.vhdx (host backend)
     docker.io      # dockerd 20.10 for the graph-driver plugin's end-to-end tests
-    busybox-static # a rootfs for images the plugin tests build
+    busybox-static # a rootfs for images the plugin tests build; the vm backend's guest shell
+    qemu-system-x86 # the vm backend's utility VMs (microvm, TCG or KVM)
+    gcc libc6-dev  # lcow uvm build compiles the guest agent (gcc -static)
     python3-venv
 )
 
@@ -41,6 +43,11 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -e '.[test,fuzz]'
+
+# The vm backend's kernel and initramfs (Debian's cloud kernel, extracted, not installed; our
+# agent and initramfs). Idempotent: up-to-date assets are kept (about a second).
+echo "== lcow uvm build"
+.venv/bin/lcow uvm build || echo "test.sh: could not build the VM assets; vm tests will say why" >&2
 
 status=0
 echo "== ruff check"

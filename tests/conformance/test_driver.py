@@ -22,11 +22,18 @@ def _host(home: Path, options: Sequence[str] | None) -> Driver:
     return Driver(home, [*(options or []), "lcow.backend=host"])
 
 
+def _vm(home: Path, options: Sequence[str] | None) -> Driver:
+    # Global mode (one VM per driver) keeps the suite's many short views within CI's budget;
+    # per-id mode is covered by tests/vm.
+    return Driver(home, ["lcow.globalmode=true", *(options or []), "lcow.backend=vm"])
+
+
 BACKENDS: dict[str, Callable[[Path, Sequence[str] | None], Driver]] = {
     "userspace": lambda home, options: Driver(home, options, backend=UserspaceBackend()),
     "host": _host,
+    "vm": _vm,
 }
-NEEDS = {"userspace": (), "host": ("host",)}
+NEEDS = {"userspace": (), "host": ("host",), "vm": ("vm",)}
 
 sandboxes = requires("mke2fs")
 

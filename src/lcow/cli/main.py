@@ -68,6 +68,7 @@ COMMANDS: dict[str, CommandInfo] = {
     "plugin": CommandInfo(
         "lcow.cli.plugin_cmd", "serve Docker's graph-driver plugin protocol ('plugin serve')"
     ),
+    "uvm": CommandInfo("lcow.cli.uvm_cmd", "vm backend assets: 'uvm build' (kernel, initramfs)"),
     # the driver's operations (SPEC §3), one per subcommand
     "create": _driver("create_cmd", "Create: a layer folder and its layerchain.json"),
     "create-rw": _driver("create_rw_cmd", "CreateReadWrite: a layer with an empty sandbox.vhdx"),

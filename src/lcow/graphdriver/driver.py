@@ -58,6 +58,10 @@ def _check_backend(options: DriverOptions) -> None:
         from lcow.backends.host import check_prerequisites
 
         check_prerequisites()
+    if options.backend == "vm":
+        from lcow.backends.vm import check_prerequisites as check_vm
+
+        check_vm(options)
 
 
 def _make_backend(options: DriverOptions, root: DataRoot) -> Backend:
@@ -69,6 +73,10 @@ def _make_backend(options: DriverOptions, root: DataRoot) -> Backend:
         from lcow.backends.host import HostBackend
 
         return HostBackend(root.root)
+    if options.backend == "vm":
+        from lcow.backends.vm import VmBackend
+
+        return VmBackend(root.root, options)
     raise NotSupported(
         f"driver not supported: the {options.backend} backend is not available in this build",
         subject=options.backend,
