@@ -227,6 +227,11 @@ class Backend(Protocol):
         mounted, writable disk is flushed and held still)."""
         ...
 
+    def make_sandbox(self, target: Path, size: int) -> None:
+        """Write ``target``: a new dynamic VHDX of ``size`` bytes holding an empty ext4 with
+        LCOW's features (SPEC §4.5), for sizes the template cache does not serve."""
+        ...
+
     def cleanup(self) -> None:
         """Release everything the backend holds (never fails)."""
         ...

@@ -197,7 +197,7 @@ class Driver:
         """Write ``<id>/sandbox.vhdx``: a copy of the cached template for the default size."""
         target = self.root.layer_dir(layer_id) / SANDBOX_VHDX
         if size is not None:
-            make_sandbox(target, size)  # other sizes are never cached (SPEC §3)
+            self.backend.make_sandbox(target, size)  # other sizes are never cached (SPEC §3)
             return
         template = self.root.cache / SANDBOX_VHDX
         with self._cache_lock:

@@ -42,6 +42,7 @@ from lcow.backends.host.scoped import probe_openat2
 from lcow.backends.host.storage_daemon import BINARY, StorageDaemon
 from lcow.backends.host.table import DiskEntry, MountState, MountTable, ViewEntry
 from lcow.errors import Busy, CorruptImage, FailedPrecondition, LcowError, NotSupported
+from lcow.graphdriver.sandbox import make_sandbox
 from lcow.storage.dataroot import LayerFile
 
 __all__ = ["STATE_FOLDER", "HostBackend"]
@@ -203,6 +204,10 @@ class HostBackend:
                 yield self.home / "e" / entry.slot
             finally:
                 kernel.thaw(mountpoint)
+
+    def make_sandbox(self, target: Path, size: int) -> None:
+        """Format on the host (lcow's mke2fs path: SPEC §4.5's VM-less equivalent)."""
+        make_sandbox(target, size)
 
     def cleanup(self) -> None:
         """Unmount everything, release every disk and stop the storage daemon; never fails."""

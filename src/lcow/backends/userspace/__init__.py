@@ -9,6 +9,7 @@ from pathlib import Path
 from lcow.backends.base import LayerDisk
 from lcow.backends.counted import CountedViews
 from lcow.backends.userspace.union import UnionView
+from lcow.graphdriver.sandbox import make_sandbox
 from lcow.storage.dataroot import LayerFile
 
 __all__ = ["UnionView", "UserspaceBackend"]
@@ -52,6 +53,10 @@ class UserspaceBackend:
     def reading(self, disk: LayerFile) -> Iterator[Path]:
         """Images are read where they lie."""
         yield disk.path
+
+    def make_sandbox(self, target: Path, size: int) -> None:
+        """Format on the host (lcow's mke2fs path: SPEC §4.5's VM-less equivalent)."""
+        make_sandbox(target, size)
 
     def cleanup(self) -> None:
         """Close every view."""

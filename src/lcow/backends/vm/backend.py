@@ -36,6 +36,7 @@ from lcow.backends.vm.svm import GLOBAL_ID, DiskSpec, ServiceVM, VmDied, VmTable
 from lcow.backends.vm.vmfs import VmFS
 from lcow.errors import FailedPrecondition, LcowError
 from lcow.graphdriver.options import DriverOptions
+from lcow.graphdriver.sandbox import make_sandbox
 from lcow.storage.dataroot import LAYER_META, LayerFile
 
 __all__ = ["VmBackend", "check_prerequisites"]
@@ -190,6 +191,10 @@ class VmBackend:
             for entry, mount in frozen:
                 with contextlib.suppress(LcowError, OSError):
                     entry.call("thaw", mount)
+
+    def make_sandbox(self, target: Path, size: int) -> None:
+        """Format on the host (lcow's mke2fs path: SPEC §4.5's VM-less equivalent)."""
+        make_sandbox(target, size)
 
     def cleanup(self) -> None:
         """Forget every view and force-terminate every VM; never fails."""
