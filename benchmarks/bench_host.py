@@ -29,6 +29,7 @@ import io
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -87,18 +88,30 @@ def part_getput(work: Path, layers: int, samples: int) -> dict[str, object]:
     driver.create_read_write("ctr", "ctr-init")
     read_only: list[float] = []
     container: list[float] = []
+    cpu: list[float] = []  # this process's user + system time: less load-sensitive than wall
     try:
         for _ in range(samples):
+            before = _cpu()
             read_only.append(_timed(lambda: (driver.get(parent), driver.put(parent))))
+            cpu.append(_cpu() - before)
             container.append(_timed(lambda: (driver.get("ctr"), driver.put("ctr"))))
     finally:
         driver.cleanup()
     return {
         "layers": layers,
         "read_only_chain": _ms(read_only),
+        "read_only_chain_cpu": _ms(cpu),
         "container_on_chain": _ms(container),
         "target_ms": GETPUT_TARGET_MS,
     }
+
+
+def _cpu() -> float:
+    """User + system seconds of this process and its waited-for children (mount(8))."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def part_write(work: Path, samples: int) -> dict[str, object]:
