@@ -55,6 +55,7 @@ __all__ = [
     "INODE_SIZE",
     "MAX_SANDBOX_GB",
     "MIN_SANDBOX_GB",
+    "MKE2FS_CONF",
     "MkfsFailed",
     "copy_sandbox",
     "make_sandbox",
@@ -91,7 +92,7 @@ _MIB = 1 << 20
 _COPY_CHUNK = _MIB
 
 # Only what the command line does not already fix; "ext4" must exist or mke2fs -t ext4 aborts.
-_MKE2FS_CONF = """\
+MKE2FS_CONF = """\
 [defaults]
 \tbase_features = sparse_super,large_file,filetype,dir_index,ext_attr
 \tdefault_mntopts = acl,user_xattr
@@ -321,7 +322,7 @@ def _make(path: str | os.PathLike[str], size: int) -> None:
     conf = os.path.join(directory, stem + ".mke2fs.conf")
     try:
         with open(conf, "x", encoding="ascii") as f:
-            f.write(_MKE2FS_CONF)
+            f.write(MKE2FS_CONF)
         _sparse_file(raw, size)
         _run_mke2fs(raw, conf, size)
         raw_fd = os.open(raw, os.O_RDONLY | os.O_CLOEXEC)

@@ -5,13 +5,20 @@ The kernel is Debian's cloud kernel, taken from its package without installing i
 
 * ``/init`` — the guest agent (:file:`agent/agent.c`), compiled ``gcc -static`` here;
 * ``/bin/busybox`` — busybox-static, a shell for debugging the guest by hand;
+* ``/sbin/mke2fs`` — the host's e2fsprogs ``mke2fs`` with the shared libraries ``ldd`` lists
+  and the dynamic loader, at the paths ``ldd`` names (its ``PT_INTERP`` and the loader's
+  default search path then find them), and ``/etc/mke2fs.conf`` — the sandbox module's
+  private profile — so the guest formats sandboxes of other sizes exactly as the host formats
+  templates (SPEC §4.5). Debian ships no static mke2fs, and busybox's cannot make ext4's
+  features (extents, flex_bg, sparse_super2); this adds about 3 MB, mostly libc;
 * ``/lib/modules/*.ko`` and ``/lib/modules/load`` — the modules the guest needs (virtio-mmio,
   virtio-scsi, sd_mod, virtio_console, overlay, dm-verity) with their dependencies, in load
   order. The package ships no ``modules.dep`` (depmod runs at install), so dependencies are
   read from each module's ``.modinfo`` section.
 
 The archive is uncompressed: under TCG unpacking is cheaper than decompressing. A stamp file
-(``lcow-uvm.json``) records what went in; a build whose inputs match it does nothing.
+(``lcow-uvm.json``) records what went in (the guest files by content hash, so an e2fsprogs or
+libc upgrade rebuilds); a build whose inputs match it does nothing.
 """
 
 from __future__ import annotations
@@ -36,10 +43,12 @@ from lcow.errors import FailedPrecondition, NotSupported
 __all__ = [
     "AGENT_SOURCE",
     "DEFAULT_KIRDPATH",
+    "GUEST_MKE2FS",
     "GUEST_MODULES",
     "Assets",
     "build_assets",
     "find_assets",
+    "guest_tools",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,6 +60,10 @@ KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 GUEST_MODULES = ("virtio_mmio", "virtio_scsi", "sd_mod", "virtio_console", "overlay", "dm_verity")
 STAMP = "lcow-uvm.json"
 AGENT_SOURCE = "agent.c"
+#: The guest's mke2fs (the agent's ``mkfs`` runs it) and where its profile goes.
+GUEST_MKE2FS = "/sbin/mke2fs"
+GUEST_MKE2FS_CONF = "/etc/mke2fs.conf"
+_HOST_SBIN = "/usr/sbin:/sbin:/usr/local/sbin"
 
 
 @dataclass(frozen=True)
@@ -191,6 +204,53 @@ def module_order(tree: Path, wanted: tuple[str, ...]) -> list[Path]:
     return order
 
 
+# -- guest tools -------------------------------------------------------------------------------
+
+
+def _host_mke2fs() -> Path:
+    found = shutil.which("mke2fs", path=_HOST_SBIN) or shutil.which("mke2fs")
+    if found is None:
+        raise NotSupported("uvm build: mke2fs not found (Debian: e2fsprogs)", subject="mke2fs")
+    return Path(found)
+
+
+def shared_libraries(binary: Path) -> list[Path]:
+    """What ``ldd`` says ``binary`` loads: its libraries and the dynamic loader, as the paths
+    the loader will look for (not resolved: ``/lib/…`` stays ``/lib/…`` on a merged-usr host).
+
+    Raises:
+        FailedPrecondition: a library is missing or ``ldd`` cannot tell (a static binary).
+    """
+    found: list[Path] = []
+    for line in _run(["ldd", str(binary)]).splitlines():
+        text = line.strip()
+        name, arrow, rest = text.partition("=>")
+        where = (rest if arrow else name).strip().split(" (", 1)[0].strip()
+        if arrow and where in ("", "not found"):
+            raise FailedPrecondition(
+                f"uvm build: {binary} needs {name.strip()}, which is not installed",
+                subject=str(binary),
+            )
+        if where.startswith("/"):  # (linux-vdso has no file)
+            found.append(Path(where))
+    if not found:
+        raise FailedPrecondition(f"uvm build: ldd lists nothing for {binary}", subject=str(binary))
+    return found
+
+
+def guest_tools() -> dict[str, bytes]:
+    """Guest path → content of the files in-guest formatting needs: mke2fs, the libraries and
+    loader ``ldd`` names (at the same paths), and the sandbox profile as ``mke2fs.conf``."""
+    from lcow.graphdriver.sandbox import MKE2FS_CONF
+
+    mke2fs = _host_mke2fs()
+    files = {GUEST_MKE2FS: mke2fs.read_bytes()}
+    for lib in shared_libraries(mke2fs):
+        files[str(lib)] = lib.read_bytes()  # through symlinks: the soname gets the library
+    files[GUEST_MKE2FS_CONF] = MKE2FS_CONF.encode()
+    return files
+
+
 # -- build -------------------------------------------------------------------------------------
 
 
@@ -204,11 +264,25 @@ def compile_agent(source: bytes, out: Path) -> None:
     _run([gcc, "-static", "-O2", "-Wall", "-Wno-format-truncation", "-o", str(out), str(src)])
 
 
-def write_initramfs(path: Path, agent: Path, busybox: Path | None, modules: list[Path]) -> None:
-    """The initramfs: /init (the agent), busybox, modules and their load order."""
+def write_initramfs(
+    path: Path,
+    agent: Path,
+    busybox: Path | None,
+    modules: list[Path],
+    extra: dict[str, bytes] | None = None,
+) -> None:
+    """The initramfs: /init (the agent), busybox, modules and their load order, and ``extra``
+    files (guest path → content, executable; parent folders made as needed)."""
     with atomic_output(path) as fd, open(fd, "wb", closefd=False) as out:
         cpio = CpioWriter(out)
-        for folder in ("bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules"):
+        folders = ["bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules"]
+        for name in extra or {}:
+            parts = name.strip("/").split("/")[:-1]
+            for depth in range(1, len(parts) + 1):
+                folder = "/".join(parts[:depth])
+                if folder not in folders:
+                    folders.append(folder)
+        for folder in folders:
             cpio.directory(folder)
         cpio.char_device("dev/console", 5, 1)
         cpio.file("init", agent.read_bytes(), 0o755)
@@ -218,6 +292,8 @@ def write_initramfs(path: Path, agent: Path, busybox: Path | None, modules: list
         for module in modules:
             cpio.file(f"lib/modules/{module.name}", module.read_bytes())
         cpio.file("lib/modules/load", "".join(f"{m.name}\n" for m in modules).encode())
+        for name, data in (extra or {}).items():
+            cpio.file(name.strip("/"), data, 0o644 if name.startswith("/etc/") else 0o755)
         cpio.close()
 
 
@@ -249,14 +325,16 @@ def build_assets(
     source = agent_source()
     busybox = Path("/bin/busybox")
     deb_path = Path(deb) if deb is not None else fetch_kernel_deb(cache)
+    tools = guest_tools()
     stamp = {
         "kernel_deb": deb_path.name,
         "agent_sha256": hashlib.sha256(source).hexdigest(),
         "modules": list(GUEST_MODULES),
         "busybox": busybox.stat().st_size if busybox.exists() else 0,
+        "guest_files": {k: hashlib.sha256(v).hexdigest() for k, v in sorted(tools.items())},
         "kernel": kernel_name,
         "initrd": initrd_name,
-        "format": 1,
+        "format": 2,
     }
     assets = Assets(folder / kernel_name, folder / initrd_name)
     stamp_path = folder / STAMP
@@ -279,8 +357,9 @@ def build_assets(
         progress(f"modules: {', '.join(m.name for m in modules)}")
         progress("compiling the guest agent (gcc -static)")
         compile_agent(source, work / "agent")
+        progress(f"guest files: {', '.join(sorted(tools))}")
         write_initramfs(
-            work / "initrd", work / "agent", busybox if busybox.exists() else None, modules
+            work / "initrd", work / "agent", busybox if busybox.exists() else None, modules, tools
         )
         shutil.copyfile(vmlinuz[0], work / "kernel")
         os.replace(work / "kernel", assets.kernel)

@@ -13,6 +13,12 @@ union counts). The last Put of an id undoes exactly that; Remove does it whateve
 and, per-id, force-terminates the id's VM; Cleanup force-terminates every VM. Counts live in
 memory (``persistent = False``): the VMs die with the process (parent-death signal).
 
+Sandboxes of a non-default size are formatted in a VM, as LCOW did (SPEC §3, §4.5): an empty
+dynamic VHDX (1 MiB blocks) is made on the host under a temporary name, attached to the VM
+without a mount, formatted by the guest's mke2fs with the host template's options, detached,
+and renamed into place only when all of that worked. The default size keeps coming from the
+cached template (made on the host), which needs no VM.
+
 A view over layers nobody wrote yet shows an empty root; a sandbox's ``lost+found`` and an
 image's empty ``lost+found`` are hidden by a whiteout lower (``/tmp/mask``) exactly as the host
 backend does, so both backends show the same trees.
@@ -23,27 +29,33 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import secrets
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lcow.backends.base import LayerDisk
-from lcow.backends.vm.assets import find_assets
+from lcow.backends.vm.assets import GUEST_MKE2FS, find_assets
 from lcow.backends.vm.channel import Channel
 from lcow.backends.vm.qemu import VmConfig, accelerator, check_qemu, sweep_stale_runtime
 from lcow.backends.vm.svm import GLOBAL_ID, DiskSpec, ServiceVM, VmDied, VmTable
 from lcow.backends.vm.vmfs import VmFS
-from lcow.errors import FailedPrecondition, LcowError
+from lcow.errors import FailedPrecondition, InvalidArgument, LcowError
+from lcow.formats.vhd.vhdx_writer import MAX_VIRTUAL_SIZE, create_dynamic_vhdx
 from lcow.graphdriver.options import DriverOptions
-from lcow.graphdriver.sandbox import make_sandbox
+from lcow.graphdriver.sandbox import BLOCK_SIZE, MAX_SANDBOX_GB, MIN_EXACT_SIZE, mke2fs_argv
 from lcow.storage.dataroot import LAYER_META, LayerFile
 
-__all__ = ["VmBackend", "check_prerequisites"]
+__all__ = ["VmBackend", "check_prerequisites", "mkfs_options", "sandbox_bytes"]
 
 log = logging.getLogger(__name__)
 
 MASK = "/tmp/mask"
+MIB = 1 << 20
+_DEVICE = "/dev/lcow-sandbox"  # stands in for the guest device while the options are built
 
 
 def check_prerequisites(options: DriverOptions) -> None:
@@ -56,6 +68,40 @@ def _assets(options: DriverOptions) -> VmConfig:
     explicit = any(o.split("=", 1)[0].strip().lower() == "lcow.kirdpath" for o in options.raw)
     assets = find_assets(options.kirdpath, options.kernel, options.initrd, explicit=explicit)
     return VmConfig(assets, options.boot_parameters, float(options.timeout))
+
+
+def sandbox_bytes(size: int) -> int:
+    """The virtual size of a sandbox asked for with ``size`` bytes: rounded up to 1 MiB (the
+    VHDX block), with the host formatting's limits, so every backend accepts the same sizes.
+
+    Raises:
+        InvalidArgument: below 8 MiB or above 64 TiB (VHDX's limit).
+    """
+    if size < MIN_EXACT_SIZE or size > MAX_VIRTUAL_SIZE:
+        raise InvalidArgument(
+            f"sandbox size {size} bytes is outside {MIN_EXACT_SIZE} bytes .. {MAX_SANDBOX_GB} GB",
+            subject=str(size),
+        )
+    return -(-size // MIB) * MIB
+
+
+def mkfs_options(size: int) -> list[str]:
+    """The guest mke2fs's options for a ``size``-byte disk: exactly the host formatting's
+    (:func:`~lcow.graphdriver.sandbox.mke2fs_argv`: features, 4 KiB blocks, 256-byte inodes,
+    inode ratio, lazy groups, no discard) without binary, device and block count — the agent
+    appends the device and formats all of it (SPEC §4.5)."""
+    argv = mke2fs_argv(GUEST_MKE2FS, _DEVICE, size)
+    if argv[0] != GUEST_MKE2FS or argv[-2:] != [_DEVICE, str(size // BLOCK_SIZE)]:
+        raise FailedPrecondition(f"vm: unexpected mke2fs command line {argv!r}", subject="mkfs")
+    return argv[1:-2]
+
+
+def _fsync(path: Path, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _spec(disk: LayerFile) -> DiskSpec:
@@ -193,8 +239,74 @@ class VmBackend:
                     entry.call("thaw", mount)
 
     def make_sandbox(self, target: Path, size: int) -> None:
-        """Format on the host (lcow's mke2fs path: SPEC §4.5's VM-less equivalent)."""
-        make_sandbox(target, size)
+        """Write ``target``, a sandbox of ``size`` bytes formatted inside a utility VM (SPEC §3
+        CreateReadWrite, §4.5): the layer's own VM in per-id mode (torn down after, unless a
+        view holds it), the global VM in global mode.
+
+        The empty VHDX is made under a temporary name (``.sandbox.vhdx.tmp-*``, what Cleanup
+        sweeps after a crash), formatted in the guest, detached, synced and only then renamed
+        to ``target``; on any failure the temporary file is removed and ``target`` untouched.
+
+        Raises:
+            InvalidArgument: ``size`` below 8 MiB or above 64 TiB.
+            FailedPrecondition: the VM did not start, or attaching, formatting or detaching
+                failed (``lcowdriver: createreadwrite: <id>: …``; :class:`VmDied` when the VM
+                died under it).
+            OSError: the host file could not be written.
+        """
+        self.format_sandbox(target, sandbox_bytes(size))
+
+    def format_sandbox(self, target: Path, size: int) -> None:
+        """:meth:`make_sandbox` without its size policy: whatever ``size`` (a multiple of 512)
+        the guest's mke2fs accepts; its refusal is a failure like any other."""
+        options = mkfs_options(size)
+        layer_id = target.parent.name
+        svm_id = GLOBAL_ID if self.global_mode else layer_id
+        tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(6)}"
+        started = time.monotonic()
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                create_dynamic_vhdx(fd, size, block_size=MIB)
+            finally:
+                os.close(fd)
+            try:
+                device = self._format(svm_id, tmp, options)
+            except (LcowError, OSError) as exc:
+                detail = str(exc)
+                if "unknown command mkfs" in detail:
+                    detail += " (the VM assets predate in-guest formatting: run 'lcow uvm build')"
+                kind = VmDied if isinstance(exc, VmDied) else FailedPrecondition
+                raise kind(
+                    f"lcowdriver: createreadwrite: {layer_id}: formatting the sandbox in utility "
+                    f"VM {svm_id} failed: {detail}",
+                    subject=layer_id,
+                ) from exc
+            _fsync(tmp)
+            os.replace(tmp, target)
+            _fsync(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        log.info(
+            "vm: createreadwrite: %s: sandbox of %d bytes formatted in utility VM %s (%s) "
+            "in %.2f s",
+            layer_id, size, svm_id, device, time.monotonic() - started,
+        )  # fmt: skip
+
+    def _format(self, svm_id: str, path: Path, options: list[str]) -> str:
+        """Take a reference on ``svm_id``'s VM, format ``path`` there, release it (a VM that
+        died is dropped; the next operation starts a fresh one)."""
+        entry = self.table.start_or_join(svm_id)
+        try:
+            with entry.lock:
+                return entry.format_disk(path, options)
+        finally:
+            entry.check_alive()
+            if entry.dead:
+                self.table.drop_dead(entry)
+            else:
+                self.table.terminate(svm_id)
 
     def cleanup(self) -> None:
         """Forget every view and force-terminate every VM; never fails."""

@@ -194,6 +194,43 @@ class ServiceVM:
         if first is not None:
             raise first
 
+    def format_disk(self, path: Path, options: list[str]) -> str:
+        """Format the VHDX ``path`` in the guest (SPEC §4.5): attach it without mounting, have
+        the agent run mke2fs with ``options`` on the whole device (found by its LUN), detach
+        it. The disk is detached whatever happens — on failure first, then the error is
+        raised — so the image is closed by QEMU before the caller renames or deletes it.
+        Returns the guest device. Under ``self.lock``.
+
+        Raises:
+            FailedPrecondition: QMP or mke2fs failed (:class:`VmDied` if the VM died).
+        """
+        assert self.vm is not None
+        lun = self._free_lun()
+        node = f"d{lun}"
+        self.vm.hot_add(node, path, "vhdx", lun, read_only=False)
+        try:
+            device = self.call("mkfs", lun, *options)
+        except BaseException:
+            self.check_alive()
+            if not self.dead:
+                try:
+                    self._detach_unmounted(node, path, lun)
+                except (LcowError, OSError) as exc:
+                    log.warning("vm %s: detaching %s after a failed mkfs: %s", self.id, path, exc)
+            raise
+        self._detach_unmounted(node, path, lun)
+        return device.decode(errors="replace")
+
+    def _detach_unmounted(self, node: str, path: Path, lun: int) -> None:
+        """Detach a disk attached without a mount; if QMP fails, keep its LUN taken (it may
+        still be attached) so no later hot-add collides with it."""
+        assert self.vm is not None
+        try:
+            self.vm.hot_remove(node)
+        except BaseException:
+            self.disks[f"(not detached) {path}"] = AttachedDisk(lun, True, "", False, False)
+            raise
+
     # -- unions (SPEC §4.7), under self.lock -----------------------------------------------------
 
     def add_union(self, name: str, lowers: list[str], upper: str | None) -> None:

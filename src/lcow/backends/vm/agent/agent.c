@@ -19,6 +19,9 @@
  * parsing and Docker's archive semantics stay on the host (Python); the guest only executes
  * simple file operations, in "batch" mode pipelined without per-operation replies.
  *
+ * "mkfs" formats a hot-added, unmounted disk with the initramfs's /sbin/mke2fs (the host's
+ * e2fsprogs and its libraries, added by `lcow uvm build`): sandboxes of other sizes (§4.5).
+ *
  * Only libc and kernel headers; built with gcc -static by `lcow uvm build`.
  */
 #define _GNU_SOURCE
@@ -1015,6 +1018,80 @@ static int op_freeze(const char *path, int freeze) {
     return 0;
 }
 
+/* mkfs lun option...: format the whole disk at SCSI LUN `lun` (attached, not mounted) with the
+ * initramfs's mke2fs (SPEC §4.5). The host gives the options (its sandbox module's, so host and
+ * guest formatting cannot drift apart); the device is always the last operand. mke2fs runs from
+ * an argument vector (no shell) with a private mke2fs.conf; its output is the failure text.
+ * The device is flushed before the reply, so detaching right after loses nothing. Replies the
+ * device's path. */
+#define MKE2FS "/sbin/mke2fs"
+
+static int op_mkfs(char **argv, int argc, struct outbuf *o) {
+    char dev[128];
+    if (find_disk(argv[1], dev, sizeof dev, 10000) < 0) return -1;
+    char *args[MAX_ARGS + 2];
+    int n = 0;
+    args[n++] = "mke2fs";
+    for (int i = 2; i < argc; i++) args[n++] = argv[i];
+    args[n++] = dev;
+    args[n] = NULL;
+    char *env[] = {"MKE2FS_CONFIG=/etc/mke2fs.conf", "LC_ALL=C", "PATH=/sbin:/bin", NULL};
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) < 0) return fail_errno("pipe");
+    logmsg("lcow-agent: mkfs %s (LUN %s)", dev, argv[1]);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(pipefd[0]);
+        close(pipefd[1]);
+        return fail_errno("fork");
+    }
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDONLY);
+        if (null >= 0) dup2(null, 0);
+        dup2(pipefd[1], 1);
+        dup2(pipefd[1], 2);
+        close_range(3, ~0U, 0); /* the ports and anything else the worker holds */
+        execve(MKE2FS, args, env);
+        dprintf(2, "cannot run %s: %s", MKE2FS, strerror(errno));
+        _exit(127);
+    }
+    close(pipefd[1]);
+    char text[400];
+    size_t len = 0;
+    for (;;) { /* keep the first bytes, drain the rest */
+        char chunk[1024];
+        ssize_t r = read(pipefd[0], chunk, sizeof chunk);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        size_t take = (size_t)r < sizeof text - 1 - len ? (size_t)r : sizeof text - 1 - len;
+        memcpy(text + len, chunk, take);
+        len += take;
+    }
+    close(pipefd[0]);
+    text[len] = 0;
+    for (size_t i = 0; i < len; i++)
+        if (text[i] == '\n') text[i] = i + 1 < len ? ' ' : 0;
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        int code = WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status);
+        const char *how = WIFEXITED(status) ? "exit code" : "signal";
+        logmsg("lcow-agent: mkfs %s failed (%s %d)", dev, how, code);
+        return fail('O', code == 127 ? ENOENT : EIO, "mke2fs on %s (LUN %s) failed with %s %d: %s",
+                    dev, argv[1], how, code, text);
+    }
+    int fd = open(dev, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return fail_errno(dev);
+    int rc = fsync(fd) < 0 ? fail_errno(dev) : 0;
+    close(fd);
+    if (rc == 0) {
+        logmsg("lcow-agent: mkfs %s done", dev);
+        out_put(o, dev, strlen(dev));
+    }
+    return rc;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* dispatch */
 
@@ -1040,7 +1117,7 @@ static const struct {
     {"open", 5}, {"fread", 2}, {"fseek", 3}, {"ftruncate", 2}, {"mount", 4},
     {"umount", 2}, {"overlay", 3}, {"freeze", 2}, {"thaw", 2}, {"mkdirp", 2},
     {"rmdir", 2}, {"batch", 3}, {"hello", 1}, {"sync", 1}, {"fclose", 1}, {"fwrite", 1},
-    {"mkdirm", 4}, {"prep", 5}, {NULL, 0},
+    {"mkdirm", 4}, {"prep", 5}, {"mkfs", 2}, {NULL, 0},
 };
 
 /* Batch: the frames after "batch root" are file operations relative to root, executed in
@@ -1158,6 +1235,7 @@ static void serve(void) {
         else if (!strcmp(cmd, "overlay")) rc = op_overlay(argv, argc);
         else if (!strcmp(cmd, "freeze")) rc = op_freeze(argv[1], 1);
         else if (!strcmp(cmd, "thaw")) rc = op_freeze(argv[1], 0);
+        else if (!strcmp(cmd, "mkfs")) rc = op_mkfs(argv, argc, &o);
         else if (!strcmp(cmd, "mkdirp")) rc = mkdir_p(argv[1]);
         else if (!strcmp(cmd, "rmdir")) rc = rmdir(argv[1]) < 0 && errno != ENOENT ? fail_errno(argv[1]) : 0;
         else if (!strcmp(cmd, "sync")) {
