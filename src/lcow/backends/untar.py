@@ -165,6 +165,20 @@ def untar(dest_fd: int, stream: BinaryIO, options: TarOptions | None = None) -> 
         pass  # consume what follows the end marker, so a writer on a pipe can finish
 
 
+def members(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The members of a streamed archive one by one, none kept (a million-entry tar stays
+    small); a damaged header is an :class:`InvalidArgument`."""
+    while True:
+        try:
+            member = archive.next()
+        except tarfile.TarError as exc:
+            raise InvalidArgument(f"archive: {exc}", subject="archive") from exc
+        if member is None:
+            return
+        archive.members.clear()  # type: ignore[attr-defined]  # keep no history
+        yield member
+
+
 class _Untar:
     def __init__(self, dest_fd: int, options: TarOptions) -> None:
         self.dest = dest_fd
@@ -173,14 +187,7 @@ class _Untar:
 
     def run(self, stream: _Peeked) -> None:
         with _open_stream(stream) as archive:
-            while True:
-                try:
-                    member = archive.next()
-                except tarfile.TarError as exc:
-                    raise InvalidArgument(f"archive: {exc}", subject="archive") from exc
-                if member is None:
-                    break
-                archive.members.clear()  # type: ignore[attr-defined]  # keep no history
+            for member in members(archive):
                 with _entry_errors(member.name):
                     self._entry(archive, member)
         for name, atime, mtime in self.dirs:

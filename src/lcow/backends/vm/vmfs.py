@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import os
 import posixpath
-import stat
 import struct
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -26,6 +25,7 @@ from typing import BinaryIO, Protocol, cast
 from lcow.backends.archive import tar_with_options
 from lcow.backends.base import FileInfo
 from lcow.backends.host.scoped import normalize
+from lcow.backends.resolve import resolve_in_view
 from lcow.backends.taroptions import TarOptions
 from lcow.backends.vm.channel import Channel, GuestError
 
@@ -288,36 +288,7 @@ class VmFS:
         Raises:
             OSError: ``ELOOP`` after 40 symlinks.
         """
-        pending = [p for p in _norm(path).split("/") if p]
-        pending.reverse()
-        resolved: list[str] = []
-        hops = 0
-        while pending:
-            part = pending.pop()
-            if part in (".", ""):
-                continue
-            if part == "..":
-                if resolved:
-                    resolved.pop()
-                continue
-            candidate = "/" + "/".join([*resolved, part])
-            try:
-                info = self.lstat(candidate)
-            except (FileNotFoundError, NotADirectoryError):
-                resolved.append(part)
-                resolved.extend(reversed(pending))
-                return posixpath.normpath("/" + "/".join(resolved))
-            if stat.S_ISLNK(info.mode):
-                hops += 1
-                if hops > _MAX_SYMLINKS:
-                    raise OSError(40, os.strerror(40), path)  # ELOOP
-                target = self.readlink(candidate)
-                if target.startswith("/"):
-                    resolved = []
-                pending.extend(reversed(target.split("/")))
-                continue
-            resolved.append(part)
-        return "/" + "/".join(resolved)
+        return resolve_in_view(_norm(path), self.lstat, self.readlink)
 
     def archive_path(
         self, path: str, out: Callable[[bytes], object], options: TarOptions | None = None

@@ -31,6 +31,7 @@ from lcow.backends.untar import (  # the host backend's reader and checks: one s
     _Peeked,
     _shown,
     _time_ns,
+    members,
 )
 from lcow.backends.vm.channel import Channel, GuestError
 from lcow.errors import InvalidArgument
@@ -93,14 +94,7 @@ def extract(
 def _run(batch: _Batch, stream: _Peeked, options: TarOptions) -> None:
     dirs: list[tuple[str, int, int]] = []
     with _open_stream(stream) as archive:
-        while True:
-            try:
-                member = archive.next()
-            except tarfile.TarError as exc:
-                raise InvalidArgument(f"archive: {exc}", subject="archive") from exc
-            if member is None:
-                break
-            archive.members.clear()  # type: ignore[attr-defined]  # keep no history
+        for member in members(archive):
             try:
                 _entry(batch, archive, member, options, dirs)
             except tarfile.TarError as exc:
