@@ -45,7 +45,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_corpus_is_large_enough() -> None:
     assert len(ALL_CASES) >= 50
-    assert {"tar2ext4", "apply_diff", "import"} <= set(SINKS)
+    assert {"tar2ext4", "apply_diff", "import", "plugin"} <= set(SINKS)
     outcomes = {case.expect.outcome for case in ALL_CASES.values()}
     assert {"ok", "InvalidArgument", "LimitExceeded", "NotFound"} <= outcomes
 

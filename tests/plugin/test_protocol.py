@@ -250,7 +250,7 @@ def test_init_creates_the_root_and_persists_its_arguments(plugin: Plugin) -> Non
         ("", None, "Home must be an absolute path"),
         (None, ["lcow.globalmode=maybe"], "failed to parse value for 'lcow.globalmode'"),
         (None, ["lcow.nosuchkey=1"], "unknown option 'lcow.nosuchkey'"),
-        (None, ["lcow.backend=vm"], "driver not supported"),
+        (None, ["lcow.backend=vm", "lcow.kirdpath=/nonexistent"], "driver not supported"),
     ],
 )
 def test_init_errors_leave_the_plugin_uninitialised(

@@ -263,7 +263,9 @@ class DataRoot:
 
     def sweep_temporaries(self) -> None:
         """Delete what interrupted writes left: temporary layer folders in the root, temporary
-        files in layer folders and the cache."""
+        files in layer folders and the cache, and a ``sandbox.vhdx`` beside a ``layer.vhd``
+        (ApplyDiff renames the new image into place, then deletes the sandbox it replaces;
+        ``layer.vhd`` wins, so the sandbox is never read again)."""
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.root):
                 if entry.name.startswith(".") and ".tmp-" in entry.name:
@@ -278,3 +280,6 @@ class DataRoot:
                     if entry.name.startswith(".") and ".tmp-" in entry.name:
                         with contextlib.suppress(OSError):
                             os.unlink(entry.path)
+            if folder != self.cache and (folder / LAYER_VHD).exists():
+                with contextlib.suppress(OSError):
+                    (folder / SANDBOX_VHDX).unlink()

@@ -3,8 +3,8 @@
 A *sink* is one way a tar becomes a layer: :class:`Tar2ext4Sink` (``tar2ext4`` with LCOW's
 options), :class:`ApplyDiffSink` (``Driver.apply_diff`` on a fresh data root, userspace backend),
 :class:`ImportSink` (``lcow import`` of a ``docker save`` tarball wrapping the layer, through the
-command line). All are listed in :data:`SINKS`; **a new sink (the plugin's ApplyDiff) is one more
-class with ``prepare`` and an entry in that dict**, nothing else changes.
+command line), :class:`PluginSink` (``GraphDriver.ApplyDiff`` of the plugin server, the tar sent
+as dockerd sends it: a chunked HTTP body on the unix socket). All are listed in :data:`SINKS`.
 
 For every case and sink :func:`run_case` checks:
 
@@ -26,11 +26,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import http.client
 import io
 import json
 import os
 import resource
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -40,7 +42,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from lcow.errors import LcowError
 from lcow.testing.hostile import (
@@ -56,6 +58,8 @@ __all__ = [
     "ApplyDiffSink",
     "CaseReport",
     "ImportSink",
+    "PluginFailure",
+    "PluginSink",
     "Sink",
     "SinkReport",
     "Tar2ext4Sink",
@@ -81,6 +85,11 @@ class CliFailure(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class PluginFailure(Exception):
+    """The plugin answered ApplyDiff with ``{"Err": message}`` (the wire carries no error
+    type, so only the message is judged)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,9 +182,78 @@ class ImportSink:
         return operation, [f"root/{lid}"]
 
 
-#: Every sink, by name. Add the plugin's ApplyDiff here.
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over the plugin's unix socket, as dockerd speaks it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__("plugin", timeout=600)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self._path)
+
+
+class PluginSink:
+    """``GraphDriver.ApplyDiff`` of ``lcow plugin serve`` (userspace backend), after Init and
+    Create over the same socket; the tar streamed as a chunked body."""
+
+    name = "plugin"
+
+    def prepare(self, layer: Path, work: Path) -> tuple[Operation, list[str]]:
+        from lcow.plugin.server import BackgroundServer, ServerConfig
+
+        sockets = Path(tempfile.mkdtemp(prefix="lcowh-", dir="/tmp"))  # short: 107-byte limit
+        socket_path = sockets / "p.sock"
+        server = BackgroundServer(
+            ServerConfig(socket_path=socket_path, defaults=["lcow.backend=userspace"])
+        )
+        server.start()
+        root = work / "root"
+        _plugin_call(socket_path, "GraphDriver.Init", {"Home": str(root), "Opts": None})
+        _plugin_call(socket_path, "GraphDriver.Create", {"ID": _LAYER_ID, "Parent": ""})
+
+        def operation() -> Path:
+            try:
+                with open(layer, "rb") as body:
+                    reply = _plugin_request(
+                        socket_path,
+                        f"/GraphDriver.ApplyDiff?id={_LAYER_ID}&parent=",
+                        iter(lambda: body.read(64 << 10), b""),
+                    )
+            finally:
+                server.stop()
+                shutil.rmtree(sockets, ignore_errors=True)
+            if "Err" in reply:
+                raise PluginFailure(str(reply["Err"]))
+            return root / _LAYER_ID / "layer.vhd"
+
+        return operation, [f"root/{_LAYER_ID}/layer.vhd", f"root/{_LAYER_ID}/lcow-layer.json"]
+
+
+def _plugin_request(socket_path: Path, url: str, body: Iterator[bytes] | bytes) -> dict[str, Any]:
+    connection = _UnixHTTPConnection(str(socket_path))
+    try:
+        connection.request(
+            "POST", url, body=body, encode_chunked=not isinstance(body, bytes),
+            headers={"Accept": "application/vnd.docker.plugins.v1.2+json"},
+        )  # fmt: skip
+        reply = connection.getresponse()
+        data: dict[str, Any] = json.loads(reply.read() or b"{}")
+        return data
+    finally:
+        connection.close()
+
+
+def _plugin_call(socket_path: Path, method: str, payload: dict[str, Any]) -> None:
+    reply = _plugin_request(socket_path, f"/{method}", json.dumps(payload).encode() + b"\n")
+    if "Err" in reply:
+        raise RuntimeError(f"{method}: {reply['Err']}")
+
+
+#: Every sink, by name.
 SINKS: dict[str, Sink] = {
-    sink.name: sink for sink in (Tar2ext4Sink(), ApplyDiffSink(), ImportSink())
+    sink.name: sink for sink in (Tar2ext4Sink(), ApplyDiffSink(), ImportSink(), PluginSink())
 }
 
 
@@ -453,6 +531,11 @@ def _judge_error(hostile: HostileCase, exc: BaseException, report: SinkReport) -
             return
         if not message.startswith("lcow: "):
             report.problems.append(f"message does not start with 'lcow: ': {message!r}")
+    elif isinstance(exc, PluginFailure):
+        report.outcome = "Err"
+        if expect.error is None:
+            report.problems.append(f"expected success, got Err: {message}")
+            return
     else:
         report.outcome = type(exc).__name__
         if not isinstance(exc, LcowError):
