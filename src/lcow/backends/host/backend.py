@@ -33,6 +33,7 @@ import shutil
 import stat
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lcow.backends.base import LayerDisk
@@ -119,6 +120,7 @@ class HostBackend:
     name = "host"
     writable = True
     persistent = True  # views and counts outlive the process (kept in the data root)
+    mount_threads = 4
 
     def __init__(self, root: Path, timeout: float = 30.0) -> None:
         check_prerequisites()
@@ -313,8 +315,7 @@ class HostBackend:
             exports = [(slot, d.path) for d, slot in fresh.values() if d.writable]
             if exports:
                 self._export(exports)
-            for key, (disk, slot) in fresh.items():
-                state.disks[key] = self._mount_disk(disk, slot)
+            self._mount_disks(state, fresh)
         except BaseException:
             mounted = [k for k in keys if k in state.disks]
             for key, (disk, slot) in fresh.items():
@@ -323,6 +324,28 @@ class HostBackend:
             self._release_disks(state, mounted, force=True)
             raise
         return keys
+
+    def _mount_disks(self, state: MountState, fresh: dict[str, tuple[LayerFile, str]]) -> None:
+        """Mount new disks, recording each that mounted; raise the first failure after.
+
+        A few threads at once: an ext4 mount mostly waits on reads of the image's superblock
+        and group descriptors, with the GIL released (64 layers: 45 → 28 ms on 2 cores,
+        quiet machine; see benchmarks/RESULTS.md).
+        """
+        if len(fresh) == 1:
+            ((key, (disk, slot)),) = fresh.items()
+            state.disks[key] = self._mount_disk(disk, slot)
+            return
+        failure: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=self.mount_threads) as pool:
+            futures = {key: pool.submit(self._mount_disk, d, s) for key, (d, s) in fresh.items()}
+            for key, future in futures.items():
+                try:
+                    state.disks[key] = future.result()
+                except BaseException as exc:
+                    failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def _mount_disk(self, disk: LayerFile, slot: str) -> DiskEntry:
         """Loop-mount a layer file (a sandbox through its export) at ``d/<slot>``."""
