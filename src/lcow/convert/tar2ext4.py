@@ -56,6 +56,7 @@ _TYPE_NAMES = {
 _MAX_ID = 0xFFFFFFFF
 _MAX_MAJOR = 0xFFF  # what new_encode_dev (ext4's i_block[1]) keeps
 _MAX_MINOR = 0xFFFFF
+_DEVICES = (b"3", b"4")  # tar types of character and block devices
 
 
 def _shown(name: bytes) -> str:
@@ -93,6 +94,12 @@ class _Converter:
     def _check_path(self, parts: list[bytes], entry: TarEntry, what: str) -> None:
         """Apply the name, path and depth limits to an entry name or link target."""
         opts = self.opts
+        if (  # every entry passes here: one test in C-level builtins for the usual case
+            len(parts) <= opts.max_depth
+            and (not parts or max(map(len, parts)) <= opts.max_name_len)
+            and sum(map(len, parts)) + len(parts) <= opts.max_path_len
+        ):
+            return  # (a whiteout's uncounted prefix only ever makes it shorter)
         if len(parts) > opts.max_depth:
             shown = _shown(entry.name)
             raise LimitExceeded(
@@ -211,8 +218,10 @@ class _Converter:
 
     def _check_ids(self, entry: TarEntry) -> None:
         """Owners must fit ext4's 32-bit fields, device numbers Linux's 12+20 bits."""
+        if 0 <= entry.uid <= _MAX_ID and 0 <= entry.gid <= _MAX_ID and entry.type not in _DEVICES:
+            return  # the usual case, checked once per entry
         checks = [("uid", entry.uid, _MAX_ID), ("gid", entry.gid, _MAX_ID)]
-        if entry.type in (b"3", b"4"):
+        if entry.type in _DEVICES:
             checks += [
                 ("device major", entry.devmajor, _MAX_MAJOR),
                 ("device minor", entry.devminor, _MAX_MINOR),
