@@ -134,7 +134,7 @@ def test_kill_after_apply_diff_replaced_a_sandbox_leaves_no_stale_sandbox(tmp_pa
     assert (root / "rw" / "sandbox.vhdx").exists()  # the window the kill hit
     driver = Driver(root)
     driver.cleanup()
-    assert sorted(os.listdir(root / "rw")) == ["layer.vhd", "layerchain.json"]
+    assert sorted(os.listdir(root / "rw")) == ["layer.vhd", "layerchain.json", "lcow-layer.json"]
     assert {i.name for i in driver.get("rw").readdir("/")} == {"s1", "opaque"}
     driver.put("rw")
     assert temporaries(root) == []

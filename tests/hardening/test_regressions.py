@@ -217,3 +217,34 @@ def test_a_failing_source_never_leaves_an_image(tmp_path: Path, cut: str) -> Non
     with pytest.raises(InvalidArgument, match=r"reading failed: .*injected read failure"):
         driver.apply_diff("layer", None, _FailingSource(data, limit))
     assert sorted(os.listdir(tmp_path / "root" / "layer")) == ["layerchain.json"]
+
+
+def test_apply_diff_never_shows_an_image_without_its_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The image is staged, its metadata written, then it is renamed into place: a failure at
+    the rename (fault injection standing in for a crash) leaves no image and no stage."""
+    driver = Driver(tmp_path / "root", ["lcow.dmverity=true"])
+    driver.create("layer")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("f")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    real_replace = os.replace
+
+    def failing_replace(src: Any, dst: Any) -> None:
+        if str(dst).endswith("layer.vhd"):
+            meta = json.loads((tmp_path / "root" / "layer" / "lcow-layer.json").read_bytes())
+            assert "root_hash" in meta  # already durable when the image would appear
+            raise OSError(errno.EIO, "injected rename failure")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="injected"):
+        driver.apply_diff("layer", None, io.BytesIO(buf.getvalue()))
+    assert "layer.vhd" not in os.listdir(tmp_path / "root" / "layer")
+    assert not [n for n in os.listdir(tmp_path / "root" / "layer") if ".tmp-" in n]
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert driver.apply_diff("layer", None, io.BytesIO(buf.getvalue())) == 5
+    assert "root_hash" in driver.root.read_meta("layer")

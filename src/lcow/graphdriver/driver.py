@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -51,6 +52,15 @@ from lcow.storage.locks import IdLocks, RootLock
 __all__ = ["Driver"]
 
 log = logging.getLogger(__name__)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _check_backend(options: DriverOptions) -> None:
@@ -226,23 +236,34 @@ class Driver:
                     f"lcowdriver: applydiff: {layer_id}: its content is mounted; Put it first",
                     subject=layer_id,
                 )
-            result = tar2ext4(
-                diff,
-                folder / LAYER_VHD,
-                ConvertOptions(
-                    convert_whiteouts=True,
-                    vhd_footer=True,
-                    dm_verity=self.options.dm_verity,
-                    fsync=True,
-                ),
-            )
+            # Staged under a temporary name, the metadata written, then renamed into place: an
+            # image is never visible without its metadata (a verity layer's root hash is what
+            # the vm backend mounts it with). Cleanup sweeps a stage a crash left.
+            staged = folder / f".{LAYER_VHD}.tmp-{secrets.token_hex(6)}"
+            try:
+                result = tar2ext4(
+                    diff,
+                    staged,
+                    ConvertOptions(
+                        convert_whiteouts=True,
+                        vhd_footer=True,
+                        dm_verity=self.options.dm_verity,
+                        fsync=True,
+                    ),
+                )
+                meta = {"content_size": result.content_size, "vhd_size": result.file_size}
+                if result.root_hash is not None:
+                    meta["root_hash"] = result.root_hash  # type: ignore[assignment]
+                    meta["hash_offset"] = result.hash_offset  # type: ignore[assignment]
+                self.root.write_meta(layer_id, meta)
+                os.replace(staged, folder / LAYER_VHD)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    staged.unlink()
+                raise
+            _fsync_dir(folder)
             with contextlib.suppress(FileNotFoundError):
                 (folder / SANDBOX_VHDX).unlink()
-            meta = {"content_size": result.content_size, "vhd_size": result.file_size}
-            if result.root_hash is not None:
-                meta["root_hash"] = result.root_hash  # type: ignore[assignment]
-                meta["hash_offset"] = result.hash_offset  # type: ignore[assignment]
-            self.root.write_meta(layer_id, meta)
             return result.content_size
 
     @contextlib.contextmanager

@@ -210,8 +210,9 @@ class DataRoot:
         return value if isinstance(value, dict) else {}
 
     def write_meta(self, layer_id: str, meta: dict[str, Any]) -> None:
-        """Replace lcow's own per-layer metadata atomically."""
-        with atomic_output(self.layer_dir(layer_id) / LAYER_META, mode=0o600) as fd:
+        """Replace lcow's own per-layer metadata atomically and durably (ApplyDiff writes it
+        before it renames the image it describes into place)."""
+        with atomic_output(self.layer_dir(layer_id) / LAYER_META, mode=0o600, fsync=True) as fd:
             os.write(fd, json.dumps(meta, sort_keys=True).encode())
 
     # -- removal -----------------------------------------------------------------------------
