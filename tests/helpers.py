@@ -29,6 +29,8 @@ from typing import IO, NoReturn, cast
 
 import pytest
 
+from lcow.testing.crash import host_leftovers
+
 __all__ = [
     "SBIN_PATH",
     "TarEntry",
@@ -130,29 +132,6 @@ def _vm_problem() -> str | None:
     except NotSupported as exc:
         return str(exc)
     return None
-
-
-def host_leftovers(root: Path) -> list[str]:
-    """Mounts below ``root``, loop devices on files below it and storage daemons serving it:
-    what a host-backend run must not leave behind."""
-    prefix = os.fspath(root.resolve())
-    found = []
-    with open("/proc/self/mountinfo", "rb") as table:
-        for line in table:
-            point = os.fsdecode(line.split(b" ")[4]).replace("\\040", " ")
-            if point == prefix or point.startswith(prefix + "/"):
-                found.append(f"mount {point}")
-    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
-        with contextlib.suppress(OSError):
-            target = backing.read_text().strip()
-            if target.startswith(prefix + "/"):
-                found.append(f"loop {backing.parent.parent.name} on {target}")
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            argv = cmdline.read_bytes()
-            if b"qemu-storage-daemon" in argv and os.fsencode(prefix) in argv:
-                found.append(f"process {cmdline.parent.name}: qemu-storage-daemon")
-    return found
 
 
 def _problem(need: str) -> str | None:

@@ -269,13 +269,10 @@ def temporaries(root: Path) -> list[str]:
 def host_leftovers(root: Path) -> list[str]:
     """Mounts at or below ``root``, loop devices on files below it, and live processes whose
     command line names it (the storage daemon, an orphaned mount(8) or mke2fs)."""
+    from lcow.backends.host.kernel import mounts_below
+
     prefix = os.fspath(root.resolve())
-    found = []
-    with open("/proc/self/mountinfo", "rb") as table:
-        for line in table:
-            point = os.fsdecode(line.split(b" ")[4]).replace("\\040", " ")
-            if point == prefix or point.startswith(prefix + "/"):
-                found.append(f"mount {point}")
+    found = [f"mount {point}" for point, _ in mounts_below(Path(prefix))]
     for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
         with contextlib.suppress(OSError):
             target = backing.read_text().strip()
