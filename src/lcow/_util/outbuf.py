@@ -1,12 +1,16 @@
 """Coalescing positional writer: many small block-aligned writes become few large ``pwrite``s.
 
 Full buffers are written by a background thread (``pwrite`` releases the GIL) while the caller
-fills the other of two buffers, so parsing and writing overlap on two cores.
+fills the other of two buffers, so parsing and writing overlap on two cores. Large file bodies
+are queued to the same thread as ``copy_file_range`` jobs, so the kernel's copy of one file
+overlaps the parsing of the next headers.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 __all__ = ["OutputWriter"]
@@ -14,6 +18,19 @@ __all__ = ["OutputWriter"]
 _CAPACITY = 4 << 20
 _MAX_GAP = 64 << 10  # a forward gap this small is zero-filled instead of flushing
 _ZEROS = bytes(_MAX_GAP)
+_MAX_COPIES = 2  # queued kernel copies before copy_range waits for the oldest
+
+
+def _copy_all(
+    src_fd: int, src_offset: int, fd: int, offset: int, n: int, short: Callable[[], Exception]
+) -> None:
+    while n:
+        done = os.copy_file_range(src_fd, fd, n, src_offset, offset)
+        if done == 0:
+            raise short()
+        src_offset += done
+        offset += done
+        n -= done
 
 
 def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
@@ -43,6 +60,7 @@ class OutputWriter:
         self._len = 0  # bytes pending in the current buffer
         self._start = 0  # file offset of the pending run
         self._pool: ThreadPoolExecutor | None = None
+        self._copies: deque[Future[None]] = deque()  # queued copy_range jobs, oldest first
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset`` (possibly later, on flush)."""
@@ -70,6 +88,27 @@ class OutputWriter:
         self._view[pos : pos + n] = data
         self._len = pos + n
 
+    def copy_range(
+        self, src_fd: int, src_offset: int, offset: int, n: int, short: Callable[[], Exception]
+    ) -> None:
+        """Queue a kernel copy of ``n`` bytes of ``src_fd`` (a regular file, read at
+        ``src_offset``) to ``offset``.
+
+        The copy runs on the writer thread; an error (ENOSPC, EIO, or ``short()`` should the
+        source end early) surfaces at a later call, as any write error does.
+        """
+        self.submit()  # also ends the pending run: no later zero-filled gap covers this range
+        if len(self._copies) >= _MAX_COPIES:
+            self._copies.popleft().result()
+        self._copies.append(
+            self._executor().submit(_copy_all, src_fd, src_offset, self.fd, offset, n, short)
+        )
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lcow-write")
+        return self._pool
+
     def submit(self) -> None:
         """Hand the pending run to the writer thread without waiting for it; switch buffers.
 
@@ -78,10 +117,8 @@ class OutputWriter:
         """
         if not self._len:
             return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lcow-write")
         cur = self._cur
-        self._pending[cur] = self._pool.submit(
+        self._pending[cur] = self._executor().submit(
             _pwrite_all, self.fd, self._view[: self._len], self._start
         )
         self._start += self._len
@@ -100,6 +137,8 @@ class OutputWriter:
     def _wait_all(self) -> None:
         self._wait(0)
         self._wait(1)
+        while self._copies:
+            self._copies.popleft().result()
 
     def flush(self) -> None:
         """Write out everything pending and wait until it is written."""
@@ -119,4 +158,5 @@ class OutputWriter:
             self._pool.shutdown(wait=True)
             self._pool = None
         self._pending = [None, None]
+        self._copies.clear()
         self._len = 0

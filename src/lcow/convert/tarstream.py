@@ -5,6 +5,9 @@ add little per entry, so this reader parses the 512-byte headers itself from one
 moves file data with ``copy_file_range`` (regular-file input) or ``splice`` (pipe input) straight
 into the output, touching Python buffers only for small files already in the read buffer.
 
+The common case of header parsing runs in C when ``lcow._tarscan`` is built (see
+``src/lcow/_native/tarscan.c``); it declines anything unusual, which is then parsed here.
+
 Understood: ustar, GNU (``L``/``K`` long names, ``S`` old sparse, base-256 numbers) and PAX
 (``x`` records incl. ``SCHILY.xattr.*``, sub-second times, GNU sparse 0.0/0.1/1.0). PAX globals
 (``g``) are consumed and ignored. Any other type is reported to the caller, which rejects it.
@@ -17,7 +20,10 @@ import stat
 import struct
 import zlib
 from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
 
+from lcow._util import native
 from lcow._util.outbuf import OutputWriter
 from lcow.errors import InvalidArgument, LimitExceeded
 
@@ -39,6 +45,11 @@ _META_TYPES = frozenset((b"x", b"g", b"L", b"K"))
 _POSIX_MAGIC = b"ustar\x00"
 _GNU_MAGIC = b"ustar "
 _SPARSE_ENTRY = struct.Struct("12s12s")
+
+#: The C header scanner (``lcow._tarscan``), or None: then every member is parsed in Python.
+TARSCAN = native.load("_tarscan")
+_SCAN_END = -1  # lcow._tarscan's return codes besides a parsed member
+_SCAN_SLOW = 0
 
 
 class TruncatedArchive(InvalidArgument):
@@ -218,6 +229,8 @@ class TarReader:
                 self._limit = end
         self.consumed = 0  # bytes of archive consumed so far
         self._eof = False
+        #: The header accelerator in use; set to None to parse every member in Python.
+        self.native: ModuleType | None = TARSCAN
 
     # -- buffer management -------------------------------------------------------------------
 
@@ -282,8 +295,7 @@ class TarReader:
         if not n:
             return
         if self._regular:
-            size = self._limit if self._limit >= 0 else os.fstat(self._fd).st_size
-            if self._file_pos + n > size:
+            if self._file_pos + n > self._input_size():
                 raise self._truncated(entry)
             self._file_pos += n
             self.consumed += n
@@ -297,6 +309,10 @@ class TarReader:
             self._start = use
             self.consumed += use
             n -= use
+
+    def _input_size(self) -> int:
+        """Where a regular-file input ends."""
+        return self._limit if self._limit >= 0 else os.fstat(self._fd).st_size
 
     def _padding(self, size: int) -> int:
         return -size & (BLOCK - 1)
@@ -325,16 +341,12 @@ class TarReader:
         out.submit()  # pending small writes go on in the background; ranges are disjoint
         self._start = self._end = 0
         if self._regular:
-            if self._limit >= 0 and self._file_pos + n > self._limit:
+            # Copied on the writer thread while the next headers are parsed here.
+            if self._file_pos + n > self._input_size():
                 raise self._truncated(entry)
-            while n:
-                done = os.copy_file_range(self._fd, out.fd, n, self._file_pos, offset)
-                if done == 0:
-                    raise self._truncated(entry)
-                self._file_pos += done
-                offset += done
-                n -= done
-                self.consumed += done
+            out.copy_range(self._fd, self._file_pos, offset, n, lambda: self._truncated(entry))
+            self._file_pos += n
+            self.consumed += n
         elif self._pipe:
             while n:
                 done = os.splice(self._fd, out.fd, n, offset_dst=offset)
@@ -375,23 +387,72 @@ class TarReader:
     def entries(self) -> Iterator[TarEntry]:
         """Yield members in archive order. The caller must consume each member's data (copy,
         read or skip exactly ``entry.size`` bytes, then :meth:`finish_data`) before the next."""
+        scan = None if self.native is None else self.native.scan_entry
+        while True:
+            if scan is not None:
+                result = scan(self._buf, self._start, self._end, MAX_META_SIZE)
+                if result.__class__ is tuple:
+                    yield self._scanned(result)
+                    continue
+                if result == _SCAN_END:
+                    self._start += BLOCK
+                    self.consumed += BLOCK
+                    return
+                if result != _SCAN_SLOW and self._fill(result):
+                    continue  # now buffered: scan again
+                # Unusual or incomplete at the end of input: the Python parser decides.
+            entry = self._next_member()
+            if entry is None:
+                return
+            yield entry
+
+    def _scanned(self, fields: tuple[Any, ...]) -> TarEntry:
+        """A member parsed by the accelerator (same fields the Python parser fills)."""
+        entry = TarEntry.__new__(TarEntry)
+        (
+            entry.name,
+            entry.type,
+            entry.mode,
+            entry.uid,
+            entry.gid,
+            entry.size,
+            entry.mtime_ns,
+            entry.atime_ns,
+            entry.ctime_ns,
+            entry.linkname,
+            entry.devmajor,
+            entry.devminor,
+            entry.xattrs,
+            header,
+            after,
+        ) = fields
+        entry.realsize = entry.size
+        entry.sparse = None
+        start = self._start
+        entry.offset = self.consumed + header - start
+        self.consumed += after - start
+        self._start = after
+        return entry
+
+    def _next_member(self) -> TarEntry | None:
+        """Parse the next member with its metadata records; ``None`` at the end."""
         pax: dict[bytes, bytes] | None = None
         sparse_pairs: list[int] | None = None
         long_name: bytes | None = None
         long_link: bytes | None = None
-        meta_bytes = 0  # metadata records pending for the next member
+        meta_bytes = 0  # metadata records pending for the member
         while True:
             if self._end - self._start < BLOCK and not self._fill(BLOCK):
                 if self._end - self._start:
                     raise self._truncated(None)
-                return  # EOF at a header boundary without the end marker: accept, as Go does
+                return None  # EOF at a header boundary without the end marker: accept, as Go does
             offset = self.consumed
             start = self._start
             raw = self._buf[start : start + BLOCK]
             self._start = start + BLOCK
             self.consumed = offset + BLOCK
             if raw[0] == 0 and raw == _ZERO_BLOCK:
-                return  # end marker; what follows it is read by drain()
+                return None  # end marker; what follows it is read by drain()
             fields = _HEADER.unpack(raw)
             name = fields[0].split(b"\x00", 1)[0]
             if not _checksum_ok(raw, fields[6]):
@@ -439,7 +500,6 @@ class TarReader:
             entry.name = name
             entry.type = typeflag
             entry.size = size
-            meta_bytes = 0
             entry.mode = _num(fields[1], "mode", name) & 0o7777
             # Fields a PAX record overrides are not parsed (GNU tar repeats mtime in PAX).
             if pax is None or b"uid" not in pax:
@@ -457,15 +517,11 @@ class TarReader:
                 self._gnu_sparse(entry, bytes(raw))
             if long_name is not None:
                 entry.name = long_name
-                long_name = None
             if long_link is not None:
                 entry.linkname = long_link
-                long_link = None
             if pax is not None:
                 self._apply_pax(entry, pax, sparse_pairs)
-                pax = None
-                sparse_pairs = None
-            yield entry
+            return entry
 
     def _parse_pax(
         self,
