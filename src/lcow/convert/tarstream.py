@@ -264,8 +264,8 @@ class TarReader:
                 self._buf[:left] = self._view[self._start : self._end]
                 self._start, self._end = 0, left
             if len(self._buf) - self._start < need:
+                self._view.release()  # a bytearray cannot grow while a view exports it
                 self._buf.extend(bytes(need - (len(self._buf) - self._start)))
-                self._view.release()
                 self._view = memoryview(self._buf)
             if not self._read_some():
                 return False
