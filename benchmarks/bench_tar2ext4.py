@@ -17,7 +17,10 @@ every run):
   kernel  ``mkfs.ext4`` an image file, ``mount -o loop``, ``tar -x`` into it, ``umount``
           (all timed; the image size comes from an untimed scan of the tar)
 
-Each data set's tar is read once untimed first (warm cache). Then for every repetition the
+The lcow package is byte-compiled first, as a wheel install leaves it (an editable checkout
+run with PYTHONDONTWRITEBYTECODE would otherwise recompile every module on every start), and
+whether its C accelerators are loaded is recorded. Each data set's tar is read once untimed
+first (warm cache). Then for every repetition the
 tools run one after another, in an order rotated per repetition, each preceded by ``sync``;
 nothing else (no cache dropping). Reported: median wall-clock seconds, its ratio to the
 median of ``cp``, and peak RSS (ru_maxrss from os.wait4 of the child; for multi-step tools the
@@ -361,14 +364,28 @@ def run_dir(base: Path) -> Iterator[Path]:
 # --------------------------------------------------------------------------- machine info
 
 
-def _cmd_out(cmd: list[str]) -> str:
+def _cmd_out(cmd: list[str], env: dict[str, str] | None = None) -> str:
     try:
         p = subprocess.run(
-            cmd, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
     except OSError as e:
         return f"unavailable: {e}"
     return p.stdout.strip()
+
+
+_ACCELERATORS = (
+    "from lcow._util import native; "
+    "print(' '.join(f'{m}={native.load(m) is not None}' for m in ('_tarscan', '_ext4pack')))"
+)
+
+
+def compile_lcow(lcow: Path) -> None:
+    """Byte-compile the lcow package as an installed wheel is, so that every timed run starts
+    from cached bytecode even where PYTHONDONTWRITEBYTECODE is set or the checkout is fresh."""
+    python = str(lcow.parent / "python")
+    where = _cmd_out([python, "-c", "import lcow, os; print(os.path.dirname(lcow.__file__))"])
+    subprocess.run([python, "-m", "compileall", "-q", where], check=True, stdout=subprocess.DEVNULL)
 
 
 def machine_info(data: Path, lcow: Path, peer: str | None) -> dict[str, object]:
@@ -393,6 +410,7 @@ def machine_info(data: Path, lcow: Path, peer: str | None) -> dict[str, object]:
         "python_lcow": _cmd_out(
             [str(lcow.parent / "python"), "-c", "import sys; print(sys.version.split()[0])"]
         ),
+        "lcow_accelerators": _cmd_out([str(lcow.parent / "python"), "-c", _ACCELERATORS]),
         "e2fsprogs": _cmd_out(["mke2fs", "-V"]).splitlines()[0],
         "tar": _cmd_out(["tar", "--version"]).splitlines()[0],
         "coreutils": _cmd_out(["cp", "--version"]).splitlines()[0],
@@ -579,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     out_json.parent.mkdir(parents=True, exist_ok=True)
 
+    if "lcow" in tools:
+        compile_lcow(args.lcow)
     stats = {}
     for s in sets:
         log(f"scanning {tars[s]} (untimed)")

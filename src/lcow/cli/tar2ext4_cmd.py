@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import errno
-import json
 import os
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from lcow.cli._format import format_size, parse_size
 from lcow.cli.status import ExitStatus, UsageError
@@ -171,6 +167,9 @@ def run(args: argparse.Namespace) -> int:
         result = tar2ext4(source, args.output, options)
     elapsed = time.monotonic() - started
     if args.json:
+        import dataclasses
+        import json
+
         print(json.dumps(dataclasses.asdict(result), indent=2))
     else:
         print(_summary(args.output, result, elapsed))
@@ -241,6 +240,9 @@ def _input_total(source: str) -> int | None:
 
 def _only_vhd(args: argparse.Namespace) -> int:
     """Copy the ext4 image IN to OUT (temp name, then rename) and append a fixed VHD footer."""
+    import tempfile
+    from pathlib import Path
+
     from lcow.formats.vhd.footer import append_fixed_footer
 
     out = Path(args.output)
@@ -275,6 +277,8 @@ def _only_vhd(args: argparse.Namespace) -> int:
             os.unlink(tmp)
         raise
     if args.json:
+        import json
+
         print(json.dumps({"image_size": size, "file_size": size + 512}, indent=2))
     else:
         print(f"{out}: ext4 image {format_size(size)} + VHD footer = {size + 512} bytes")
