@@ -29,7 +29,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ = ROOT / "fuzz"
-HARNESSES = ("tar_reader", "ext4_reader", "vhd_footer", "vhdx", "layerchain", "plugin_request")
+HARNESSES = (
+    "tar_reader",
+    "tarscan",
+    "ext4_reader",
+    "vhd_footer",
+    "vhdx",
+    "layerchain",
+    "plugin_request",
+)
 
 _DONE = re.compile(r"Done (\d+) runs in (\d+) second")
 _STATUS = re.compile(r"^#(\d+)\s", re.MULTILINE)

@@ -43,7 +43,8 @@ def _inputs() -> list[object]:
 
 def test_every_harness_has_seeds() -> None:
     assert set(HARNESSES) == {
-        "tar_reader", "ext4_reader", "vhd_footer", "vhdx", "layerchain", "plugin_request"
+        "tar_reader", "tarscan", "ext4_reader", "vhd_footer", "vhdx", "layerchain",
+        "plugin_request",
     }  # fmt: skip
     for name in HARNESSES:
         assert any((FUZZ / "corpus" / name).iterdir()), f"no seeds for {name}"

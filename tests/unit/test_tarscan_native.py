@@ -9,7 +9,6 @@ path) and a pipe (where the buffer fills in odd pieces).
 
 from __future__ import annotations
 
-import importlib
 import io
 import os
 import shutil
@@ -27,24 +26,22 @@ from hypothesis import strategies as st
 
 from lcow.convert import tarstream
 from lcow.convert.tarstream import MAX_META_SIZE, TarReader
-from lcow.errors import LcowError
 from lcow.testing import hostile
 from lcow.testing.hostile import END, file, gnu_long, header, member, pax
+from lcow.testing.tarscan_diff import Outcome, outcome, outcome_of_bytes, tarscan
 
 REPO = Path(__file__).resolve().parents[2]
 FUZZ_CORPUS = REPO / "fuzz" / "corpus" / "tar_reader"
 
-Outcome = tuple[Any, ...]
-
 
 def _tarscan() -> ModuleType:
     """The accelerator itself, whatever LCOW_NATIVE says (these tests compare both paths)."""
-    try:
-        return importlib.import_module("lcow._tarscan")
-    except ImportError:
+    module = tarscan()
+    if module is None:
         if os.environ.get("CI") == "true":
             pytest.fail("lcow._tarscan is not built: the C accelerator must be present in CI")
         pytest.skip("lcow._tarscan is not built (no C compiler at install?)")
+    return module
 
 
 def test_the_reader_uses_the_accelerator() -> None:
@@ -53,51 +50,8 @@ def test_the_reader_uses_the_accelerator() -> None:
     assert tarstream.TARSCAN is (None if disabled else module)
 
 
-def _fields(entry: tarstream.TarEntry) -> tuple[Any, ...]:
-    return (
-        entry.name,
-        entry.type,
-        entry.mode,
-        entry.uid,
-        entry.gid,
-        entry.size,
-        entry.realsize,
-        entry.mtime_ns,
-        entry.atime_ns,
-        entry.ctime_ns,
-        entry.linkname,
-        entry.devmajor,
-        entry.devminor,
-        entry.xattrs,
-        entry.sparse,
-        entry.offset,
-    )
-
-
-def _read(fd: int, accelerate: bool) -> Outcome:
-    """Every member's fields (data skipped), then how the archive ended."""
-    reader = TarReader(fd)
-    reader.native = _tarscan() if accelerate else None
-    members: list[tuple[Any, ...]] = []
-    try:
-        for entry in reader.entries():
-            members.append(_fields(entry))
-            reader.skip_data(entry.size, entry)
-            reader.finish_data(entry)
-        reader.drain()
-    except LcowError as exc:
-        return (members, type(exc).__name__, str(exc), reader.consumed)
-    return (members, "ok", reader.consumed)
-
-
 def _read_file(data: bytes, accelerate: bool) -> Outcome:
-    fd = os.memfd_create("tar")
-    try:
-        os.write(fd, data)
-        os.lseek(fd, 0, os.SEEK_SET)
-        return _read(fd, accelerate)
-    finally:
-        os.close(fd)
+    return outcome_of_bytes(data, _tarscan() if accelerate else None)
 
 
 def _read_pipe(data: bytes, accelerate: bool) -> Outcome:
@@ -118,7 +72,7 @@ def _read_pipe(data: bytes, accelerate: bool) -> Outcome:
     writer = threading.Thread(target=feed)
     writer.start()
     try:
-        return _read(rfd, accelerate)
+        return outcome(rfd, _tarscan() if accelerate else None)
     finally:
         os.close(rfd)  # a reader that stopped early makes the feeder see EPIPE
         writer.join()

@@ -1,0 +1,34 @@
+#!/usr/bin/env python3
+"""Fuzz the C tar header scanner against the Python parser (a differential harness).
+
+Every input is read as a tar twice, with ``lcow._tarscan`` and without it; the members'
+fields, the error (type and message) and the bytes consumed must be identical. A difference
+raises ``AssertionError``: a finding. Without the extension built, inputs only go through the
+Python parser.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import fuzz_main, instrumented
+
+with instrumented():
+    from lcow.testing.tarscan_diff import outcome_of_bytes, tarscan
+
+_SCANNER = tarscan()
+
+
+def one_input(data: bytes) -> None:
+    python = outcome_of_bytes(data, None)
+    if _SCANNER is not None:
+        native = outcome_of_bytes(data, _SCANNER)
+        if native != python:
+            raise AssertionError(f"C scanner and Python parser differ:\n{native}\n{python}")
+
+
+if __name__ == "__main__":
+    fuzz_main(one_input)
