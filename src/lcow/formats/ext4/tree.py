@@ -36,8 +36,8 @@ class Tree:
     Row ``ino`` of each array describes inode ``ino`` (row 0 is unused). ``mode == 0`` marks a
     free inode. For a non-directory ``links`` counts its names; for a directory it counts its
     subdirectories (its link count is ``2 + links``). A dense regular file's data is the
-    ``nblocks`` blocks from ``start``; sparse files, directories and slow symlinks keep
-    ``runs`` instead.
+    ``nblocks`` blocks from ``start``, and so is a directory's once the writer has placed its
+    blocks; sparse files and slow symlinks keep ``runs`` instead.
 
     Args:
         free_runs: called with the data runs of an inode that lost its last name.

@@ -13,6 +13,10 @@ The group count and inodes per group are chosen last, as the smallest that hold 
 (``flex_bg`` lets every table live anywhere). Blocks of replaced files are freed in the bitmap.
 Features: ext_attr, sparse_super2 (no backups), filetype, extents, flex_bg, large_file,
 huge_file, extra_isize, read-only; inline_data on request. No journal, no checksums.
+
+When the optional C module ``lcow._ext4pack`` is built (and ``LCOW_NATIVE`` is not ``0``), it
+packs the directory blocks and the inode table rows that need no dictionary data; every other
+inode goes through :func:`~lcow.formats.ext4.inodes.pack_inode_into`. Both give the same bytes.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import os
 import stat
 from array import array
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, cast
 
+from lcow._util import native
 from lcow._util.outbuf import OutputWriter
 from lcow.errors import FailedPrecondition, InvalidArgument, LimitExceeded
 from lcow.formats.ext4.dirents import pack_directory
@@ -37,6 +43,7 @@ from lcow.formats.ext4.layout import (
     INODE_SIZE,
     INODES_PER_BLOCK,
     LOST_AND_FOUND_INO,
+    MAX_EXTENT_LEN,
     MAX_FILE_BLOCKS,
     MAX_FS_BLOCKS,
     FileType,
@@ -47,6 +54,7 @@ from lcow.formats.ext4.tree import Tree
 __all__ = ["Ext4Writer", "ImageStats"]
 
 _TABLE_CHUNK = 1 << 20  # inode table bytes packed per write
+_INODE_EXTENT_BLOCKS = EXTENTS_IN_INODE * MAX_EXTENT_LEN  # longest file mapped by the inode alone
 
 _FTYPE = {
     stat.S_IFREG: FileType.REG_FILE,
@@ -57,6 +65,38 @@ _FTYPE = {
     stat.S_IFSOCK: FileType.SOCK,
     stat.S_IFLNK: FileType.SYMLINK,
 }
+
+
+class _Ext4Pack(Protocol):
+    """What this module calls in the C accelerator (``lcow._ext4pack``, typed by its stub)."""
+
+    def pack_inodes(
+        self,
+        table: bytearray,
+        first: int,
+        last: int,
+        ipg: int,
+        columns: tuple[array[int], ...],
+        special: bytes | bytearray,
+        dirs: array[int],
+        free_inodes: array[int],
+        bitmaps: bytearray,
+        /,
+    ) -> list[int]: ...
+
+    def pack_dir(
+        self, ino: int, parent: int, children: dict[bytes, int], mode: array[int], /
+    ) -> bytearray: ...
+
+
+#: The C packer (same bytes as the Python code), or None: not built, or ``LCOW_NATIVE=0``.
+#: Tests set it to None to compare both.
+_ext4pack = cast("_Ext4Pack | None", native.load("_ext4pack"))
+
+if TYPE_CHECKING:
+    from lcow import _ext4pack as _stub
+
+    _STUB_MATCHES: _Ext4Pack = _stub  # mypy checks the protocol against _ext4pack.pyi
 
 
 @dataclass(frozen=True)
@@ -248,17 +288,19 @@ class Ext4Writer:
             return self.allocate(n, "image metadata")
 
         mode = tree.mode
-        for ino in range(1, tree.count + 1):
+        for ino in self._metadata_inodes():
             fmt = stat.S_IFMT(mode[ino])
             if not fmt:
                 continue
             if fmt == stat.S_IFDIR:
-                body = pack_directory(self._dirents(ino))
+                body = self._directory(ino)
                 n = len(body) // BLOCK_SIZE
                 start = alloc(n)
                 out.write_at(start * BLOCK_SIZE, body)
+                # Kept like a dense file's data, so the inode packs as a plain one.
                 tree.size[ino] = len(body)
-                tree.runs[ino] = [(0, start, n)]
+                tree.start[ino] = start
+                tree.nblocks[ino] = n
             elif fmt == stat.S_IFLNK and len(tree.data[ino]) > FAST_SYMLINK_MAX:
                 start = alloc(1)
                 out.write_at(start * BLOCK_SIZE, tree.data[ino].ljust(BLOCK_SIZE, b"\x00"))
@@ -272,9 +314,9 @@ class Ext4Writer:
                     out.write_at(at * BLOCK_SIZE, block)
                     xattr_block[ino] = at
                     extra_blocks[ino] = 1
-            runs = tree.data_runs(ino)
-            if runs is not None:
-                extents = split_runs(runs)
+            # Dense data of at most four extents fits the inode; only the rest may need nodes.
+            if ino in tree.runs or tree.nblocks[ino] > _INODE_EXTENT_BLOCKS:
+                extents = split_runs(tree.data_runs(ino) or [])
                 if len(extents) > EXTENTS_IN_INODE:
                     root, nodes, node_count = build_extent_tree(extents, alloc)
                     for blockno, content in nodes:
@@ -282,6 +324,25 @@ class Ext4Writer:
                     deep_roots[ino] = root
                     extra_blocks[ino] += node_count
         out.flush()
+
+    def _metadata_inodes(self) -> list[int]:
+        """The inodes :meth:`_write_metadata` may give blocks, ascending (the allocation order):
+        directories, symlinks, inline files, inodes with xattrs or sparse maps, and files longer
+        than the inode's own extents can map. Plain files need nothing, and are most inodes."""
+        tree = self.tree
+        nblocks = tree.nblocks
+        long_files: list[int] = []
+        if max(nblocks) > _INODE_EXTENT_BLOCKS:
+            long_files = [ino for ino, n in enumerate(nblocks) if n > _INODE_EXTENT_BLOCKS]
+        return sorted({*tree.children, *tree.data, *tree.xattrs, *tree.runs, *long_files})
+
+    def _directory(self, ino: int) -> bytearray:
+        """The blocks of directory ``ino``."""
+        tree = self.tree
+        parent = tree.parent.get(ino, ino)
+        if _ext4pack is not None:
+            return _ext4pack.pack_dir(ino, parent, tree.children[ino], tree.mode)
+        return pack_directory(self._dirents(ino, parent))
 
     def _write_inode_table(
         self,
@@ -291,50 +352,89 @@ class Ext4Writer:
         xattr_block: array[int],
         extra_blocks: array[int],
         deep_roots: dict[int, bytes],
-    ) -> tuple[list[int], list[int], list[bytearray]]:
+    ) -> tuple[list[int], list[int], bytearray]:
         """Pack every inode into the tables (contiguous across groups); returns per-group
-        directory counts, free inode counts and inode bitmaps."""
+        directory counts, free inode counts and the inode bitmaps (one block per group)."""
         tree = self.tree
-        out = self.out
-        dirs = [0] * groups
-        free_inodes = [ipg] * groups
-        bitmaps = []
-        for _ in range(groups):
-            bm = bytearray(BLOCK_SIZE)
-            bm[ipg // 8 :] = b"\xff" * (BLOCK_SIZE - ipg // 8)  # padding past the group's inodes
-            bitmaps.append(bm)
-        mode = tree.mode
-        count = tree.count
+        dirs = array("I", bytes(4 * groups))
+        free_inodes = array("I", [ipg]) * groups
+        bitmaps = bytearray(groups * BLOCK_SIZE)
+        for g in range(groups):  # padding past the group's inodes is "in use"
+            bitmaps[g * BLOCK_SIZE + ipg // 8 : (g + 1) * BLOCK_SIZE] = b"\xff" * (
+                BLOCK_SIZE - ipg // 8
+            )
+        # What the C packer reads: the inode columns, and which inodes to leave to Python.
+        columns = (
+            *(tree.mode, tree.uid, tree.gid, tree.links, tree.size),
+            *(tree.mtime, tree.atime, tree.ctime, tree.start, tree.nblocks),
+            *(xattr_block, extra_blocks),
+        )
+        special = self._special_inodes(deep_roots) if _ext4pack is not None else b""
         chunk_inodes = _TABLE_CHUNK // INODE_SIZE
-        for first in range(1, count + 1, chunk_inodes):
-            last = min(first + chunk_inodes, count + 1)
+        for first in range(1, tree.count + 1, chunk_inodes):
+            last = min(first + chunk_inodes, tree.count + 1)
             table = bytearray((last - first) * INODE_SIZE)
-            for ino in range(first, last):
-                g, index = divmod(ino - 1, ipg)
-                if mode[ino]:
-                    if ino in tree.children:
-                        dirs[g] += 1
-                    area = None
-                    if ino in tree.xattrs or (self.inline_data and ino in tree.data):
-                        area = inode_xattrs(tree, ino, self.inline_data)[0]
-                    pack_inode_into(
-                        table,
-                        (ino - first) * INODE_SIZE,
-                        tree,
-                        ino,
-                        deep_roots.get(ino),
-                        area,
-                        xattr_block[ino],
-                        extra_blocks[ino],
-                    )
-                elif ino >= LOST_AND_FOUND_INO:
-                    continue  # free: left zero
-                # (reserved inodes 1..10 are in use and empty)
-                bitmaps[g][index >> 3] |= 1 << (index & 7)
-                free_inodes[g] -= 1
-            out.write_at(table_start * BLOCK_SIZE + (first - 1) * INODE_SIZE, table)
-        out.flush()
-        return dirs, free_inodes, bitmaps
+            if _ext4pack is not None:
+                left = _ext4pack.pack_inodes(
+                    table, first, last, ipg, columns, special, dirs, free_inodes, bitmaps
+                )
+            else:
+                left = self._account_inodes(first, last, ipg, dirs, free_inodes, bitmaps)
+            for ino in left:
+                area = None
+                if ino in tree.xattrs or (self.inline_data and ino in tree.data):
+                    area = inode_xattrs(tree, ino, self.inline_data)[0]
+                pack_inode_into(
+                    table,
+                    (ino - first) * INODE_SIZE,
+                    tree,
+                    ino,
+                    deep_roots.get(ino),
+                    area,
+                    xattr_block[ino],
+                    extra_blocks[ino],
+                )
+            self.out.write_at(table_start * BLOCK_SIZE + (first - 1) * INODE_SIZE, table)
+        self.out.flush()
+        return dirs.tolist(), free_inodes.tolist(), bitmaps
+
+    def _special_inodes(self, deep_roots: dict[int, bytes]) -> bytearray:
+        """Mask by inode number of those the C packer leaves to :func:`pack_inode_into`: the
+        ones with dictionary data (xattrs, inline data or symlink targets, sparse maps, device
+        numbers, extent trees outside the inode)."""
+        tree = self.tree
+        special = bytearray(tree.count + 1)
+        for table in (tree.xattrs, tree.data, tree.runs, tree.rdev, deep_roots):
+            for ino in table:
+                special[ino] = 1
+        return special
+
+    def _account_inodes(
+        self,
+        first: int,
+        last: int,
+        ipg: int,
+        dirs: array[int],
+        free_inodes: array[int],
+        bitmaps: bytearray,
+    ) -> list[int]:
+        """Count inodes ``[first, last)`` in the group totals and bitmaps; returns the live ones
+        (the pure-Python side of ``_ext4pack.pack_inodes``, which packs nothing itself)."""
+        tree = self.tree
+        mode = tree.mode
+        live = []
+        for ino in range(first, last):
+            g, index = divmod(ino - 1, ipg)
+            if mode[ino]:
+                if ino in tree.children:
+                    dirs[g] += 1
+                live.append(ino)
+            elif ino >= LOST_AND_FOUND_INO:
+                continue  # free: left zero
+            # (reserved inodes 1..10 are in use and empty)
+            bitmaps[g * BLOCK_SIZE + (index >> 3)] |= 1 << (index & 7)
+            free_inodes[g] -= 1
+        return live
 
     def _write_bitmaps(
         self,
@@ -342,7 +442,7 @@ class Ext4Writer:
         blocks_count: int,
         used_end: int,
         bitmap_start: int,
-        inode_bitmaps: list[bytearray],
+        inode_bitmaps: bytearray,
     ) -> list[int]:
         """Block and inode bitmaps, interleaved per group; returns free blocks per group."""
         gdt_blocks = -(-groups // DESCS_PER_BLOCK)
@@ -356,7 +456,8 @@ class Ext4Writer:
         for g in range(groups):
             piece = bits[g * BLOCK_SIZE : (g + 1) * BLOCK_SIZE]
             self.out.write_at((bitmap_start + 2 * g) * BLOCK_SIZE, piece)
-            self.out.write_at((bitmap_start + 2 * g + 1) * BLOCK_SIZE, inode_bitmaps[g])
+            inode_bitmap = inode_bitmaps[g * BLOCK_SIZE : (g + 1) * BLOCK_SIZE]
+            self.out.write_at((bitmap_start + 2 * g + 1) * BLOCK_SIZE, inode_bitmap)
             free_blocks.append(BLOCKS_PER_GROUP - int.from_bytes(piece, "little").bit_count())
         return free_blocks
 
@@ -390,10 +491,10 @@ class Ext4Writer:
             )
         self.out.write_at(BLOCK_SIZE, gdt)
 
-    def _dirents(self, ino: int) -> list[tuple[int, int, bytes]]:
+    def _dirents(self, ino: int, parent: int) -> list[tuple[int, int, bytes]]:
         tree = self.tree
         mode = tree.mode
-        entries = [(ino, FileType.DIR, b"."), (tree.parent.get(ino, ino), FileType.DIR, b"..")]
+        entries = [(ino, FileType.DIR, b"."), (parent, FileType.DIR, b"..")]
         for name, child in tree.children[ino].items():
             entries.append((child, _FTYPE[stat.S_IFMT(mode[child])], name))
         return entries
