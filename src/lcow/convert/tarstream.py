@@ -374,6 +374,7 @@ class TarReader:
         """Read the input to its very end (tar padding after the end marker included)."""
         if self._regular:
             return
+        self.consumed += self._end - self._start  # what is buffered counts too
         self._start = self._end = 0
         while self._read_some():
             self.consumed += self._end
