@@ -21,8 +21,8 @@ APT_PACKAGES=(
     docker.io      # dockerd 20.10 for the graph-driver plugin's end-to-end tests
     busybox-static # a rootfs for images the plugin tests build; the vm backend's guest shell
     qemu-system-x86 # the vm backend's utility VMs (microvm, TCG or KVM)
-    gcc libc6-dev  # lcow uvm build compiles the guest agent (gcc -static)
-    python3-venv
+    gcc libc6-dev  # lcow uvm build compiles the guest agent (gcc -static); the C accelerators
+    python3-venv python3-dev # python3-dev: Python.h for lcow._tarscan and lcow._ext4pack
 )
 
 as_root() {

@@ -398,7 +398,14 @@ class _Converter:
 
 def convert_stream(source: TarSource, out_fd: int, options: ConvertOptions) -> ConvertResult:
     """Convert the tar readable from ``source`` into the empty file ``out_fd``."""
-    writer = Ext4Writer(out_fd, max_size=options.max_size, inline_data=options.inline_data)
+    writer = Ext4Writer(
+        out_fd,
+        max_size=options.max_size,
+        inline_data=options.inline_data,
+        # A layer is stored, not read back now: keep its pages from piling up dirty (which
+        # makes writeback throttle big layers). The verity hash reads the image right after.
+        write_behind=not options.dm_verity,
+    )
     try:
         reader = TarReader(source.fd, source.initial, start=source.start, end=source.end)
         conv = _Converter(writer, reader, options)

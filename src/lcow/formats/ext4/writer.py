@@ -122,13 +122,18 @@ class Ext4Writer:
         fd: writable descriptor of an empty regular file (positional writes only).
         max_size: largest filesystem allowed, bytes.
         inline_data: enable the ``inline_data`` feature (the caller stores small files inline).
+        write_behind: hand written pages to writeback and drop them from the page cache as the
+            image grows (see :class:`~lcow._util.outbuf.OutputWriter`); for images not read
+            back right away.
     """
 
-    def __init__(self, fd: int, *, max_size: int, inline_data: bool = False) -> None:
+    def __init__(
+        self, fd: int, *, max_size: int, inline_data: bool = False, write_behind: bool = False
+    ) -> None:
         max_blocks = min(_round_up(max_size, BLOCK_SIZE) // BLOCK_SIZE, MAX_FS_BLOCKS)
         if max_blocks < 64:
             raise InvalidArgument(f"maximum image size {max_size} is too small (minimum 256 KiB)")
-        self.out = OutputWriter(fd)
+        self.out = OutputWriter(fd, write_behind=write_behind)
         self.max_blocks = max_blocks
         self.inline_data = inline_data
         max_groups = -(-max_blocks // BLOCKS_PER_GROUP)
