@@ -57,6 +57,7 @@ def _check_writes(
 ) -> None:
     # Small windows and an early start, so write-behind advises many times in a short test.
     monkeypatch.setattr(outbuf, "_WRITE_BEHIND", 256 << 10)
+    monkeypatch.setattr(outbuf, "_SPLIT_COPY", 128 << 10)  # big copies: two threads
     monkeypatch.setattr(outbuf, "background_writeback_threshold", lambda: 512 << 10)
     advised: list[tuple[int, int]] = []
     real_advise = outbuf._advise

@@ -19,6 +19,7 @@ __all__ = ["OutputWriter"]
 _CAPACITY = 4 << 20
 _MAX_GAP = 64 << 10  # a forward gap this small is zero-filled instead of flushing
 _ZEROS = bytes(_MAX_GAP)
+_SPLIT_COPY = 32 << 20  # copies this big run on two threads
 _MAX_COPIES = 2  # queued copies before copy_range waits for the oldest
 _WRITE_BEHIND = 64 << 20  # written bytes between two write-behind advices
 _FALLBACK_WRITE_BEHIND_FROM = 1 << 30
@@ -47,10 +48,10 @@ _COPY_CHUNK = 1 << 20
 _copy_buffers = threading.local()
 
 
-def _copy_all(
+def _copy_span(
     src_fd: int, src_offset: int, fd: int, offset: int, n: int, short: Callable[[], Exception]
 ) -> None:
-    """Copy through a reused user buffer: measured faster here than ``copy_file_range``
+    """Copy through a reused per-thread buffer: measured faster here than ``copy_file_range``
     (4.3 against 2.6 GB/s), which moves tar members, 512-byte aligned, a page piece at a time."""
     buf = getattr(_copy_buffers, "buf", None)
     if buf is None:
@@ -106,6 +107,7 @@ class OutputWriter:
         self._window = [1 << 62, 0]  # [lowest, highest) offset written since the last advice
         self._windows: deque[tuple[int, int]] = deque()  # (offset, length) advised, oldest first
         self._settler: ThreadPoolExecutor | None = None  # runs the write-behind advice
+        self._helper: ThreadPoolExecutor | None = None  # copies second halves of big copies
         self._settled: Future[None] | None = None  # the latest advice given
         self._bufs = [bytearray(_CAPACITY), bytearray(_CAPACITY)]
         self._pending: list[Future[None] | None] = [None, None]
@@ -156,7 +158,7 @@ class OutputWriter:
             self._copies.popleft().result()
         self._copies.append(
             self._executor().submit(
-                self._settling, offset, n, _copy_all, src_fd, src_offset, self.fd, offset, n, short
+                self._settling, offset, n, self._copy, src_fd, src_offset, offset, n, short
             )
         )
 
@@ -190,6 +192,25 @@ class OutputWriter:
         if self._settler is None:
             self._settler = ThreadPoolExecutor(1, thread_name_prefix="lcow-settle")
         self._settled = self._settler.submit(_advise, self.fd, ranges)
+
+    def _copy(
+        self, src_fd: int, src_offset: int, offset: int, n: int, short: Callable[[], Exception]
+    ) -> None:
+        """A queued copy: a big one in two halves, the second on a helper thread, since one
+        thread's read-and-write loop leaves memory bandwidth to spare."""
+        if n < _SPLIT_COPY:
+            _copy_span(src_fd, src_offset, self.fd, offset, n, short)
+            return
+        if self._helper is None:
+            self._helper = ThreadPoolExecutor(1, thread_name_prefix="lcow-copy")
+        half = n // 2
+        second = self._helper.submit(
+            _copy_span, src_fd, src_offset + half, self.fd, offset + half, n - half, short
+        )
+        try:
+            _copy_span(src_fd, src_offset, self.fd, offset, half, short)
+        finally:
+            second.result()
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -250,6 +271,9 @@ class OutputWriter:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self._helper is not None:
+            self._helper.shutdown(wait=True)
+            self._helper = None
         if self._settler is not None:  # after the writer: it may have queued one more
             self._settler.shutdown(wait=True)
             self._settler = None
