@@ -20,12 +20,12 @@ every run):
 The lcow package is byte-compiled first, as a wheel install leaves it (an editable checkout
 run with PYTHONDONTWRITEBYTECODE would otherwise recompile every module on every start), and
 whether its C accelerators are loaded is recorded. Each data set's tar is read once untimed
-first (warm cache). Then for every repetition the
-tools run one after another, in an order rotated per repetition, each preceded by ``sync``;
-nothing else (no cache dropping). Reported: median wall-clock seconds, its ratio to the
-median of ``cp``, and peak RSS (ru_maxrss from os.wait4 of the child; for multi-step tools the
-largest step; kernel memory is not counted). A tool that fails is recorded with its error and
-not retried on that data set; the run goes on. Needs root (tar -x of device nodes, mount).
+first (warm cache). Then for every repetition the tools run one after another, in an order
+rotated per repetition, each preceded by ``sync``; nothing else (no cache dropping). Reported:
+median wall-clock seconds, its ratio to the median of ``cp``, and peak RSS (ru_maxrss from
+os.wait4 of the child; for multi-step tools the largest step; kernel memory is not counted).
+A tool that fails is recorded with its error and not retried on that data set; the run goes
+on. Needs root (tar -x of device nodes, mount).
 """
 
 from __future__ import annotations
