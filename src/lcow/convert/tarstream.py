@@ -20,8 +20,7 @@ import stat
 import struct
 import zlib
 from collections.abc import Iterator
-from types import ModuleType
-from typing import Any
+from typing import Any, Protocol, cast
 
 from lcow._util import native
 from lcow._util.outbuf import OutputWriter
@@ -46,8 +45,19 @@ _POSIX_MAGIC = b"ustar\x00"
 _GNU_MAGIC = b"ustar "
 _SPARSE_ENTRY = struct.Struct("12s12s")
 
+class Scanner(Protocol):
+    """What the reader calls in the C accelerator ``lcow._tarscan`` (``tarscan.c``)."""
+
+    SLOW: int
+    END: int
+
+    def scan_entry(
+        self, buf: bytearray, start: int, end: int, max_meta: int, /
+    ) -> tuple[Any, ...] | int: ...
+
+
 #: The C header scanner (``lcow._tarscan``), or None: then every member is parsed in Python.
-TARSCAN = native.load("_tarscan")
+TARSCAN = cast("Scanner | None", native.load("_tarscan"))
 _SCAN_END = -1  # lcow._tarscan's return codes besides a parsed member
 _SCAN_SLOW = 0
 
@@ -230,7 +240,7 @@ class TarReader:
         self.consumed = 0  # bytes of archive consumed so far
         self._eof = False
         #: The header accelerator in use; set to None to parse every member in Python.
-        self.native: ModuleType | None = TARSCAN
+        self.native: Scanner | None = TARSCAN
 
     # -- buffer management -------------------------------------------------------------------
 
@@ -392,7 +402,7 @@ class TarReader:
         while True:
             if scan is not None:
                 result = scan(self._buf, self._start, self._end, MAX_META_SIZE)
-                if result.__class__ is tuple:
+                if isinstance(result, tuple):
                     yield self._scanned(result)
                     continue
                 if result == _SCAN_END:

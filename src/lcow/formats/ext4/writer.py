@@ -25,7 +25,7 @@ import os
 import stat
 from array import array
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Protocol, cast
 
 from lcow._util import native
 from lcow._util.outbuf import OutputWriter
@@ -68,7 +68,7 @@ _FTYPE = {
 
 
 class _Ext4Pack(Protocol):
-    """What this module calls in the C accelerator (``lcow._ext4pack``, typed by its stub)."""
+    """What this module calls in the C accelerator ``lcow._ext4pack`` (``ext4pack.c``)."""
 
     def pack_inodes(
         self,
@@ -92,11 +92,6 @@ class _Ext4Pack(Protocol):
 #: The C packer (same bytes as the Python code), or None: not built, or ``LCOW_NATIVE=0``.
 #: Tests set it to None to compare both.
 _ext4pack = cast("_Ext4Pack | None", native.load("_ext4pack"))
-
-if TYPE_CHECKING:
-    from lcow import _ext4pack as _stub
-
-    _STUB_MATCHES: _Ext4Pack = _stub  # mypy checks the protocol against _ext4pack.pyi
 
 
 @dataclass(frozen=True)
