@@ -122,6 +122,14 @@ def test_bad_ids(make: DriverFactory, tmp_path: Path, layer_id: str) -> None:
     suite.test_bad_ids(make, tmp_path, layer_id)
 
 
+def test_longest_id(make: DriverFactory, tmp_path: Path) -> None:
+    suite.test_longest_id(make, tmp_path)
+
+
+def test_missing_parent_is_not_found(make: DriverFactory, tmp_path: Path) -> None:
+    suite.test_missing_parent_is_not_found(make, tmp_path)
+
+
 def test_apply_diff_layout(make: DriverFactory, tmp_path: Path) -> None:
     suite.test_apply_diff_layout(make, tmp_path)
 

@@ -194,8 +194,8 @@ def test_create(cli: Cli) -> None:
     ("argv", "status", "text"),
     [
         (["create", "x", "--parent", "missing"], ExitStatus.NOT_FOUND, "missing parent missing"),
-        (["create", "a/b"], ExitStatus.BAD_INPUT, "one path component"),
-        (["create", ".."], ExitStatus.BAD_INPUT, "one path component"),
+        (["create", "a/b"], ExitStatus.BAD_INPUT, "invalid layer id"),
+        (["create", ".."], ExitStatus.BAD_INPUT, "invalid layer id"),
     ],
 )
 def test_create_errors(cli: Cli, argv: list[str], status: ExitStatus, text: str) -> None:

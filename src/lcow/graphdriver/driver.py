@@ -7,10 +7,12 @@ ancestors. Views (what :meth:`Driver.get` returns) come from an injected backend
 reference-counted per id. Diff, Changes and DiffSize read the images directly, whatever the
 backend, so the two stubs of the original are real here.
 
-Locking: a per-id lock serialises operations on one layer inside the process, and an advisory
-lock on the data root serialises changes to folders across processes. Every file is written under
-a temporary name and renamed into place, so a crash leaves each layer whole or absent; Cleanup
-sweeps what an interrupted Remove or write left behind.
+Locking (:mod:`lcow.storage.locks`): every mutation of a layer folder holds that layer's lock,
+shared by the threads and processes using the data root, so two writers of one id run one after
+the other; an advisory lock on the data root serialises changes to its namespace. Every file is
+written under a temporary name and renamed into place, so a crash leaves each layer whole or
+absent; Cleanup sweeps what an interrupted Remove or write left behind, skipping layers whose
+lock another holder has.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import contextlib
 import logging
 import os
 import secrets
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -47,11 +48,18 @@ from lcow.layerdiff.changes import (
 )
 from lcow.layerdiff.export_changes import export_changes
 from lcow.storage.dataroot import LAYER_VHD, SANDBOX_VHDX, DataRoot, validate_id
-from lcow.storage.locks import IdLocks, RootLock
+from lcow.storage.locks import LayerLocks, RootLock
 
 __all__ = ["Driver"]
 
 log = logging.getLogger(__name__)
+
+# The lock guarding cache/sandbox.vhdx: a name no layer id can take.
+_CACHE_LOCK = "cache"
+#: Called by ApplyDiff once the image is converted and before it is renamed into place (an
+#: importer checks the digests there); returns metadata to record with the layer, or raises to
+#: discard the image.
+Verifier = Callable[[], Mapping[str, object]]
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -123,9 +131,8 @@ class Driver:
             _check_backend(self.options)  # "driver not supported" before anything is created
         self.root.create()
         self.backend = backend if backend is not None else _make_backend(self.options, self.root)
-        self._ids = IdLocks()
+        self._locks = LayerLocks(self.root.root)
         self._root_lock = RootLock(self.root.root)
-        self._cache_lock = threading.Lock()
 
     def __str__(self) -> str:
         return "lcow"
@@ -148,15 +155,20 @@ class Driver:
         ]
 
     def exists(self, layer_id: str) -> bool:
-        """Whether the layer's folder exists (a folder without a disk counts)."""
-        try:
-            return os.path.lexists(self.root.layer_dir(layer_id))
-        except LcowError:
-            return False
+        """Whether the layer's folder exists (a folder without a disk counts).
+
+        Raises:
+            InvalidArgument: ``layer_id`` is not a valid id (no such layer can exist).
+        """
+        return os.path.lexists(self.root.layer_dir(layer_id))
 
     def get_metadata(self, layer_id: str) -> dict[str, str]:
-        """``{"dir": dir(id)}``; never fails, no existence check."""
-        return {"dir": str(self.root.root / os.path.basename(layer_id.replace("\\", "/")))}
+        """``{"dir": dir(id)}``; no existence check.
+
+        Raises:
+            InvalidArgument: ``layer_id`` is not a valid id.
+        """
+        return {"dir": str(self.root.layer_dir(layer_id))}
 
     def get_layer_path(self, layer_id: str) -> str:
         """The layer's folder."""
@@ -166,6 +178,20 @@ class Driver:
         """Ancestor folders of a layer, nearest first."""
         return self.root.read_chain(layer_id)
 
+    @contextlib.contextmanager
+    def holding(self, layer_ids: Sequence[str]) -> Iterator[None]:
+        """Hold the locks of several layers for a multi-layer change (an import): taken in
+        sorted order, so holders of overlapping sets cannot deadlock; the driver's own
+        operations on those layers run inside the block (the locks are re-entrant).
+
+        Raises:
+            InvalidArgument: one of the ids is not valid.
+        """
+        for layer_id in layer_ids:
+            validate_id(layer_id)
+        with self._locks.hold_all(layer_ids):
+            yield
+
     # -- create ------------------------------------------------------------------------------
 
     def create(
@@ -173,7 +199,7 @@ class Driver:
     ) -> None:
         """Make the layer folder and its ``layerchain.json``; no disk yet."""
         validate_id(layer_id)
-        with self._ids.hold(layer_id), self._root_lock.hold():
+        with self._locks.hold(layer_id), self._root_lock.hold():
             chain: list[Path] = []
             if parent is not None:
                 parent_dir = self.root.layer_dir(parent)
@@ -197,11 +223,24 @@ class Driver:
     def create_read_write(
         self, layer_id: str, parent: str | None = None, opts: Mapping[str, str] | None = None
     ) -> None:
-        """Create, then give the layer an empty ``sandbox.vhdx``."""
-        self.create(layer_id, parent, opts)
+        """Create, then give the layer an empty ``sandbox.vhdx``.
+
+        A failure (a bad option, a full disk, a backend that cannot format) leaves no layer
+        behind: options are checked before anything is made, and a folder this call made is
+        removed again. A Create-only folder that existed before keeps existing.
+        """
+        validate_id(layer_id)
         size = sandbox_size_bytes(layer_id, opts)
-        with self._ids.hold(layer_id):
-            self._materialise_sandbox(layer_id, size)
+        with self._locks.hold(layer_id):
+            existed = os.path.lexists(self.root.layer_dir(layer_id))
+            self.create(layer_id, parent, opts)
+            try:
+                self._materialise_sandbox(layer_id, size)
+            except BaseException:
+                if not existed:
+                    with self._root_lock.hold():
+                        self.root.remove_layer(layer_id)
+                raise
 
     def _materialise_sandbox(self, layer_id: str, size: int | None) -> None:
         """Write ``<id>/sandbox.vhdx``: a copy of the cached template for the default size."""
@@ -210,7 +249,7 @@ class Driver:
             self.backend.make_sandbox(target, size)  # other sizes are never cached (SPEC §3)
             return
         template = self.root.cache / SANDBOX_VHDX
-        with self._cache_lock:
+        with self._locks.hold(_CACHE_LOCK):
             if not template.exists():
                 make_sandbox(template, None)
         copy_sandbox(template, target)
@@ -222,13 +261,25 @@ class Driver:
         layer_id: str,
         parent: str | None,
         diff: BinaryIO | int | str | os.PathLike[str] | FileSlice,
+        *,
+        verify: Verifier | None = None,
     ) -> int:
         """Convert a tar stream into ``<id>/layer.vhd``; returns the unpacked size.
 
         The whole stream is read (padding included). On failure no partial file remains and
-        earlier content is untouched; on success a sandbox the layer had is replaced.
+        earlier content is untouched; on success a sandbox the layer had is replaced. Holds the
+        layer's lock throughout, so a concurrent ApplyDiff of the same id (any process) waits
+        and then replaces this one's result whole: image and metadata always belong together.
+
+        Args:
+            layer_id: the layer (made by Create).
+            parent: ignored, as in LCOW.
+            diff: the tar (plain, gzip or zstd): a path, descriptor, binary stream or file slice.
+            verify: called after the conversion, before the image is renamed into place; if it
+                raises, the image is discarded and the error propagates; what it returns is
+                added to the layer's metadata once the image is in place.
         """
-        with self._ids.hold(layer_id):
+        with self._locks.hold(layer_id):
             folder = self._existing("applydiff", layer_id)
             own = DataRoot.layer_file(folder)
             if own is not None and self.backend.in_use(own):
@@ -236,9 +287,10 @@ class Driver:
                     f"lcowdriver: applydiff: {layer_id}: its content is mounted; Put it first",
                     subject=layer_id,
                 )
-            # Staged under a temporary name, the metadata written, then renamed into place: an
-            # image is never visible without its metadata (a verity layer's root hash is what
-            # the vm backend mounts it with). Cleanup sweeps a stage a crash left.
+            # Staged under a temporary name, verified, the metadata written, then renamed into
+            # place: an image is never visible without its metadata (a verity layer's root hash
+            # is what the vm backend mounts it with, an imported layer's diff ID is what makes it
+            # trusted). Cleanup sweeps a stage a crash left.
             staged = folder / f".{LAYER_VHD}.tmp-{secrets.token_hex(6)}"
             try:
                 result = tar2ext4(
@@ -251,10 +303,14 @@ class Driver:
                         fsync=True,
                     ),
                 )
-                meta = {"content_size": result.content_size, "vhd_size": result.file_size}
+                meta: dict[str, object] = {
+                    "content_size": result.content_size,
+                    "vhd_size": result.file_size,
+                }
                 if result.root_hash is not None:
-                    meta["root_hash"] = result.root_hash  # type: ignore[assignment]
-                    meta["hash_offset"] = result.hash_offset  # type: ignore[assignment]
+                    meta["root_hash"] = result.root_hash
+                    meta["hash_offset"] = result.hash_offset
+                proof = verify() if verify is not None else {}
                 self.root.write_meta(layer_id, meta)
                 os.replace(staged, folder / LAYER_VHD)
             except BaseException:
@@ -262,6 +318,10 @@ class Driver:
                     staged.unlink()
                 raise
             _fsync_dir(folder)
+            if proof:
+                # Only now, with the verified image in place: a kill before the rename must not
+                # leave the old content beside metadata that vouches for the new one.
+                self.root.write_meta(layer_id, {**meta, **proof})
             with contextlib.suppress(FileNotFoundError):
                 (folder / SANDBOX_VHDX).unlink()
             return result.content_size
@@ -306,33 +366,59 @@ class Driver:
             raise NotFound(f"lcowdriver: {op}: {layer_id}: layer does not exist", subject=layer_id)
         return folder
 
-    def _view_folders(self, layer_id: str | None) -> list[Path]:
-        """The folders whose union is ``layer_id``'s view, nearest first (none for ``None``)."""
+    def _chain(self, op: str, layer_id: str) -> list[Path]:
+        """The layer's ancestor folders, nearest first; NotFound when one of them is gone (a
+        view over a missing ancestor would silently show less than the layer holds)."""
+        chain = self.root.read_chain(layer_id)
+        for ancestor in chain:
+            if not ancestor.is_dir():
+                raise NotFound(
+                    f"lcowdriver: {op}: {layer_id} failed to get layer details for {ancestor}: "
+                    "the folder does not exist",
+                    subject=layer_id,
+                )
+        return chain
+
+    def _view_folders(self, op: str, layer_id: str | None) -> list[Path]:
+        """The folders whose union is ``layer_id``'s view, nearest first (none for ``None``);
+        NotFound naming ``op`` when the layer or one of its ancestors does not exist."""
         if layer_id is None:
             return []
-        return [self.root.layer_dir(layer_id), *self.root.read_chain(layer_id)]
+        folder = self.root.layer_dir(layer_id)
+        if not folder.is_dir():
+            raise NotFound(
+                f"lcowdriver: {op}: parent {layer_id}: layer does not exist", subject=layer_id
+            )
+        return [folder, *self._chain(op, layer_id)]
 
-    def _is_direct(self, layer_id: str, parent: str | None) -> tuple[bool, list[Path]]:
-        chain = self.root.read_chain(layer_id)
+    def _compare(self, op: str, layer_id: str, parent: str | None) -> tuple[Path, list[Path]]:
+        """The layer's folder and its ancestors for comparing it with ``parent``; NotFound when
+        the layer, the parent or an ancestor of either does not exist."""
+        folder = self._existing(op, layer_id)
+        chain = self._chain(op, layer_id)
+        self._view_folders(op, parent)
+        return folder, chain
+
+    def _is_direct(self, parent: str | None, chain: list[Path]) -> bool:
+        """Whether ``parent`` is the layer's direct parent (``None``: the layer is a base)."""
         if parent is None:
-            return not chain, chain
-        return bool(chain) and chain[0] == self.root.layer_dir(parent), chain
+            return not chain
+        return bool(chain) and chain[0] == self.root.layer_dir(parent)
 
     def write_diff(
         self, layer_id: str, parent: str | None, out: BinaryIO | int | Callable[[bytes], object]
     ) -> None:
         """Write the tar of ``id``'s changes against ``parent`` to ``out`` (see :meth:`diff`)."""
-        folder = self._existing("diff", layer_id)
-        direct, chain = self._is_direct(layer_id, parent)
+        folder, chain = self._compare("diff", layer_id, parent)
         try:
-            if direct:
+            if self._is_direct(parent, chain):
                 with self._contents([folder]) as (own,):
                     if own.reader is None:
                         as_writer(out)(END_OF_ARCHIVE)
                         return
                     export_layer(own.reader, out, top=own.top)
                 return
-            old_folders = self._view_folders(parent)
+            old_folders = self._view_folders("diff", parent)
             with self._contents([folder, *chain]) as new, self._contents(old_folders) as old:
                 new_view, old_view = MergedView.build(new), MergedView.build(old)
                 export_changes(new_view, new, tree_changes(new_view, old_view), out)
@@ -350,28 +436,26 @@ class Driver:
         whiteouts; any other parent the comparison of the two views, as overlay2 does. Errors
         surface from ``read``; ``close`` never fails.
         """
-        self.root.layer_dir(layer_id)  # validates the id now, not in the producer thread
+        self._compare("diff", layer_id, parent)  # bad ids, missing layers: now, not on read
         return DiffStream(lambda out: self.write_diff(layer_id, parent, out))
 
     def changes(self, layer_id: str, parent: str | None = None) -> list[Change]:
         """Changes of ``id`` against ``parent`` (SPEC §5.6 for the direct parent, else §5.7)."""
-        folder = self._existing("changes", layer_id)
-        direct, chain = self._is_direct(layer_id, parent)
-        if direct:
+        folder, chain = self._compare("changes", layer_id, parent)
+        if self._is_direct(parent, chain):
             with self._contents([folder]) as (own,), self._contents(chain) as lower:
                 return overlay_changes(own, MergedView.build(lower))
-        old_folders = self._view_folders(parent)
+        old_folders = self._view_folders("changes", parent)
         with self._contents([folder, *chain]) as new, self._contents(old_folders) as old:
             return tree_changes(MergedView.build(new), MergedView.build(old))
 
     def diff_size(self, layer_id: str, parent: str | None = None) -> int:
         """Bytes of changed content (SPEC §3 DiffSize, §5.8)."""
-        folder = self._existing("diffsize", layer_id)
-        direct, chain = self._is_direct(layer_id, parent)
-        if direct:
+        folder, chain = self._compare("diffsize", layer_id, parent)
+        if self._is_direct(parent, chain):
             with self._contents([folder]) as (own,):
                 return own_diff_size(own)
-        old_folders = self._view_folders(parent)
+        old_folders = self._view_folders("diffsize", parent)
         with self._contents([folder, *chain]) as new, self._contents(old_folders) as old:
             new_view = MergedView.build(new)
             return change_size(new_view, tree_changes(new_view, MergedView.build(old)))
@@ -384,15 +468,8 @@ class Driver:
         With a writable backend, a layer without content first gets an empty sandbox (SPEC §3:
         Get on a Create-only layer gives it writable own content).
         """
-        with self._ids.hold(layer_id):
-            folders = [self._existing("get", layer_id), *self.root.read_chain(layer_id)]
-            for ancestor in folders[1:]:
-                if not ancestor.is_dir():
-                    raise NotFound(
-                        f"lcowdriver: get: {layer_id} failed to get layer details for {ancestor}: "
-                        "the folder does not exist",
-                        subject=layer_id,
-                    )
+        with self._locks.hold(layer_id):
+            folders = [self._existing("get", layer_id), *self._chain("get", layer_id)]
             if self.backend.writable and DataRoot.layer_file(folders[0]) is None:
                 self._materialise_sandbox(layer_id, None)
             disks = [LayerDisk(f, DataRoot.layer_file(f)) for f in folders]
@@ -400,7 +477,8 @@ class Driver:
 
     def put(self, layer_id: str) -> None:
         """Release one :meth:`get`; the view closes at zero. Without a Get it is a no-op."""
-        with self._ids.hold(layer_id):
+        validate_id(layer_id)
+        with self._locks.hold(layer_id):
             self.backend.release(layer_id)
 
     def view_count(self, layer_id: str) -> int:
@@ -418,13 +496,17 @@ class Driver:
     def remove(self, layer_id: str) -> None:
         """Tear down the layer's views and delete its folder (unknown ids succeed)."""
         validate_id(layer_id)
-        with self._ids.hold(layer_id):
+        with self._locks.hold(layer_id):
             self._drop_views(layer_id)
             with self._root_lock.hold():
                 self.root.remove_layer(layer_id)
 
     def cleanup(self) -> None:
-        """Release every view, sweep ``-removing`` folders and temporaries; never fails."""
+        """Release every view, sweep ``-removing`` folders and temporaries; never fails.
+
+        A layer (or the sandbox template) whose lock another thread or process holds is being
+        written: its folder is left alone, since its temporaries are that writer's work.
+        """
         if not self.root.root.exists():
             return
         try:
@@ -433,4 +515,11 @@ class Driver:
             log.warning("lcowdriver: cleanup: backend: %s", exc)
         with self._root_lock.hold():
             self.root.sweep_removing()
-            self.root.sweep_temporaries()
+            self.root.sweep_root_temporaries()
+        for key, folder in [
+            (_CACHE_LOCK, self.root.cache),
+            *((i, self.root.layer_dir(i)) for i in self.root.layer_ids()),
+        ]:
+            with self._locks.try_hold(key) as held:
+                if held:
+                    self.root.sweep_folder(folder)

@@ -3,12 +3,18 @@
 1. **Plan** (nothing written): index the archive (:mod:`lcow.images.archive`), read it as a
    ``docker save`` archive (``manifest.json``) or an OCI image layout (``oci-layout``,
    ``index.json``), verify every manifest, index and config against its digest, check that every
-   layer blob is present, and compute each layer's chain ID. Its hex is the layer id; layers that
-   already have a ``layer.vhd`` are skipped (their recorded parent must agree).
-2. **Apply**, bottom-up: Create, then ApplyDiff from the blob while both of its digests are checked
-   in the same pass (:mod:`lcow.images.blobstream`). A mismatch, or any other failure or
-   interruption, removes every layer this import created and re-raises, so an import leaves either
-   all of its new layers or none. The diff and chain IDs go into the layer's own metadata file.
+   layer blob is present, and compute each layer's chain ID. Its hex is the layer id; a layer
+   the data root already has is skipped only when it is *verified*: a ``layer.vhd`` whose
+   metadata records the diff ID and chain ID an import checked (and the same parent). Anything
+   else under that id (a layer made by hand, one an interrupted import left) is converted again.
+2. **Apply**, bottom-up, holding the locks of all the image's layers (so concurrent imports of
+   images sharing layers convert each once and never undo each other's): Create, then ApplyDiff
+   from the blob while both of its digests are checked in the same pass
+   (:mod:`lcow.images.blobstream`); the digests are compared *before* the image is renamed into
+   place, so an unverified image is never visible under a chain ID, and the diff and chain IDs
+   are recorded once it is. A mismatch, or any other failure or interruption, removes every
+   layer this import created and re-raises, so an import leaves either all of its new layers or
+   none.
 
 The plugin and the CLI share this module; it never prints.
 """
@@ -29,7 +35,7 @@ from lcow.errors import (
     LimitExceeded,
 )
 from lcow.images.archive import ImageArchive
-from lcow.images.blobstream import FileRange, LayerFeed
+from lcow.images.blobstream import FeedResult, FileRange, LayerFeed
 from lcow.images.chainid import chain_id, layer_id
 from lcow.images.dockerarchive import is_docker_archive, read_docker_archive
 from lcow.images.errors import DigestMismatch, ImageError
@@ -64,7 +70,8 @@ class PlannedLayer:
         chain_id: ``sha256:<hex>`` over this layer and all below it.
         layer_id: the data-root id (the chain ID's hex).
         parent: the layer id below, ``None`` for a base.
-        present: the data root already has it (it will be skipped).
+        present: the data root already has it, verified (it will be skipped, unless that changes
+            before the import takes the layer's lock).
         blob_size: bytes of the blob as stored in the archive.
     """
 
@@ -209,15 +216,17 @@ def plan_import(driver: Driver, archive: ImageArchive) -> ImportPlan:
                     chain_id=chain,
                     layer_id=lid,
                     parent=parent,
-                    present=_present(driver, lid, parent),
+                    present=_present(driver, lid, parent, diff_id=ref.diff_id, chain=chain),
                     blob_size=archive.size(ref.member),
                 )
             parent, parent_chain = lid, chain
     return ImportPlan(format=fmt, images=tuple(images), layers=tuple(planned.values()))
 
 
-def _present(driver: Driver, lid: str, parent: str | None) -> bool:
-    """Whether the data root already has the layer ``lid`` (with a ``layer.vhd``)."""
+def _present(driver: Driver, lid: str, parent: str | None, *, diff_id: str, chain: str) -> bool:
+    """Whether the data root already has the layer, verified by an import: a ``layer.vhd``
+    whose metadata records the expected diff ID and chain ID. A folder without content, or a
+    ``layer.vhd`` nobody verified, is not present: it is converted again."""
     if not driver.exists(lid):
         return False
     disk = DataRoot.layer_file(driver.root.layer_dir(lid))
@@ -235,6 +244,10 @@ def _present(driver: Driver, lid: str, parent: str | None) -> bool:
             f"it on {parent or '(none)'}",
             subject=lid,
         )
+    meta = driver.root.read_meta(lid)
+    if meta.get("diff_id") != diff_id or meta.get("chain_id") != chain:
+        log.warning("import: layer %s has no verified diff ID: converting it again", lid)
+        return False
     return True
 
 
@@ -262,11 +275,39 @@ def run_import(
         DigestMismatch: a layer does not hash to its digest or diff ID.
         ImageError: a layer blob is corrupt or not a valid tar.
     """
+    with driver.holding([layer.layer_id for layer in plan.layers]):
+        done = _run_locked(driver, archive, plan, progress, on_layer)
+    images = tuple(
+        ImportedImage(
+            tags=image.tags,
+            config=image.config,
+            layer_ids=tuple(_layer_ids(image.layers)),
+        )
+        for image in plan.images
+    )
+    return ImportResult(format=plan.format, images=images, layers=tuple(done))
+
+
+def _run_locked(
+    driver: Driver,
+    archive: ImageArchive,
+    plan: ImportPlan,
+    progress: Callable[[int], None] | None,
+    on_layer: Callable[[ImportedLayer], None] | None,
+) -> list[ImportedLayer]:
+    """:func:`run_import`'s work, with every layer of the plan locked: presence is decided
+    again here, since another process may have imported or removed a layer since the plan."""
     created: list[str] = []
     done: list[ImportedLayer] = []
     try:
         for planned in plan.layers:
-            if planned.present:
+            if _present(
+                driver,
+                planned.layer_id,
+                planned.parent,
+                diff_id=planned.ref.diff_id,
+                chain=planned.chain_id,
+            ):
                 meta = driver.root.read_meta(planned.layer_id)
                 size = meta.get("content_size")
                 layer = ImportedLayer(
@@ -285,15 +326,7 @@ def run_import(
     except BaseException:
         _roll_back(driver, created)
         raise
-    images = tuple(
-        ImportedImage(
-            tags=image.tags,
-            config=image.config,
-            layer_ids=tuple(_layer_ids(image.layers)),
-        )
-        for image in plan.images
-    )
-    return ImportResult(format=plan.format, images=images, layers=tuple(done))
+    return done
 
 
 def _layer_ids(layers: Sequence[LayerRef]) -> list[str]:
@@ -316,16 +349,35 @@ def _apply(
     if not driver.exists(lid):
         driver.create(lid, planned.parent)
         created.append(lid)
-    else:
+    elif DataRoot.layer_file(driver.root.layer_dir(lid)) is None:
         driver.create(lid, planned.parent)  # an empty leftover folder: rewrite its chain
     name = f"{archive.name}: {planned.ref.member}"
     found = archive.member_range(planned.ref.member)
     where = None if found is None else FileRange(*found)
+    verified: list[FeedResult] = []
+
+    def verify() -> dict[str, object]:
+        """Both digests and the size, checked before the image is renamed into place."""
+        got = feed.finish()
+        verified.append(got)
+        _check(name, "digest", planned.ref.digest, got.digest)
+        if planned.ref.size is not None and planned.ref.size != got.size:
+            raise DigestMismatch(
+                f"{name}: size {got.size} does not match the descriptor's {planned.ref.size}",
+                subject=planned.ref.member,
+                expected=str(planned.ref.size),
+                got=str(got.size),
+            )
+        _check(name, "diff ID", planned.ref.diff_id, got.diff_id)
+        return {"diff_id": got.diff_id, "chain_id": planned.chain_id}
+
     with archive.open_member(planned.ref.member) as blob:
         feed = LayerFeed(blob, name=name, progress=progress, where=where)
         try:
-            size = driver.apply_diff(lid, planned.parent, feed.source)
+            size = driver.apply_diff(lid, planned.parent, feed.source, verify=verify)
         except BaseException as exc:
+            if verified:  # the feed finished: the verification itself failed
+                raise
             cause = feed.abort()
             if cause is not None and cause is not exc:
                 raise cause from exc
@@ -334,19 +386,7 @@ def _apply(
                     f"{name}: not a valid layer tar: {exc}", subject=planned.ref.member
                 ) from exc
             raise
-        got = feed.finish()
-    _check(name, "digest", planned.ref.digest, got.digest)
-    if planned.ref.size is not None and planned.ref.size != got.size:
-        raise DigestMismatch(
-            f"{name}: size {got.size} does not match the descriptor's {planned.ref.size}",
-            subject=planned.ref.member,
-            expected=str(planned.ref.size),
-            got=str(got.size),
-        )
-    _check(name, "diff ID", planned.ref.diff_id, got.diff_id)
-    meta = driver.root.read_meta(lid)
-    meta.update(diff_id=got.diff_id, chain_id=planned.chain_id)
-    driver.root.write_meta(lid, meta)
+    got = verified[0]
     return ImportedLayer(
         layer_id=lid,
         parent=planned.parent,

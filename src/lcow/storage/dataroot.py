@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from lcow._util.atomic import atomic_output
 from lcow.errors import CorruptImage, FailedPrecondition, InvalidArgument, NotFound
 
 __all__ = [
+    "ID_MAX_LEN",
     "LAYER_CHAIN",
     "LAYER_META",
     "LAYER_VHD",
@@ -37,6 +39,7 @@ __all__ = [
     "SANDBOX_VHDX",
     "DataRoot",
     "LayerFile",
+    "is_valid_id",
     "validate_id",
 ]
 
@@ -50,27 +53,50 @@ REMOVING_SUFFIX = "-removing"
 # Folders of the root that are not layers: the sandbox template cache, VM scratch disks, and the
 # host backend's mount points and table (lcow.backends.host).
 RESERVED = frozenset({"cache", "scratch", "mounts"})
+#: Longest id: ``.<id>.tmp-<12 hex>`` and the host backend's derived names stay far below
+#: NAME_MAX (255); Docker's longest ids (``<64 hex>-init``) are 69 characters.
+ID_MAX_LEN = 128
+_ID_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{ID_MAX_LEN - 1}}}\Z")
 _DIR_MODE = 0o700
 
 
 def validate_id(layer_id: str) -> str:
-    """Return ``layer_id`` if it is one usable path component (SPEC §3 project decision)."""
-    if (
-        not layer_id
-        or layer_id in (".", "..")
-        or "/" in layer_id
-        or "\\" in layer_id
-        or "\x00" in layer_id
-    ):
+    """Return ``layer_id`` if it is a valid layer id, else raise :class:`InvalidArgument`.
+
+    The rule (SPEC §3 project decision, tightened): 1 to :data:`ID_MAX_LEN` characters of
+    ``A-Z a-z 0-9 _ . -``, the first a letter or digit, not ending in ``-removing`` and not one of
+    the root's own folders. Docker's ids (64 hex digits, ``<hex>-init``) and moby's graphtest
+    names pass; no id can collide with a name the driver makes for itself (temporaries start
+    with ``.``, removals end in ``-removing``), and every id fits the longest derived file name
+    within ``NAME_MAX``.
+    """
+    if isinstance(layer_id, str) and len(layer_id) > ID_MAX_LEN:
         raise InvalidArgument(
-            f"invalid layer id {layer_id!r}: must be one path component", subject=layer_id
+            f"invalid layer id '{layer_id[:32]}...': {len(layer_id)} characters, more than "
+            f"{ID_MAX_LEN}",
+            subject=layer_id[:32],
         )
-    if layer_id in RESERVED:
+    if not isinstance(layer_id, str) or not _ID_PATTERN.match(layer_id):
         raise InvalidArgument(
-            f"invalid layer id {layer_id!r}: the data root uses that folder itself",
+            f"invalid layer id '{layer_id}': an id is 1-{ID_MAX_LEN} characters of A-Z, a-z, "
+            "0-9, '_', '.' and '-', starting with a letter or digit",
+            subject=str(layer_id),
+        )
+    if layer_id.endswith(REMOVING_SUFFIX) or layer_id in RESERVED:
+        raise InvalidArgument(
+            f"invalid layer id '{layer_id}': the data root uses that name itself",
             subject=layer_id,
         )
     return layer_id
+
+
+def is_valid_id(name: str) -> bool:
+    """Whether ``name`` passes :func:`validate_id` (folders of the root that are layers)."""
+    try:
+        validate_id(name)
+    except InvalidArgument:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -125,11 +151,7 @@ class DataRoot:
         ids = []
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.root):
-                if (
-                    entry.is_dir(follow_symlinks=False)
-                    and entry.name not in RESERVED
-                    and not (entry.name.endswith(REMOVING_SUFFIX) or entry.name.startswith("."))
-                ):
+                if entry.is_dir(follow_symlinks=False) and is_valid_id(entry.name):
                     ids.append(entry.name)
         return sorted(ids)
 
@@ -262,11 +284,9 @@ class DataRoot:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def sweep_temporaries(self) -> None:
-        """Delete what interrupted writes left: temporary layer folders in the root, temporary
-        files in layer folders and the cache, and a ``sandbox.vhdx`` beside a ``layer.vhd``
-        (ApplyDiff renames the new image into place, then deletes the sandbox it replaces;
-        ``layer.vhd`` wins, so the sandbox is never read again)."""
+    def sweep_root_temporaries(self) -> None:
+        """Delete the temporary layer folders (and files) interrupted writes left in the root.
+        Call with the root lock held: :meth:`new_folder` builds its folders there."""
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.root):
                 if entry.name.startswith(".") and ".tmp-" in entry.name:
@@ -275,12 +295,18 @@ class DataRoot:
                     else:
                         with contextlib.suppress(OSError):
                             os.unlink(entry.path)
-        for folder in [self.cache, *(self.root / i for i in self.layer_ids())]:
-            with contextlib.suppress(FileNotFoundError):
-                for entry in os.scandir(folder):
-                    if entry.name.startswith(".") and ".tmp-" in entry.name:
-                        with contextlib.suppress(OSError):
-                            os.unlink(entry.path)
-            if folder != self.cache and (folder / LAYER_VHD).exists():
-                with contextlib.suppress(OSError):
-                    (folder / SANDBOX_VHDX).unlink()
+
+    @staticmethod
+    def sweep_folder(folder: Path) -> None:
+        """Delete what interrupted writes left in a layer folder (or ``cache/``): temporary
+        files, and a ``sandbox.vhdx`` beside a ``layer.vhd`` (ApplyDiff renames the new image
+        into place, then deletes the sandbox it replaces; ``layer.vhd`` wins, so the sandbox is
+        never read again). Call with the folder's layer lock held."""
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(folder):
+                if entry.name.startswith(".") and ".tmp-" in entry.name:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+        if (folder / LAYER_VHD).exists():
+            with contextlib.suppress(OSError):
+                (folder / SANDBOX_VHDX).unlink()

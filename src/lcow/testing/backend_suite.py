@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_SANDBOX",
     "INIT_OPTION_ERRORS",
     "LAYER_VHD",
+    "LONGEST_ID",
     "OWN_METADATA",
     "REMOVING",
     "SANDBOX_OPTION_ERRORS",
@@ -63,7 +64,16 @@ OWN_METADATA = frozenset({"lcow-layer.json"})  # lcow's own file beside LCOW's (
 DEFAULT_SANDBOX = 20 * GIB
 SANDBOX_ON_DISK_LIMIT = 8 * MIB  # "a new 20 GB sandbox occupies only a few MB"
 
-BAD_IDS = ("", ".", "..", "a/b", "../escape", "a\\b", "nul\x00id", "cache", "scratch", "mounts")
+BAD_IDS = (
+    *("", ".", "..", "a/b", "../escape", "a\\b", "nul\x00id", "cache", "scratch", "mounts"),
+    # Names the driver makes for itself: a layer with such an id was swept or removed with
+    # another (data-safety issue item 1).
+    *("x-removing", ".y.tmp-z", ".hidden", "a-removing"),
+    # Not printable, not portable, or longer than every derived name allows.
+    *("a b", "a\nb", "\x1b]0;x\x07", "caf\u00e9", "-lead", "_lead", "L" * 129, "L" * 255),
+)
+#: The longest valid id: every operation works with it (derived names stay under NAME_MAX).
+LONGEST_ID = "L" * 128
 
 # (options, exact message) of InitDriver (SPEC §2).
 INIT_OPTION_ERRORS: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -286,7 +296,7 @@ def test_string_and_status(make: DriverFactory, tmp: Path) -> None:
 
 def test_metadata_and_layer_path(make: DriverFactory, tmp: Path) -> None:
     """GetMetadata is ``{"dir": <root>/<id>}`` without an existence check; GetLayerPath is the
-    folder."""
+    folder; both refuse invalid ids."""
     root = tmp / "root"
     driver = make(root)
     assert driver.get_metadata("nothere") == {"dir": str(root / "nothere")}
@@ -295,11 +305,12 @@ def test_metadata_and_layer_path(make: DriverFactory, tmp: Path) -> None:
     assert driver.get_metadata("layer") == {"dir": str(root / "layer")}
     assert driver.get_layer_path("layer") == str(root / "layer")
     for bad in BAD_IDS:
-        driver.get_metadata(bad)  # never fails
+        _raises(InvalidArgument, functools.partial(driver.get_metadata, bad))
 
 
 def test_exists(make: DriverFactory, tmp: Path) -> None:
-    """Exists is lstat of the folder: a folder without a disk exists."""
+    """Exists is lstat of the folder: a folder without a disk exists; an invalid id is refused
+    (no layer can have it)."""
     root = tmp / "root"
     driver = make(root)
     assert not driver.exists("x")
@@ -311,7 +322,7 @@ def test_exists(make: DriverFactory, tmp: Path) -> None:
     driver.remove("x")
     assert not driver.exists("x")
     for bad in BAD_IDS:
-        assert not driver.exists(bad)
+        _raises(InvalidArgument, functools.partial(driver.exists, bad))
 
 
 # -- InitDriver and options -----------------------------------------------------------------------
@@ -484,9 +495,9 @@ def test_corrupt_chain(make: DriverFactory, tmp: Path) -> None:
 
 
 def test_bad_ids(make: DriverFactory, tmp: Path, layer_id: str) -> None:
-    """Ids that are not one path component, or name one of the root's own folders, are
-    rejected by every operation that takes one;
-    nothing is created or removed."""
+    """Ids outside the rule of :func:`lcow.storage.dataroot.validate_id` (not one path
+    component, a name of the root's own folders or temporaries, unprintable, too long) are
+    rejected by every operation that takes one; nothing is created or removed."""
     root = tmp / "root"
     driver = make(root)
     driver.create("victim", None)
@@ -502,12 +513,17 @@ def test_bad_ids(make: DriverFactory, tmp: Path, layer_id: str) -> None:
         lambda: driver.diff(layer_id, None),
         lambda: driver.changes(layer_id, None),
         lambda: driver.diff_size(layer_id, None),
+        lambda: driver.diff("victim", layer_id),
+        lambda: driver.changes("victim", layer_id),
+        lambda: driver.diff_size("victim", layer_id),
         lambda: driver.get_layer_path(layer_id),
+        lambda: driver.get_metadata(layer_id),
+        lambda: driver.exists(layer_id),
+        lambda: driver.put(layer_id),
     ]
     for call in calls:
         exc = _raises(InvalidArgument, call)
         assert isinstance(exc, ValueError)
-    assert not driver.exists(layer_id)
     assert _visible(root) == before
     assert leftovers(root) == []
     assert driver.exists("victim")
@@ -676,16 +692,22 @@ def test_create_read_write_exact_size(make: DriverFactory, tmp: Path) -> None:
 
 
 def test_sandbox_option_error(make: DriverFactory, tmp: Path, value: str, template: str) -> None:
-    """A bad ``lcow.sandboxsize`` fails with LCOW's exact message and leaves the created folder
-    behind (one row of :data:`SANDBOX_OPTION_ERRORS`)."""
+    """A bad ``lcow.sandboxsize`` fails with LCOW's exact message and, unlike LCOW, leaves no
+    layer behind; a Create-only folder that existed before is kept as it was (one row of
+    :data:`SANDBOX_OPTION_ERRORS`)."""
     root = tmp / "root"
     driver = make(root)
     exc = _raises(
         InvalidArgument, lambda: driver.create_read_write("sb", None, {"lcow.sandboxsize": value})
     )
     assert str(exc) == template.format(id="sb", v=value)
-    assert driver.exists("sb")
-    assert not (root / "sb" / SANDBOX_VHDX).exists()
+    assert not driver.exists("sb")
+    driver.create("kept", None)
+    _raises(
+        InvalidArgument, lambda: driver.create_read_write("kept", None, {"lcow.sandboxsize": value})
+    )
+    assert driver.exists("kept")
+    assert not (root / "kept" / SANDBOX_VHDX).exists()
     assert leftovers(root) == []
 
 
@@ -822,6 +844,26 @@ def test_get_missing_ancestor(make: DriverFactory, tmp: Path) -> None:
     assert driver.view_count("child") == 0
 
 
+def test_longest_id(make: DriverFactory, tmp: Path) -> None:
+    """An id of :data:`LONGEST_ID`'s length works in every operation: the temporary and
+    ``-removing`` names derived from it fit ``NAME_MAX``."""
+    root = tmp / "root"
+    driver = make(root)
+    base, child = LONGEST_ID, "C" * len(LONGEST_ID)
+    driver.create(base, None)
+    data = layer_tar({"f": b"long"})
+    assert driver.apply_diff(base, None, io.BytesIO(data)) == unpack_size(data)
+    assert _read(driver, base, "/f") == b"long"
+    driver.create(child, base)
+    assert [str(c) for c in driver.changes(child, base)] == []
+    assert driver.diff_size(base, None) == 4
+    driver.remove(child)
+    driver.remove(base)
+    driver.cleanup()
+    assert not driver.exists(base)
+    assert leftovers(root) == []
+
+
 # -- Diff, Changes, DiffSize ---------------------------------------------------------------------
 
 
@@ -857,3 +899,26 @@ def test_empty_child_of_content(make: DriverFactory, tmp: Path) -> None:
         exported = stream.read()
     with tarfile.open(fileobj=io.BytesIO(exported), mode="r:") as tar:
         assert sorted(m.name.rstrip("/") for m in tar.getmembers()) == ["d", "d/f", "g"]
+
+
+def test_missing_parent_is_not_found(make: DriverFactory, tmp: Path) -> None:
+    """Diff, Changes and DiffSize against a parent that does not exist (or whose chain names a
+    folder that is gone) fail NotFound naming it, instead of comparing with an empty tree."""
+    root = tmp / "root"
+    driver = make(root)
+    driver.create("base", None)
+    driver.apply_diff("base", None, io.BytesIO(layer_tar({"f": b"x"})))
+    driver.create("top", "base")
+    calls: list[Callable[[], object]] = [
+        lambda: driver.changes("top", "deadbeef"),
+        lambda: driver.diff_size("top", "deadbeef"),
+        lambda: driver.diff("top", "deadbeef"),
+    ]
+    for call in calls:
+        exc = _raises(NotFound, call)
+        assert "deadbeef" in str(exc), str(exc)
+    driver.create("other", None)
+    os.rename(root / "base", tmp / "base-moved-away")
+    for op in ("changes", "diff_size", "diff"):
+        exc = _raises(NotFound, functools.partial(getattr(driver, op), "top", "other"))
+        assert str(root / "base") in str(exc), str(exc)
