@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import pytest
 
-from lcow._util.escape import printable
+from lcow._util.escape import EscapingFormatter, printable
 
 
 @pytest.mark.parametrize(
@@ -13,7 +16,10 @@ from lcow._util.escape import printable
         ("plain name.txt", "plain name.txt"),
         ("café 日本 ✓", "café 日本 ✓"),
         # A terminal title, a screen clear and a forged second line (the example).
-        ("x\x1b]0;PWNED\x07\x1b[2J\nlcow: all good", "x\\x1b]0;PWNED\\x07\\x1b[2J\\nlcow: all good"),
+        (
+            "x\x1b]0;PWNED\x07\x1b[2J\nlcow: all good",
+            "x\\x1b]0;PWNED\\x07\\x1b[2J\\nlcow: all good",
+        ),
         ("nul\x00byte", "nul\\x00byte"),
         ("tab\tcr\rdel\x7f", "tab\\tcr\\rdel\\x7f"),
         ("back\\slash", "back\\\\slash"),
@@ -34,3 +40,17 @@ def test_escaped_names_are_one_printable_line_and_distinct() -> None:
     shown = [printable(n) for n in names]
     assert all(s.isprintable() for s in shown)
     assert len(set(shown)) == len(names), shown
+
+
+def test_escaping_formatter_keeps_one_record_on_one_line() -> None:
+    formatter = EscapingFormatter("%(levelname)s %(message)s")
+    record = logging.LogRecord(
+        "lcow", logging.INFO, __file__, 1, "removed %s", ("x\nINFO forged\x1b[2J",), None
+    )
+    assert formatter.format(record) == "INFO removed x\\nINFO forged\\x1b[2J"
+    try:
+        raise ValueError("bad\nname")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    lines = formatter.format(record).splitlines()
+    assert lines[-1] == "ValueError: bad\\nname"

@@ -13,7 +13,11 @@ else (JSON output stays exact: :mod:`json` escapes what JSON needs).
 
 from __future__ import annotations
 
-__all__ = ["printable"]
+import logging
+import traceback
+from typing import Any
+
+__all__ = ["EscapingFormatter", "printable"]
 
 _SHORT = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -51,3 +55,21 @@ def printable(text: str | bytes) -> str:
         char if char.isprintable() and char != "\\" else _SHORT.get(char) or _escape_char(char)
         for char in text
     )
+
+
+class EscapingFormatter(logging.Formatter):
+    """A :class:`logging.Formatter` whose messages are :func:`printable`: a name inside a log
+    message (an id, a tar entry, a URL path) cannot start a forged log line or drive the
+    terminal. In a traceback, the exception's own text is escaped too."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802
+        # Frames name lcow's own files and lines; the exception's text is what may be hostile.
+        chunks = traceback.TracebackException(*ei).format()
+        return "".join(
+            chunk if chunk.startswith("  File ") else printable(chunk.rstrip("\n")) + "\n"
+            for chunk in chunks
+        ).rstrip("\n")
