@@ -13,8 +13,11 @@ symlinks; atime (at least mtime) and mtime last, directories' only after the who
 overlay whiteout format turns ``.wh.<name>`` into a 0/0 character device and
 ``.wh..wh..opq`` into ``trusted.overlay.opaque=y`` on its directory.
 
-The tar is read in streaming mode (gzip, bzip2 and xz are recognised); only one member's
-metadata is held at a time.
+The tar is read in streaming mode (gzip, zstd, bzip2 and xz are recognised, as Docker's
+``DecompressStream`` does); only one member's metadata is held at a time. Only a whole archive
+is extracted without error: a compressed stream must be complete and the tar must end with its
+end-of-archive marker (entries before the damage are written, as Docker's ``Untar`` writes
+them, and the error says where it stopped).
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ import stat
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, BinaryIO, Self, cast
+from typing import IO, BinaryIO, cast
 
+from lcow._util.decompress import DecompressedReader, detect
+from lcow._util.stricttar import StrictTarInfo
 from lcow.backends.host.scoped import (
     is_dir,
     lstat_in,
@@ -43,6 +48,9 @@ from lcow.errors import AlreadyExists, InvalidArgument
 __all__ = ["untar"]
 
 _CHUNK = 1 << 20
+_SNIFF = tarfile.BLOCKSIZE  # read ahead: the first header, or a compression's magic
+#: What Docker's ``DecompressStream`` recognises.
+_COMPRESSIONS = ("gzip", "zstd", "bzip2", "xz")
 _NS = 1_000_000_000
 _XATTR_PREFIX = "SCHILY.xattr."
 #: The file system does not take the attribute: ignored, as Docker does.
@@ -61,6 +69,10 @@ class _Peeked:
     def __init__(self, head: bytes, stream: BinaryIO) -> None:
         self._head = head
         self._stream = stream
+
+    def peek(self) -> bytes:
+        """The bytes read ahead (what compression detection looks at)."""
+        return self._head
 
     def read(self, size: int = -1) -> bytes:
         if not self._head:
@@ -117,65 +129,72 @@ def _entry_errors(name: str) -> Iterator[None]:
         raise made from None
 
 
-#: How tarfile says "the archive ends here": a zero block, or no bytes at a header boundary
-#: (Go accepts both). Other header errors end a tarfile iteration silently; they must not.
-_END_OF_ARCHIVE = tuple(getattr(tarfile, n) for n in ("EOFHeaderError", "EmptyHeaderError"))
+def stream_name(stream: BinaryIO) -> str:
+    """What messages call the archive: the stream's file name, else ``archive``."""
+    given = getattr(stream, "name", None)
+    return given if isinstance(given, str) else "archive"
 
 
-class _StrictInfo(tarfile.TarInfo):
-    """A TarInfo whose bad or truncated headers fail instead of ending the archive early."""
-
-    @classmethod
-    def fromtarfile(cls, archive: tarfile.TarFile) -> Self:
-        try:
-            return super().fromtarfile(archive)
-        except _END_OF_ARCHIVE:
-            raise
-        except tarfile.HeaderError as exc:
-            offset = archive.offset
-            raise tarfile.ReadError(f"invalid tar header at offset {offset}: {exc}") from None
-
-
-def _open_stream(stream: _Peeked) -> tarfile.TarFile:
+@contextmanager
+def _open_stream(stream: _Peeked, name: str = "archive") -> Iterator[tarfile.TarFile]:
+    """Open the tar in ``stream`` for reading in order, decompressed when it is gzip, zstd,
+    bzip2 or xz (as Docker's ``DecompressStream``), and only if whole (see
+    :mod:`lcow._util.stricttar` and :mod:`lcow._util.decompress`): after the end marker, the
+    compressed stream is read to its end, so a cut one fails even when the tar inside ended."""
+    kind = detect(stream.peek(), kinds=_COMPRESSIONS)
+    source: _Peeked | DecompressedReader = stream
+    if kind is not None:
+        source = DecompressedReader(kind, stream.read, name=name)
     try:
-        return tarfile.open(
-            fileobj=cast("IO[bytes]", stream),
-            mode="r|*",
-            tarinfo=_StrictInfo,
+        archive = tarfile.open(  # noqa: SIM115 - closed below
+            fileobj=cast("IO[bytes]", source),
+            mode="r|",
+            tarinfo=StrictTarInfo,
             encoding="utf-8",
             errors="surrogateescape",
         )
     except tarfile.TarError as exc:
-        raise InvalidArgument(f"archive: {exc}", subject="archive") from exc
+        raise InvalidArgument(f"{name}: {exc}", subject=name) from exc
+    with archive:
+        yield archive
+        if kind is not None:
+            while source.read(_CHUNK):
+                pass
 
 
 def untar(dest_fd: int, stream: BinaryIO, options: TarOptions | None = None) -> None:
     """Unpack the tar read from ``stream`` below the directory ``dest_fd`` (its root).
 
+    The archive must be whole: a compressed stream complete, the tar ending with its
+    end-of-archive marker (an empty input is no archive either).
+
     Raises:
-        InvalidArgument: a malformed archive, a name or hard link climbing out with ``..``, an
-            unsupported entry type.
+        InvalidArgument: a malformed or incomplete archive, a name or hard link climbing out
+            with ``..``, an unsupported entry type.
         AlreadyExists: ``NoOverwriteDirNonDir`` and a directory/non-directory clash.
         OSError: a file-system failure, naming the entry.
     """
-    head = stream.read(tarfile.BLOCKSIZE)
-    if head:  # an empty input is an empty archive (Go's reader sees EOF)
-        _Untar(dest_fd, options or TarOptions()).run(_Peeked(head, stream))
+    head = stream.read(_SNIFF)
+    _Untar(dest_fd, options or TarOptions()).run(_Peeked(head, stream), stream_name(stream))
     while stream.read(_CHUNK):
         pass  # consume what follows the end marker, so a writer on a pipe can finish
 
 
-def members(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+def members(archive: tarfile.TarFile, name: str = "archive") -> Iterator[tarfile.TarInfo]:
     """The members of a streamed archive one by one, none kept (a million-entry tar stays
-    small); a damaged header is an :class:`InvalidArgument`."""
+    small); a damaged or missing header is an :class:`InvalidArgument` naming the archive and
+    the member before it (never the damaged header's bytes)."""
+    last: tarfile.TarInfo | None = None
     while True:
         try:
             member = archive.next()
         except tarfile.TarError as exc:
-            raise InvalidArgument(f"archive: {exc}", subject="archive") from exc
+            after = "" if last is None else f" (after entry {_shown(last.name)})"
+            raise InvalidArgument(f"{name}: {exc}{after}", subject=name) from exc
         if member is None:
             return
         archive.members.clear()  # type: ignore[attr-defined]  # keep no history
+        last = member
         yield member
 
 
@@ -185,9 +204,9 @@ class _Untar:
         self.options = options
         self.dirs: list[tuple[str, int, int]] = []
 
-    def run(self, stream: _Peeked) -> None:
-        with _open_stream(stream) as archive:
-            for member in members(archive):
+    def run(self, stream: _Peeked, source: str) -> None:
+        with _open_stream(stream, source) as archive:
+            for member in members(archive, source):
                 with _entry_errors(member.name):
                     self._entry(archive, member)
         for name, atime, mtime in self.dirs:

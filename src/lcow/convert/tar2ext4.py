@@ -407,7 +407,9 @@ def convert_stream(source: TarSource, out_fd: int, options: ConvertOptions) -> C
         write_behind=not options.dm_verity,
     )
     try:
-        reader = TarReader(source.fd, source.initial, start=source.start, end=source.end)
+        reader = TarReader(
+            source.fd, source.initial, start=source.start, end=source.end, name=source.name
+        )
         conv = _Converter(writer, reader, options)
         conv.run()
         conv.finish()
