@@ -149,7 +149,9 @@ BAD: dict[str, Bad] = {
     "truncated-in-pax-header": Bad(_truncated_in_pax),
     # A header with a bad checksum is no header: its name bytes are not quoted, the entry
     # before it and the offset are.
-    "corrupt-header-checksum": Bad(_corrupt_checksum, names=("first", "invalid tar header at offset", "checksum")),
+    "corrupt-header-checksum": Bad(
+        _corrupt_checksum, names=("first", "invalid tar header at offset", "checksum")
+    ),
     "bad-size-field": Bad(_bad_size_field, names=("bad-size-entry",)),
     "unknown-type-V": Bad(_raw_type(b"V"), names=("weird-entry", "type")),
     "unknown-type-Z": Bad(_raw_type(b"Z"), names=("weird-entry", "type")),

@@ -9,15 +9,17 @@ when complete, so a failed conversion leaves nothing behind.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
 from typing import BinaryIO
 
+from lcow._util.outbuf import no_space
 from lcow.convert.input import FileSlice, TarSource, open_tar_input
 from lcow.convert.options import ConvertOptions, ConvertResult
 from lcow.convert.tarstream import TarEntry, TarReader
-from lcow.errors import InvalidArgument, LimitExceeded, NotFound
+from lcow.errors import InvalidArgument, LimitExceeded, NoSpace, NotFound
 from lcow.formats.ext4.layout import INODE_XATTR_SPACE, ROOT_INO
 from lcow.formats.ext4.tree import encode_dev
 from lcow.formats.ext4.writer import Ext4Writer
@@ -53,6 +55,7 @@ _TYPE_NAMES = {
 }
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)  # the output file system is full
 _MAX_ID = 0xFFFFFFFF
 _MAX_MAJOR = 0xFFF  # what new_encode_dev (ext4's i_block[1]) keeps
 _MAX_MINOR = 0xFFFFF
@@ -145,7 +148,12 @@ class _Converter:
                     subject=shown,
                 )
             self.content_size += entry.realsize
-            self._apply(entry)
+            try:
+                self._apply(entry)
+            except OSError as exc:  # a full output while this entry's data moved in the kernel
+                if exc.errno not in _FULL or isinstance(exc, NoSpace):
+                    raise
+                raise no_space(_shown(entry.name), exc.errno) from exc
             if progress is not None and reader.consumed >= next_report:
                 progress(reader.consumed)
                 next_report = reader.consumed + _PROGRESS_EVERY
@@ -303,6 +311,7 @@ class _Converter:
 
     def _file_data(self, node: int, entry: TarEntry, shown: str) -> None:
         reader = self.reader
+        self.w.out.owner = shown  # a full file system names the entry whose bytes did not fit
         size = entry.realsize
         if entry.sparse is not None:
             placed = self.w.sparse_runs(node, entry.sparse, size, shown)
@@ -413,6 +422,7 @@ def convert_stream(source: TarSource, out_fd: int, options: ConvertOptions) -> C
         conv = _Converter(writer, reader, options)
         conv.run()
         conv.finish()
+        writer.out.owner = None  # what follows is the image's own metadata
         stats = writer.close()
     finally:
         writer.out.discard()
@@ -462,6 +472,8 @@ def tar2ext4(
         LimitExceeded: the image would exceed ``options.max_size``, or another limit of
             ``options`` (entries, name, path, depth, xattr sizes) is passed.
         NotFound: a hard link names a missing target.
+        NoSpace: the output's file system filled up; ``entry`` names the tar entry whose data
+            did not fit (``None``: the image's own metadata, the message then names ``dst``).
         Busy: no conversion slot became free within ``options.slot_timeout``
             (:mod:`lcow.convert.limits`).
     """
@@ -473,7 +485,17 @@ def tar2ext4(
         conversion_slot(opts.slot_timeout, what=os.fspath(dst)),
         open_tar_input(src) as source,
     ):
-        with atomic_output(dst, fsync=opts.fsync) as out_fd:
-            result = convert_stream(source, out_fd, opts)
-            source.check()  # a failed source discards the output, never commits it
+        try:
+            with atomic_output(dst, fsync=opts.fsync) as out_fd:
+                result = convert_stream(source, out_fd, opts)
+                source.check()  # a failed source discards the output, never commits it
+        except OSError as exc:  # the output is gone already: say whose write did not fit
+            if exc.errno not in _FULL or (isinstance(exc, NoSpace) and exc.entry is not None):
+                raise
+            shown = os.fspath(dst)
+            raise NoSpace(
+                f"{shown}: no space left on device for the image's metadata",
+                subject=shown,
+                code=exc.errno,
+            ) from exc
         return result
