@@ -13,7 +13,16 @@ from __future__ import annotations
 import tarfile
 from typing import Self
 
-__all__ = ["StrictTarInfo"]
+__all__ = ["MAX_META_SIZE", "StrictTarInfo", "TooLarge"]
+
+#: Largest PAX record block or GNU long name read (Go's reader: 1 MiB, as the converter).
+MAX_META_SIZE = 1 << 20
+_META_TYPES = frozenset((b"x", b"g", b"X", b"L", b"K"))
+
+
+class TooLarge(tarfile.ReadError):
+    """An extended header (PAX records, a GNU long name) past :data:`MAX_META_SIZE`."""
+
 
 _BLOCK = tarfile.BLOCKSIZE
 _ZERO_BLOCK = bytes(_BLOCK)
@@ -21,6 +30,31 @@ _ZERO_BLOCK = bytes(_BLOCK)
 
 class StrictTarInfo(tarfile.TarInfo):
     """A TarInfo whose reading fails on anything but a whole archive (see the module)."""
+
+    def _proc_member(self, tarfile: tarfile.TarFile) -> Self:
+        # Checked before tarfile reads the records into memory.
+        if self.type in _META_TYPES and self.size > MAX_META_SIZE:
+            kind = self.type.decode("ascii", "replace")
+            raise TooLarge(
+                f"{kind} records of {self.size} bytes exceed the limit of {MAX_META_SIZE}"
+            )
+        return super()._proc_member(tarfile)  # type: ignore[misc, no-any-return]
+
+    def _proc_pax(self, tarfile: tarfile.TarFile) -> Self:
+        # The records are checked as Go's reader checks them (tarfile before 3.11.10 takes a
+        # record whose length runs past the block), then tarfile parses the same bytes.
+        size = self._block(self.size)  # type: ignore[attr-defined]
+        real = tarfile.fileobj
+        assert real is not None
+        buf = real.read(size)
+        if len(buf) < self.size:
+            raise _ReadError("unexpected end of data inside PAX records")
+        _check_pax_records(buf[: self.size])
+        tarfile.fileobj = _Replay(buf, real)  # type: ignore[assignment]
+        try:
+            return super()._proc_pax(tarfile)  # type: ignore[misc, no-any-return]
+        finally:
+            tarfile.fileobj = real
 
     @classmethod
     def fromtarfile(cls, archive: tarfile.TarFile) -> Self:
@@ -63,3 +97,37 @@ _EMPTY_HEADER: type[Exception] = tarfile.EmptyHeaderError  # type: ignore[attr-d
 _TRUNCATED_HEADER: type[Exception] = tarfile.TruncatedHeaderError  # type: ignore[attr-defined]
 _HEADER_ERROR: type[Exception] = tarfile.HeaderError
 _ReadError = tarfile.ReadError
+
+
+def _check_pax_records(data: bytes) -> None:
+    """``len key=value\n`` records that each fit the block (NUL padding may end it)."""
+    pos, end = 0, len(data)
+    while pos < end and data[pos]:
+        space = data.find(b" ", pos, pos + 24)
+        try:
+            length = int(data[pos:space]) if space > pos else -1
+        except ValueError:
+            length = -1
+        if length <= 0 or pos + length > end or data[pos + length - 1] != 0x0A:
+            raise _ReadError(f"malformed PAX record at byte {pos}")
+        if b"=" not in data[space + 1 : pos + length]:
+            raise _ReadError(f"malformed PAX record at byte {pos}: no '='")
+        pos += length
+
+
+class _Replay:
+    """The archive stream with a block already read put back: one read returns it, all else
+    goes to the stream."""
+
+    def __init__(self, block: bytes, stream: object) -> None:
+        self._block: bytes | None = block
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        block, self._block = self._block, None
+        if block is not None:
+            return block
+        return self._stream.read(size)  # type: ignore[attr-defined, no-any-return]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from typing import IO, BinaryIO, cast
 
 from lcow._util.decompress import DecompressedReader, detect
-from lcow._util.stricttar import StrictTarInfo
+from lcow._util.stricttar import StrictTarInfo, TooLarge
 from lcow.backends.host.scoped import (
     is_dir,
     lstat_in,
@@ -43,7 +43,14 @@ from lcow.backends.host.scoped import (
     view_error,
 )
 from lcow.backends.taroptions import OVERLAY_WHITEOUTS, TarOptions
-from lcow.errors import AlreadyExists, InvalidArgument
+from lcow.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    LcowError,
+    LimitExceeded,
+    NoSpace,
+    NotFound,
+)
 
 __all__ = ["untar"]
 
@@ -114,19 +121,59 @@ def _time_ns(member: tarfile.TarInfo, key: str) -> int | None:
     return -ns if negative else ns
 
 
+#: What a file-system refusal says about the input (Docker's Untar fails on each as well):
+#: a name or value past the kernel's limits, or something the tree cannot hold.
+_OS_CATEGORIES: dict[int, type[InvalidArgument]] = {
+    errno.ENAMETOOLONG: LimitExceeded,
+    errno.E2BIG: LimitExceeded,
+    errno.ERANGE: LimitExceeded,
+    errno.ENOTDIR: InvalidArgument,
+    errno.ELOOP: InvalidArgument,
+    errno.EINVAL: InvalidArgument,
+}
+
+
+def _lower(text: str) -> str:
+    """A kernel message as lcow words its own ("Not a directory" -> "not a directory")."""
+    return text[:1].lower() + text[1:]
+
+
 @contextmanager
 def _entry_errors(name: str) -> Iterator[None]:
-    """Name the entry in a failure (OS errors keep their class and errno)."""
+    """Name the entry in a failure: a refusal caused by the input becomes its category
+    (``InvalidArgument``, ``LimitExceeded``), a full file system :class:`NoSpace`; other OS
+    errors (EIO...) keep their class and errno."""
     try:
         yield
     except tarfile.TarError as exc:
         shown = _shown(name)
         raise InvalidArgument(f"{shown}: {exc}", subject=shown) from exc
     except OSError as exc:
+        shown = _shown(name)
+        if isinstance(exc, LcowError):
+            raise
+        kind = _OS_CATEGORIES.get(exc.errno or 0)
+        said = _lower(exc.strerror or "")
+        if kind is not None:
+            raise kind(f"{shown}: {said}", subject=shown) from exc
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace(f"{shown}: {said}", subject=shown, entry=shown, code=exc.errno) from exc
         made = view_error(exc, name)
         if made is exc:
             raise
         raise made from None
+
+
+def _xattr_error(member: tarfile.TarInfo, key: str, exc: OSError) -> Exception:
+    """An extended attribute the file system refused: too large for it (ENOSPC, E2BIG,
+    ERANGE: a limit) or malformed (EINVAL, e.g. a bad POSIX ACL)."""
+    shown = _shown(member.name)
+    what = f"{shown}: xattr {_shown(key)[:80]}: {_lower(exc.strerror or '')}"
+    if exc.errno in (errno.ENOSPC, errno.E2BIG, errno.ERANGE):
+        return LimitExceeded(what, subject=shown)
+    if exc.errno == errno.EINVAL:
+        return InvalidArgument(what, subject=shown)
+    return exc
 
 
 def stream_name(stream: BinaryIO) -> str:
@@ -153,8 +200,8 @@ def _open_stream(stream: _Peeked, name: str = "archive") -> Iterator[tarfile.Tar
             encoding="utf-8",
             errors="surrogateescape",
         )
-    except tarfile.TarError as exc:
-        raise InvalidArgument(f"{name}: {exc}", subject=name) from exc
+    except _READ_ERRORS as exc:  # the first member is read here
+        raise _read_error(exc, name, None) from exc
     with archive:
         yield archive
         if kind is not None:
@@ -180,6 +227,26 @@ def untar(dest_fd: int, stream: BinaryIO, options: TarOptions | None = None) -> 
         pass  # consume what follows the end marker, so a writer on a pipe can finish
 
 
+#: What reading a member can raise besides tarfile's errors: ValueError for a malformed sparse
+#: map, RecursionError for a long chain of extended headers (tarfile recurses per header).
+_READ_ERRORS = (tarfile.TarError, ValueError, OverflowError, RecursionError)
+
+
+def _read_error(exc: BaseException, name: str, last: tarfile.TarInfo | None) -> LcowError:
+    """A failure to read the next member, naming the archive and the member before it."""
+    after = "" if last is None else f" (after entry {_shown(last.name)})"
+    if isinstance(exc, TooLarge):
+        return LimitExceeded(f"{name}: {exc}{after}", subject=name)
+    if isinstance(exc, RecursionError):
+        return LimitExceeded(
+            f"{name}: too many chained extended headers (past the recursion limit){after}",
+            subject=name,
+        )
+    if isinstance(exc, (ValueError, OverflowError)):  # tarfile's own parsing gave up
+        return InvalidArgument(f"{name}: malformed header data ({exc}){after}", subject=name)
+    return InvalidArgument(f"{name}: {exc}{after}", subject=name)
+
+
 def members(archive: tarfile.TarFile, name: str = "archive") -> Iterator[tarfile.TarInfo]:
     """The members of a streamed archive one by one, none kept (a million-entry tar stays
     small); a damaged or missing header is an :class:`InvalidArgument` naming the archive and
@@ -188,14 +255,46 @@ def members(archive: tarfile.TarFile, name: str = "archive") -> Iterator[tarfile
     while True:
         try:
             member = archive.next()
-        except tarfile.TarError as exc:
-            after = "" if last is None else f" (after entry {_shown(last.name)})"
-            raise InvalidArgument(f"{name}: {exc}{after}", subject=name) from exc
+        except _READ_ERRORS as exc:
+            raise _read_error(exc, name, last) from exc
         if member is None:
             return
+        _check_member(member)
         archive.members.clear()  # type: ignore[attr-defined]  # keep no history
         last = member
         yield member
+
+
+_MAX_ID = 0xFFFFFFFF
+
+
+def _sparse_map(member: tarfile.TarInfo) -> list[tuple[int, int]] | None:
+    """``[(offset, length), ...]`` of a GNU sparse member's stored data, else ``None``."""
+    return cast("list[tuple[int, int]] | None", member.sparse)
+
+
+def _check_member(member: tarfile.TarInfo) -> None:
+    """What Go's reader refuses and tarfile takes: owners past 32 bits, a negative size, a
+    sparse map that is unordered, overlapping or past the file's end."""
+    shown = _shown(member.name)
+    for what, value in (("uid", member.uid), ("gid", member.gid)):
+        if not 0 <= value <= _MAX_ID:
+            raise InvalidArgument(
+                f"{shown}: {what} {value} is out of range (0..{_MAX_ID})", subject=shown
+            )
+    if member.size < 0:
+        raise InvalidArgument(f"{shown}: negative size {member.size}", subject=shown)
+    segments = _sparse_map(member)
+    if segments is not None:
+        end = 0
+        for offset, length in segments:
+            if offset < end or length < 0 or offset + length > member.size:
+                raise InvalidArgument(
+                    f"{shown}: invalid sparse map (segment {offset}+{length} of a "
+                    f"{member.size}-byte file)",
+                    subject=shown,
+                )
+            end = offset + length
 
 
 class _Untar:
@@ -210,6 +309,10 @@ class _Untar:
                 with _entry_errors(member.name):
                     self._entry(archive, member)
         for name, atime, mtime in self.dirs:
+            if name == ".":
+                with _entry_errors(name):
+                    os.utime(proc_fd(self.dest), ns=(atime, mtime))
+                continue
             with _entry_errors(name), parent_in_root(self.dest, name) as (fd, base):
                 os.utime(base, ns=(atime, mtime), dir_fd=fd, follow_symlinks=False)
 
@@ -221,10 +324,11 @@ class _Untar:
         if _escapes(name):
             raise InvalidArgument(f"{shown}: path escapes the destination directory", subject=shown)
         if name in (".", "/"):
-            if member.isdir():
-                return  # the destination itself: merged, metadata untouched (Docker)
+            if member.isdir():  # the destination itself: merged, its metadata applied (Docker)
+                self._metadata(self.dest, b".", member, ".")
+                return
             raise InvalidArgument(
-                f"{shown}: cannot replace the destination directory", subject=shown
+                f"{shown}: cannot replace the root (the destination directory)", subject=shown
             )
         parent = posixpath.dirname(name)
         if parent not in ("", "/") and not self._exists(parent):
@@ -308,11 +412,30 @@ class _Untar:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(base, flags, member.mode & 0o777, dir_fd=dir_fd)
         with os.fdopen(fd, "wb") as out:
-            data = archive.extractfile(member)
-            if data is None:
+            segments = _sparse_map(member)
+            if segments is None:
+                data = archive.extractfile(member)
+                if data is None:
+                    return
+                while chunk := data.read(_CHUNK):
+                    out.write(chunk)
                 return
-            while chunk := data.read(_CHUNK):
-                out.write(chunk)
+            # Only the stored segments are written, read in order from the archive stream;
+            # the holes stay holes (Go's reader seeks over them too), so a 1 TiB sparse file
+            # costs what it stores.
+            stream = archive.fileobj
+            assert stream is not None
+            stream.seek(member.offset_data)
+            for offset, length in segments:
+                at, left = offset, length
+                while left:
+                    chunk = stream.read(min(left, _CHUNK))
+                    if not chunk:
+                        raise tarfile.ReadError("unexpected end of data")
+                    os.pwrite(out.fileno(), chunk, at)
+                    at += len(chunk)
+                    left -= len(chunk)
+            out.truncate(member.size)
 
     def _hardlink(self, dir_fd: int, base: bytes, member: tarfile.TarInfo) -> None:
         target = _clean(member.linkname)
@@ -322,14 +445,33 @@ class _Untar:
                 f"{shown}: hard link to {_shown(member.linkname)!r} escapes the destination",
                 subject=shown,
             )
-        with parent_in_root(self.dest, target) as (target_fd, target_base):
-            os.link(
-                target_base,
-                base,
-                src_dir_fd=target_fd,
-                dst_dir_fd=dir_fd,
-                follow_symlinks=False,
-            )
+        try:
+            with parent_in_root(self.dest, target) as (target_fd, target_base):
+                try:
+                    os.link(
+                        target_base,
+                        base,
+                        src_dir_fd=target_fd,
+                        dst_dir_fd=dir_fd,
+                        follow_symlinks=False,
+                    )
+                except PermissionError as exc:  # as root: the target is a directory
+                    shown = _shown(member.name)
+                    found = lstat_in(target_fd, target_base)
+                    why = (
+                        "is a directory"
+                        if found is not None and stat.S_ISDIR(found.st_mode)
+                        else f"cannot be linked: {_lower(exc.strerror or '')}"
+                    )
+                    raise InvalidArgument(
+                        f"{shown}: hard link target {_shown(member.linkname)} {why}",
+                        subject=shown,
+                    ) from exc
+        except FileNotFoundError as exc:  # the target, or a directory on its way
+            shown = _shown(member.name)
+            raise NotFound(
+                f"{shown}: hard link target {_shown(member.linkname)} not found", subject=shown
+            ) from exc
 
     def _metadata(self, dir_fd: int, base: bytes, member: tarfile.TarInfo, name: str) -> None:
         if not self.options.no_lchown:
@@ -348,7 +490,7 @@ class _Untar:
                         )
                     except OSError as exc:
                         if exc.errno not in _XATTR_IGNORED:
-                            raise
+                            raise _xattr_error(member, key[len(_XATTR_PREFIX) :], exc) from exc
             # Linux has no symlink modes; chmod after chown, which clears setuid/setgid.
             if not stat.S_ISLNK(os.fstat(fd).st_mode):
                 os.chmod(where, member.mode & 0o7777)

@@ -340,7 +340,7 @@ class TarReader:
         start = self._start
         if self._buf[start : start + BLOCK] != _ZERO_BLOCK:
             raise InvalidArgument(
-                f"{self.name}: invalid tar header at offset {offset - BLOCK}: a zero block "
+                f"{self.name}: invalid tar header at offset {offset}: a zero block "
                 f"followed by data{self._after()}",
                 subject=self.name,
             )
