@@ -11,6 +11,8 @@ destination.
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,14 @@ from tests.helpers import requires
 pytestmark = requires("root")
 
 QUICK = [name for name, case in ALL_CASES.items() if not case.slow]
+
+
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Iterator[Path]:
+    """pytest's ``tmp_path``, emptied afterwards by ``rm -rf``: a tree 1,000+ levels deep
+    would make pytest's own (recursive) clean-up of old runs fail."""
+    yield tmp_path
+    subprocess.run(["rm", "-rf", "--", str(tmp_path)], check=True)
 
 
 @pytest.mark.parametrize("name", QUICK)
