@@ -6,7 +6,10 @@ written byte by byte here, so malformed, huge and truncated members cost nothing
 entry, or success with a property of the resulting image checked through a :class:`Probe` (the
 ext4 reader, or a kernel mount). Every sink that turns a tar into a layer — ``tar2ext4``,
 ``Driver.apply_diff``, ``lcow import``, the plugin's ApplyDiff — must meet the same expectation;
-:mod:`lcow.testing.hostile_run` runs them and checks that a failure leaves nothing behind.
+``extract_archive`` (Docker's ``Untar`` into a view) meets :attr:`HostileCase.extract_expect`,
+which differs only where Docker's semantics do (:data:`EXTRACT_DIFFERENCES`, each with its
+reason). :mod:`lcow.testing.hostile_run` runs them and checks that a failure leaves nothing
+behind.
 
 The cases assume LCOW's conversion options (AUFS whiteouts converted, VHD footer) and the default
 limits of :class:`~lcow.convert.options.ConvertOptions`. ``ALL_CASES`` lists them; large ones
