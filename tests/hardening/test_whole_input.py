@@ -370,3 +370,10 @@ def test_extract_archive_takes_every_whole_input(case: str, tmp_path: Path) -> N
     finally:
         os.close(fd)
     assert len(os.listdir(dest / "d")) == 40
+
+
+def test_the_caller_may_name_the_input(tmp_path: Path) -> None:
+    """The driver can say what a stream is (a layer id) instead of ``<stream>``."""
+    with pytest.raises(InvalidArgument, match=r"^layer 1234: truncated zstd stream"):
+        tar2ext4(io.BytesIO(CUTS["zstd-mid-frame"][0]), tmp_path / "x.img", name="layer 1234")
+    assert not (tmp_path / "x.img").exists()

@@ -455,6 +455,8 @@ def tar2ext4(
     src: str | os.PathLike[str] | BinaryIO | int | FileSlice,
     dst: str | os.PathLike[str],
     options: ConvertOptions | None = None,
+    *,
+    name: str | None = None,
 ) -> ConvertResult:
     """Convert a tar (plain, gzip or zstd) into an ext4 image file at ``dst``.
 
@@ -463,6 +465,8 @@ def tar2ext4(
             :class:`~lcow.convert.input.FileSlice` (a tar stored inside another file).
         dst: the output path; written under a temporary name and renamed when complete.
         options: conversion options; defaults to :class:`ConvertOptions()`.
+        name: what messages about the input as a whole call it (a cut stream, a missing end
+            marker); default: its path, ``<stdin>``, a file object's name or ``<stream>``.
 
     Returns:
         What was written.
@@ -483,7 +487,7 @@ def tar2ext4(
     opts = options or ConvertOptions()
     with (
         conversion_slot(opts.slot_timeout, what=os.fspath(dst)),
-        open_tar_input(src) as source,
+        open_tar_input(src, name=name) as source,
     ):
         try:
             with atomic_output(dst, fsync=opts.fsync) as out_fd:
