@@ -8,8 +8,9 @@
     .venv/bin/python tools/hostile_corpus.py --out DIR --from-json report.json --compact
 
 Each case runs in a fresh interpreter (``python -m lcow.testing.hostile_run``) through the sinks
-of ``lcow.testing.hostile_run.SINKS`` — ``tar2ext4``, ``apply_diff`` and ``import`` today; the
-plugin's ApplyDiff becomes a fourth by adding one class and one entry there. Per case and sink
+of ``lcow.testing.hostile_run.SINKS`` — ``tar2ext4``, ``apply_diff``, ``import``, the plugin's
+ApplyDiff and ``extract_archive`` of a host-backend view (root, loop devices, overlayfs, FUSE and
+qemu-storage-daemon; judged by each case's ``extract_expect``). Per case and sink
 the table gives the expected and actual outcome, the message, seconds and peak RSS, and the
 verdict: the right error naming the entry with nothing left behind, or a layer that passes
 ``e2fsck -fn``, lcow's reader and the case's property (``--mount``: also through a read-only

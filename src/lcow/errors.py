@@ -7,6 +7,9 @@ still catch it (``except FileNotFoundError`` catches :class:`NotFound`).
 
 from __future__ import annotations
 
+import errno
+import os
+
 __all__ = [
     "AlreadyExists",
     "Busy",
@@ -15,6 +18,7 @@ __all__ = [
     "InvalidArgument",
     "LcowError",
     "LimitExceeded",
+    "NoSpace",
     "NotFound",
     "NotSupported",
     "Timeout",
@@ -70,3 +74,26 @@ class Timeout(LcowError, TimeoutError):
 
 class Busy(LcowError, BlockingIOError):
     """A resource is in use (a mounted layer, a locked data root)."""
+
+
+class NoSpace(LcowError, OSError):
+    """The output file system filled up (``ENOSPC``, or ``EDQUOT`` for a quota) while writing.
+
+    Attributes:
+        entry: the tar entry whose data was being written, or ``None`` when the failing write
+            was the image's own metadata.
+        errno: ``errno.ENOSPC`` or ``errno.EDQUOT``, as an ``OSError`` from the kernel has.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        subject: str | None = None,
+        entry: str | None = None,
+        code: int = errno.ENOSPC,
+    ) -> None:
+        super().__init__(message, subject=subject)
+        self.entry = entry
+        self.errno = code
+        self.strerror = os.strerror(code)

@@ -47,18 +47,20 @@ def test_slice_is_converted_in_place(tmp_path: Path) -> None:
     assert _names(tmp_path / "out.img") == [b"/a", b"/b"]
 
 
-def test_slice_without_end_marker_stops_at_its_end(tmp_path: Path) -> None:
-    """What follows the slice (another member of the outer archive) is never read as tar."""
+def test_slice_without_end_marker_fails_and_stops_at_its_end(tmp_path: Path) -> None:
+    """A slice without the end marker is a cut tar: it fails, naming the slice, and what
+    follows it (another member of the outer archive) is never read as tar."""
     inner = _tar({"a": b"x" * 1000}, end_marker=False)
     trailing = _tar({"evil": b"z" * 10})
     outer = tmp_path / "outer.bin"
     outer.write_bytes(inner + trailing)
     fd = os.open(outer, os.O_RDONLY)
     try:
-        tar2ext4(FileSlice(fd, 0, len(inner)), tmp_path / "out.img")
+        with pytest.raises(InvalidArgument, match=r"^blob: truncated archive: no end-of-archive"):
+            tar2ext4(FileSlice(fd, 0, len(inner), "blob"), tmp_path / "out.img")
     finally:
         os.close(fd)
-    assert _names(tmp_path / "out.img") == [b"/a"]
+    assert not (tmp_path / "out.img").exists()
 
 
 def test_member_running_past_the_slice_is_truncation(tmp_path: Path) -> None:

@@ -147,7 +147,11 @@ BAD: dict[str, Bad] = {
     "truncated-after-header": Bad(_truncated_after_header, names=("cut-at-data",)),
     "truncated-in-header": Bad(_truncated_in_header),
     "truncated-in-pax-header": Bad(_truncated_in_pax),
-    "corrupt-header-checksum": Bad(_corrupt_checksum, names=("victim-entry",)),
+    # A header with a bad checksum is no header: its name bytes are not quoted, the entry
+    # before it and the offset are.
+    "corrupt-header-checksum": Bad(
+        _corrupt_checksum, names=("first", "invalid tar header at offset", "checksum")
+    ),
     "bad-size-field": Bad(_bad_size_field, names=("bad-size-entry",)),
     "unknown-type-V": Bad(_raw_type(b"V"), names=("weird-entry", "type")),
     "unknown-type-Z": Bad(_raw_type(b"Z"), names=("weird-entry", "type")),

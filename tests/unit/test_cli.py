@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -94,6 +95,7 @@ def test_exit_status_values_are_fixed() -> None:
         (errors.FailedPrecondition("x"), ExitStatus.ERROR),
         (errors.Busy("x"), ExitStatus.ERROR),
         (errors.Timeout("x"), ExitStatus.ERROR),
+        (errors.NoSpace("x: no space left on device", entry="x"), ExitStatus.ERROR),
         (errors.LcowError("x"), ExitStatus.ERROR),
         (OSError(5, "Input/output error"), ExitStatus.ERROR),
         (RuntimeError("bug"), ExitStatus.ERROR),
@@ -104,6 +106,15 @@ def test_exit_status_values_are_fixed() -> None:
 )
 def test_exit_status_for(exc: BaseException, status: ExitStatus) -> None:
     assert exit_status_for(exc) is status
+
+
+def test_no_space_is_an_lcow_error_and_an_enospc_os_error() -> None:
+    exc = errors.NoSpace("a/b: no space left on device", subject="a/b", entry="a/b")
+    assert isinstance(exc, errors.LcowError) and isinstance(exc, OSError)
+    assert exc.errno == errno.ENOSPC and exc.entry == "a/b" and exc.subject == "a/b"
+    assert error_message(exc) == "a/b: no space left on device"
+    quota = errors.NoSpace("q: disk quota exceeded", code=errno.EDQUOT)
+    assert quota.errno == errno.EDQUOT and quota.entry is None
 
 
 def test_error_message_forms() -> None:

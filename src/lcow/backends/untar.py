@@ -13,8 +13,11 @@ symlinks; atime (at least mtime) and mtime last, directories' only after the who
 overlay whiteout format turns ``.wh.<name>`` into a 0/0 character device and
 ``.wh..wh..opq`` into ``trusted.overlay.opaque=y`` on its directory.
 
-The tar is read in streaming mode (gzip, bzip2 and xz are recognised); only one member's
-metadata is held at a time.
+The tar is read in streaming mode (gzip, zstd, bzip2 and xz are recognised, as Docker's
+``DecompressStream`` does); only one member's metadata is held at a time. Only a whole archive
+is extracted without error: a compressed stream must be complete and the tar must end with its
+end-of-archive marker (entries before the damage are written, as Docker's ``Untar`` writes
+them, and the error says where it stopped).
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ import stat
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, BinaryIO, Self, cast
+from typing import IO, BinaryIO, cast
 
+from lcow._util.decompress import DecompressedReader, detect
+from lcow._util.stricttar import StrictTarInfo, TooLarge
 from lcow.backends.host.scoped import (
     is_dir,
     lstat_in,
@@ -38,11 +43,21 @@ from lcow.backends.host.scoped import (
     view_error,
 )
 from lcow.backends.taroptions import OVERLAY_WHITEOUTS, TarOptions
-from lcow.errors import AlreadyExists, InvalidArgument
+from lcow.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    LcowError,
+    LimitExceeded,
+    NoSpace,
+    NotFound,
+)
 
 __all__ = ["untar"]
 
 _CHUNK = 1 << 20
+_SNIFF = tarfile.BLOCKSIZE  # read ahead: the first header, or a compression's magic
+#: What Docker's ``DecompressStream`` recognises.
+_COMPRESSIONS = ("gzip", "zstd", "bzip2", "xz")
 _NS = 1_000_000_000
 _XATTR_PREFIX = "SCHILY.xattr."
 #: The file system does not take the attribute: ignored, as Docker does.
@@ -61,6 +76,10 @@ class _Peeked:
     def __init__(self, head: bytes, stream: BinaryIO) -> None:
         self._head = head
         self._stream = stream
+
+    def peek(self) -> bytes:
+        """The bytes read ahead (what compression detection looks at)."""
+        return self._head
 
     def read(self, size: int = -1) -> bytes:
         if not self._head:
@@ -102,81 +121,180 @@ def _time_ns(member: tarfile.TarInfo, key: str) -> int | None:
     return -ns if negative else ns
 
 
+#: What a file-system refusal says about the input (Docker's Untar fails on each as well):
+#: a name or value past the kernel's limits, or something the tree cannot hold.
+_OS_CATEGORIES: dict[int, type[InvalidArgument]] = {
+    errno.ENAMETOOLONG: LimitExceeded,
+    errno.E2BIG: LimitExceeded,
+    errno.ERANGE: LimitExceeded,
+    errno.ENOTDIR: InvalidArgument,
+    errno.ELOOP: InvalidArgument,
+    errno.EINVAL: InvalidArgument,
+}
+
+
+def _lower(text: str) -> str:
+    """A kernel message as lcow words its own ("Not a directory" -> "not a directory")."""
+    return text[:1].lower() + text[1:]
+
+
 @contextmanager
 def _entry_errors(name: str) -> Iterator[None]:
-    """Name the entry in a failure (OS errors keep their class and errno)."""
+    """Name the entry in a failure: a refusal caused by the input becomes its category
+    (``InvalidArgument``, ``LimitExceeded``), a full file system :class:`NoSpace`; other OS
+    errors (EIO...) keep their class and errno."""
     try:
         yield
     except tarfile.TarError as exc:
         shown = _shown(name)
         raise InvalidArgument(f"{shown}: {exc}", subject=shown) from exc
     except OSError as exc:
+        shown = _shown(name)
+        if isinstance(exc, LcowError):
+            raise
+        kind = _OS_CATEGORIES.get(exc.errno or 0)
+        said = _lower(exc.strerror or "")
+        if kind is not None:
+            raise kind(f"{shown}: {said}", subject=shown) from exc
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace(f"{shown}: {said}", subject=shown, entry=shown, code=exc.errno) from exc
         made = view_error(exc, name)
         if made is exc:
             raise
         raise made from None
 
 
-#: How tarfile says "the archive ends here": a zero block, or no bytes at a header boundary
-#: (Go accepts both). Other header errors end a tarfile iteration silently; they must not.
-_END_OF_ARCHIVE = tuple(getattr(tarfile, n) for n in ("EOFHeaderError", "EmptyHeaderError"))
+def _xattr_error(member: tarfile.TarInfo, key: str, exc: OSError) -> Exception:
+    """An extended attribute the file system refused: too large for it (ENOSPC, E2BIG,
+    ERANGE: a limit) or malformed (EINVAL, e.g. a bad POSIX ACL)."""
+    shown = _shown(member.name)
+    what = f"{shown}: xattr {_shown(key)[:80]}: {_lower(exc.strerror or '')}"
+    if exc.errno in (errno.ENOSPC, errno.E2BIG, errno.ERANGE):
+        return LimitExceeded(what, subject=shown)
+    if exc.errno == errno.EINVAL:
+        return InvalidArgument(what, subject=shown)
+    return exc
 
 
-class _StrictInfo(tarfile.TarInfo):
-    """A TarInfo whose bad or truncated headers fail instead of ending the archive early."""
-
-    @classmethod
-    def fromtarfile(cls, archive: tarfile.TarFile) -> Self:
-        try:
-            return super().fromtarfile(archive)
-        except _END_OF_ARCHIVE:
-            raise
-        except tarfile.HeaderError as exc:
-            offset = archive.offset
-            raise tarfile.ReadError(f"invalid tar header at offset {offset}: {exc}") from None
+def stream_name(stream: BinaryIO) -> str:
+    """What messages call the archive: the stream's file name, else ``archive``."""
+    given = getattr(stream, "name", None)
+    return given if isinstance(given, str) else "archive"
 
 
-def _open_stream(stream: _Peeked) -> tarfile.TarFile:
+@contextmanager
+def _open_stream(stream: _Peeked, name: str = "archive") -> Iterator[tarfile.TarFile]:
+    """Open the tar in ``stream`` for reading in order, decompressed when it is gzip, zstd,
+    bzip2 or xz (as Docker's ``DecompressStream``), and only if whole (see
+    :mod:`lcow._util.stricttar` and :mod:`lcow._util.decompress`): after the end marker, the
+    compressed stream is read to its end, so a cut one fails even when the tar inside ended."""
+    kind = detect(stream.peek(), kinds=_COMPRESSIONS)
+    source: _Peeked | DecompressedReader = stream
+    if kind is not None:
+        source = DecompressedReader(kind, stream.read, name=name)
     try:
-        return tarfile.open(
-            fileobj=cast("IO[bytes]", stream),
-            mode="r|*",
-            tarinfo=_StrictInfo,
+        archive = tarfile.open(  # noqa: SIM115 - closed below
+            fileobj=cast("IO[bytes]", source),
+            mode="r|",
+            tarinfo=StrictTarInfo,
             encoding="utf-8",
             errors="surrogateescape",
         )
-    except tarfile.TarError as exc:
-        raise InvalidArgument(f"archive: {exc}", subject="archive") from exc
+    except _READ_ERRORS as exc:  # the first member is read here
+        raise _read_error(exc, name, None) from exc
+    with archive:
+        yield archive
+        if kind is not None:
+            while source.read(_CHUNK):
+                pass
 
 
 def untar(dest_fd: int, stream: BinaryIO, options: TarOptions | None = None) -> None:
     """Unpack the tar read from ``stream`` below the directory ``dest_fd`` (its root).
 
+    The archive must be whole: a compressed stream complete, the tar ending with its
+    end-of-archive marker (an empty input is no archive either).
+
     Raises:
-        InvalidArgument: a malformed archive, a name or hard link climbing out with ``..``, an
-            unsupported entry type.
+        InvalidArgument: a malformed or incomplete archive, a name or hard link climbing out
+            with ``..``, an unsupported entry type.
         AlreadyExists: ``NoOverwriteDirNonDir`` and a directory/non-directory clash.
         OSError: a file-system failure, naming the entry.
     """
-    head = stream.read(tarfile.BLOCKSIZE)
-    if head:  # an empty input is an empty archive (Go's reader sees EOF)
-        _Untar(dest_fd, options or TarOptions()).run(_Peeked(head, stream))
+    head = stream.read(_SNIFF)
+    _Untar(dest_fd, options or TarOptions()).run(_Peeked(head, stream), stream_name(stream))
     while stream.read(_CHUNK):
         pass  # consume what follows the end marker, so a writer on a pipe can finish
 
 
-def members(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+#: What reading a member can raise besides tarfile's errors: ValueError for a malformed sparse
+#: map, RecursionError for a long chain of extended headers (tarfile recurses per header).
+_READ_ERRORS = (tarfile.TarError, ValueError, OverflowError, RecursionError)
+
+
+def _read_error(exc: BaseException, name: str, last: tarfile.TarInfo | None) -> LcowError:
+    """A failure to read the next member, naming the archive and the member before it."""
+    after = "" if last is None else f" (after entry {_shown(last.name)})"
+    if isinstance(exc, TooLarge):
+        return LimitExceeded(f"{name}: {exc}{after}", subject=name)
+    if isinstance(exc, RecursionError):
+        return LimitExceeded(
+            f"{name}: too many chained extended headers (past the recursion limit){after}",
+            subject=name,
+        )
+    if isinstance(exc, (ValueError, OverflowError)):  # tarfile's own parsing gave up
+        return InvalidArgument(f"{name}: malformed header data ({exc}){after}", subject=name)
+    return InvalidArgument(f"{name}: {exc}{after}", subject=name)
+
+
+def members(archive: tarfile.TarFile, name: str = "archive") -> Iterator[tarfile.TarInfo]:
     """The members of a streamed archive one by one, none kept (a million-entry tar stays
-    small); a damaged header is an :class:`InvalidArgument`."""
+    small); a damaged or missing header is an :class:`InvalidArgument` naming the archive and
+    the member before it (never the damaged header's bytes)."""
+    last: tarfile.TarInfo | None = None
     while True:
         try:
             member = archive.next()
-        except tarfile.TarError as exc:
-            raise InvalidArgument(f"archive: {exc}", subject="archive") from exc
+        except _READ_ERRORS as exc:
+            raise _read_error(exc, name, last) from exc
         if member is None:
             return
+        _check_member(member)
         archive.members.clear()  # type: ignore[attr-defined]  # keep no history
+        last = member
         yield member
+
+
+_MAX_ID = 0xFFFFFFFF
+
+
+def _sparse_map(member: tarfile.TarInfo) -> list[tuple[int, int]] | None:
+    """``[(offset, length), ...]`` of a GNU sparse member's stored data, else ``None``."""
+    return cast("list[tuple[int, int]] | None", member.sparse)
+
+
+def _check_member(member: tarfile.TarInfo) -> None:
+    """What Go's reader refuses and tarfile takes: owners past 32 bits, a negative size, a
+    sparse map that is unordered, overlapping or past the file's end."""
+    shown = _shown(member.name)
+    for what, value in (("uid", member.uid), ("gid", member.gid)):
+        if not 0 <= value <= _MAX_ID:
+            raise InvalidArgument(
+                f"{shown}: {what} {value} is out of range (0..{_MAX_ID})", subject=shown
+            )
+    if member.size < 0:
+        raise InvalidArgument(f"{shown}: negative size {member.size}", subject=shown)
+    segments = _sparse_map(member)
+    if segments is not None:
+        end = 0
+        for offset, length in segments:
+            if offset < end or length < 0 or offset + length > member.size:
+                raise InvalidArgument(
+                    f"{shown}: invalid sparse map (segment {offset}+{length} of a "
+                    f"{member.size}-byte file)",
+                    subject=shown,
+                )
+            end = offset + length
 
 
 class _Untar:
@@ -185,12 +303,16 @@ class _Untar:
         self.options = options
         self.dirs: list[tuple[str, int, int]] = []
 
-    def run(self, stream: _Peeked) -> None:
-        with _open_stream(stream) as archive:
-            for member in members(archive):
+    def run(self, stream: _Peeked, source: str) -> None:
+        with _open_stream(stream, source) as archive:
+            for member in members(archive, source):
                 with _entry_errors(member.name):
                     self._entry(archive, member)
         for name, atime, mtime in self.dirs:
+            if name == ".":
+                with _entry_errors(name):
+                    os.utime(proc_fd(self.dest), ns=(atime, mtime))
+                continue
             with _entry_errors(name), parent_in_root(self.dest, name) as (fd, base):
                 os.utime(base, ns=(atime, mtime), dir_fd=fd, follow_symlinks=False)
 
@@ -202,10 +324,11 @@ class _Untar:
         if _escapes(name):
             raise InvalidArgument(f"{shown}: path escapes the destination directory", subject=shown)
         if name in (".", "/"):
-            if member.isdir():
-                return  # the destination itself: merged, metadata untouched (Docker)
+            if member.isdir():  # the destination itself: merged, its metadata applied (Docker)
+                self._metadata(self.dest, b".", member, ".")
+                return
             raise InvalidArgument(
-                f"{shown}: cannot replace the destination directory", subject=shown
+                f"{shown}: cannot replace the root (the destination directory)", subject=shown
             )
         parent = posixpath.dirname(name)
         if parent not in ("", "/") and not self._exists(parent):
@@ -289,11 +412,30 @@ class _Untar:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(base, flags, member.mode & 0o777, dir_fd=dir_fd)
         with os.fdopen(fd, "wb") as out:
-            data = archive.extractfile(member)
-            if data is None:
+            segments = _sparse_map(member)
+            if segments is None:
+                data = archive.extractfile(member)
+                if data is None:
+                    return
+                while chunk := data.read(_CHUNK):
+                    out.write(chunk)
                 return
-            while chunk := data.read(_CHUNK):
-                out.write(chunk)
+            # Only the stored segments are written, read in order from the archive stream;
+            # the holes stay holes (Go's reader seeks over them too), so a 1 TiB sparse file
+            # costs what it stores.
+            stream = archive.fileobj
+            assert stream is not None
+            stream.seek(member.offset_data)
+            for offset, length in segments:
+                at, left = offset, length
+                while left:
+                    chunk = stream.read(min(left, _CHUNK))
+                    if not chunk:
+                        raise tarfile.ReadError("unexpected end of data")
+                    os.pwrite(out.fileno(), chunk, at)
+                    at += len(chunk)
+                    left -= len(chunk)
+            out.truncate(member.size)
 
     def _hardlink(self, dir_fd: int, base: bytes, member: tarfile.TarInfo) -> None:
         target = _clean(member.linkname)
@@ -303,14 +445,33 @@ class _Untar:
                 f"{shown}: hard link to {_shown(member.linkname)!r} escapes the destination",
                 subject=shown,
             )
-        with parent_in_root(self.dest, target) as (target_fd, target_base):
-            os.link(
-                target_base,
-                base,
-                src_dir_fd=target_fd,
-                dst_dir_fd=dir_fd,
-                follow_symlinks=False,
-            )
+        try:
+            with parent_in_root(self.dest, target) as (target_fd, target_base):
+                try:
+                    os.link(
+                        target_base,
+                        base,
+                        src_dir_fd=target_fd,
+                        dst_dir_fd=dir_fd,
+                        follow_symlinks=False,
+                    )
+                except PermissionError as exc:  # as root: the target is a directory
+                    shown = _shown(member.name)
+                    found = lstat_in(target_fd, target_base)
+                    why = (
+                        "is a directory"
+                        if found is not None and stat.S_ISDIR(found.st_mode)
+                        else f"cannot be linked: {_lower(exc.strerror or '')}"
+                    )
+                    raise InvalidArgument(
+                        f"{shown}: hard link target {_shown(member.linkname)} {why}",
+                        subject=shown,
+                    ) from exc
+        except FileNotFoundError as exc:  # the target, or a directory on its way
+            shown = _shown(member.name)
+            raise NotFound(
+                f"{shown}: hard link target {_shown(member.linkname)} not found", subject=shown
+            ) from exc
 
     def _metadata(self, dir_fd: int, base: bytes, member: tarfile.TarInfo, name: str) -> None:
         if not self.options.no_lchown:
@@ -329,7 +490,7 @@ class _Untar:
                         )
                     except OSError as exc:
                         if exc.errno not in _XATTR_IGNORED:
-                            raise
+                            raise _xattr_error(member, key[len(_XATTR_PREFIX) :], exc) from exc
             # Linux has no symlink modes; chmod after chown, which clears setuid/setgid.
             if not stat.S_ISLNK(os.fstat(fd).st_mode):
                 os.chmod(where, member.mode & 0o7777)

@@ -13,80 +13,41 @@ import io
 import os
 import stat
 import threading
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, NamedTuple, cast
+from typing import BinaryIO, NamedTuple
 
+from lcow._util.decompress import decompress, detect
 from lcow.errors import InvalidArgument, NotFound
 
-__all__ = ["FileSlice", "TarSource", "open_tar_input"]
+__all__ = ["FileSlice", "TarSource", "input_name", "open_tar_input"]
 
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
+
+Work = Callable[[Callable[[int], bytes], Callable[[bytes], None]], None]
 
 
 def _read_fd(fd: int) -> Callable[[int], bytes]:
     return lambda n: os.read(fd, n)
 
 
-def _gunzip(read: Callable[[int], bytes], write: Callable[[bytes], None]) -> None:
-    """Decompress gzip members, at most ``_CHUNK`` bytes of output at a time (a highly
-    compressible bomb must not expand into memory at once)."""
-    dec = zlib.decompressobj(zlib.MAX_WBITS | 16)
-    fed = False  # the current member has received input
-    while chunk := read(_CHUNK):
-        while True:
-            fed = fed or bool(chunk)
-            out = dec.decompress(chunk, _CHUNK)
-            if out:
-                write(out)
-            if dec.eof:  # concatenated gzip members
-                chunk = dec.unused_data
-                dec = zlib.decompressobj(zlib.MAX_WBITS | 16)
-                fed = False
-                if not chunk:
-                    break
-                continue
-            chunk = dec.unconsumed_tail
-            if not chunk and len(out) < _CHUNK:
-                break  # input used up and no output left pending
-    if fed and not dec.eof:
-        raise InvalidArgument("input: truncated gzip stream")
+def _decompressing(kind: str, name: str) -> Work:
+    """Pump work: decompress a complete ``kind`` stream (a cut one fails, naming ``name``)."""
 
+    def run(read: Callable[[int], bytes], write: Callable[[bytes], None]) -> None:
+        for chunk in decompress(kind, read, name=name, chunk=_CHUNK):
+            write(chunk)
 
-def _unzstd(read: Callable[[int], bytes], write: Callable[[bytes], None]) -> None:
-    import zstandard
-
-    class _Src(io.RawIOBase):
-        def readable(self) -> bool:
-            return True
-
-        def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-            data = read(len(b))
-            b[: len(data)] = data
-            return len(data)
-
-    source = cast(BinaryIO, _Src())
-    reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
-    while True:
-        chunk = reader.read(_CHUNK)
-        if not chunk:
-            break
-        write(chunk)
+    return run
 
 
 class _Pump:
     """Runs ``work(read, write)`` on a thread, writing into a pipe the converter reads."""
 
-    def __init__(
-        self,
-        work: Callable[[Callable[[int], bytes], Callable[[bytes], None]], None],
-        read: Callable[[int], bytes],
-    ) -> None:
+    def __init__(self, work: Work, read: Callable[[int], bytes], name: str) -> None:
         self.read_fd, self._write_fd = os.pipe()
         self.error: BaseException | None = None
+        self.name = name
         self._work = work
         self._read = read
         self._thread = threading.Thread(target=self._run, name="lcow-decompress", daemon=True)
@@ -126,11 +87,16 @@ def _sniff(read: Callable[[int], bytes]) -> bytes:
 @dataclass(frozen=True)
 class FileSlice:
     """A tar stored as ``length`` bytes at ``offset`` of a regular file (a member of an image
-    archive): read in place, with kernel copies, never past its end."""
+    archive): read in place, with kernel copies, never past its end.
+
+    Attributes:
+        name: what messages call it (default ``<slice>``).
+    """
 
     fd: int
     offset: int
     length: int
+    name: str | None = None
 
 
 class TarSource(NamedTuple):
@@ -142,6 +108,7 @@ class TarSource(NamedTuple):
         start: for a file slice, its first byte (reads are positional); else ``None``.
         end: for a file slice, one past its last byte; else ``None``.
         pump: the thread decompressing or copying into ``fd``, if any.
+        name: the input, for messages (its path, ``<stdin>``, ``<stream>``).
     """
 
     fd: int
@@ -149,13 +116,14 @@ class TarSource(NamedTuple):
     start: int | None = None
     end: int | None = None
     pump: _Pump | None = None
+    name: str = "<stream>"
 
     def check(self) -> None:
         """Raise what went wrong on the pump's side (a read or decompression error), which
         the converter saw only as an early end of the stream. Called before the output is
         committed, so a failed source never leaves an image behind."""
         if self.pump is not None and self.pump.error is not None:
-            raise _decompress_error(self.pump.error) from self.pump.error
+            raise _decompress_error(self.pump.error, self.name) from self.pump.error
 
 
 def _slice_reader(where: FileSlice) -> Callable[[int], bytes]:
@@ -173,22 +141,40 @@ def _slice_reader(where: FileSlice) -> Callable[[int], bytes]:
     return read
 
 
+def input_name(src: str | os.PathLike[str] | BinaryIO | int | FileSlice) -> str:
+    """What messages call an input: its path, ``<stdin>``, a file object's ``name``, or
+    ``<stream>`` when nothing better is known."""
+    if isinstance(src, FileSlice):
+        return src.name or "<slice>"
+    if isinstance(src, (str, os.PathLike)):
+        return os.fspath(src)
+    if isinstance(src, int):
+        return "<stdin>" if src == 0 else "<stream>"
+    given = getattr(src, "name", None)
+    return given if isinstance(given, str) else "<stream>"
+
+
 @contextlib.contextmanager
 def open_tar_input(
-    src: str | os.PathLike[str] | BinaryIO | int | FileSlice,
+    src: str | os.PathLike[str] | BinaryIO | int | FileSlice, *, name: str | None = None
 ) -> Iterator[TarSource]:
-    """Yield the :class:`TarSource` from which the uncompressed tar can be read."""
+    """Yield the :class:`TarSource` from which the uncompressed tar can be read.
+
+    Args:
+        src: a path, a descriptor, a binary file object, or a :class:`FileSlice`.
+        name: what messages call the input (default: see :func:`input_name`).
+    """
+    name = name or input_name(src)
     own_fd = -1
     pump: _Pump | None = None
     try:
         if isinstance(src, FileSlice):
-            head = os.pread(src.fd, 4, src.offset) if src.length >= 4 else b""
-            if head.startswith(_GZIP_MAGIC) or head.startswith(_ZSTD_MAGIC):
-                work = _gunzip if head.startswith(_GZIP_MAGIC) else _unzstd
-                pump = _Pump(work, _slice_reader(src))
-                yield from _yield_checked(pump, b"")
+            kind = detect(os.pread(src.fd, 4, src.offset) if src.length >= 4 else b"")
+            if kind is not None:
+                pump = _Pump(_decompressing(kind, name), _slice_reader(src), name)
+                yield from _yield_checked(pump)
                 return
-            yield TarSource(src.fd, b"", src.offset, src.offset + src.length)
+            yield TarSource(src.fd, b"", src.offset, src.offset + src.length, name=name)
             return
         if isinstance(src, int):
             fd = src
@@ -196,9 +182,9 @@ def open_tar_input(
             try:
                 own_fd = fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError as exc:
-                raise NotFound(f"{os.fspath(src)}: no such file", subject=os.fspath(src)) from exc
+                raise NotFound(f"{name}: no such file", subject=name) from exc
             except OSError as exc:
-                raise InvalidArgument(f"{os.fspath(src)}: cannot open: {exc.strerror}") from exc
+                raise InvalidArgument(f"{name}: cannot open: {exc.strerror}", subject=name) from exc
         else:
             try:
                 fd = src.fileno()
@@ -207,8 +193,8 @@ def open_tar_input(
             except (io.UnsupportedOperation, AttributeError, OSError):
                 fileobj = src
                 head = _sniff(fileobj.read)
-                pump = _Pump(_chain_work(head, fileobj.read), fileobj.read)
-                yield from _yield_checked(pump, b"")
+                pump = _Pump(_chain_work(head, name), fileobj.read, name)
+                yield from _yield_checked(pump)
                 return
         regular = stat.S_ISREG(os.fstat(fd).st_mode)
         if regular:
@@ -216,12 +202,12 @@ def open_tar_input(
             initial = b""
         else:
             head = initial = _sniff(_read_fd(fd))
-        if head.startswith(_GZIP_MAGIC) or head.startswith(_ZSTD_MAGIC):
-            work = _gunzip if head.startswith(_GZIP_MAGIC) else _unzstd
-            pump = _Pump(_prefixed(work, initial), _read_fd(fd))
-            yield from _yield_checked(pump, b"")
+        kind = detect(head)
+        if kind is not None:
+            pump = _Pump(_prefixed(_decompressing(kind, name), initial), _read_fd(fd), name)
+            yield from _yield_checked(pump)
             return
-        yield TarSource(fd, initial)
+        yield TarSource(fd, initial, name=name)
     finally:
         if pump is not None:
             pump.close()
@@ -229,28 +215,26 @@ def open_tar_input(
             os.close(own_fd)
 
 
-def _yield_checked(pump: _Pump, initial: bytes) -> Iterator[TarSource]:
+def _yield_checked(pump: _Pump) -> Iterator[TarSource]:
     try:
-        yield TarSource(pump.read_fd, initial, pump=pump)
+        yield TarSource(pump.read_fd, pump=pump, name=pump.name)
     except InvalidArgument:
-        if pump.error is not None:
-            raise _decompress_error(pump.error) from pump.error
+        if pump.error is not None:  # the cause, not the truncated tar it left
+            raise _decompress_error(pump.error, pump.name) from pump.error
         raise
     if pump.error is not None:
-        raise _decompress_error(pump.error) from pump.error
+        raise _decompress_error(pump.error, pump.name) from pump.error
 
 
-def _decompress_error(exc: BaseException) -> InvalidArgument:
+def _decompress_error(exc: BaseException, name: str) -> InvalidArgument:
     if isinstance(exc, InvalidArgument):
         return exc
     if isinstance(exc, OSError):  # the source itself failed, compressed or not
-        return InvalidArgument(f"input: reading failed: {exc}")
-    return InvalidArgument(f"input: corrupt compressed stream: {exc}")
+        return InvalidArgument(f"{name}: reading failed: {exc}", subject=name)
+    return InvalidArgument(f"{name}: corrupt compressed stream: {exc}", subject=name)
 
 
-def _prefixed(
-    work: Callable[[Callable[[int], bytes], Callable[[bytes], None]], None], prefix: bytes
-) -> Callable[[Callable[[int], bytes], Callable[[bytes], None]], None]:
+def _prefixed(work: Work, prefix: bytes) -> Work:
     """Run ``work`` over ``prefix`` followed by the rest of the input."""
 
     def run(read: Callable[[int], bytes], write: Callable[[bytes], None]) -> None:
@@ -266,14 +250,11 @@ def _prefixed(
     return run
 
 
-def _chain_work(
-    head: bytes, read: Callable[[int], bytes]
-) -> Callable[[Callable[[int], bytes], Callable[[bytes], None]], None]:
+def _chain_work(head: bytes, name: str) -> Work:
     """For file objects: plain data is copied, compressed data decompressed."""
-    if head.startswith(_GZIP_MAGIC):
-        return _prefixed(_gunzip, head)
-    if head.startswith(_ZSTD_MAGIC):
-        return _prefixed(_unzstd, head)
+    kind = detect(head)
+    if kind is not None:
+        return _prefixed(_decompressing(kind, name), head)
 
     def copy(rd: Callable[[int], bytes], write: Callable[[bytes], None]) -> None:
         write(head)

@@ -9,15 +9,17 @@ when complete, so a failed conversion leaves nothing behind.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
 from typing import BinaryIO
 
+from lcow._util.outbuf import no_space
 from lcow.convert.input import FileSlice, TarSource, open_tar_input
 from lcow.convert.options import ConvertOptions, ConvertResult
 from lcow.convert.tarstream import TarEntry, TarReader
-from lcow.errors import InvalidArgument, LimitExceeded, NotFound
+from lcow.errors import InvalidArgument, LimitExceeded, NoSpace, NotFound
 from lcow.formats.ext4.layout import INODE_XATTR_SPACE, ROOT_INO
 from lcow.formats.ext4.tree import encode_dev
 from lcow.formats.ext4.writer import Ext4Writer
@@ -53,6 +55,7 @@ _TYPE_NAMES = {
 }
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)  # the output file system is full
 _MAX_ID = 0xFFFFFFFF
 _MAX_MAJOR = 0xFFF  # what new_encode_dev (ext4's i_block[1]) keeps
 _MAX_MINOR = 0xFFFFF
@@ -145,7 +148,12 @@ class _Converter:
                     subject=shown,
                 )
             self.content_size += entry.realsize
-            self._apply(entry)
+            try:
+                self._apply(entry)
+            except OSError as exc:  # a full output while this entry's data moved in the kernel
+                if exc.errno not in _FULL or isinstance(exc, NoSpace):
+                    raise
+                raise no_space(_shown(entry.name), exc.errno) from exc
             if progress is not None and reader.consumed >= next_report:
                 progress(reader.consumed)
                 next_report = reader.consumed + _PROGRESS_EVERY
@@ -303,6 +311,7 @@ class _Converter:
 
     def _file_data(self, node: int, entry: TarEntry, shown: str) -> None:
         reader = self.reader
+        self.w.out.owner = shown  # a full file system names the entry whose bytes did not fit
         size = entry.realsize
         if entry.sparse is not None:
             placed = self.w.sparse_runs(node, entry.sparse, size, shown)
@@ -407,10 +416,13 @@ def convert_stream(source: TarSource, out_fd: int, options: ConvertOptions) -> C
         write_behind=not options.dm_verity,
     )
     try:
-        reader = TarReader(source.fd, source.initial, start=source.start, end=source.end)
+        reader = TarReader(
+            source.fd, source.initial, start=source.start, end=source.end, name=source.name
+        )
         conv = _Converter(writer, reader, options)
         conv.run()
         conv.finish()
+        writer.out.owner = None  # what follows is the image's own metadata
         stats = writer.close()
     finally:
         writer.out.discard()
@@ -443,6 +455,8 @@ def tar2ext4(
     src: str | os.PathLike[str] | BinaryIO | int | FileSlice,
     dst: str | os.PathLike[str],
     options: ConvertOptions | None = None,
+    *,
+    name: str | None = None,
 ) -> ConvertResult:
     """Convert a tar (plain, gzip or zstd) into an ext4 image file at ``dst``.
 
@@ -451,6 +465,8 @@ def tar2ext4(
             :class:`~lcow.convert.input.FileSlice` (a tar stored inside another file).
         dst: the output path; written under a temporary name and renamed when complete.
         options: conversion options; defaults to :class:`ConvertOptions()`.
+        name: what messages about the input as a whole call it (a cut stream, a missing end
+            marker); default: its path, ``<stdin>``, a file object's name or ``<stream>``.
 
     Returns:
         What was written.
@@ -460,6 +476,8 @@ def tar2ext4(
         LimitExceeded: the image would exceed ``options.max_size``, or another limit of
             ``options`` (entries, name, path, depth, xattr sizes) is passed.
         NotFound: a hard link names a missing target.
+        NoSpace: the output's file system filled up; ``entry`` names the tar entry whose data
+            did not fit (``None``: the image's own metadata, the message then names ``dst``).
         Busy: no conversion slot became free within ``options.slot_timeout``
             (:mod:`lcow.convert.limits`).
     """
@@ -469,9 +487,19 @@ def tar2ext4(
     opts = options or ConvertOptions()
     with (
         conversion_slot(opts.slot_timeout, what=os.fspath(dst)),
-        open_tar_input(src) as source,
+        open_tar_input(src, name=name) as source,
     ):
-        with atomic_output(dst, fsync=opts.fsync) as out_fd:
-            result = convert_stream(source, out_fd, opts)
-            source.check()  # a failed source discards the output, never commits it
+        try:
+            with atomic_output(dst, fsync=opts.fsync) as out_fd:
+                result = convert_stream(source, out_fd, opts)
+                source.check()  # a failed source discards the output, never commits it
+        except OSError as exc:  # the output is gone already: say whose write did not fit
+            if exc.errno not in _FULL or (isinstance(exc, NoSpace) and exc.entry is not None):
+                raise
+            shown = os.fspath(dst)
+            raise NoSpace(
+                f"{shown}: no space left on device for the image's metadata",
+                subject=shown,
+                code=exc.errno,
+            ) from exc
         return result

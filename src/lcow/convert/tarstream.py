@@ -16,6 +16,7 @@ Understood: ustar, GNU (``L``/``K`` long names, ``S`` old sparse, base-256 numbe
 from __future__ import annotations
 
 import os
+import re
 import stat
 import struct
 import zlib
@@ -44,6 +45,7 @@ _META_TYPES = frozenset((b"x", b"g", b"L", b"K"))
 _POSIX_MAGIC = b"ustar\x00"
 _GNU_MAGIC = b"ustar "
 _SPARSE_ENTRY = struct.Struct("12s12s")
+
 
 class Scanner(Protocol):
     """What the reader calls in the C accelerator ``lcow._tarscan`` (``tarscan.c``)."""
@@ -164,6 +166,16 @@ def _checksum_ok(raw: bytes | bytearray, field: bytes) -> bool:
     return by255 == 0 and by65521 == 0
 
 
+# Octal digits between spaces; a NUL ends the field (what _num reads of it).
+_OCTAL_FIELD = re.compile(rb"[ ]*[0-7]*[ ]*(?:\x00.*)?", re.DOTALL)
+
+
+def _v7_numbers(fields: tuple[bytes, ...]) -> bool:
+    """Whether an old-style (pre-POSIX, no magic) header's numeric fields are octal text,
+    as a real one's are: mode, uid, gid, size, mtime."""
+    return all(_OCTAL_FIELD.fullmatch(fields[i]) for i in (1, 2, 3, 4, 5))
+
+
 #: Times are clamped to what ext4 can store (seconds -2^31 .. 0x37fffffff).
 MIN_TIME_NS = -(1 << 31) * 1_000_000_000
 MAX_TIME_NS = 0x37FFFFFFF * 1_000_000_000 + 999_999_999
@@ -216,12 +228,23 @@ class TarReader:
         initial: bytes already read from ``fd`` that come first (used after sniffing magic).
         start: read a regular file from this offset instead of the current one.
         end: never read a regular file at or past this offset (the tar ends there).
+        name: the input, for messages about the archive as a whole.
+
+    The archive must be whole: it ends with the end-of-archive marker (two zero blocks), and
+    its first block is a valid tar header.
     """
 
     def __init__(
-        self, fd: int, initial: bytes = b"", *, start: int | None = None, end: int | None = None
+        self,
+        fd: int,
+        initial: bytes = b"",
+        *,
+        start: int | None = None,
+        end: int | None = None,
+        name: str = "<stream>",
     ) -> None:
         self._fd = fd
+        self.name = name
         st = os.fstat(fd)
         self._regular = stat.S_ISREG(st.st_mode)
         self._pipe = stat.S_ISFIFO(st.st_mode)
@@ -239,6 +262,7 @@ class TarReader:
                 self._limit = end
         self.consumed = 0  # bytes of archive consumed so far
         self._eof = False
+        self._last: TarEntry | None = None  # the latest member, to place a later failure
         #: The header accelerator in use; set to None to parse every member in Python.
         self.native: Scanner | None = TARSCAN
 
@@ -292,9 +316,36 @@ class TarReader:
 
     def _truncated(self, entry: TarEntry | None) -> TruncatedArchive:
         if entry is None:
-            return TruncatedArchive("archive: unexpected end of input inside a header")
+            return TruncatedArchive(
+                f"{self.name}: unexpected end of input inside a header at offset "
+                f"{self.consumed}{self._after()}",
+                subject=self.name,
+            )
         shown = entry.display_name
         return TruncatedArchive(f"{shown}: unexpected end of archive", subject=shown)
+
+    def _after(self) -> str:
+        """Where in the archive, for a message that has no entry of its own to name."""
+        return "" if self._last is None else f" (after entry {self._last.display_name})"
+
+    def _end_marker(self) -> None:
+        """A zero block was consumed: the second block of the end marker must follow."""
+        offset = self.consumed
+        if not self._fill(BLOCK):
+            raise TruncatedArchive(
+                f"{self.name}: truncated archive: the end-of-archive marker is one zero block "
+                f"at offset {offset - BLOCK}, not two{self._after()}",
+                subject=self.name,
+            )
+        start = self._start
+        if self._buf[start : start + BLOCK] != _ZERO_BLOCK:
+            raise InvalidArgument(
+                f"{self.name}: invalid tar header at offset {offset}: a zero block "
+                f"followed by data{self._after()}",
+                subject=self.name,
+            )
+        self._start = start + BLOCK
+        self.consumed = offset + BLOCK
 
     def _skip(self, n: int, entry: TarEntry | None) -> None:
         """Consume ``n`` bytes without looking at them."""
@@ -403,19 +454,22 @@ class TarReader:
             if scan is not None:
                 result = scan(self._buf, self._start, self._end, MAX_META_SIZE)
                 if isinstance(result, tuple):
-                    yield self._scanned(result)
+                    self._last = entry = self._scanned(result)
+                    yield entry
                     continue
                 if result == _SCAN_END:
                     self._start += BLOCK
                     self.consumed += BLOCK
+                    self._end_marker()
                     return
                 if result != _SCAN_SLOW and self._fill(result):
                     continue  # now buffered: scan again
                 # Unusual or incomplete at the end of input: the Python parser decides.
-            entry = self._next_member()
-            if entry is None:
+            member = self._next_member()
+            if member is None:
                 return
-            yield entry
+            self._last = member
+            yield member
 
     def _scanned(self, fields: tuple[Any, ...]) -> TarEntry:
         """A member parsed by the accelerator (same fields the Python parser fills)."""
@@ -445,6 +499,27 @@ class TarReader:
         self._start = after
         return entry
 
+    def _no_end_marker(self) -> TruncatedArchive:
+        if not self.consumed:
+            shown = self.name
+            return TruncatedArchive(f"{shown}: empty input, not a tar archive", subject=shown)
+        return TruncatedArchive(
+            f"{self.name}: truncated archive: no end-of-archive marker at offset "
+            f"{self.consumed}{self._after()}",
+            subject=self.name,
+        )
+
+    def _bad_header(self, offset: int, why: str) -> InvalidArgument:
+        if not offset:
+            return InvalidArgument(
+                f"{self.name}: not a tar archive (the first block is no tar header: {why})",
+                subject=self.name,
+            )
+        return InvalidArgument(
+            f"{self.name}: invalid tar header at offset {offset} ({why}){self._after()}",
+            subject=self.name,
+        )
+
     def _next_member(self) -> TarEntry | None:
         """Parse the next member with its metadata records; ``None`` at the end."""
         pax: dict[bytes, bytes] | None = None
@@ -456,22 +531,23 @@ class TarReader:
             if self._end - self._start < BLOCK and not self._fill(BLOCK):
                 if self._end - self._start:
                     raise self._truncated(None)
-                return None  # EOF at a header boundary without the end marker: accept, as Go does
+                raise self._no_end_marker()
             offset = self.consumed
             start = self._start
             raw = self._buf[start : start + BLOCK]
             self._start = start + BLOCK
             self.consumed = offset + BLOCK
             if raw[0] == 0 and raw == _ZERO_BLOCK:
-                return None  # end marker; what follows it is read by drain()
+                self._end_marker()
+                return None  # what follows the marker is read by drain()
             fields = _HEADER.unpack(raw)
-            name = fields[0].split(b"\x00", 1)[0]
             if not _checksum_ok(raw, fields[6]):
-                shown = name.decode("utf-8", "backslashreplace")
-                raise InvalidArgument(
-                    f"{shown}: invalid tar header checksum at offset {offset}", subject=shown
-                )
+                # Not a header: its bytes are no name to quote.
+                raise self._bad_header(offset, "checksum mismatch")
+            name = fields[0].split(b"\x00", 1)[0]
             magic = fields[9]
+            if not offset and magic not in (_POSIX_MAGIC, _GNU_MAGIC) and not _v7_numbers(fields):
+                raise self._bad_header(offset, "no ustar magic and no valid old-style fields")
             if magic == _POSIX_MAGIC and fields[15][0]:
                 name = fields[15].split(b"\x00", 1)[0] + b"/" + name
             typeflag = fields[7]

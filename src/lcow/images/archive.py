@@ -12,7 +12,6 @@ copied, decompressed, into an anonymous temporary file, so blobs can be read in 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -21,11 +20,12 @@ import shutil
 import stat
 import tarfile
 import tempfile
-import zlib
 from collections.abc import Iterator
 from types import TracebackType
 from typing import IO, Any, BinaryIO, cast
 
+from lcow._util.decompress import GZIP_MAGIC, ZSTD_MAGIC, decompress, detect
+from lcow._util.stricttar import StrictTarInfo
 from lcow.errors import NotFound
 from lcow.images.errors import ImageError, MissingBlob, UnsafeMember
 
@@ -33,8 +33,6 @@ __all__ = ["MAX_JSON_SIZE", "ImageArchive", "normalize_member"]
 
 #: largest JSON document (manifest, index, config) read into memory.
 MAX_JSON_SIZE = 16 << 20
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
 _MAX_LINK_HOPS = 40
 
@@ -74,11 +72,13 @@ class ImageArchive:
         self._members: dict[str, tarfile.TarInfo] = {}
         self._links: dict[str, str] = {}
         try:
-            self._tar = tarfile.open(fileobj=cast(IO[bytes], fileobj), mode="r:")  # noqa: SIM115
+            self._tar = tarfile.open(  # noqa: SIM115 - closed by close()
+                fileobj=cast(IO[bytes], fileobj), mode="r:", tarinfo=StrictTarInfo
+            )
             self._index()
         except tarfile.TarError as exc:
             self.close()
-            raise ImageError(f"{name}: not a tar archive: {exc}", subject=name) from exc
+            raise ImageError(f"{name}: {_tar_problem(exc)}", subject=name) from exc
         except BaseException:
             self.close()
             raise
@@ -116,7 +116,7 @@ class ImageArchive:
             fileobj, owned = source, False
         try:
             head, seekable = _peek(fileobj)
-            if head.startswith((_GZIP_MAGIC, _ZSTD_MAGIC)) or not seekable:
+            if head.startswith((GZIP_MAGIC, ZSTD_MAGIC)) or not seekable:
                 spooled = _spool(fileobj, head, seekable, name=name, spool_dir=spool_dir)
                 if owned:
                     fileobj.close()
@@ -315,12 +315,12 @@ def _spool(
         else:
             prefix = b""
         source = _Prefixed(prefix, fileobj)
-        if head.startswith(_GZIP_MAGIC):
-            _gunzip(source, spool, name=name)
-        elif head.startswith(_ZSTD_MAGIC):
-            _unzstd(source, spool, name=name)
-        else:
+        kind = detect(head)
+        if kind is None:
             shutil.copyfileobj(source, spool, _CHUNK)
+        else:  # a cut or corrupt stream fails here, never spools a shorter tarball
+            for chunk in decompress(kind, source.read, name=name, error=ImageError):
+                spool.write(chunk)
         spool.seek(0)
     except BaseException:
         spool.close()
@@ -350,35 +350,10 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-def _gunzip(source: io.RawIOBase, out: BinaryIO, *, name: str) -> None:
-    dec = zlib.decompressobj(zlib.MAX_WBITS | 16)
-    fed = False
-    while chunk := source.read(_CHUNK):
-        while chunk:
-            fed = True
-            try:
-                out.write(dec.decompress(chunk))
-            except zlib.error as exc:
-                raise ImageError(f"{name}: corrupt gzip stream: {exc}", subject=name) from exc
-            if dec.eof:
-                chunk = dec.unused_data
-                dec = zlib.decompressobj(zlib.MAX_WBITS | 16)
-                fed = False
-            else:
-                chunk = b""
-    if fed and not dec.eof:
-        raise ImageError(f"{name}: truncated gzip stream", subject=name)
-
-
-def _unzstd(source: io.RawIOBase, out: BinaryIO, *, name: str) -> None:
-    import zstandard
-
-    reader = zstandard.ZstdDecompressor().stream_reader(
-        cast(BinaryIO, source), read_across_frames=True
-    )
-    try:
-        with contextlib.closing(reader):
-            while chunk := reader.read(_CHUNK):
-                out.write(chunk)
-    except zstandard.ZstdError as exc:
-        raise ImageError(f"{name}: corrupt zstd stream: {exc}", subject=name) from exc
+def _tar_problem(exc: tarfile.TarError) -> str:
+    """The text after the archive's name: strict reading says what it found, other tarfile
+    errors (raised before any header was read) mean the input is no tar at all."""
+    text = str(exc)
+    if text.startswith(("not a tar archive", "empty input", "truncated", "invalid", "unexpected")):
+        return text
+    return f"not a tar archive: {text}"

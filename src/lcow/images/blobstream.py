@@ -21,18 +21,16 @@ import os
 import queue
 import tarfile
 import threading
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
+from lcow._util.decompress import GZIP_MAGIC, ZSTD_MAGIC, decompress, detect
 from lcow.convert.input import FileSlice
 from lcow.images.errors import ImageError
 
 __all__ = ["FeedResult", "FileRange", "LayerFeed"]
 
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
 _PIPE_SIZE = 1 << 20
 
@@ -122,24 +120,6 @@ class _HashingReader(io.RawIOBase):
         return out
 
 
-class _Prefixed(io.RawIOBase):
-    def __init__(self, prefix: bytes, rest: io.RawIOBase) -> None:
-        super().__init__()
-        self._prefix = prefix
-        self._rest = rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        if self._prefix:
-            n = min(len(buffer), len(self._prefix))
-            buffer[:n] = self._prefix[:n]
-            self._prefix = self._prefix[n:]
-            return n
-        return self._rest.readinto(buffer) or 0
-
-
 @dataclass(frozen=True)
 class FileRange:
     """Where a blob's bytes lie in a file: ``size`` bytes at ``offset`` of descriptor ``fd``."""
@@ -227,11 +207,11 @@ class LayerFeed:
         self.read_fd = -1
         self._thread: threading.Thread | None = None
         if where is not None and not os.pread(where.fd, 4, where.offset).startswith(
-            (_GZIP_MAGIC, _ZSTD_MAGIC)
+            (GZIP_MAGIC, ZSTD_MAGIC)
         ):
             # A plain tar inside a file (the usual docker-save layer): the converter reads it
             # in place with kernel copies while another thread hashes the same range.
-            self.source: int | FileSlice = FileSlice(where.fd, where.offset, where.size)
+            self.source: int | FileSlice = FileSlice(where.fd, where.offset, where.size, name)
             self._range_hash = _RangeHash(where)
             if progress is not None:
                 progress(where.size)
@@ -277,19 +257,16 @@ class LayerFeed:
             if (
                 where is not None
                 and hasattr(os, "splice")
-                and not os.pread(where.fd, 4, where.offset).startswith((_GZIP_MAGIC, _ZSTD_MAGIC))
+                and not os.pread(where.fd, 4, where.offset).startswith((GZIP_MAGIC, ZSTD_MAGIC))
             ):
                 self._splice(where)
                 return
             head = self._raw.read_head(4)
-            if head.startswith(_GZIP_MAGIC):
-                self._compression = "gzip"
+            kind = detect(head)
+            if kind is not None:
+                self._compression = kind
                 self._tar_hash = _BackgroundHash()
-                self._gunzip(head)
-            elif head.startswith(_ZSTD_MAGIC):
-                self._compression = "zstd"
-                self._tar_hash = _BackgroundHash()
-                self._unzstd(head)
+                self._decompress(kind, head)
             else:
                 self._write(head)
                 while chunk := self._raw.read(_CHUNK):
@@ -305,44 +282,15 @@ class LayerFeed:
         finally:
             os.close(self._write_fd)
 
-    def _gunzip(self, head: bytes) -> None:
-        dec = zlib.decompressobj(zlib.MAX_WBITS | 16)
-        chunk = head
-        fed = False
-        while True:
-            while chunk:
-                fed = True
-                try:
-                    self._write(dec.decompress(chunk, _CHUNK))
-                    while dec.unconsumed_tail and not dec.eof:
-                        self._write(dec.decompress(dec.unconsumed_tail, _CHUNK))
-                except zlib.error as exc:
-                    raise ImageError(
-                        f"{self.name}: corrupt gzip layer: {exc}", subject=self.name
-                    ) from exc
-                if dec.eof:
-                    chunk = dec.unused_data
-                    dec = zlib.decompressobj(zlib.MAX_WBITS | 16)
-                    fed = False
-                else:
-                    chunk = b""
-            chunk = self._raw.read(_CHUNK)
-            if not chunk:
-                break
-        if fed and not dec.eof:
-            raise ImageError(f"{self.name}: truncated gzip layer", subject=self.name)
+    def _decompress(self, kind: str, head: bytes) -> None:
+        """Decompress the whole blob, which must be one complete stream (a cut one fails)."""
+        pending = [head]
 
-    def _unzstd(self, head: bytes) -> None:
-        import zstandard
+        def read(n: int) -> bytes:  # the sniffed head first, then the blob, without a copy
+            return pending.pop() if pending else self._raw.read(n)
 
-        reader = zstandard.ZstdDecompressor().stream_reader(
-            cast(BinaryIO, _Prefixed(head, self._raw)), read_across_frames=True
-        )
-        try:
-            while chunk := reader.read(_CHUNK):
-                self._write(chunk)
-        except zstandard.ZstdError as exc:
-            raise ImageError(f"{self.name}: corrupt zstd layer: {exc}", subject=self.name) from exc
+        for chunk in decompress(kind, read, name=self.name, chunk=_CHUNK, error=ImageError):
+            self._write(chunk)
 
     # -- the caller --------------------------------------------------------------------------
 

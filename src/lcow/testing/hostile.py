@@ -6,7 +6,10 @@ written byte by byte here, so malformed, huge and truncated members cost nothing
 entry, or success with a property of the resulting image checked through a :class:`Probe` (the
 ext4 reader, or a kernel mount). Every sink that turns a tar into a layer — ``tar2ext4``,
 ``Driver.apply_diff``, ``lcow import``, the plugin's ApplyDiff — must meet the same expectation;
-:mod:`lcow.testing.hostile_run` runs them and checks that a failure leaves nothing behind.
+``extract_archive`` (Docker's ``Untar`` into a view) meets :attr:`HostileCase.extract_expect`,
+which differs only where Docker's semantics do (:data:`EXTRACT_DIFFERENCES`, each with its
+reason). :mod:`lcow.testing.hostile_run` runs them and checks that a failure leaves nothing
+behind.
 
 The cases assume LCOW's conversion options (AUFS whiteouts converted, VHD footer) and the default
 limits of :class:`~lcow.convert.options.ConvertOptions`. ``ALL_CASES`` lists them; large ones
@@ -21,7 +24,7 @@ import os
 import stat
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, Protocol
 
@@ -33,6 +36,7 @@ __all__ = [
     "BLOCK",
     "CASES",
     "END",
+    "EXTRACT_DIFFERENCES",
     "CheckFailed",
     "Expect",
     "HostileCase",
@@ -563,6 +567,10 @@ class HostileCase:
         gzip: store the input gzip-compressed (huge but repetitive streams).
         slow: too heavy for the quick test run (``pytest -m "not slow"`` skips it).
         rss_mib: peak RSS a sink may reach on it, MiB (the process baseline included).
+        cut: bytes cut from the end of the stored input (a compressed stream cut short).
+        extract: what ``extract_archive`` must do instead of :attr:`expect`, where Docker's
+            ``Untar`` legitimately differs from ApplyDiff (``None``: the same).
+        extract_why: why it differs (shown in the corpus table of RELIABILITY.md).
     """
 
     name: str
@@ -572,6 +580,14 @@ class HostileCase:
     gzip: bool = False
     slow: bool = False
     rss_mib: int = 200
+    cut: int = 0
+    extract: Expect | None = None
+    extract_why: str = ""
+
+    @property
+    def extract_expect(self) -> Expect:
+        """What ``extract_archive`` of a view must do with this case."""
+        return self.expect if self.extract is None else self.extract
 
 
 def _bytes(*parts: bytes, end: bool = True) -> Builder:
@@ -1043,9 +1059,11 @@ case(
     "pax-chain-bomb",
     "2500 PAX headers of 512 bytes each (1.2 MiB) before one member",
     _lazy(
-        lambda: b"".join(pax([(b"comment", b"c" * 480)]) for _ in range(2500))
-        + file(b"after", b"x")
-        + END
+        lambda: (
+            b"".join(pax([(b"comment", b"c" * 480)]) for _ in range(2500))
+            + file(b"after", b"x")
+            + END
+        )
     ),
     fails(LE, "limit"),
 )
@@ -1077,10 +1095,10 @@ case(
     "pax-many-small-records",
     "one PAX header of 30,000 unknown records (900 KB, under the limit)",
     _lazy(
-        lambda: file(
-            b"manyrec", b"ok", records=[(b"LCOW.x%d" % i, b"v" * 16) for i in range(30_000)]
+        lambda: (
+            file(b"manyrec", b"ok", records=[(b"LCOW.x%d" % i, b"v" * 16) for i in range(30_000)])
+            + END
         )
-        + END
     ),
     ok("the member arrives", is_file(b"/manyrec", b"ok")),
 )
@@ -1088,10 +1106,12 @@ case(
     "pax-bad-record-length",
     "a PAX record whose length runs past the header",
     _lazy(
-        lambda: header(b"PaxHeader", type=b"x", size=16)
-        + padded(b"99999 path=abc\n\n")
-        + file(b"after")
-        + END
+        lambda: (
+            header(b"PaxHeader", type=b"x", size=16)
+            + padded(b"99999 path=abc\n\n")
+            + file(b"after")
+            + END
+        )
     ),
     fails(IA, "PAX record"),
 )
@@ -1240,9 +1260,9 @@ for _flag, _what in ((b"V", "volume label"), (b"N", "old GNU long name"), (b"X",
 
 case(
     "corrupt-checksum",
-    "a header whose stored checksum is off by one",
+    "a header whose stored checksum is wrong: no header, so its name is not quoted",
     _bytes(file(b"first"), header(b"victim", size=0, checksum=1234)),
-    fails(IA, "victim", "checksum"),
+    fails(IA, "invalid tar header at offset 512", "checksum", "after entry first"),
 )
 case(
     "truncated-in-header",
@@ -1266,13 +1286,53 @@ case(
     "not-a-tar",
     "10 KiB of pseudo-random bytes",
     _lazy(lambda: bytes((i * 7919 + (i >> 5)) % 256 for i in range(10_240))),
-    fails(IA, "checksum"),
+    fails(IA, "not a tar archive"),
+)
+case(
+    "not-a-tar-text",
+    "a text file (its first 100 bytes are no entry name to quote)",
+    _lazy(lambda: b"# Network services, Internet style\n#\n" + b"ftp 21/tcp\n" * 900),
+    fails(IA, "not a tar archive"),
 )
 case(
     "empty-input",
-    "zero bytes",
+    "zero bytes: a tar cut at offset 0",
     _bytes(end=False),
-    ok("an empty layer", only(b"/", [])),
+    fails(IA, "empty input"),
+)
+case(
+    "no-end-marker",
+    "two members, then the input ends at a header boundary (a tar cut at a block boundary)",
+    _bytes(file(b"a", b"x"), file(b"b", b"y"), end=False),
+    fails(IA, "no end-of-archive marker", "after entry b"),
+)
+case(
+    "one-zero-block",
+    "a member and a single zero block: half an end-of-archive marker",
+    _bytes(file(b"a", b"x"), bytes(BLOCK), end=False),
+    fails(IA, "one zero block"),
+)
+case(
+    "zero-block-then-member",
+    "a member, one zero block, then another member (Go's reader: ErrHeader)",
+    _bytes(file(b"a", b"x"), bytes(BLOCK), file(b"b", b"y")),
+    fails(IA, "invalid tar header at offset 1536", "zero block followed by data"),
+)
+case(
+    "gzip-cut-trailer",
+    "a whole tar, gzip-compressed, without the 8-byte trailer (CRC-32 and length)",
+    _bytes(file(b"a", b"x" * 5000)),
+    fails(IA, "truncated gzip stream"),
+    gzip=True,
+    cut=8,
+)
+case(
+    "gzip-cut-mid-stream",
+    "a gzip-compressed tar cut in the middle of its deflate data",
+    _lazy(lambda: file(b"a", bytes(range(256)) * 4000) + END),
+    fails(IA, "truncated gzip stream"),
+    gzip=True,
+    cut=600,
 )
 case(
     "entries-after-end-marker",
@@ -1389,6 +1449,100 @@ case(
     fails(NF, "h"),
 )
 
+# -- where extract_archive legitimately differs ------------------------------------------------
+#
+# extract_archive is Docker's Untar (docker cp, the plugin's view): a tree written file by file
+# in a chroot at the destination, not a layer image. So it applies no converter limits (names,
+# paths, depth, image size, xattr sizes: the kernel's own limits answer, as they answer Docker),
+# keeps AUFS whiteouts as the files they are (no WhiteoutFormat given), lets a symlink inside
+# the tree lead a later entry elsewhere inside it (the chroot keeps it in), and reads headers as
+# Go's reader does where that differs from lcow's converter. Each difference, and why:
+
+_FNTL = "file name too long"
+_NO_CONVERTER_LIMITS = "no converter limits in extract_archive: the kernel refuses the name"
+_NO_SIZE_LIMIT = "no image size limit: the member's data runs past the end of the input"
+_AUFS_KEPT = "whiteouts are not converted by extract (no WhiteoutFormat): a plain file"
+_CHROOT = "a symlink is followed inside the destination, as in Docker's chroot: stays inside"
+EXTRACT_DIFFERENCES: dict[str, tuple[Expect, str]] = {
+    "absolute-dotdot": (
+        ok("lands at /escape", is_file(b"/escape")),
+        "Docker cleans /../escape to /escape, inside the destination (the converter refuses)",
+    ),
+    "name-component-256": (fails(LE, "n" * 256, _FNTL), _NO_CONVERTER_LIMITS),
+    "path-over-4096": (fails(LE, _FNTL), _NO_CONVERTER_LIMITS),
+    "deep-10k-one-entry": (fails(LE, "d/d/d/d", _FNTL), _NO_CONVERTER_LIMITS),
+    "deep-10k-every-level": (fails(LE, "d/d/d/d", _FNTL), _NO_CONVERTER_LIMITS),
+    "symlink-abs-write-through": (
+        fails(IA, "etc/passwd", "symbolic links"),
+        "etc -> /etc is etc itself in the chroot: the kernel reports a symlink loop",
+    ),
+    "symlink-rel-write-through": (
+        ok("written inside the view", is_file(b"/canary/pwned", b"evil")),
+        _CHROOT,
+    ),
+    "symlink-chain-write-through": (ok("written inside the view", is_file(b"/tmp/x")), _CHROOT),
+    "symlink-replaces-dir-then-write": (
+        fails(NF, "d/shadow"),
+        "d -> /etc leads to the view's /etc, which does not exist (Docker: ENOENT too)",
+    ),
+    "symlink-target-4096": (
+        fails(LE, "long", _FNTL),
+        "the kernel refuses a 4096-byte symlink target (ENAMETOOLONG), as it does for Docker",
+    ),
+    "symlink-empty-target": (
+        fails(NF, "empty"),
+        "the kernel refuses an empty symlink target (ENOENT), as it does for Docker",
+    ),
+    "declared-1tib-truncated": (fails(IA, "huge", "unexpected end"), _NO_SIZE_LIMIT),
+    "size-base256-2p80": (fails(IA, "enormous", "unexpected end"), _NO_SIZE_LIMIT),
+    "pax-size-huge": (fails(IA, "paxhuge", "unexpected end"), _NO_SIZE_LIMIT),
+    "size-field-garbage": (
+        fails(IA, "not a tar archive"),
+        "tarfile cannot parse the only header: nothing precedes it to name (Go: ErrHeader)",
+    ),
+    "sparse-count-bomb": (
+        fails(IA, "malformed header data"),
+        "tarfile reads the announced map line by line and fails when the data ends: it never "
+        "allocates for the count, so no limit is passed (Go: ErrHeader)",
+    ),
+    "xattr-value-over-64k": (
+        fails(LE, "fatter", "user.huge"),
+        "no converter xattr limits: the kernel refuses the value (E2BIG)",
+    ),
+    "xattr-name-over-255": (
+        fails(LE, "longattr", "user.nnn"),
+        "no converter xattr limits: the kernel refuses the name (ERANGE)",
+    ),
+    "xattr-malformed-acl": (
+        fails(IA, "badacl", "posix_acl_access"),
+        "the kernel judges the ACL (EINVAL); the converter's message says 'ACL' itself",
+    ),
+    "device-major-too-big": (
+        fails(IA, "bigdev", "invalid argument"),
+        "mknod refuses the device number (EINVAL); the converter checks it itself",
+    ),
+    "dir-and-symlink-with-data": (
+        fails(IA, "invalid tar header", "after entry dd"),
+        "Go's reader and tarfile read no data for a directory: its data block is read as the "
+        "next header (Docker fails too); the converter skips it",
+    ),
+    "unknown-type-X": (
+        fails(IA, "malformed PAX record", "after entry ok"),
+        "type X is a Solaris extended header to tarfile (and GNU tar), not an entry",
+    ),
+    "whiteout-dotdot": (ok("kept as a file", is_file(b"/a/.wh...")), _AUFS_KEPT),
+    "whiteout-dot": (ok("kept as a file", is_file(b"/a/.wh..")), _AUFS_KEPT),
+    "whiteout-empty": (ok("kept as a file", is_file(b"/a/.wh.")), _AUFS_KEPT),
+    "whiteout-ok": (
+        ok("kept as files", is_file(b"/a/.wh.gone"), is_file(b"/a/.wh..wh..opq")),
+        _AUFS_KEPT,
+    ),
+}
+for _i, _case in enumerate(CASES):
+    if _case.name in EXTRACT_DIFFERENCES:
+        _expect, _why = EXTRACT_DIFFERENCES[_case.name]
+        CASES[_i] = replace(_case, extract=_expect, extract_why=_why)
+
 ALL_CASES: dict[str, HostileCase] = {c.name: c for c in CASES}
 
 # --------------------------------------------------------------------------------------------
@@ -1424,6 +1578,8 @@ def write_case(directory: Path, hostile: HostileCase) -> Path:
                 hostile.build(gz)  # type: ignore[arg-type]
         else:
             hostile.build(raw)
+        if hostile.cut:
+            raw.truncate(raw.tell() - hostile.cut)
     os.replace(tmp, path)
     return path
 

@@ -4,7 +4,9 @@ A *sink* is one way a tar becomes a layer: :class:`Tar2ext4Sink` (``tar2ext4`` w
 options), :class:`ApplyDiffSink` (``Driver.apply_diff`` on a fresh data root, userspace backend),
 :class:`ImportSink` (``lcow import`` of a ``docker save`` tarball wrapping the layer, through the
 command line), :class:`PluginSink` (``GraphDriver.ApplyDiff`` of the plugin server, the tar sent
-as dockerd sends it: a chunked HTTP body on the unix socket). All are listed in :data:`SINKS`.
+as dockerd sends it: a chunked HTTP body on the unix socket), :class:`ExtractSink`
+(``extract_archive`` of a host-backend view: the tarfile-based reader, judged against the case's
+:attr:`~lcow.testing.hostile.HostileCase.extract_expect`). All are listed in :data:`SINKS`.
 
 For every case and sink :func:`run_case` checks:
 
@@ -47,6 +49,7 @@ from typing import Any, Protocol
 from lcow.errors import LcowError
 from lcow.testing.hostile import (
     ALL_CASES,
+    Expect,
     HostileCase,
     MountProbe,
     ReaderProbe,
@@ -54,9 +57,11 @@ from lcow.testing.hostile import (
 )
 
 __all__ = [
+    "HOST_SINKS",
     "SINKS",
     "ApplyDiffSink",
     "CaseReport",
+    "ExtractSink",
     "ImportSink",
     "PluginFailure",
     "PluginSink",
@@ -251,10 +256,92 @@ def _plugin_call(socket_path: Path, method: str, payload: dict[str, Any]) -> Non
         raise RuntimeError(f"{method}: {reply['Err']}")
 
 
+def _count_tree(top: Path) -> int:
+    """Entries below ``top``, walked without recursion (trees may be 1,000+ levels deep)."""
+    count, stack = 0, [os.fsencode(top)]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                count += 1
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return count
+
+
+class ExtractSink:
+    """``extract_archive`` of a host-backend view (the tarfile-based reader of
+    :mod:`lcow.backends.untar`, as ``docker cp`` reaches it through the plugin): a fresh
+    writable layer (``create_read_write``), ``get``, the tar extracted at ``/``, then checked
+    through the live view and ``put``. Needs root, loop devices, overlayfs, FUSE and
+    qemu-storage-daemon.
+
+    Docker's ``Untar`` writes entries as it reads them, so a failure leaves the entries before
+    it in the view (its sandbox) — the only change allowed on failure. What a case expects of
+    this sink is :attr:`HostileCase.extract_expect` (see there for where it differs).
+    """
+
+    name = "extract_archive"
+    #: The view's own content may hold what came before a failing entry (Docker's semantics).
+    partial_on_failure = True
+
+    def __init__(self) -> None:
+        self._driver: Any = None
+
+    def prepare(self, layer: Path, work: Path) -> tuple[Operation, list[str]]:
+        from lcow.backends.taroptions import TarOptions
+        from lcow.graphdriver.driver import Driver
+
+        driver = Driver(work / "root", ["lcow.backend=host"])
+        driver.create_read_write(_LAYER_ID, None)
+        view = driver.get(_LAYER_ID)
+        self._driver = driver
+
+        def operation() -> Path:
+            try:
+                with open(layer, "rb") as stream:
+                    view.extract_archive("/", stream, TarOptions())
+            except BaseException:
+                self.release()
+                raise
+            return Path(view.path)  # still mounted: verify() checks it, release() puts it
+
+        return operation, ["root"]
+
+    def expectation(self, hostile: HostileCase) -> Expect:
+        """What this sink must do with ``hostile``."""
+        return hostile.extract_expect
+
+    def verify(self, hostile: HostileCase, image: Path, report: SinkReport) -> None:
+        """The case's property through the mounted view (the kernel is the oracle), then Put."""
+        try:
+            report.entries = _count_tree(image)
+            self.expectation(hostile).verify(MountProbe(image))
+        except AssertionError as exc:
+            report.problems.append(f"view: {exc}")
+        except OSError as exc:
+            report.problems.append(f"view: {type(exc).__name__}: {exc}")
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Put the view, then stop what the host backend keeps running (mounts, daemon);
+        idempotent, and run by :func:`run_sink` whatever happened."""
+        driver, self._driver = self._driver, None
+        if driver is None:
+            return
+        try:
+            driver.put(_LAYER_ID)
+        finally:
+            driver.cleanup()
+
+
 #: Every sink, by name.
 SINKS: dict[str, Sink] = {
-    sink.name: sink for sink in (Tar2ext4Sink(), ApplyDiffSink(), ImportSink(), PluginSink())
+    sink.name: sink
+    for sink in (Tar2ext4Sink(), ApplyDiffSink(), ImportSink(), PluginSink(), ExtractSink())
 }
+#: Sinks that need more than root and loop devices (the host backend's daemons and mounts).
+HOST_SINKS = frozenset({"extract_archive"})
 
 
 def write_docker_save(image: Path, layer: Path) -> str:
@@ -302,6 +389,8 @@ class SinkReport:
 
     Attributes:
         sink: the sink's name.
+        expected: what this sink had to do (``ok`` or an error class), when it differs from
+            the case's own expectation; empty otherwise.
         outcome: ``ok``, the error class, ``exit N`` (command line), or ``crash``/``timeout``.
         message: the error message (first line), empty on success.
         seconds: wall time of the operation.
@@ -319,6 +408,7 @@ class SinkReport:
     image_digest: str = ""
     entries: int = 0
     problems: list[str] = field(default_factory=list)
+    expected: str = ""
 
     @property
     def passed(self) -> bool:
@@ -341,7 +431,8 @@ class CaseReport:
 
     @property
     def mismatch(self) -> bool:
-        """Two successful sinks produced different ext4 images."""
+        """Two successful sinks produced different ext4 images (sinks that write no image,
+        such as ``extract_archive``, have no digest)."""
         digests = {s.image_digest for s in self.sinks if s.image_digest}
         return len(digests) > 1
 
@@ -364,6 +455,8 @@ def snapshot(top: Path) -> Snapshot:
     """Every path under ``top``: kind, mode, size and (for non-directories) mtime."""
     out: Snapshot = {}
     for dirpath, dirnames, filenames in os.walk(top):
+        # A view still mounted (extract_archive) is judged by its sink, not walked here.
+        dirnames[:] = [d for d in dirnames if not os.path.ismount(os.path.join(dirpath, d))]
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
@@ -514,10 +607,14 @@ def _verify_image(
             report.problems.append(f"kernel mount failed: {exc.stderr.strip()}")
 
 
-def _judge_error(hostile: HostileCase, exc: BaseException, report: SinkReport) -> None:
+def _expectation(hostile: HostileCase, sink: Sink) -> Expect:
+    special = getattr(sink, "expectation", None)
+    return hostile.expect if special is None else special(hostile)
+
+
+def _judge_error(expect: Expect, exc: BaseException, report: SinkReport) -> None:
     from lcow.cli.status import exit_status_for
 
-    expect = hostile.expect
     message = str(exc).splitlines()[0] if str(exc) else ""
     report.message = message
     if isinstance(exc, CliFailure):
@@ -557,6 +654,9 @@ def run_sink(
 ) -> SinkReport:
     """Run one case through one sink in this process (see the module docstring)."""
     report = SinkReport(sink.name)
+    expect = _expectation(hostile, sink)
+    if expect is not hostile.expect:
+        report.expected = expect.outcome
     work = scratch / sink.name
     work.mkdir()
     canary = work / "canary"
@@ -570,8 +670,31 @@ def run_sink(
     try:
         image = operation()
     except (Exception, MemoryError) as exc:
-        _judge_error(hostile, exc, report)
-        allowed = []  # a failure may leave nothing behind at all
+        _judge_error(expect, exc, report)
+        if not getattr(sink, "partial_on_failure", False):
+            allowed = []  # a failure may leave nothing behind at all
+    try:
+        _judge_result(hostile, expect, sink, image, report, work, mount, before, allowed, started)
+    finally:
+        release = getattr(sink, "release", None)
+        if release is not None:
+            release()
+    shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _judge_result(
+    hostile: HostileCase,
+    expect: Expect,
+    sink: Sink,
+    image: Path | None,
+    report: SinkReport,
+    work: Path,
+    mount: bool,
+    before: Snapshot,
+    allowed: Sequence[str],
+    started: float,
+) -> None:
     report.seconds = time.monotonic() - started
     report.rss_mib = round(_rss_peak_mib(), 1)
     left = changes(before, snapshot(work), allowed)
@@ -581,12 +704,15 @@ def run_sink(
         report.problems.append(f"peak RSS {report.rss_mib} MiB over {hostile.rss_mib} MiB")
     if image is not None:
         report.outcome = "ok"
-        if hostile.expect.error is not None:
-            report.problems.append(f"expected {hostile.expect.outcome}, got success")
+        verify = getattr(sink, "verify", None)
+        if expect.error is not None:
+            report.problems.append(f"expected {expect.outcome}, got success")
+            if verify is not None:
+                verify(hostile, image, SinkReport(sink.name))  # releases what it holds
+        elif verify is not None:
+            verify(hostile, image, report)
         else:
             _verify_image(hostile, image, report, work, mount)
-    shutil.rmtree(work, ignore_errors=True)
-    return report
 
 
 def run_case(
@@ -666,10 +792,12 @@ def markdown_table(reports: Sequence[CaseReport]) -> str:
     ]
     for rep in reports:
         for s in rep.sinks:
-            note = s.message or (f"{s.entries} entries, e2fsck clean" if s.outcome == "ok" else "")
+            checked = "e2fsck clean" if s.image_digest else "checked in the view"
+            note = s.message or (f"{s.entries} entries, {checked}" if s.outcome == "ok" else "")
             verdict = "pass" if s.passed else "**FAIL**: " + "; ".join(s.problems)
             lines.append(
-                f"| {rep.case} | {s.sink} | {rep.expected} | {s.outcome} | {_cell(note)} | "
+                f"| {rep.case} | {s.sink} | {s.expected or rep.expected} | {s.outcome} | "
+                f"{_cell(note)} | "
                 f"{s.seconds:.2f} | {s.rss_mib:.0f} | {_cell(verdict)} |"
             )
         if rep.mismatch:

@@ -32,6 +32,7 @@ from lcow.backends.untar import (  # the host backend's reader and checks: one s
     _shown,
     _time_ns,
     members,
+    stream_name,
 )
 from lcow.backends.vm.channel import Channel, GuestError
 from lcow.errors import InvalidArgument
@@ -58,9 +59,7 @@ class _Batch:
         self.ch.send_data(chunk)
 
 
-def extract(
-    ch: Channel, view_root: str, dest: str, stream: BinaryIO, options: TarOptions
-) -> None:
+def extract(ch: Channel, view_root: str, dest: str, stream: BinaryIO, options: TarOptions) -> None:
     """Unpack the tar read from ``stream`` below ``dest`` of the view at ``view_root``.
 
     Raises:
@@ -71,9 +70,8 @@ def extract(
     head = stream.read(tarfile.BLOCKSIZE)
     batch = _Batch(ch)
     ch.send("batch", view_root, dest)
-    try:
-        if head:
-            _run(batch, _Peeked(head, stream), options)
+    try:  # an empty input is no archive: the reader says so
+        _run(batch, _Peeked(head, stream), options, stream_name(stream))
     except BaseException:
         ch.close()  # the batch is half-sent: the agent forgets it when the connection drops
         raise
@@ -91,10 +89,10 @@ def extract(
         pass  # consume what follows the end marker, so a writer on a pipe can finish
 
 
-def _run(batch: _Batch, stream: _Peeked, options: TarOptions) -> None:
+def _run(batch: _Batch, stream: _Peeked, options: TarOptions, source: str) -> None:
     dirs: list[tuple[str, int, int]] = []
-    with _open_stream(stream) as archive:
-        for member in members(archive):
+    with _open_stream(stream, source) as archive:
+        for member in members(archive, source):
             try:
                 _entry(batch, archive, member, options, dirs)
             except tarfile.TarError as exc:
