@@ -14,6 +14,7 @@ import errno
 import io
 import os
 import subprocess
+import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import pytest
 from lcow import tar2ext4
 from lcow.errors import NoSpace
 from lcow.graphdriver.driver import Driver
+from lcow.samples import write_sample_image
 from tests.helpers import requires
 
 pytestmark = requires("root")
@@ -77,10 +79,11 @@ def _expected(layout: str) -> set[str]:
     return late
 
 
-def _judge(exc: NoSpace, layout: str) -> None:
+def _judge(exc: NoSpace, layout: str, layer: str | None = None) -> None:
     assert isinstance(exc, OSError) and exc.errno == errno.ENOSPC
     assert exc.entry in _expected(layout), exc.entry
-    assert str(exc) == f"{exc.entry}: no space left on device"
+    prefix = "" if layer is None else f"{layer}: "
+    assert str(exc) == f"{prefix}{exc.entry}: no space left on device"
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -128,7 +131,7 @@ def test_apply_diff_names_the_entry_and_leaves_no_layer(
     driver.create("L")
     with pytest.raises(NoSpace) as info:
         driver.apply_diff("L", None, src)
-    _judge(info.value, layout)
+    _judge(info.value, layout, "L")
     assert sorted(os.listdir(small_fs / "root" / "L")) == ["layerchain.json"]
     # the data root still works once there is room: a small layer goes in
     driver.apply_diff("L", None, io.BytesIO(_tar([("tiny", 10)])))
@@ -149,3 +152,28 @@ def test_metadata_that_does_not_fit_names_the_image(small_fs: Path, tmp_path: Pa
     image = small_fs / "layer.img"
     assert str(info.value) == f"{image}: no space left on device for the image's metadata"
     assert os.listdir(small_fs) == ["filler"]
+
+
+def _lcow(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lcow", *argv], capture_output=True, text=True, check=False
+    )
+
+
+def test_cli_names_the_layer_and_the_entry(small_fs: Path, tmp_path: Path) -> None:
+    """``lcow: <id>: <entry>: no space left on device`` for apply-diff and import alike."""
+    files, _ = LAYOUTS["one-big-body"]
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(_tar(files))
+    root = small_fs / "root"
+    assert _lcow("--root", str(root), "create", "L").returncode == 0
+    proc = _lcow("--root", str(root), "apply-diff", "L", "-i", str(layer))
+    assert proc.returncode == 1
+    assert proc.stderr == "lcow: L: big/blob: no space left on device\n"
+    image = write_sample_image(tmp_path / "image.tar", layers=[layer])
+    proc = _lcow("--root", str(root), "import", str(image))
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].endswith(": big/blob: no space left on device"), lines
+    kept = {"cache", "scratch", "L", ".lcow.lock", ".layers.lock"}
+    assert not [p.name for p in root.iterdir() if p.name not in kept]

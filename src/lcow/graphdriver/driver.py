@@ -18,6 +18,7 @@ lock another holder has.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -28,10 +29,10 @@ from typing import BinaryIO
 from lcow.backends.base import Backend, ContainerFS, LayerDisk
 from lcow.convert.export import export_layer
 from lcow.convert.input import FileSlice
-from lcow.convert.options import ConvertOptions
+from lcow.convert.options import ConvertOptions, ConvertResult
 from lcow.convert.tar2ext4 import tar2ext4
 from lcow.convert.tarwriter import END_OF_ARCHIVE, as_writer
-from lcow.errors import AlreadyExists, Busy, LcowError, NotFound, NotSupported
+from lcow.errors import AlreadyExists, Busy, LcowError, NoSpace, NotFound, NotSupported
 from lcow.formats.ext4.reader import Ext4Reader
 from lcow.formats.source import open_source
 from lcow.graphdriver.diffstream import DiffStream
@@ -69,6 +70,27 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def _naming_full_disks(layer_id: str, what: str) -> Iterator[None]:
+    """Turn a full file system into :class:`NoSpace` naming the layer and what was being
+    written: the converter's entry (``<id>: <entry>: no space left on device``), else ``what``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _FULL:
+            raise
+        entry = exc.entry if isinstance(exc, NoSpace) and exc.entry is not None else what
+        raise NoSpace(
+            f"{layer_id}: {entry}: {os.strerror(exc.errno).lower()}",
+            subject=layer_id,
+            entry=entry,
+            code=exc.errno,
+        ) from exc
 
 
 def _check_backend(options: DriverOptions) -> None:
@@ -245,14 +267,15 @@ class Driver:
     def _materialise_sandbox(self, layer_id: str, size: int | None) -> None:
         """Write ``<id>/sandbox.vhdx``: a copy of the cached template for the default size."""
         target = self.root.layer_dir(layer_id) / SANDBOX_VHDX
-        if size is not None:
-            self.backend.make_sandbox(target, size)  # other sizes are never cached (SPEC §3)
-            return
-        template = self.root.cache / SANDBOX_VHDX
-        with self._locks.hold(_CACHE_LOCK):
-            if not template.exists():
-                make_sandbox(template, None)
-        copy_sandbox(template, target)
+        with _naming_full_disks(layer_id, SANDBOX_VHDX):
+            if size is not None:
+                self.backend.make_sandbox(target, size)  # other sizes are never cached (SPEC §3)
+                return
+            template = self.root.cache / SANDBOX_VHDX
+            with self._locks.hold(_CACHE_LOCK):
+                if not template.exists():
+                    make_sandbox(template, None)
+            copy_sandbox(template, target)
 
     # -- content -----------------------------------------------------------------------------
 
@@ -292,39 +315,57 @@ class Driver:
             # is what the vm backend mounts it with, an imported layer's diff ID is what makes it
             # trusted). Cleanup sweeps a stage a crash left.
             staged = folder / f".{LAYER_VHD}.tmp-{secrets.token_hex(6)}"
-            try:
-                result = tar2ext4(
-                    diff,
-                    staged,
-                    ConvertOptions(
-                        convert_whiteouts=True,
-                        vhd_footer=True,
-                        dm_verity=self.options.dm_verity,
-                        fsync=True,
-                    ),
-                )
-                meta: dict[str, object] = {
-                    "content_size": result.content_size,
-                    "vhd_size": result.file_size,
-                }
-                if result.root_hash is not None:
-                    meta["root_hash"] = result.root_hash
-                    meta["hash_offset"] = result.hash_offset
-                proof = verify() if verify is not None else {}
-                self.root.write_meta(layer_id, meta)
-                os.replace(staged, folder / LAYER_VHD)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    staged.unlink()
-                raise
+            named = None if isinstance(diff, str | os.PathLike) else f"layer {layer_id}'s tar"
+            with _naming_full_disks(layer_id, LAYER_VHD):
+                result, meta = self._convert(layer_id, diff, staged, named, verify)
             _fsync_dir(folder)
-            if proof:
+            if verify is not None:
                 # Only now, with the verified image in place: a kill before the rename must not
                 # leave the old content beside metadata that vouches for the new one.
-                self.root.write_meta(layer_id, {**meta, **proof})
+                with _naming_full_disks(layer_id, "lcow-layer.json"):
+                    self.root.write_meta(layer_id, meta)
             with contextlib.suppress(FileNotFoundError):
                 (folder / SANDBOX_VHDX).unlink()
             return result.content_size
+
+    def _convert(
+        self,
+        layer_id: str,
+        diff: BinaryIO | int | str | os.PathLike[str] | FileSlice,
+        staged: Path,
+        name: str | None,
+        verify: Verifier | None,
+    ) -> tuple[ConvertResult, dict[str, object]]:
+        """ApplyDiff's conversion: ``staged`` written and verified, the metadata (without what
+        ``verify`` proves) written, the image renamed into place. Returns the conversion's
+        result and the full metadata; nothing is left behind on failure."""
+        try:
+            result = tar2ext4(
+                diff,
+                staged,
+                ConvertOptions(
+                    convert_whiteouts=True,
+                    vhd_footer=True,
+                    dm_verity=self.options.dm_verity,
+                    fsync=True,
+                ),
+                name=name,
+            )
+            meta: dict[str, object] = {
+                "content_size": result.content_size,
+                "vhd_size": result.file_size,
+            }
+            if result.root_hash is not None:
+                meta["root_hash"] = result.root_hash
+                meta["hash_offset"] = result.hash_offset
+            proof = verify() if verify is not None else {}
+            self.root.write_meta(layer_id, meta)
+            os.replace(staged, staged.parent / LAYER_VHD)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                staged.unlink()
+            raise
+        return result, {**meta, **proof}
 
     @contextlib.contextmanager
     def _contents(self, folders: list[Path]) -> Iterator[list[LayerContent]]:

@@ -71,14 +71,10 @@ class LayerLocks:
         self._entries: dict[str, _Entry] = {}
         self._fd = -1
 
-    def _descriptor(self) -> int:
-        with self._guard:
-            if self._fd < 0:
-                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            return self._fd
-
     def _enter(self, key: str) -> _Entry:
         with self._guard:
+            if self._fd < 0:  # open only while some thread holds or awaits a lock
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             entry = self._entries.setdefault(key, _Entry())
             entry.users += 1
             return entry
@@ -88,11 +84,14 @@ class LayerLocks:
             entry.users -= 1
             if entry.users == 0:
                 del self._entries[key]
+            if not self._entries:  # no lock held or awaited: let the data root go (umount)
+                os.close(self._fd)
+                self._fd = -1
 
     def _lock_byte(self, key: str, *, wait: bool) -> bool:
         command = _OFD_SETLKW if wait else _OFD_SETLK
         try:
-            fcntl.fcntl(self._descriptor(), command, _flock_struct(fcntl.F_WRLCK, _offset(key)))
+            fcntl.fcntl(self._fd, command, _flock_struct(fcntl.F_WRLCK, _offset(key)))
         except OSError as exc:
             if not wait and exc.errno in (errno.EAGAIN, errno.EACCES):
                 return False
@@ -100,7 +99,7 @@ class LayerLocks:
         return True
 
     def _unlock_byte(self, key: str) -> None:
-        fcntl.fcntl(self._descriptor(), _OFD_SETLK, _flock_struct(fcntl.F_UNLCK, _offset(key)))
+        fcntl.fcntl(self._fd, _OFD_SETLK, _flock_struct(fcntl.F_UNLCK, _offset(key)))
 
     @contextlib.contextmanager
     def _holding(self, key: str, *, wait: bool) -> Iterator[bool]:
@@ -145,13 +144,6 @@ class LayerLocks:
             for key in sorted(set(keys)):
                 stack.enter_context(self.hold(key))
             yield
-
-    def close(self) -> None:
-        """Close the lock file (only when no lock is held)."""
-        with self._guard:
-            if self._fd >= 0 and not self._entries:
-                os.close(self._fd)
-                self._fd = -1
 
 
 class RootLock:
