@@ -2,12 +2,14 @@
 
 A compressed layer cut short must never become a shorter layer. zlib, bz2 and lzma say when a
 member is complete (after its trailer's CRC and length, or the xz index and footer, are
-verified); the zstandard bindings' streaming readers do not, so the frame structure is followed
-here as the bytes go by (block headers only: a few per 128 KiB, no copy of the data) and the
-input must end at a frame boundary, the checksum of a frame that declares one included
-(libzstd verifies its value). Concatenated members and frames are one stream, as gzip(1),
-zstd(1) and Go's readers take them; a cut exactly between two of them cannot be seen here,
-which is why the tar reader also demands the end-of-archive marker.
+verified). The zstandard bindings' streaming reader does not, and their ``decompressobj``, which
+has ``eof``, puts no bound on the output of one call (a bomb would expand in memory); so the
+reader decompresses (libzstd verifies each frame's checksum) while the frame structure is
+followed here as the bytes go by (block headers only: a few per 128 KiB, no copy of the data),
+and the input must end at a frame boundary, the checksum of a frame that declares one
+included. Concatenated members and frames are one stream, as gzip(1), zstd(1) and Go's readers
+take them; a cut exactly between two of them cannot be seen here, which is why the tar reader
+also demands the end-of-archive marker.
 
 Output comes in chunks of at most ``chunk`` bytes, so a highly compressible bomb never expands
 in memory at once.
