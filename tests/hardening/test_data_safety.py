@@ -24,6 +24,7 @@ import pytest
 
 from lcow.cli.status import ExitStatus
 from lcow.samples import write_sample_image
+from lcow.storage.locks import LOCK_FILES
 from tests.helpers import requires
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,7 +71,7 @@ def unpack_size(data: bytes) -> int:
 
 def listing(root: Path) -> list[str]:
     """Every path under ``root`` (the lock files aside), for before/after comparisons."""
-    skip = {".lcow.lock", ".layers.lock"}
+    skip = LOCK_FILES
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name not in skip)
 
 

@@ -31,9 +31,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["LayerLocks", "RootLock"]
+__all__ = ["LAYER_LOCK_FILE", "LOCK_FILES", "ROOT_LOCK_FILE", "LayerLocks", "RootLock"]
 
 LAYER_LOCK_FILE = ".layers.lock"
+ROOT_LOCK_FILE = ".lcow.lock"
+#: The lock files a data root may hold whatever else happens.
+LOCK_FILES = frozenset({LAYER_LOCK_FILE, ROOT_LOCK_FILE})
 # Linux's OFD lock commands (Python has them since 3.9 on Linux).
 _OFD_SETLK: int = getattr(fcntl, "F_OFD_SETLK", 37)
 _OFD_SETLKW: int = getattr(fcntl, "F_OFD_SETLKW", 38)
@@ -154,7 +157,7 @@ class RootLock:
     """
 
     def __init__(self, root: Path) -> None:
-        self._path = root / ".lcow.lock"
+        self._path = root / ROOT_LOCK_FILE
         self._mutex = threading.RLock()
         self._depth = 0
         self._fd = -1

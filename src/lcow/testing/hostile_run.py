@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lcow.errors import LcowError
+from lcow.storage.locks import LOCK_FILES
 from lcow.testing.hostile import (
     ALL_CASES,
     Expect,
@@ -76,8 +77,8 @@ __all__ = [
 
 _SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 _LAYER_ID = "hostile"
-#: Files a sink may leave behind whatever happens (the data root's advisory lock).
-_ALWAYS_ALLOWED = frozenset({".lcow.lock"})
+#: Files a sink may leave behind whatever happens (the data root's advisory locks).
+_ALWAYS_ALLOWED = LOCK_FILES
 #: Images with more inodes than this are walked with the reader's lean scan.
 _BIG = 100_000
 #: Address-space cap of an isolated run: a runaway allocation fails instead of swapping.
