@@ -12,7 +12,9 @@ checked.
 The reader is built for hostile input: the superblock is checked eagerly, every structure is
 bounds-checked before use, a walk keeps a set of visited directories (no loops) and of directory
 blocks (no shared blocks), limits its depth and the size of each directory
-(:class:`ReadLimits`), and reads each metadata block a bounded number of times. Damage raises
+(:class:`ReadLimits`), and reads each metadata block a bounded number of times; a lookup, which
+sees one path and not the whole tree, checks every directory it enters against that
+directory's ``..`` (:meth:`Ext4Reader.check_subdir`), so it cannot loop either. Damage raises
 :class:`~lcow.errors.CorruptImage` naming the image, inode and path; limits raise
 :class:`~lcow.errors.LimitExceeded`; refused features :class:`~lcow.errors.NotSupported`.
 
