@@ -131,15 +131,18 @@ class _Archiver:
         self.out(END_OF_ARCHIVE)
 
     def _walk(self, src: str, include: str, path: str, info: FileInfo) -> None:
-        if not self._visit(src, include, path, info) or not info.is_dir:
-            return
-        try:
-            children = self.reader.readdir(path)
-        except FileNotFoundError:
-            return
-        children.sort(key=lambda child: os.fsencode(child.name))
-        for child in children:
-            self._walk(src, include, posixpath.join(path, child.name), child)
+        # Depth first with a stack, not recursion: a tree's depth is the reader's to bound.
+        pending = [(path, info)]
+        while pending:
+            path, info = pending.pop()
+            if not self._visit(src, include, path, info) or not info.is_dir:
+                continue
+            try:
+                children = self.reader.readdir(path)
+            except FileNotFoundError:
+                continue
+            children.sort(key=lambda child: os.fsencode(child.name), reverse=True)
+            pending.extend((posixpath.join(path, child.name), child) for child in children)
 
     def _visit(self, src: str, include: str, path: str, info: FileInfo) -> bool:
         """Archive one entry; False when a directory must not be descended into."""

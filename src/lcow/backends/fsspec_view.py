@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import posixpath
 import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from fsspec.spec import AbstractFileSystem
@@ -26,6 +28,18 @@ def _type(info: FileInfo) -> str:
     if stat.S_ISREG(info.mode):
         return "file"
     return "other"
+
+
+@dataclass
+class _WalkFrame:
+    """One directory of :meth:`ViewFileSystem.walk` in progress."""
+
+    top: str
+    dirs: Any  # names, or name -> info with ``detail``: what the caller may prune
+    files: Any
+    full: dict[str, str]  # directory name -> its path
+    depth_left: int | None
+    below: Iterator[str] | None = None
 
 
 class ViewFileSystem(AbstractFileSystem):  # type: ignore[misc]
@@ -82,6 +96,77 @@ class ViewFileSystem(AbstractFileSystem):  # type: ignore[misc]
                 for child in self.view.readdir(path)
             ]
         return entries if detail else [e["name"] for e in entries]
+
+    def walk(
+        self,
+        path: str,
+        maxdepth: int | None = None,
+        topdown: bool = True,
+        on_error: Any = "omit",
+        **kwargs: Any,
+    ) -> Iterator[tuple[str, Any, Any]]:
+        """``(dirpath, dirs, files)`` of every directory under ``path``, like fsspec's
+        ``walk`` (and so ``find``, ``glob``, ``du``) but with a stack instead of recursion, so
+        a deep tree meets the view's depth limit, never the interpreter's recursion limit.
+
+        ``on_error`` applies at every level (``"omit"``: a directory that cannot be listed for
+        ``FileNotFoundError``/``OSError`` shows as empty); the view's ``CorruptImage`` and
+        ``LimitExceeded`` always propagate.
+        """
+        if maxdepth is not None and maxdepth < 1:
+            raise ValueError("maxdepth must be at least 1")
+        detail = kwargs.pop("detail", False)
+        first = self._walk_frame(self._strip_protocol(path), maxdepth, detail, on_error, kwargs)
+        if first is None:
+            return
+        stack = [first]
+        if topdown:
+            yield first.top, first.dirs, first.files
+        while stack:
+            frame = stack[-1]
+            if frame.below is None:  # after the caller may have pruned ``dirs`` (topdown)
+                deeper = frame.depth_left is None or frame.depth_left > 1
+                frame.below = iter([frame.full[d] for d in frame.dirs] if deeper else [])
+            sub = next(frame.below, None)
+            if sub is None:
+                stack.pop()
+                if not topdown:
+                    yield frame.top, frame.dirs, frame.files
+                continue
+            left = None if frame.depth_left is None else frame.depth_left - 1
+            child = self._walk_frame(sub, left, detail, on_error, kwargs)
+            if child is not None:
+                stack.append(child)
+                if topdown:
+                    yield child.top, child.dirs, child.files
+
+    def _walk_frame(
+        self, path: str, depth_left: int | None, detail: bool, on_error: Any, kwargs: Any
+    ) -> _WalkFrame | None:
+        try:
+            listing = self.ls(path, detail=True, **kwargs)
+        except OSError as exc:  # FileNotFoundError included
+            if on_error == "raise":
+                raise
+            if callable(on_error):
+                on_error(exc)
+            return None
+        full: dict[str, str] = {}
+        dirs: dict[str, Any] = {}
+        files: dict[str, Any] = {}
+        for info in listing:
+            name_path = info["name"].rstrip("/")
+            name = name_path.rsplit("/", 1)[-1]
+            if info["type"] == "directory" and name_path != path:
+                full[name] = name_path
+                dirs[name] = info
+            elif name_path == path:  # ``path`` is a file itself
+                files[""] = info
+            else:
+                files[name] = info
+        if detail:
+            return _WalkFrame(path, dirs, files, full, depth_left)
+        return _WalkFrame(path, list(dirs), list(files), full, depth_left)
 
     def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
         if mode != "rb":

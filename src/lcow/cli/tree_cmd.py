@@ -50,14 +50,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def walk(
     view: ContainerFS, path: str, *, level: int | None = None, depth: int = 1
 ) -> Iterator[tuple[int, str, FileInfo]]:
-    """Yield ``(depth, path, info)`` for everything under directory ``path``, depth first."""
+    """Yield ``(depth, path, info)`` for everything under directory ``path``, depth first.
+
+    Iterative, so an image's depth never meets the interpreter's recursion limit; how deep a
+    view goes, and that it holds no loops, is the view's to bound.
+    """
     if level is not None and depth > level:
         return
-    for info in view.readdir(path):
-        child = posixpath.join(path, info.name)
-        yield depth, child, info
-        if info.is_dir:
-            yield from walk(view, child, level=level, depth=depth + 1)
+    stack = [(depth, path, iter(view.readdir(path)))]
+    while stack:
+        at, parent, listing = stack[-1]
+        info = next(listing, None)
+        if info is None:
+            stack.pop()
+            continue
+        child = posixpath.join(parent, info.name)
+        yield at, child, info
+        if info.is_dir and (level is None or at < level):
+            stack.append((at + 1, child, iter(view.readdir(child))))
 
 
 def _record(view: ContainerFS, path: str, shown: str, info: FileInfo) -> dict[str, Any]:

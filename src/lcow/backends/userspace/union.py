@@ -21,11 +21,11 @@ from lcow.backends.base import FileInfo, LayerDisk
 from lcow.backends.readonly import ReadOnlyWrites
 from lcow.backends.resolve import resolve_in_view
 from lcow.backends.taroptions import TarOptions
-from lcow.errors import InvalidArgument, NotFound
+from lcow.errors import InvalidArgument, LimitExceeded, NotFound
 from lcow.formats.ext4.layout import ROOT_INO
 from lcow.formats.ext4.read_dirs import DirEntry
 from lcow.formats.ext4.read_inode import Inode
-from lcow.formats.ext4.reader import Ext4Reader
+from lcow.formats.ext4.reader import Ext4Reader, ReadLimits
 from lcow.formats.source import open_source
 
 __all__ = ["UnionView"]
@@ -33,6 +33,8 @@ __all__ = ["UnionView"]
 OPAQUE_XATTR = b"trusted.overlay.opaque"
 _MAX_SYMLINKS = 40
 _LISTING_CACHE = 4096
+_INODE_CACHE = 1 << 16
+_MAX_DEPTH = ReadLimits().max_depth  # deepest path a lookup follows, as deep as a walk goes
 
 
 class _Layer:
@@ -44,6 +46,8 @@ class _Layer:
         self._top: Inode | None = None
         self._empty = disk.disk is None
         self._listings: dict[int, dict[bytes, DirEntry]] = {}
+        self._inodes: dict[int, Inode] = {}
+        self._parents: dict[int, int] = {}  # directory -> the parent its '..' was checked against
 
     def _open(self) -> None:
         if self._reader is not None or self._empty:
@@ -78,7 +82,34 @@ class _Layer:
     def child_of(self, reader: Ext4Reader, inode: Inode, name: bytes) -> Inode | None:
         """The inode named ``name`` in directory ``inode``, or ``None``."""
         found = self.listing(reader, inode).get(name)
-        return None if found is None else reader.inode(found.ino)
+        if found is None:
+            return None
+        child = self._inodes.get(found.ino)
+        if child is None:
+            child = reader.inode(found.ino)
+            if len(self._inodes) >= _INODE_CACHE:
+                self._inodes.clear()
+            self._inodes[found.ino] = child
+        return child
+
+    def enter(self, parent: Inode, child: Inode, path: list[bytes]) -> None:
+        """Check a step of a lookup into directory ``child`` (see
+        :meth:`Ext4Reader.check_subdir`): resolving paths one checked step at a time, the view
+        never follows a directory loop or a second name of a directory.
+
+        Raises:
+            CorruptImage: a loop or a hard-linked directory, naming the image and the path.
+        """
+        if self._parents.get(child.ino) == parent.ino:
+            return
+        assert self._reader is not None
+        inner = b"/" + b"/".join(path)
+        if self.disk.disk is not None and self.disk.disk.writable:
+            inner = b"/upper" + inner
+        self._reader.check_subdir(parent, child, path=inner)
+        if len(self._parents) >= _INODE_CACHE:
+            self._parents.clear()
+        self._parents[child.ino] = parent.ino
 
     @property
     def reader(self) -> Ext4Reader | None:
@@ -103,6 +134,8 @@ class _Layer:
             self._reader.close()
             self._reader = None
         self._listings.clear()
+        self._inodes.clear()
+        self._parents.clear()
 
 
 def _is_whiteout(inode: Inode) -> bool:
@@ -132,6 +165,12 @@ class UnionView(ReadOnlyWrites):
         """Layers holding ``parts``, nearest first: one entry for a non-directory, every
         contributing layer for a directory (stopping at an opaque one)."""
         found: list[tuple[_Layer, Inode]] = []
+        if len(parts) > _MAX_DEPTH:
+            shown = os.fsdecode(b"/" + b"/".join(parts[:_MAX_DEPTH]))
+            raise LimitExceeded(
+                f"{self.layer_id}: {shown}/...: nesting deeper than {_MAX_DEPTH} directories",
+                subject=shown,
+            )
         for layer in self._layers:
             reader = layer.reader
             node = layer.top()
@@ -150,6 +189,8 @@ class UnionView(ReadOnlyWrites):
                     break
                 if _is_whiteout(child):
                     return found
+                if child.is_dir:
+                    layer.enter(node, child, parts[: k + 1])
                 node = child
             if missing:
                 if stop_after:

@@ -12,7 +12,9 @@ checked.
 The reader is built for hostile input: the superblock is checked eagerly, every structure is
 bounds-checked before use, a walk keeps a set of visited directories (no loops) and of directory
 blocks (no shared blocks), limits its depth and the size of each directory
-(:class:`ReadLimits`), and reads each metadata block a bounded number of times. Damage raises
+(:class:`ReadLimits`), and reads each metadata block a bounded number of times; a lookup, which
+sees one path and not the whole tree, checks every directory it enters against that
+directory's ``..`` (:meth:`Ext4Reader.check_subdir`), so it cannot loop either. Damage raises
 :class:`~lcow.errors.CorruptImage` naming the image, inode and path; limits raise
 :class:`~lcow.errors.LimitExceeded`; refused features :class:`~lcow.errors.NotSupported`.
 
@@ -631,7 +633,10 @@ class Ext4Reader:
             for entry in self.iterdir(cur, path=walked or b"/"):
                 if entry.name == part:
                     walked += b"/" + part
-                    inodes.append(self.used_inode(entry.ino, path=walked))
+                    found = self.used_inode(entry.ino, path=walked)
+                    if found.is_dir:
+                        self.check_subdir(cur, found, path=walked)
+                    inodes.append(found)
                     break
             else:
                 raise NotFound(
@@ -639,6 +644,75 @@ class Ext4Reader:
                     subject=os.fsdecode(path),
                 )
         return inodes[-1]
+
+    def dotdot(self, inode: Inode, *, path: bytes | None = None) -> int:
+        """The inode a directory's ``..`` entry names: its parent (the root's is itself).
+
+        Read from the first directory block (or, inline, the first four bytes of ``i_block``).
+
+        Raises:
+            InvalidArgument: not a directory.
+            CorruptImage: no ``..`` entry where it belongs, or a bad record in that block.
+        """
+        if not inode.is_dir:
+            raise InvalidArgument(f"{self._where(inode.ino, path)}: not a directory")
+        where = self._where(inode.ino, path)
+        subject = os.fsdecode(path) if path is not None else f"inode {inode.ino}"
+        sb = self.superblock
+        if inode.has_inline_data:
+            entries = parse_inline_dir(
+                inode.i_block[:_INLINE_IBLOCK],
+                b"",
+                where=f"{where}: inline directory",
+                subject=subject,
+                block_size=self.block_size,
+                inodes_count=sb.s_inodes_count,
+                has_filetype=self._filetype,
+            )
+            return next(entries).ino  # the inline parent comes first, checked
+        first = next(iter(self.data_runs(inode, path=path)), None)
+        if first is not None and first.physical is not None:
+            for entry in parse_dir_region(
+                self.read_block(first.physical),
+                where=f"{where}: directory block 0",
+                subject=subject,
+                block_size=self.block_size,
+                inodes_count=sb.s_inodes_count,
+                has_filetype=self._filetype,
+            ):
+                if entry.name == b"..":
+                    return entry.ino
+        raise self._corrupt(inode.ino, path, "directory has no '..' entry")
+
+    def check_subdir(self, parent: Inode, child: Inode, *, path: bytes | None = None) -> None:
+        """Check a directory reached by a name in directory ``parent``: it must be a child of
+        ``parent`` alone.
+
+        A directory has one name (no hard links to directories), so its ``..`` names the one
+        directory holding it and it is never the root. A path resolved through checked steps
+        therefore never loops, whatever the image holds: this is how lookups that see one path,
+        not the whole tree, stop at a directory loop or a hard-linked directory (whole walks
+        also keep a set of the directories they entered).
+
+        Args:
+            parent: the directory the name was found in.
+            child: the directory the name points at.
+            path: the child's path, for the message.
+
+        Raises:
+            CorruptImage: ``child`` is the root, or its ``..`` names another directory (a loop,
+                or a second name of a directory); see also :meth:`dotdot`.
+        """
+        if child.ino == ROOT_INO:
+            raise self._corrupt(child.ino, path, "the root directory reached again (loop)")
+        up = self.dotdot(child, path=path)
+        if up != parent.ino:
+            raise self._corrupt(
+                child.ino,
+                path,
+                f"directory reached twice (loop or second name): its '..' is inode {up}, "
+                f"not inode {parent.ino} it was reached from",
+            )
 
     # -- walk -----------------------------------------------------------------------------
 
