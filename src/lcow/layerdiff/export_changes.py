@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from lcow.convert.tarwriter import END_OF_ARCHIVE, TYPEFLAGS, TarHeader, as_writer, padding
+from lcow.errors import CorruptImage
 from lcow.layerdiff.changes import Change, ChangeKind, LayerContent, MergedView
 
 __all__ = ["export_changes"]
@@ -90,7 +91,10 @@ def export_changes(
                 while left:
                     chunk = fh.read(min(left, 1 << 20))
                     if not chunk:
-                        raise EOFError(f"{change.path}: image ends inside the file")
+                        raise CorruptImage(
+                            f"{reader.name}: {change.path}: image ends inside the file",
+                            subject=change.path,
+                        )
                     write(chunk)
                     left -= len(chunk)
             write(padding(size))
