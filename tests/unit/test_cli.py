@@ -78,6 +78,7 @@ def test_exit_status_values_are_fixed() -> None:
         "NOT_FOUND": 4,
         "NOT_SUPPORTED": 5,
         "INTERRUPTED": 130,
+        "BROKEN_PIPE": 141,
     }
 
 
@@ -199,7 +200,7 @@ def test_format_helpers() -> None:
     assert format_size(1023) == "1023 B"
     assert format_size(1536) == "1.5 KiB"
     assert format_size(64 << 20) == "64.0 MiB"
-    table = format_table(("name", "n"), [("a", "1"), ("bbb", "22")]).splitlines()
+    table = format_table(("name", "n"), [("a", "1"), ("bbb", "22")])
     assert table == ["name   n", "----  --", "a      1", "bbb   22"]
 
 

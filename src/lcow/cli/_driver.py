@@ -9,12 +9,11 @@ live only as long as the command.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lcow.cli._output import write_json, write_lines
 from lcow.cli.status import UsageError
 from lcow.errors import NotFound
 
@@ -99,12 +98,9 @@ def open_driver(args: argparse.Namespace, *, init: bool = False) -> Driver:
 
 
 def emit(args: argparse.Namespace, value: object, text: str | Iterable[str] | None) -> None:
-    """Print ``value`` as JSON with ``--json``, else ``text`` (a string or lines; ``None``:
-    nothing)."""
+    """Print ``value`` as JSON with ``--json``, else ``text`` (one line, or lines; ``None``:
+    nothing), every line escaped (:mod:`lcow.cli._output`)."""
     if args.json:
-        sys.stdout.write(json.dumps(value, indent=2) + "\n")
+        write_json(value)
     elif text is not None:
-        lines = [text] if isinstance(text, str) else list(text)
-        if lines:
-            sys.stdout.write("\n".join(lines) + "\n")
-    sys.stdout.flush()
+        write_lines(text)

@@ -12,23 +12,31 @@ Every command module provides::
     def add_arguments(parser: argparse.ArgumentParser) -> None
     def run(args: argparse.Namespace) -> int          # an ExitStatus
 
-Errors map to exit codes only here (:mod:`lcow.cli.status`) and print as ``lcow: <message>``.
+Errors map to exit codes only here (:mod:`lcow.cli.status`) and print as one line
+``lcow: <message>``, escaped with :func:`lcow._util.escape.printable` (a message names tar entries,
+paths and ids, which may hold newlines and terminal escapes); log records go to stderr through
+:class:`lcow._util.escape.EscapingFormatter`. A reader that goes away early (``lcow ls | head``)
+ends the command quietly with status 141.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
-import logging
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NoReturn, Protocol, cast
+from typing import TYPE_CHECKING, NoReturn, Protocol, cast
 
+from lcow._util.escape import EscapingFormatter, printable
+from lcow.cli._output import logging_to_stderr, reader_gone
 from lcow.cli.status import ExitStatus, UsageError, error_message, exit_status_for
 from lcow.errors import LcowError
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 __all__ = ["COMMANDS", "CommandInfo", "main"]
 
@@ -105,6 +113,11 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message, usage=self.format_usage())
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        # argparse ignores write errors; a closed pipe must reach main() like any other output's
+        if message:
+            (file or sys.stderr).write(message)
 
 
 def _top_parser() -> _Parser:
@@ -215,34 +228,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         An :class:`ExitStatus` value.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    _tolerate_unencodable_output()
+    try:
+        return _main(argv)
+    except BaseException as exc:  # the CLI boundary: every error becomes a status
+        if reader_gone(exc):  # `lcow ... | head`: the reader has all it wanted
+            return ExitStatus.BROKEN_PIPE
+        if isinstance(exc, SystemExit | GeneratorExit):
+            raise
+        _report(exc)
+        return exit_status_for(exc)
+
+
+def _main(argv: list[str]) -> int:
     try:
         module, args = _parse(argv)
     except SystemExit as done:  # --help / --version: argparse printed and asked to exit
+        sys.stdout.flush()
         return int(done.code or 0) if isinstance(done.code, int | None) else ExitStatus.USAGE
     except UsageError as exc:
         sys.stderr.write(exc.usage)
         _report(exc)
         return ExitStatus.USAGE
-    if args.verbose:
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose > 1 else logging.INFO,
-            format=f"{PROG}: %(name)s: %(message)s",
-        )
-    try:
-        return int(module.run(args))
-    except (Exception, KeyboardInterrupt) as exc:  # the CLI boundary: every error becomes a status
-        _report(exc)
-        return exit_status_for(exc)
+    with logging_to_stderr(args.verbose):
+        status = int(module.run(args))
+        sys.stdout.flush()  # a closed pipe is found here, not by the interpreter's last flush
+    return status
+
+
+def _tolerate_unencodable_output() -> None:
+    """Write characters the output encoding lacks (a box-drawing character of ``tree`` under an
+    ASCII locale) as backslash escapes instead of failing the command."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(Exception):
+                reconfigure(errors="backslashreplace")
 
 
 def _report(exc: BaseException) -> None:
-    """Print ``lcow: <message>``; a bug (not an lcow or OS error) also gets its traceback."""
+    """Print ``lcow: <message>``, escaped to one line; a bug (not an lcow or OS error) also gets
+    its traceback, the exception's own text escaped."""
     expected = isinstance(exc, LcowError | OSError | KeyboardInterrupt)
     text = error_message(exc) if expected else f"internal error: {type(exc).__name__}: {exc}"
     try:
         if not expected:
-            traceback.print_exception(exc, file=sys.stderr)
-        sys.stderr.write(f"{PROG}: {text}\n")
+            trace = EscapingFormatter().formatException((type(exc), exc, exc.__traceback__))
+            sys.stderr.write(trace + "\n")
+        sys.stderr.write(f"{PROG}: {printable(text)}\n")
         sys.stderr.flush()
     except OSError:  # stderr closed: nothing left to tell
         pass

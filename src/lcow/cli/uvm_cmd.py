@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from lcow.cli._driver import emit
+from lcow.cli._output import write_lines
 from lcow.cli.status import ExitStatus, UsageError
 
 __all__ = ["SUMMARY", "add_arguments", "run"]
@@ -49,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
         _option(args, "lcow.initrd") or "initrd.img",
         deb=args.deb,
         force=args.force,
-        progress=lambda line: print(f"lcow uvm: {line}", file=sys.stderr),
+        progress=lambda line: write_lines(f"lcow uvm: {line}", sys.stderr),
     )
     emit(args, {"Kernel": str(assets.kernel), "Initrd": str(assets.initrd)},
-         f"{assets.kernel}\n{assets.initrd}")  # fmt: skip
+         [str(assets.kernel), str(assets.initrd)])  # fmt: skip
     return ExitStatus.OK
