@@ -259,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
         f"({format_size(sum(r.content_size for r in chain))} of tar content in "
         f"{format_size(sum(r.file_size for r in chain))} of layer images); the top layer has "
         f"{len(changes)} changes ({format_size(chain[-1].diff_size)}).",
-        f"next: lcow --root {root} tree {top.layer_id} /etc",
+        f"next: lcow --root {root} tree {top.layer_id[:12]} /etc",
     )
     if args.json:
         value = {
