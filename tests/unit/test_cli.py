@@ -134,7 +134,6 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("argv", "text"),
     [
-        ([], "required"),
         (["no-such-command"], "unknown command 'no-such-command'"),
         (["tar2ext4"], "required: -o"),
         (["tar2ext4", "-o", "x", "--bogus"], "unrecognized arguments: --bogus"),
@@ -149,6 +148,63 @@ def test_usage_errors(argv: list[str], text: str, capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert "usage: lcow" in err
     assert "lcow: " in err and text in err, err
+
+
+def test_bare_lcow_shows_the_usage_and_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in ([], ["--root", "/nowhere"], ["--json", "-v"]):
+        assert main(argv) == ExitStatus.USAGE
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.startswith("usage: lcow ")
+        for name, info in COMMANDS.items():
+            assert f"\n  {name:<10}  {info.summary}\n" in captured.err
+        assert captured.err.endswith("\nlcow: no command given\n")
+        assert "args" not in captured.err and "required" not in captured.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["ls", "--root", "R"], "--root is a global option: put it before the command "
+         "(lcow --root R ls)"),
+        (["--root", "R", "tree", "X", "--backend", "host"], "--backend is a global option: put "
+         "it before the command (lcow --root R --backend host tree X)"),
+        (["--root", "R", "changes", "X", "-o", "lcow.globalmode=1", "-p", "P"], "-o is a global "
+         "option: put it before the command (lcow --root R -o lcow.globalmode=1 changes X -p P)"),
+        (["--root", "R", "status", "--opt=a=b", "-vv"], "--opt is a global option: put it before "
+         "the command (lcow --root R --opt=a=b -vv status)"),
+        (["--root=R", "ls", "--root", "has space"], "--root is a global option: put it before "
+         "the command (lcow --root=R --root 'has space' ls)"),
+        (["demo", "--out", "X", "-v"], "-v is a global option: put it before the command "
+         "(lcow -v demo --out X)"),
+    ],
+)  # fmt: skip
+def test_a_global_option_after_the_command_gets_a_hint(
+    argv: list[str], hint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == ExitStatus.USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("usage: lcow ") and err.endswith(f"\nlcow: {hint}\n"), err
+
+
+def test_the_hinted_command_line_works(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = str(tmp_path / "root")
+    assert main(["status", "--root", root]) == ExitStatus.USAGE
+    fixed = capsys.readouterr().err.rsplit("(", 1)[1].rstrip(")\n")
+    assert fixed == f"lcow --root {root} status"
+    assert main(fixed.split()[1:]) == ExitStatus.OK
+
+
+def test_a_command_s_own_option_is_not_taken_for_a_global_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # diff, tar2ext4 and vhd2tar have their own -o; plugin its own --root and --backend
+    assert main(["--root", str(tmp_path), "diff", "x", "-o", str(tmp_path / "o")]) == 4
+    assert "global option" not in capsys.readouterr().err
+    assert main(["tar2ext4", "-o", str(tmp_path / "o"), "--nope"]) == ExitStatus.USAGE
+    assert "unrecognized arguments: --nope" in capsys.readouterr().err
+    assert main(["plugin", "serve", "--root", str(tmp_path), "--nope"]) == ExitStatus.USAGE
+    assert "global option" not in capsys.readouterr().err
 
 
 def test_command_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,7 +16,8 @@ Errors map to exit codes only here (:mod:`lcow.cli.status`) and print as one lin
 ``lcow: <message>``, escaped with :func:`lcow._util.escape.printable` (a message names tar entries,
 paths and ids, which may hold newlines and terminal escapes); log records go to stderr through
 :class:`lcow._util.escape.EscapingFormatter`. A reader that goes away early (``lcow ls | head``)
-ends the command quietly with status 141.
+ends the command quietly with status 141. Global options go before the command; one written
+after it is refused with a hint that shows where it goes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -136,6 +138,8 @@ def _top_parser() -> _Parser:
     )
     parser = _Parser(
         prog=PROG,
+        usage="%(prog)s [-h] [--version] [-v] [--root DIR] [--backend B] [-o KEY=VALUE] [--json]\n"
+        "            <command> [ARGS]",
         description="Docker's LCOW storage driver in Python: ext4 layer images, the graph "
         "driver's operations, image import.",
         epilog=epilog + f"\n\nRun '{PROG} <command> --help' for a command's options.",
@@ -152,14 +156,17 @@ def _top_parser() -> _Parser:
     )  # fmt: skip
     parser.add_argument(
         "--backend", choices=_backends(), default=None,
-        help="backend for views (default userspace); same as -o lcow.backend=B",
+        metavar="B", help="backend for views: %(choices)s (default userspace); same as "
+        "-o lcow.backend=B",
     )  # fmt: skip
     parser.add_argument(
         "-o", "--opt", dest="driver_options", action="append", default=[], type=_option,
         metavar="KEY=VALUE", help="a driver option (SPEC §2), e.g. -o lcow.globalmode=true",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print every command's result as JSON")
-    parser.add_argument("command", metavar="<command>", help="one of: " + ", ".join(COMMANDS))
+    parser.add_argument(
+        "command", metavar="<command>", nargs="?", help="the command to run (listed below)"
+    )
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
@@ -193,7 +200,10 @@ def _load(name: str) -> _CommandModule:
 
 
 def _parse(argv: Sequence[str]) -> tuple[_CommandModule, argparse.Namespace]:
-    top = _top_parser().parse_args(argv)
+    top_parser = _top_parser()
+    top = top_parser.parse_args(argv)
+    if top.command is None:  # bare `lcow` (or only global options): say what there is to run
+        raise UsageError("no command given", usage=top_parser.format_help() + "\n")
     module = _load(top.command)
     parser = _Parser(
         prog=f"{PROG} {top.command}",
@@ -201,7 +211,13 @@ def _parse(argv: Sequence[str]) -> tuple[_CommandModule, argparse.Namespace]:
         allow_abbrev=False,
     )
     module.add_arguments(parser)
-    args = parser.parse_args(top.args)
+    try:
+        args = parser.parse_args(top.args)
+    except UsageError as exc:
+        hint = _misplaced_global(top_parser, parser, list(argv), top.command, top.args)
+        if hint is None:
+            raise
+        raise UsageError(hint, usage=exc.usage) from exc
     args.verbose = top.verbose
     args.command = top.command
     args.root = top.root or os.environ.get("LCOW_ROOT") or None
@@ -216,6 +232,75 @@ def _parse(argv: Sequence[str]) -> tuple[_CommandModule, argparse.Namespace]:
             usage=_top_parser().format_usage(),
         )
     return module, args
+
+
+def _misplaced_global(
+    top: argparse.ArgumentParser,
+    command: argparse.ArgumentParser,
+    argv: list[str],
+    name: str,
+    rest: list[str],
+) -> str | None:
+    """The hint for a global option written after the command (``lcow ls --root R``), which
+    the command's parser does not know; ``None`` when there is none.
+
+    Global options stay before the command: after it, ``-o`` already means a command's own
+    output file (``diff``, ``tar2ext4``, ``vhd2tar``), so one position for them is the rule that
+    cannot be misread.
+    """
+    own = _flags_of(command)
+    globals_ = {
+        flag: action.nargs != 0
+        for action in top._actions
+        for flag in action.option_strings
+        if flag not in ("-h", "--help") and flag not in own
+    }
+    moved: list[str] = []
+    kept: list[str] = []
+    first: str | None = None
+    tokens = iter(rest)
+    for token in tokens:
+        if token == "--":
+            kept += [token, *tokens]
+            break
+        flag = _flag_of(token, globals_)
+        if flag is None:
+            kept.append(token)
+            continue
+        first = first or flag
+        moved.append(token)
+        if globals_[flag] and token == flag:  # the value is the next token
+            moved += [next(tokens, "VALUE")]
+    if first is None:
+        return None
+    before = argv[: len(argv) - len(rest) - 1]
+    fixed = shlex.join([PROG, *before, *moved, name, *kept])
+    return f"{first} is a global option: put it before the command ({fixed})"
+
+
+def _flags_of(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string a command knows, its sub-commands' included (``plugin serve``)."""
+    flags = set(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags |= _flags_of(sub)
+    return flags
+
+
+def _flag_of(token: str, flags: dict[str, bool]) -> str | None:
+    """The global flag ``token`` spells: ``--root``, ``--root=R``, ``-oKEY=V``, ``-vv``."""
+    if token in flags:
+        return token
+    if token.startswith("--"):
+        flag = token.partition("=")[0]
+        return flag if flags.get(flag) else None
+    short = token[:2]
+    if token.startswith("-") and short in flags:
+        takes_value = flags[short]
+        if takes_value or set(token[1:]) == {short[1]}:  # -oK=V, or -vv
+            return short
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lcow.cli._driver import emit
+from lcow.cli._driver import add_json, emit
 from lcow.cli._output import write_lines
 from lcow.cli.status import ExitStatus, UsageError
 
@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", default=None, help="the kirdpath to fill")
     parser.add_argument("--deb", metavar="FILE", default=None, help="a kernel .deb to use")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    add_json(parser)
 
 
 def _option(args: argparse.Namespace, key: str) -> str | None:
