@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from lcow.cli.main import COMMANDS, main
 from lcow.cli.status import ExitStatus, UsageError, error_message, exit_status_for
 from lcow.convert.options import DEFAULT_MAX_SIZE, ConvertOptions, ConvertResult
 from lcow.formats.vhd.footer import read_footer
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 RESULT = ConvertResult(
     entries=3, content_size=10, image_size=1 << 20, file_size=(1 << 20) + 512, inodes=13, blocks=9
@@ -105,6 +108,35 @@ def test_exit_status_values_are_fixed() -> None:
 )
 def test_exit_status_for(exc: BaseException, status: ExitStatus) -> None:
     assert exit_status_for(exc) is status
+
+
+def _readme_table(heading: str) -> list[list[str]]:
+    text = README.read_text()
+    section = text[text.index(heading) :]
+    rows = []
+    for line in section.splitlines()[2:]:
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip("|"))])
+        elif rows:
+            break
+    return rows[2:]  # after the header and its rule
+
+
+def test_the_readme_exit_status_table_is_the_code_s() -> None:
+    rows = _readme_table("### Exit status")
+    assert [(int(code), name.strip("`")) for code, name, _ in rows] == [
+        (status.value, status.name) for status in ExitStatus
+    ]
+    text = dict((name.strip("`"), when) for _, name, when in rows)
+    for kind, status in [
+        ("AlreadyExists", ExitStatus.ERROR), ("FailedPrecondition", ExitStatus.ERROR),
+        ("Busy", ExitStatus.ERROR), ("Timeout", ExitStatus.ERROR),
+        ("InvalidArgument", ExitStatus.BAD_INPUT), ("LimitExceeded", ExitStatus.BAD_INPUT),
+        ("CorruptImage", ExitStatus.BAD_INPUT), ("NotFound", ExitStatus.NOT_FOUND),
+        ("NotSupported", ExitStatus.NOT_SUPPORTED),
+    ]:  # fmt: skip
+        assert f"`{kind}`" in text[status.name], kind
+        assert exit_status_for(getattr(errors, kind)("x")) is status
 
 
 def test_error_message_forms() -> None:
