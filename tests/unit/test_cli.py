@@ -12,6 +12,7 @@ import errno
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from lcow.cli.main import COMMANDS, main
 from lcow.cli.status import ExitStatus, UsageError, error_message, exit_status_for
 from lcow.convert.options import DEFAULT_MAX_SIZE, ConvertOptions, ConvertResult
 from lcow.formats.vhd.footer import read_footer
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 RESULT = ConvertResult(
     entries=3, content_size=10, image_size=1 << 20, file_size=(1 << 20) + 512, inodes=13, blocks=9
@@ -79,6 +82,7 @@ def test_exit_status_values_are_fixed() -> None:
         "NOT_FOUND": 4,
         "NOT_SUPPORTED": 5,
         "INTERRUPTED": 130,
+        "BROKEN_PIPE": 141,
     }
 
 
@@ -117,6 +121,35 @@ def test_no_space_is_an_lcow_error_and_an_enospc_os_error() -> None:
     assert quota.errno == errno.EDQUOT and quota.entry is None
 
 
+def _readme_table(heading: str) -> list[list[str]]:
+    text = README.read_text()
+    section = text[text.index(heading) :]
+    rows = []
+    for line in section.splitlines()[2:]:
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip("|"))])
+        elif rows:
+            break
+    return rows[2:]  # after the header and its rule
+
+
+def test_the_readme_exit_status_table_is_the_code_s() -> None:
+    rows = _readme_table("### Exit status")
+    assert [(int(code), name.strip("`")) for code, name, _ in rows] == [
+        (status.value, status.name) for status in ExitStatus
+    ]
+    text = dict((name.strip("`"), when) for _, name, when in rows)
+    for kind, status in [
+        ("AlreadyExists", ExitStatus.ERROR), ("FailedPrecondition", ExitStatus.ERROR),
+        ("Busy", ExitStatus.ERROR), ("Timeout", ExitStatus.ERROR),
+        ("InvalidArgument", ExitStatus.BAD_INPUT), ("LimitExceeded", ExitStatus.BAD_INPUT),
+        ("CorruptImage", ExitStatus.BAD_INPUT), ("NotFound", ExitStatus.NOT_FOUND),
+        ("NotSupported", ExitStatus.NOT_SUPPORTED),
+    ]:  # fmt: skip
+        assert f"`{kind}`" in text[status.name], kind
+        assert exit_status_for(getattr(errors, kind)("x")) is status
+
+
 def test_error_message_forms() -> None:
     assert error_message(errors.InvalidArgument("a/b: bad")) == "a/b: bad"
     assert error_message(FileNotFoundError(2, "No such file or directory", "p")) == (
@@ -144,7 +177,6 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("argv", "text"),
     [
-        ([], "required"),
         (["no-such-command"], "unknown command 'no-such-command'"),
         (["tar2ext4"], "required: -o"),
         (["tar2ext4", "-o", "x", "--bogus"], "unrecognized arguments: --bogus"),
@@ -159,6 +191,63 @@ def test_usage_errors(argv: list[str], text: str, capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert "usage: lcow" in err
     assert "lcow: " in err and text in err, err
+
+
+def test_bare_lcow_shows_the_usage_and_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in ([], ["--root", "/nowhere"], ["--json", "-v"]):
+        assert main(argv) == ExitStatus.USAGE
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.startswith("usage: lcow ")
+        for name, info in COMMANDS.items():
+            assert f"\n  {name:<10}  {info.summary}\n" in captured.err
+        assert captured.err.endswith("\nlcow: no command given\n")
+        assert "args" not in captured.err and "required" not in captured.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["ls", "--root", "R"], "--root is a global option: put it before the command "
+         "(lcow --root R ls)"),
+        (["--root", "R", "tree", "X", "--backend", "host"], "--backend is a global option: put "
+         "it before the command (lcow --root R --backend host tree X)"),
+        (["--root", "R", "changes", "X", "-o", "lcow.globalmode=1", "-p", "P"], "-o is a global "
+         "option: put it before the command (lcow --root R -o lcow.globalmode=1 changes X -p P)"),
+        (["--root", "R", "status", "--opt=a=b", "-vv"], "--opt is a global option: put it before "
+         "the command (lcow --root R --opt=a=b -vv status)"),
+        (["--root=R", "ls", "--root", "has space"], "--root is a global option: put it before "
+         "the command (lcow --root=R --root 'has space' ls)"),
+        (["demo", "--out", "X", "-v"], "-v is a global option: put it before the command "
+         "(lcow -v demo --out X)"),
+    ],
+)  # fmt: skip
+def test_a_global_option_after_the_command_gets_a_hint(
+    argv: list[str], hint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == ExitStatus.USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("usage: lcow ") and err.endswith(f"\nlcow: {hint}\n"), err
+
+
+def test_the_hinted_command_line_works(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = str(tmp_path / "root")
+    assert main(["status", "--root", root]) == ExitStatus.USAGE
+    fixed = capsys.readouterr().err.rsplit("(", 1)[1].rstrip(")\n")
+    assert fixed == f"lcow --root {root} status"
+    assert main(fixed.split()[1:]) == ExitStatus.OK
+
+
+def test_a_command_s_own_option_is_not_taken_for_a_global_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # diff, tar2ext4 and vhd2tar have their own -o; plugin its own --root and --backend
+    assert main(["--root", str(tmp_path), "diff", "x", "-o", str(tmp_path / "o")]) == 4
+    assert "global option" not in capsys.readouterr().err
+    assert main(["tar2ext4", "-o", str(tmp_path / "o"), "--nope"]) == ExitStatus.USAGE
+    assert "unrecognized arguments: --nope" in capsys.readouterr().err
+    assert main(["plugin", "serve", "--root", str(tmp_path), "--nope"]) == ExitStatus.USAGE
+    assert "global option" not in capsys.readouterr().err
 
 
 def test_command_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -210,7 +299,7 @@ def test_format_helpers() -> None:
     assert format_size(1023) == "1023 B"
     assert format_size(1536) == "1.5 KiB"
     assert format_size(64 << 20) == "64.0 MiB"
-    table = format_table(("name", "n"), [("a", "1"), ("bbb", "22")]).splitlines()
+    table = format_table(("name", "n"), [("a", "1"), ("bbb", "22")])
     assert table == ["name   n", "----  --", "a      1", "bbb   22"]
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from lcow._util.escape import printable
+
 __all__ = ["format_size", "format_table", "parse_size"]
 
 _SUFFIX = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
@@ -43,24 +45,30 @@ def format_size(n: int) -> str:
     return f"{value:.1f} {unit}"
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     """Align ``rows`` under ``headers``: the first column left, the others right.
+
+    Cells stay raw, for the writer to escape (:func:`lcow.cli._output.write_lines`); columns are
+    as wide as the cells will be once escaped, so a name with control bytes keeps its row
+    aligned.
 
     Args:
         headers: column titles.
         rows: cells, one sequence per row, as many as ``headers``.
 
     Returns:
-        The table as lines joined by newlines, with a rule under the header.
+        The table's lines: the header, a rule, then one line per row.
     """
-    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=True)]
+    widths = [
+        max(len(printable(cell)) for cell in column) for column in zip(headers, *rows, strict=True)
+    ]
 
     def line(cells: Sequence[str]) -> str:
-        out = [
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(out).rstrip()
+        out = []
+        for i, (cell, width) in enumerate(zip(cells, widths, strict=True)):
+            pad = " " * (width - len(printable(cell)))
+            out.append(cell + pad if i == 0 else pad + cell)
+        return "  ".join(out).rstrip(" ")
 
     rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+    return [line(headers), rule, *(line(r) for r in rows)]

@@ -1,4 +1,8 @@
-"""Progress bars on stderr (tqdm), drawn only when stderr is a terminal."""
+"""Progress bars on stderr (tqdm), drawn only when stderr is a terminal.
+
+A bar's label may name a layer, so it is escaped (:func:`lcow._util.escape.printable`) like every
+other line lcow prints.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
+
+from lcow._util.escape import printable
 
 __all__ = ["ByteBar", "CountingReader", "byte_progress"]
 
@@ -18,7 +24,7 @@ class ByteBar:
 
         self._bar = tqdm(
             total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-            desc=desc, leave=False, dynamic_ncols=True,
+            desc=printable(desc), leave=False, dynamic_ncols=True,
         )  # fmt: skip
 
     def add(self, n: int) -> None:
@@ -32,7 +38,7 @@ class ByteBar:
 
     def set_description(self, desc: str) -> None:
         """Change the label."""
-        self._bar.set_description_str(desc)
+        self._bar.set_description_str(printable(desc))
 
     def close(self) -> None:
         """Remove the bar."""

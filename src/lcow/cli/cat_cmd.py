@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import argparse
 import base64
-import shutil
 import sys
 
 from lcow.cli._driver import add_id, add_json, emit, open_driver
+from lcow.cli._output import write_all
 from lcow.cli.status import ExitStatus
 
 __all__ = ["SUMMARY", "add_arguments", "run"]
 
 SUMMARY = "print a file of a layer's view (the union of its chain)"
+
+_CHUNK = 1 << 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
                 emit(args, value, None)
             else:
                 sys.stdout.flush()
-                shutil.copyfileobj(stream, sys.stdout.buffer, 1 << 20)
-                sys.stdout.buffer.flush()
+                while chunk := stream.read(_CHUNK):
+                    write_all(sys.stdout.buffer, chunk)
     finally:
         driver.put(args.id)
     return ExitStatus.OK

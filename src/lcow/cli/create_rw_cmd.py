@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     Args:
         parser: the command's parser.
     """
-    add_id(parser, help="the new layer's id")
+    add_id(parser, prefix=False, help="the new layer's id")
     add_parent(parser)
     parser.add_argument(
         "--storage-opt", "-s", dest="storage_opt", action="append", default=[],

@@ -18,7 +18,6 @@ Everything goes under ``--out`` (default ``./demo-out``):
 from __future__ import annotations
 
 import argparse
-import json
 import tarfile
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 
 from lcow._util.atomic import atomic_output
 from lcow.cli._format import format_size, format_table
+from lcow.cli._output import write_json, write_lines
 from lcow.cli.import_cmd import result_json
 from lcow.cli.status import ExitStatus
 from lcow.convert.options import ConvertOptions
@@ -150,12 +150,13 @@ def _chain(driver: Driver, result: ImportResult) -> list[_ChainRow]:
     return rows
 
 
-def _say(args: argparse.Namespace, text: str) -> None:
+def _say(args: argparse.Namespace, *lines: str | list[str]) -> None:
+    """Print lines (a list stands for its lines), each escaped, unless ``--json``."""
     if not args.json:
-        print(text, flush=True)
+        write_lines(line for item in lines for line in ([item] if isinstance(item, str) else item))
 
 
-def _conversion_table(rows: list[dict[str, Any]]) -> str:
+def _conversion_table(rows: list[dict[str, Any]]) -> list[str]:
     return format_table(
         _HEADERS,
         [
@@ -173,7 +174,7 @@ def _conversion_table(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def _chain_table(rows: list[_ChainRow]) -> str:
+def _chain_table(rows: list[_ChainRow]) -> list[str]:
     return format_table(
         _CHAIN_HEADERS,
         [
@@ -211,7 +212,8 @@ def run(args: argparse.Namespace) -> int:
     root = out / "root"
     _say(
         args,
-        f"\nimporting {image} ({SAMPLE_IMAGE_NAME}, {args.image_format} format, layers "
+        "",
+        f"importing {image} ({SAMPLE_IMAGE_NAME}, {args.image_format} format, layers "
         f"{args.compression}) into the data root {root}/ (userspace backend) ...",
     )
     driver = Driver(root, ["lcow.backend=userspace"])
@@ -226,16 +228,16 @@ def run(args: argparse.Namespace) -> int:
     )
 
     status = [[k, v] for k, v in driver.status()]
-    _say(args, "\nstatus:\n" + "\n".join(f"  {k + ':':<8} {v}".rstrip() for k, v in status))
+    _say(args, "", "status:", [f"  {k + ':':<8} {v}".rstrip() for k, v in status])
 
     chain = _chain(driver, result)
-    _say(args, "\nthe chain, bottom first (lcow ls; diff-size against each layer's parent):")
+    _say(args, "", "the chain, bottom first (lcow ls; diff-size against each layer's parent):")
     _say(args, _chain_table(chain))
 
     top, parent = result.layers[-1], result.layers[-2]
     changes = sorted(driver.changes(top.layer_id, parent.layer_id), key=lambda c: c.path)
-    _say(args, f"\nchanges of the top layer {top.layer_id[:12]} against {parent.layer_id[:12]}:")
-    _say(args, "\n".join(f"  {c}" for c in changes))
+    _say(args, "", f"changes of the top layer {top.layer_id[:12]} against {parent.layer_id[:12]}:")
+    _say(args, [f"  {c}" for c in changes])
 
     exported = result.layers[1]
     export_path = out / "layer.tar"
@@ -244,18 +246,20 @@ def run(args: argparse.Namespace) -> int:
     export = _export_stats(export_path)
     _say(
         args,
-        f"\nexported layer 2 ({exported.layer_id[:12]}, the whiteout layer) back to "
+        "",
+        f"exported layer 2 ({exported.layer_id[:12]}, the whiteout layer) back to "
         f"{export_path}: {export['entries']} entries, {export['whiteouts']} whiteouts, "
         f"{export['opaque_markers']} opaque markers, {format_size(export['bytes'])}",
     )
 
     _say(
         args,
-        f"\nsummary: {SAMPLE_IMAGE_NAME} is {count} layers in {root}/ "
+        "",
+        f"summary: {SAMPLE_IMAGE_NAME} is {count} layers in {root}/ "
         f"({format_size(sum(r.content_size for r in chain))} of tar content in "
         f"{format_size(sum(r.file_size for r in chain))} of layer images); the top layer has "
-        f"{len(changes)} changes ({format_size(chain[-1].diff_size)}).\n"
-        f"next: lcow --root {root} tree {top.layer_id} /etc",
+        f"{len(changes)} changes ({format_size(chain[-1].diff_size)}).",
+        f"next: lcow --root {root} tree {top.layer_id[:12]} /etc",
     )
     if args.json:
         value = {
@@ -267,5 +271,5 @@ def run(args: argparse.Namespace) -> int:
             "Changes": [{"Path": c.path, "Kind": int(c.kind)} for c in changes],
             "Export": export,
         }
-        print(json.dumps(value, indent=2))
+        write_json(value)
     return ExitStatus.OK

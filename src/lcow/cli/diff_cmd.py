@@ -9,12 +9,14 @@ a terminal. ``--json`` (with ``-o OUT`` only) prints ``{"Id", "Parent", "Output"
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Callable
 
 from lcow._util.atomic import atomic_output
 from lcow.cli._driver import add_id, add_json, add_parent, emit, open_driver
+from lcow.cli._output import write_all
 from lcow.cli.status import ExitStatus, UsageError
 
 __all__ = ["SUMMARY", "add_arguments", "run"]
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             out: int | Callable[[bytes], object] = sys.stdout.fileno()
         except (OSError, ValueError):  # io.UnsupportedOperation: a replaced sys.stdout
-            out = sys.stdout.buffer.write
+            buffer = sys.stdout.buffer
+            out = functools.partial(write_all, buffer)
         driver.write_diff(args.id, args.parent, out)
         sys.stdout.flush()
         return ExitStatus.OK

@@ -2,7 +2,8 @@
 
 Exit status 0 and ``true`` when the layer's folder exists (a folder without a disk counts);
 exit status 4 (``NOT_FOUND``, as for every missing layer) and ``false`` when it does not, also
-when the data root itself is missing. No error message is printed for a missing layer.
+when the data root itself is missing. No error message is printed for a missing layer; the id is
+taken whole (a warning says when other layers' ids start with it).
 ``--json``: ``{"Id", "Exists"}`` with the same statuses.
 """
 
@@ -10,7 +11,15 @@ from __future__ import annotations
 
 import argparse
 
-from lcow.cli._driver import add_id, add_json, check_options, emit, open_driver, root_exists
+from lcow.cli._driver import (
+    add_id,
+    add_json,
+    check_options,
+    emit,
+    open_driver,
+    root_exists,
+    warn_if_prefix,
+)
 from lcow.cli.status import ExitStatus
 from lcow.storage.dataroot import validate_id
 
@@ -25,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     Args:
         parser: the command's parser.
     """
-    add_id(parser)
+    add_id(parser, prefix=False)
     add_json(parser)
 
 
@@ -40,6 +49,11 @@ def run(args: argparse.Namespace) -> int:
     """
     validate_id(args.id)
     check_options(args)
-    found = root_exists(args) and open_driver(args).exists(args.id)
+    found = False
+    if root_exists(args):
+        driver = open_driver(args)
+        found = driver.exists(args.id)
+        if not found:
+            warn_if_prefix(driver, args.id, "exists")
     emit(args, {"Id": args.id, "Exists": found}, "true" if found else "false")
     return ExitStatus.OK if found else ExitStatus.NOT_FOUND

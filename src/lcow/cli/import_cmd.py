@@ -16,6 +16,7 @@ import sys
 from typing import BinaryIO
 
 from lcow.cli._driver import add_json, emit, open_driver
+from lcow.cli._output import write_lines
 from lcow.cli._progress import byte_progress
 from lcow.cli.status import ExitStatus, UsageError
 from lcow.images.importer import ImportedLayer, ImportPlan, ImportResult, import_image
@@ -67,7 +68,7 @@ def result_json(result: ImportResult) -> dict[str, object]:
     }
 
 
-def _summary(name: str, result: ImportResult) -> str:
+def _summary(name: str, result: ImportResult) -> list[str]:
     created = len(result.created)
     lines = [
         f"imported {name} ({result.format}): {len(result.layers)} layers, {created} new, "
@@ -76,7 +77,7 @@ def _summary(name: str, result: ImportResult) -> str:
     for image in result.images:
         tags = ", ".join(image.tags) or image.config
         lines.append(f"  {tags}: top layer {image.top or '(none)'}")
-    return "\n".join(lines)
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,5 +118,5 @@ def run(args: argparse.Namespace) -> int:
         )
     emit(args, result_json(result), [layer.layer_id for layer in result.layers])
     if not args.json:
-        sys.stderr.write(_summary(name, result) + "\n")
+        write_lines(_summary(name, result), sys.stderr)
     return ExitStatus.OK

@@ -1,14 +1,15 @@
 """``lcow --root DIR layer-path ID``: the driver's GetLayerPath (SPEC §3).
 
 Prints ``<root>/<ID>``, the layer's folder, without checking that it exists (as LCOW does); the
-data root must exist. ``--json``: ``{"Id", "Path"}``.
+data root must exist; so the id is taken whole (a warning says when other layers' ids start with
+an unknown one). ``--json``: ``{"Id", "Path"}``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from lcow.cli._driver import add_id, add_json, emit, open_driver
+from lcow.cli._driver import add_id, add_json, emit, open_driver, warn_if_prefix
 from lcow.cli.status import ExitStatus
 
 __all__ = ["SUMMARY", "add_arguments", "run"]
@@ -22,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     Args:
         parser: the command's parser.
     """
-    add_id(parser)
+    add_id(parser, prefix=False)
     add_json(parser)
 
 
@@ -35,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         :attr:`ExitStatus.OK`; failures are raised for the CLI boundary to map.
     """
-    path = open_driver(args).get_layer_path(args.id)
+    driver = open_driver(args)
+    path = driver.get_layer_path(args.id)
+    if not driver.exists(args.id):
+        warn_if_prefix(driver, args.id, "layer-path")
     emit(args, {"Id": args.id, "Path": path}, path)
     return ExitStatus.OK

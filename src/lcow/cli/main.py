@@ -12,23 +12,33 @@ Every command module provides::
     def add_arguments(parser: argparse.ArgumentParser) -> None
     def run(args: argparse.Namespace) -> int          # an ExitStatus
 
-Errors map to exit codes only here (:mod:`lcow.cli.status`) and print as ``lcow: <message>``.
+Errors map to exit codes only here (:mod:`lcow.cli.status`) and print as one line
+``lcow: <message>``, escaped with :func:`lcow._util.escape.printable` (a message names tar entries,
+paths and ids, which may hold newlines and terminal escapes); log records go to stderr through
+:class:`lcow._util.escape.EscapingFormatter`. A reader that goes away early (``lcow ls | head``)
+ends the command quietly with status 141. Global options go before the command; one written
+after it is refused with a hint that shows where it goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
-import logging
 import os
+import shlex
 import sys
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NoReturn, Protocol, cast
+from typing import TYPE_CHECKING, NoReturn, Protocol, cast
 
+from lcow._util.escape import EscapingFormatter, printable
+from lcow.cli._output import logging_to_stderr, reader_gone
 from lcow.cli.status import ExitStatus, UsageError, error_message, exit_status_for
 from lcow.errors import LcowError
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 __all__ = ["COMMANDS", "CommandInfo", "main"]
 
@@ -106,6 +116,11 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message, usage=self.format_usage())
 
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        # argparse ignores write errors; a closed pipe must reach main() like any other output's
+        if message:
+            (file or sys.stderr).write(message)
+
 
 def _top_parser() -> _Parser:
     width = max(len(name) for name in COMMANDS)
@@ -123,6 +138,8 @@ def _top_parser() -> _Parser:
     )
     parser = _Parser(
         prog=PROG,
+        usage="%(prog)s [-h] [--version] [-v] [--root DIR] [--backend B] [-o KEY=VALUE] [--json]\n"
+        "            <command> [ARGS]",
         description="Docker's LCOW storage driver in Python: ext4 layer images, the graph "
         "driver's operations, image import.",
         epilog=epilog + f"\n\nRun '{PROG} <command> --help' for a command's options.",
@@ -139,14 +156,17 @@ def _top_parser() -> _Parser:
     )  # fmt: skip
     parser.add_argument(
         "--backend", choices=_backends(), default=None,
-        help="backend for views (default userspace); same as -o lcow.backend=B",
+        metavar="B", help="backend for views: %(choices)s (default userspace); same as "
+        "-o lcow.backend=B",
     )  # fmt: skip
     parser.add_argument(
         "-o", "--opt", dest="driver_options", action="append", default=[], type=_option,
         metavar="KEY=VALUE", help="a driver option (SPEC §2), e.g. -o lcow.globalmode=true",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print every command's result as JSON")
-    parser.add_argument("command", metavar="<command>", help="one of: " + ", ".join(COMMANDS))
+    parser.add_argument(
+        "command", metavar="<command>", nargs="?", help="the command to run (listed below)"
+    )
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
@@ -180,7 +200,10 @@ def _load(name: str) -> _CommandModule:
 
 
 def _parse(argv: Sequence[str]) -> tuple[_CommandModule, argparse.Namespace]:
-    top = _top_parser().parse_args(argv)
+    top_parser = _top_parser()
+    top = top_parser.parse_args(argv)
+    if top.command is None:  # bare `lcow` (or only global options): say what there is to run
+        raise UsageError("no command given", usage=top_parser.format_help() + "\n")
     module = _load(top.command)
     parser = _Parser(
         prog=f"{PROG} {top.command}",
@@ -188,7 +211,13 @@ def _parse(argv: Sequence[str]) -> tuple[_CommandModule, argparse.Namespace]:
         allow_abbrev=False,
     )
     module.add_arguments(parser)
-    args = parser.parse_args(top.args)
+    try:
+        args = parser.parse_args(top.args)
+    except UsageError as exc:
+        hint = _misplaced_global(top_parser, parser, list(argv), top.command, top.args)
+        if hint is None:
+            raise
+        raise UsageError(hint, usage=exc.usage) from exc
     args.verbose = top.verbose
     args.command = top.command
     args.root = top.root or os.environ.get("LCOW_ROOT") or None
@@ -205,6 +234,75 @@ def _parse(argv: Sequence[str]) -> tuple[_CommandModule, argparse.Namespace]:
     return module, args
 
 
+def _misplaced_global(
+    top: argparse.ArgumentParser,
+    command: argparse.ArgumentParser,
+    argv: list[str],
+    name: str,
+    rest: list[str],
+) -> str | None:
+    """The hint for a global option written after the command (``lcow ls --root R``), which
+    the command's parser does not know; ``None`` when there is none.
+
+    Global options stay before the command: after it, ``-o`` already means a command's own
+    output file (``diff``, ``tar2ext4``, ``vhd2tar``), so one position for them is the rule that
+    cannot be misread.
+    """
+    own = _flags_of(command)
+    globals_ = {
+        flag: action.nargs != 0
+        for action in top._actions
+        for flag in action.option_strings
+        if flag not in ("-h", "--help") and flag not in own
+    }
+    moved: list[str] = []
+    kept: list[str] = []
+    first: str | None = None
+    tokens = iter(rest)
+    for token in tokens:
+        if token == "--":
+            kept += [token, *tokens]
+            break
+        flag = _flag_of(token, globals_)
+        if flag is None:
+            kept.append(token)
+            continue
+        first = first or flag
+        moved.append(token)
+        if globals_[flag] and token == flag:  # the value is the next token
+            moved += [next(tokens, "VALUE")]
+    if first is None:
+        return None
+    before = argv[: len(argv) - len(rest) - 1]
+    fixed = shlex.join([PROG, *before, *moved, name, *kept])
+    return f"{first} is a global option: put it before the command ({fixed})"
+
+
+def _flags_of(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string a command knows, its sub-commands' included (``plugin serve``)."""
+    flags = set(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags |= _flags_of(sub)
+    return flags
+
+
+def _flag_of(token: str, flags: dict[str, bool]) -> str | None:
+    """The global flag ``token`` spells: ``--root``, ``--root=R``, ``-oKEY=V``, ``-vv``."""
+    if token in flags:
+        return token
+    if token.startswith("--"):
+        flag = token.partition("=")[0]
+        return flag if flags.get(flag) else None
+    short = token[:2]
+    if token.startswith("-") and short in flags:
+        takes_value = flags[short]
+        if takes_value or set(token[1:]) == {short[1]}:  # -oK=V, or -vv
+            return short
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``lcow`` with ``argv`` (default ``sys.argv[1:]``) and return the exit status.
 
@@ -215,34 +313,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         An :class:`ExitStatus` value.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    _tolerate_unencodable_output()
+    try:
+        return _main(argv)
+    except BaseException as exc:  # the CLI boundary: every error becomes a status
+        if reader_gone(exc):  # `lcow ... | head`: the reader has all it wanted
+            return ExitStatus.BROKEN_PIPE
+        if isinstance(exc, SystemExit | GeneratorExit):
+            raise
+        _report(exc)
+        return exit_status_for(exc)
+
+
+def _main(argv: list[str]) -> int:
     try:
         module, args = _parse(argv)
     except SystemExit as done:  # --help / --version: argparse printed and asked to exit
+        sys.stdout.flush()
         return int(done.code or 0) if isinstance(done.code, int | None) else ExitStatus.USAGE
     except UsageError as exc:
         sys.stderr.write(exc.usage)
         _report(exc)
         return ExitStatus.USAGE
-    if args.verbose:
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose > 1 else logging.INFO,
-            format=f"{PROG}: %(name)s: %(message)s",
-        )
-    try:
-        return int(module.run(args))
-    except (Exception, KeyboardInterrupt) as exc:  # the CLI boundary: every error becomes a status
-        _report(exc)
-        return exit_status_for(exc)
+    with logging_to_stderr(args.verbose):
+        status = int(module.run(args))
+        sys.stdout.flush()  # a closed pipe is found here, not by the interpreter's last flush
+    return status
+
+
+def _tolerate_unencodable_output() -> None:
+    """Write characters the output encoding lacks (a box-drawing character of ``tree`` under an
+    ASCII locale) as backslash escapes instead of failing the command."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(Exception):
+                reconfigure(errors="backslashreplace")
 
 
 def _report(exc: BaseException) -> None:
-    """Print ``lcow: <message>``; a bug (not an lcow or OS error) also gets its traceback."""
+    """Print ``lcow: <message>``, escaped to one line; a bug (not an lcow or OS error) also gets
+    its traceback, the exception's own text escaped."""
     expected = isinstance(exc, LcowError | OSError | KeyboardInterrupt)
     text = error_message(exc) if expected else f"internal error: {type(exc).__name__}: {exc}"
     try:
         if not expected:
-            traceback.print_exception(exc, file=sys.stderr)
-        sys.stderr.write(f"{PROG}: {text}\n")
+            trace = EscapingFormatter().formatException((type(exc), exc, exc.__traceback__))
+            sys.stderr.write(trace + "\n")
+        sys.stderr.write(f"{PROG}: {printable(text)}\n")
         sys.stderr.flush()
     except OSError:  # stderr closed: nothing left to tell
         pass

@@ -1,7 +1,8 @@
 """``lcow --root DIR metadata ID``: the driver's GetMetadata (SPEC §3).
 
 Prints ``dir: <root>/<ID>`` (Docker shows the map as ``.GraphDriver.Data``); like LCOW it does
-not check that the layer exists, but the data root must. ``--json`` prints the map itself,
+not check that the layer exists, but the data root must; so the id is taken whole (a warning says
+when other layers' ids start with an unknown one). ``--json`` prints the map itself,
 ``{"dir": "<root>/<ID>"}``.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from lcow.cli._driver import add_id, add_json, emit, open_driver
+from lcow.cli._driver import add_id, add_json, emit, open_driver, warn_if_prefix
 from lcow.cli.status import ExitStatus
 
 __all__ = ["SUMMARY", "add_arguments", "run"]
@@ -23,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     Args:
         parser: the command's parser.
     """
-    add_id(parser)
+    add_id(parser, prefix=False)
     add_json(parser)
 
 
@@ -36,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         :attr:`ExitStatus.OK`; failures are raised for the CLI boundary to map.
     """
-    meta = open_driver(args).get_metadata(args.id)
+    driver = open_driver(args)
+    meta = driver.get_metadata(args.id)
+    if not driver.exists(args.id):
+        warn_if_prefix(driver, args.id, "metadata")
     emit(args, meta, [f"{key}: {value}" for key, value in sorted(meta.items())])
     return ExitStatus.OK

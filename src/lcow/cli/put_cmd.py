@@ -4,14 +4,23 @@ Put releases one Get. With the host backend, Gets are counted in the data root, 
 releases a view a ``lcow get`` (or any process on the same root) took, unmounting it at zero.
 With the userspace backend every ``lcow`` invocation is a fresh process whose views died with
 it, so Put finds no outstanding Get and is the documented no-op. Exit 0 also for unknown layers
-or a missing data root. Prints the id (``--json``: ``{"Id", "Released": bool}``).
+or a missing data root, so the id is taken whole (a warning says when other layers' ids start
+with an unknown one). Prints the id (``--json``: ``{"Id", "Released": bool}``).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from lcow.cli._driver import add_id, add_json, check_options, emit, open_driver, root_exists
+from lcow.cli._driver import (
+    add_id,
+    add_json,
+    check_options,
+    emit,
+    open_driver,
+    root_exists,
+    warn_if_prefix,
+)
 from lcow.cli.status import ExitStatus
 from lcow.storage.dataroot import validate_id
 
@@ -26,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     Args:
         parser: the command's parser.
     """
-    add_id(parser)
+    add_id(parser, prefix=False)
     add_json(parser)
 
 
@@ -46,5 +55,7 @@ def run(args: argparse.Namespace) -> int:
         driver = open_driver(args)
         released = driver.view_count(args.id) > 0
         driver.put(args.id)
+        if not driver.exists(args.id):
+            warn_if_prefix(driver, args.id, "put")
     emit(args, {"Id": args.id, "Released": released}, args.id)
     return ExitStatus.OK

@@ -1,7 +1,9 @@
 """``lcow --root DIR remove ID``: the driver's Remove (SPEC §3).
 
 Renames ``<ID>/`` to ``<ID>-removing/`` and deletes it. Unknown ids (and a missing data root)
-succeed, as in LCOW. Children are not checked: removing a parent breaks its children's views.
+succeed, as in LCOW; so the id is taken whole, never as a prefix (a retried ``remove a`` must
+not delete ``a-b``), with a warning when other layers' ids start with an unknown one. Children
+are not checked: removing a parent breaks its children's views.
 Prints the id (``--json``: ``{"Id", "Existed"}``).
 """
 
@@ -9,7 +11,15 @@ from __future__ import annotations
 
 import argparse
 
-from lcow.cli._driver import add_id, add_json, check_options, emit, open_driver, root_exists
+from lcow.cli._driver import (
+    add_id,
+    add_json,
+    check_options,
+    emit,
+    open_driver,
+    root_exists,
+    warn_if_prefix,
+)
 from lcow.cli.status import ExitStatus
 from lcow.storage.dataroot import validate_id
 
@@ -24,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     Args:
         parser: the command's parser.
     """
-    add_id(parser)
+    add_id(parser, prefix=False)
     add_json(parser)
 
 
@@ -44,5 +54,7 @@ def run(args: argparse.Namespace) -> int:
         driver = open_driver(args)
         existed = driver.exists(args.id)
         driver.remove(args.id)
+        if not existed:
+            warn_if_prefix(driver, args.id, "remove")
     emit(args, {"Id": args.id, "Existed": existed}, args.id)
     return ExitStatus.OK

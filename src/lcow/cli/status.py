@@ -31,6 +31,10 @@ class ExitStatus(enum.IntEnum):
     """The request is valid but this build or backend cannot do it."""
     INTERRUPTED = 130
     """Stopped by SIGINT (Ctrl-C), as shells report it."""
+    BROKEN_PIPE = 141
+    """Stdout or stderr was closed before lcow wrote everything (``lcow ls | head``): nothing
+    more is printed, and the status is the one a shell reports for a tool that SIGPIPE killed
+    (128 + 13), so ``set -o pipefail`` still tells a cut-short output from a complete one."""
 
 
 class UsageError(InvalidArgument):

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from lcow.cli._format import format_size, parse_size
+from lcow.cli._output import write_json, write_lines
+from lcow.cli._progress import byte_progress
 from lcow.cli.status import ExitStatus, UsageError
 from lcow.convert.options import (
     DEFAULT_MAX_DEPTH,
@@ -168,15 +170,14 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     if args.json:
         import dataclasses
-        import json
 
-        print(json.dumps(dataclasses.asdict(result), indent=2))
+        write_json(dataclasses.asdict(result))
     else:
-        print(_summary(args.output, result, elapsed))
+        write_lines(_summary(args.output, result, elapsed))
     return ExitStatus.OK
 
 
-def _summary(output: str, result: ConvertResult, seconds: float) -> str:
+def _summary(output: str, result: ConvertResult, seconds: float) -> list[str]:
     lines = [
         f"{output}: {result.entries} entries, {format_size(result.content_size)} content"
         f" -> ext4 {format_size(result.image_size)}, file {format_size(result.file_size)},"
@@ -185,33 +186,25 @@ def _summary(output: str, result: ConvertResult, seconds: float) -> str:
     if result.root_hash is not None:
         lines.append(f"dm-verity root hash: {result.root_hash}")
         lines.append(f"dm-verity hash offset: {result.hash_offset}")
-    return "\n".join(lines)
+    return lines
 
 
 @contextmanager
 def _progress_bar(source: str) -> Iterator[Callable[[int], None] | None]:
-    """A tqdm bar on stderr fed with cumulative byte counts, only when stderr is a terminal."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm
+    """A bar on stderr fed with cumulative byte counts, only when stderr is a terminal."""
+    with byte_progress("tar2ext4", _input_total(source)) as bar:
+        if bar is None:
+            yield None
+            return
+        seen = 0
 
-    bar = tqdm(
-        total=_input_total(source), unit="B", unit_scale=True, unit_divisor=1024,
-        file=sys.stderr, desc="tar2ext4", leave=False, dynamic_ncols=True,
-    )  # fmt: skip
-    seen = 0
+        def update(done: int) -> None:
+            nonlocal seen
+            if done > seen:
+                bar.add(done - seen)
+                seen = done
 
-    def update(done: int) -> None:
-        nonlocal seen
-        if done > seen:
-            bar.update(done - seen)
-            seen = done
-
-    try:
         yield update
-    finally:
-        bar.close()
 
 
 def _input_total(source: str) -> int | None:
@@ -277,11 +270,9 @@ def _only_vhd(args: argparse.Namespace) -> int:
             os.unlink(tmp)
         raise
     if args.json:
-        import json
-
-        print(json.dumps({"image_size": size, "file_size": size + 512}, indent=2))
+        write_json({"image_size": size, "file_size": size + 512})
     else:
-        print(f"{out}: ext4 image {format_size(size)} + VHD footer = {size + 512} bytes")
+        write_lines(f"{out}: ext4 image {format_size(size)} + VHD footer = {size + 512} bytes")
     return ExitStatus.OK
 
 

@@ -119,6 +119,6 @@ def run(args: argparse.Namespace) -> int:
         name = info.name + (f" -> {record['Target']}" if "Target" in record else "")
         lines.append(f"{prefix}{'└── ' if is_last else '├── '}{name}")
     dirs = sum(1 for r in records if r["Type"] == "dir")
-    lines.append(f"\n{dirs} directories, {len(records) - dirs} files")
+    lines += ["", f"{dirs} directories, {len(records) - dirs} files"]
     emit(args, records, lines)
     return ExitStatus.OK

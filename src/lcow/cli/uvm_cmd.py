@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lcow.cli._driver import emit
+from lcow.cli._driver import add_json, emit
+from lcow.cli._output import write_lines
 from lcow.cli.status import ExitStatus, UsageError
 
 __all__ = ["SUMMARY", "add_arguments", "run"]
@@ -26,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", default=None, help="the kirdpath to fill")
     parser.add_argument("--deb", metavar="FILE", default=None, help="a kernel .deb to use")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    add_json(parser)
 
 
 def _option(args: argparse.Namespace, key: str) -> str | None:
@@ -49,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
         _option(args, "lcow.initrd") or "initrd.img",
         deb=args.deb,
         force=args.force,
-        progress=lambda line: print(f"lcow uvm: {line}", file=sys.stderr),
+        progress=lambda line: write_lines(f"lcow uvm: {line}", sys.stderr),
     )
     emit(args, {"Kernel": str(assets.kernel), "Initrd": str(assets.initrd)},
-         f"{assets.kernel}\n{assets.initrd}")  # fmt: skip
+         [str(assets.kernel), str(assets.initrd)])  # fmt: skip
     return ExitStatus.OK

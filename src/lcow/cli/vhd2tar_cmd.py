@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 from lcow.cli._format import format_size
+from lcow.cli._output import write_json, write_lines
 from lcow.cli.status import ExitStatus, UsageError
 from lcow.convert.export import ExportResult, export_layer
 from lcow.formats.ext4.reader import Ext4Reader
@@ -95,12 +95,12 @@ def run(args: argparse.Namespace) -> int:
     }
     stream = sys.stderr if to_stdout else sys.stdout
     if args.json:
-        print(json.dumps(summary, indent=2), file=stream)
+        write_json(summary, stream)
     elif not to_stdout:
-        print(
+        write_lines(
             f"{args.output}: {result.entries} entries, {format_size(result.bytes_written)}"
             f" tar from {args.input}, {elapsed:.2f} s",
-            file=stream,
+            stream,
         )
     return ExitStatus.OK
 
