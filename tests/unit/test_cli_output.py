@@ -447,3 +447,29 @@ def test_a_closed_stderr(big: str, tmp_path: Path) -> None:
     assert imported.returncode == ExitStatus.BROKEN_PIPE and len(imported.stdout.split()) == 1
     # a log record that cannot be written is dropped: the conversion itself succeeded
     assert warned.returncode == ExitStatus.OK and b"1 entries" in warned.stdout
+
+
+@pytest.mark.parametrize(
+    ("member", "shown"),
+    [
+        ("\x1b]0;T\x07dir/.wh..", "\\x1b]0;T\\x07dir/.wh.."),
+        (b"bad\xff/.wh..".decode("utf-8", "surrogateescape"), "bad\\xff/.wh.."),
+    ],
+)
+def test_error_names_are_escaped_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], member: str, shown: str
+) -> None:
+    """Messages carry raw names and the CLI escapes them once: a control byte shows as
+    ``\\x1b``, not ``\\\\x1b`` (the converter used to pre-escape names with
+    ``backslashreplace`` and ``repr``)."""
+    layer = tmp_path / "bad.tar"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as tar:  # fmt: skip
+        tar.addfile(tarfile.TarInfo(member))
+    layer.write_bytes(buf.getvalue())
+    status = main(["tar2ext4", "-i", str(layer), "-o", str(tmp_path / "out.img"), "-overlay"])
+    err = capsys.readouterr().err
+    assert status == ExitStatus.BAD_INPUT, err
+    check_lines(err, errors=1)
+    assert err.startswith(f"lcow: {shown}: whiteout of '.' is not a name"), err

@@ -17,7 +17,7 @@ import logging
 import traceback
 from typing import Any
 
-__all__ = ["EscapingFormatter", "printable"]
+__all__ = ["EscapingFormatter", "printable", "quoted"]
 
 _SHORT = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -73,3 +73,12 @@ class EscapingFormatter(logging.Formatter):
             chunk if chunk.startswith("  File ") else printable(chunk.rstrip("\n")) + "\n"
             for chunk in chunks
         ).rstrip("\n")
+
+
+def quoted(value: str | bytes) -> str:
+    """``value`` in single quotes, *unescaped*, for building a message: escaping happens once,
+    where the message is printed (:func:`printable`); ``repr`` here would escape twice. Bytes
+    are decoded with ``surrogateescape``, so no byte is lost."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "surrogateescape")
+    return f"'{value}'"

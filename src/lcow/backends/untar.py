@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from typing import IO, BinaryIO, cast
 
 from lcow._util.decompress import DecompressedReader, detect
+from lcow._util.escape import quoted
 from lcow._util.stricttar import StrictTarInfo, TooLarge
 from lcow.backends.host.scoped import (
     is_dir,
@@ -104,7 +105,7 @@ def _escapes(name: str) -> bool:
 
 
 def _shown(name: str) -> str:
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
+    return os.fsencode(name).decode("utf-8", "surrogateescape")
 
 
 def _time_ns(member: tarfile.TarInfo, key: str) -> int | None:
@@ -117,7 +118,7 @@ def _time_ns(member: tarfile.TarInfo, key: str) -> int | None:
         ns = int(whole or "0") * _NS + int(frac[:9].ljust(9, "0"))
     except ValueError:
         shown = _shown(member.name)
-        raise InvalidArgument(f"{shown}: invalid PAX {key} {text!r}", subject=shown) from None
+        raise InvalidArgument(f"{shown}: invalid PAX {key} {quoted(text)}", subject=shown) from None
     return -ns if negative else ns
 
 
@@ -403,7 +404,7 @@ class _Untar:
         else:
             shown = _shown(member.name)
             raise InvalidArgument(
-                f"{shown}: unhandled tar header type {member.type!r}", subject=shown
+                f"{shown}: unhandled tar header type {quoted(member.type)}", subject=shown
             )
 
     def _write(
@@ -442,7 +443,7 @@ class _Untar:
         if _escapes(target):
             shown = _shown(member.name)
             raise InvalidArgument(
-                f"{shown}: hard link to {_shown(member.linkname)!r} escapes the destination",
+                f"{shown}: hard link to {quoted(_shown(member.linkname))} escapes the destination",
                 subject=shown,
             )
         try:

@@ -15,6 +15,7 @@ import os
 import stat
 from typing import BinaryIO
 
+from lcow._util.escape import quoted
 from lcow._util.outbuf import no_space
 from lcow.convert.input import FileSlice, TarSource, open_tar_input
 from lcow.convert.options import ConvertOptions, ConvertResult
@@ -63,7 +64,7 @@ _DEVICES = (b"3", b"4")  # tar types of character and block devices
 
 
 def _shown(name: bytes) -> str:
-    return name.decode("utf-8", "backslashreplace")
+    return name.decode("utf-8", "surrogateescape")
 
 
 class _Converter:
@@ -178,7 +179,7 @@ class _Converter:
             return
         mode_type = _TYPE_MODE.get(typeflag)
         if mode_type is None:
-            kind = _TYPE_NAMES.get(typeflag, f"type {typeflag!r}")
+            kind = _TYPE_NAMES.get(typeflag, f"type {quoted(typeflag)}")
             raise InvalidArgument(f"{shown}: unsupported tar entry type {kind}", subject=shown)
         if not parts:  # the root itself
             if mode_type != stat.S_IFDIR:
@@ -373,10 +374,8 @@ class _Converter:
             return  # other AUFS metadata inside a directory: not content
         hidden = base[len(_WH) :]
         if hidden in (b"", b".", b".."):
-            raise InvalidArgument(
-                f"{shown}: whiteout of {_shown(hidden) or 'an empty name'!r} is not a name",
-                subject=shown,
-            )
+            what = quoted(hidden) if hidden else "an empty name"
+            raise InvalidArgument(f"{shown}: whiteout of {what} is not a name", subject=shown)
         self._check_ids(entry)
         node = tree.new_inode(stat.S_IFCHR, entry.uid, entry.gid, entry.mtime_ns)
         tree.place(parent, hidden, node, shown)

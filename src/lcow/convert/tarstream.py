@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol, cast
 
 from lcow._util import native
+from lcow._util.escape import quoted
 from lcow._util.outbuf import OutputWriter
 from lcow.errors import InvalidArgument, LimitExceeded
 
@@ -122,7 +123,7 @@ class TarEntry:
     @property
     def display_name(self) -> str:
         """The name for messages: decoded leniently, never failing."""
-        return self.name.decode("utf-8", "backslashreplace")
+        return self.name.decode("utf-8", "surrogateescape")
 
 
 def _num(field: bytes, what: str, name: bytes) -> int:
@@ -143,8 +144,10 @@ def _num(field: bytes, what: str, name: bytes) -> int:
     try:
         return int(text, 8)
     except ValueError:
-        shown = name.decode("utf-8", "backslashreplace")
-        raise InvalidArgument(f"{shown}: invalid {what} field {field!r}", subject=shown) from None
+        shown = name.decode("utf-8", "surrogateescape")
+        raise InvalidArgument(
+            f"{shown}: invalid {what} field {quoted(field)}", subject=shown
+        ) from None
 
 
 def _checksum_ok(raw: bytes | bytearray, field: bytes) -> bool:
@@ -199,8 +202,10 @@ def _pax_time_raw(value: bytes, key: str, name: bytes) -> int:
         negative = whole.startswith(b"-")
         ns = int(whole.lstrip(b"-") or b"0") * 1_000_000_000 + int(frac[:9].ljust(9, b"0"))
     except ValueError:
-        shown = name.decode("utf-8", "backslashreplace")
-        raise InvalidArgument(f"{shown}: invalid PAX {key} {value!r}", subject=shown) from None
+        shown = name.decode("utf-8", "surrogateescape")
+        raise InvalidArgument(
+            f"{shown}: invalid PAX {key} {quoted(value)}", subject=shown
+        ) from None
     return -ns if negative else ns
 
 
@@ -211,10 +216,10 @@ _MAX_DIGITS = 32
 def _pax_int(value: bytes, key: bytes | str, name: bytes) -> int:
     """Parse a PAX decimal number: ASCII digits only (no sign, space or underscore)."""
     if not value.isdigit() or len(value) > _MAX_DIGITS:
-        shown = name.decode("utf-8", "backslashreplace")
-        what = key.decode("ascii", "backslashreplace") if isinstance(key, bytes) else key
+        shown = name.decode("utf-8", "surrogateescape")
+        what = key.decode("ascii", "surrogateescape") if isinstance(key, bytes) else key
         raise InvalidArgument(
-            f"{shown}: invalid PAX {what} {value[:40]!r}: not a decimal number", subject=shown
+            f"{shown}: invalid PAX {what} {quoted(value[:40])}: not a decimal number", subject=shown
         )
     return int(value)
 
@@ -555,13 +560,13 @@ class TarReader:
                 typeflag = b"0"
             size = _num(fields[4], "size", name)
             if size < 0:
-                shown = name.decode("utf-8", "backslashreplace")
+                shown = name.decode("utf-8", "surrogateescape")
                 raise InvalidArgument(f"{shown}: negative size", subject=shown)
 
             if typeflag in _META_TYPES:
                 meta_bytes += size
                 if meta_bytes > MAX_META_SIZE:
-                    shown = name.decode("utf-8", "backslashreplace")
+                    shown = name.decode("utf-8", "surrogateescape")
                     raise LimitExceeded(
                         f"{shown}: {typeflag.decode()} records of {meta_bytes} bytes exceed "
                         f"the limit of {MAX_META_SIZE}",
@@ -630,13 +635,13 @@ class TarReader:
             except ValueError:
                 length = -1
             if length <= 0 or pos + length > end or data[pos + length - 1] != 0x0A:
-                shown = name.decode("utf-8", "backslashreplace")
+                shown = name.decode("utf-8", "surrogateescape")
                 raise InvalidArgument(f"{shown}: malformed PAX record at byte {pos}", subject=shown)
             record = data[space + 1 : pos + length - 1]
             key, eq, value = record.partition(b"=")
             if not eq:
-                shown = name.decode("utf-8", "backslashreplace")
-                raise InvalidArgument(f"{shown}: malformed PAX record {key!r}", subject=shown)
+                shown = name.decode("utf-8", "surrogateescape")
+                raise InvalidArgument(f"{shown}: malformed PAX record {quoted(key)}", subject=shown)
             if key in (b"GNU.sparse.offset", b"GNU.sparse.numbytes"):
                 if sparse_pairs is None:
                     sparse_pairs = []

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import IO, Any, BinaryIO, cast
 
 from lcow._util.decompress import GZIP_MAGIC, ZSTD_MAGIC, decompress, detect
+from lcow._util.escape import quoted
 from lcow._util.stricttar import StrictTarInfo
 from lcow.errors import NotFound
 from lcow.images.errors import ImageError, MissingBlob, UnsafeMember
@@ -51,10 +52,10 @@ def normalize_member(name: str, *, what: str) -> str:
         UnsafeMember: the name is absolute or leaves the archive through ``..``.
     """
     if name.startswith("/") or "\x00" in name:
-        raise UnsafeMember(f"{what}: {name!r} escapes the image archive", subject=name)
+        raise UnsafeMember(f"{what}: {quoted(name)} escapes the image archive", subject=name)
     norm = posixpath.normpath(name) if name else "."
     if norm == ".." or norm.startswith("../"):
-        raise UnsafeMember(f"{what}: {name!r} escapes the image archive", subject=name)
+        raise UnsafeMember(f"{what}: {quoted(name)} escapes the image archive", subject=name)
     return "" if norm == "." else norm
 
 
@@ -134,8 +135,8 @@ class ImageArchive:
                 target = info.linkname
                 if target.startswith("/"):
                     raise UnsafeMember(
-                        f"{self.name}: member {info.name!r}: link target {target!r} escapes the "
-                        "image archive",
+                        f"{self.name}: member {quoted(info.name)}: link target {quoted(target)} "
+                        "escapes the image archive",
                         subject=info.name,
                     )
                 try:
@@ -144,13 +145,13 @@ class ImageArchive:
                     )
                 except UnsafeMember:
                     raise UnsafeMember(
-                        f"{self.name}: member {info.name!r}: link target {target!r} escapes the "
-                        "image archive",
+                        f"{self.name}: member {quoted(info.name)}: link target {quoted(target)} "
+                        "escapes the image archive",
                         subject=info.name,
                     ) from None
             elif info.islnk():
                 self._links[name] = normalize_member(
-                    info.linkname, what=f"{self.name}: member {info.name!r}: link target"
+                    info.linkname, what=f"{self.name}: member {quoted(info.name)}: link target"
                 )
             elif name:
                 self._links.pop(name, None)  # a later member replaces an earlier link

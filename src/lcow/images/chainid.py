@@ -16,6 +16,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 
+from lcow._util.escape import quoted
 from lcow.images.errors import ImageError
 
 __all__ = ["ALGORITHM", "chain_id", "chain_ids", "digest_hex", "layer_id", "parse_digest", "sha256"]
@@ -50,9 +51,10 @@ def parse_digest(value: object, *, what: str) -> str:
         algorithm = value.split(":", 1)[0]
         if algorithm != ALGORITHM:
             raise ImageError(
-                f"{what}: unsupported digest algorithm {algorithm!r} (only sha256)", subject=what
+                f"{what}: unsupported digest algorithm {quoted(algorithm)} (only sha256)",
+                subject=what,
             )
-    raise ImageError(f"{what}: invalid digest {value!r}", subject=what)
+    raise ImageError(f"{what}: invalid digest {quoted(str(value))}", subject=what)
 
 
 def digest_hex(digest: str) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lcow._util.escape import quoted
 from lcow.images.archive import ImageArchive
 from lcow.images.chainid import parse_digest, sha256
 from lcow.images.errors import DigestMismatch, ImageError
@@ -123,7 +124,7 @@ def config_diff_ids(config: Any, *, where: str) -> list[str]:
         raise ImageError(f"{where}: image config has no 'rootfs' object", subject=where)
     kind = rootfs.get("type", "layers")
     if kind != "layers":
-        raise ImageError(f"{where}: unsupported rootfs type {kind!r}", subject=where)
+        raise ImageError(f"{where}: unsupported rootfs type {quoted(kind)}", subject=where)
     diff_ids = rootfs.get("diff_ids")
     if not isinstance(diff_ids, list):
         raise ImageError(f"{where}: 'rootfs.diff_ids' is not a list", subject=where)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lcow._util.escape import quoted
 from lcow.images.archive import ImageArchive
 from lcow.images.chainid import digest_hex, parse_digest
 from lcow.images.errors import ImageError
@@ -133,7 +134,7 @@ def read_oci_layout(archive: ImageArchive) -> list[ImageSpec]:
     version = layout.get("imageLayoutVersion") if isinstance(layout, Mapping) else None
     if not isinstance(version, str) or not version.startswith("1."):
         raise ImageError(
-            f"{archive.name}: {LAYOUT_FILE}: unsupported imageLayoutVersion {version!r}",
+            f"{archive.name}: {LAYOUT_FILE}: unsupported imageLayoutVersion {quoted(str(version))}",
             subject=LAYOUT_FILE,
         )
     index = archive.read_json(INDEX)
@@ -169,7 +170,7 @@ def _collect(
     if descriptor.media_type and descriptor.media_type not in _INDEX_TYPES | _MANIFEST_TYPES:
         raise ImageError(
             f"{archive.name}: {descriptor.member}: unsupported media type "
-            f"{descriptor.media_type!r} in an index",
+            f"{quoted(descriptor.media_type)} in an index",
             subject=descriptor.member,
         )
     data = read_verified(archive, descriptor.member, digest=descriptor.digest, size=descriptor.size)
@@ -207,7 +208,7 @@ def _read_manifest(
     for i, (layer, diff_id) in enumerate(zip(layers, diff_ids, strict=True)):
         if layer.media_type and not _LAYER_TYPE.fullmatch(layer.media_type):
             raise ImageError(
-                f"{what}: layers[{i}]: unsupported layer media type {layer.media_type!r}",
+                f"{what}: layers[{i}]: unsupported layer media type {quoted(layer.media_type)}",
                 subject=layer.member,
             )
         archive.size(layer.member)  # a missing layer fails now, before anything is imported

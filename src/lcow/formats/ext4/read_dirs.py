@@ -19,6 +19,7 @@ import struct
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from lcow._util.escape import quoted
 from lcow.errors import CorruptImage
 from lcow.formats.ext4.layout import DIRENT_HEADER, FileType
 from lcow.formats.ext4.read_csum import crc32c_raw
@@ -125,7 +126,8 @@ def parse_dir_region(
             name = buf[off + DIRENT_HEADER.size : off + DIRENT_HEADER.size + name_len]
             if not name or b"/" in name or b"\0" in name:
                 raise CorruptImage(
-                    f"{where}: record at offset {off} has invalid name {name!r}", subject=subject
+                    f"{where}: record at offset {off} has invalid name {quoted(name)}",
+                    subject=subject,
                 )
             yield DirEntry(name, ino, ftype)
         off += rec_len

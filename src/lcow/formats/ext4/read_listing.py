@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from operator import itemgetter
 from typing import TYPE_CHECKING, TypeVar
 
+from lcow._util.escape import quoted
 from lcow.errors import CorruptImage, LimitExceeded
 from lcow.formats.ext4.layout import IncompatFeature
 from lcow.formats.ext4.read_dirs import collect_dir_inodes, collect_dir_names, parse_dir_region
@@ -133,7 +134,7 @@ def list_names(
         out.sort(key=_first)
         dupe = next(a for a, b in itertools.pairwise(out) if a[0] == b[0])
         raise CorruptImage(
-            f"{_where(reader, ino, path)}: name {dupe[0]!r} appears twice",
+            f"{_where(reader, ino, path)}: name {quoted(dupe[0])} appears twice",
             subject=os.fsdecode(path),
         )
     return out

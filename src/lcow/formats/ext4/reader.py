@@ -33,6 +33,7 @@ import os
 import stat
 from collections.abc import Iterator
 
+from lcow._util.escape import quoted
 from lcow.errors import CorruptImage, InvalidArgument, LimitExceeded, NotFound
 from lcow.formats.ext4 import read_csum, read_listing, read_scan
 from lcow.formats.ext4.layout import (
@@ -595,7 +596,7 @@ class Ext4Reader:
         entries: dict[bytes, DirEntry] = {}
         for entry in self.iterdir(inode, path=path, seen_blocks=seen_blocks):
             if entry.name in entries:
-                raise self._corrupt(inode.ino, path, f"name {entry.name!r} appears twice")
+                raise self._corrupt(inode.ino, path, f"name {quoted(entry.name)} appears twice")
             if len(entries) >= self.limits.max_dir_entries:
                 raise LimitExceeded(
                     f"{self._where(inode.ino, path)}: more than {self.limits.max_dir_entries} "

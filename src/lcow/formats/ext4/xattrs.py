@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lcow._util.escape import quoted
 from lcow.errors import LimitExceeded
 from lcow.formats.ext4.layout import (
     BLOCK_SIZE,
@@ -125,7 +126,7 @@ def pack_xattrs(
     for _index, suffix, _value in items:
         if len(suffix) > 255:  # e_name_len is one byte
             raise LimitExceeded(
-                f"{owner}: xattr name {suffix[:40].decode('utf-8', 'replace')!r}... is longer "
+                f"{owner}: xattr name {quoted(suffix[:40])}... is longer "
                 "than ext4's 255 bytes",
                 subject=owner,
             )
@@ -158,7 +159,7 @@ def pack_xattrs(
                 total += _entry_size(suffix) + _value_size(value)
                 if total > BLOCK_SIZE:
                     raise LimitExceeded(
-                        f"{owner}: could not fit xattr {suffix.decode('utf-8', 'replace')!r} "
+                        f"{owner}: could not fit xattr {quoted(suffix)} "
                         f"(namespace {index}): attributes exceed one {BLOCK_SIZE}-byte block",
                         subject=owner,
                     )
