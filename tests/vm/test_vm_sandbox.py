@@ -210,8 +210,8 @@ def test_guest_mkfs_refusal_detaches_before_raising(vm_driver: VmDriverFactory) 
 
 def test_vm_killed_while_formatting(vm_driver: VmDriverFactory) -> None:
     """SIGKILL to QEMU as soon as the agent starts mke2fs: CreateReadWrite fails naming the
-    layer and the VM, the temporary VHDX is gone, no sandbox appears, no QEMU remains; the
-    next CreateReadWrite boots a fresh VM and succeeds."""
+    layer and the VM, the temporary VHDX is gone, no layer is left (the folder the call made is
+    removed), no QEMU remains; the next CreateReadWrite boots a fresh VM and succeeds."""
     drv = vm_driver()
     table = backend(drv).table
     killed: list[int] = []
@@ -240,7 +240,7 @@ def test_vm_killed_while_formatting(vm_driver: VmDriverFactory) -> None:
     assert killed, "the agent never logged its mkfs"
     message = str(raised.value)
     assert "lcowdriver: createreadwrite: k:" in message and "utility VM k" in message, message
-    assert drv.exists("k") and not (drv.root.layer_dir("k") / "sandbox.vhdx").exists()
+    assert not drv.exists("k")
     assert temporaries(drv.root.root) == []
     assert backend(drv).vms() == []
     assert not table.started[0].alive() and not table.started[0].runtime.exists()
