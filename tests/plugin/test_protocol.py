@@ -37,6 +37,7 @@ from lcow.plugin.server import BackgroundServer, ServerConfig, bind_unix_socket
 from lcow.plugin.streams import poison
 from tests.helpers import TarEntry, ensure, host_leftovers, write_tar
 from tests.plugin.client import PluginClient, chunked, raw_request
+from tests.plugin.dockerd import mounts_below
 from tests.plugin.fakes import (
     FailingDiffDriver,
     RecordingDriver,
@@ -120,11 +121,13 @@ def plugin(tmp_path: Path, sock_dir: Path) -> Iterator[Plugin]:
 
 @pytest.fixture
 def host_plugin(tmp_path: Path, sock_dir: Path) -> Iterator[Plugin]:
-    """A plugin on the host backend: Get answers mounted host directories."""
+    """A plugin on the host backend: Get answers mounted host directories. Stopped as dockerd
+    and the plugin stop: dockerd's Cleanup, then SIGTERM."""
     ensure("host")
     running = Plugin(tmp_path, sock_dir).start(host=True)
     running.init()
     yield running
+    running.client.ok("GraphDriver.Cleanup")
     running.stop()
     assert host_leftovers(tmp_path) == []
 
@@ -660,6 +663,83 @@ def test_a_restarted_plugin_serves_without_a_new_init(tmp_path: Path, sock_dir: 
         assert second.drivers[0].options.global_mode
     finally:
         second.stop()
+
+
+def qsd_pid(home: Path) -> str:
+    """The storage daemon's pid as the host backend records it."""
+    return (home / "mounts" / "qsd.pid").read_text()
+
+
+def container_layers(plugin: Plugin, tmp_path: Path) -> None:
+    """An image layer and a container's writable layer on it, as ``docker run`` makes them."""
+    plugin.layer("image", "", tar_bytes(tmp_path, base_entries()))
+    plugin.client.ok("GraphDriver.CreateReadWrite", {"ID": "ctr", "Parent": "image"})
+
+
+def test_a_plugin_restart_keeps_the_views_clients_hold(tmp_path: Path, sock_dir: Path) -> None:
+    ensure("host")
+    first = Plugin(tmp_path, sock_dir).start(host=True)
+    first.init()
+    container_layers(first, tmp_path)
+    directory = first.client.ok("GraphDriver.Get", {"ID": "ctr"})["Dir"]
+    mounted = mounts_below(first.home / "mounts")
+    daemon = qsd_pid(first.home)
+    # A process inside the container, writing through a descriptor opened before the restart.
+    with open(Path(directory, "etc", "log"), "ab", buffering=0) as log:
+        log.write(b"before\n")
+        first.stop()  # SIGTERM
+        log.write(b"while stopped\n")
+        os.fsync(log.fileno())
+        assert mounts_below(first.home / "mounts") == mounted
+        assert qsd_pid(first.home) == daemon
+        second = Plugin(tmp_path, sock_dir).start(host=True)  # no Init: restored
+        try:
+            # The same directory, the same mounts and storage daemon: nothing mounted twice.
+            assert second.client.ok("GraphDriver.Get", {"ID": "ctr"})["Dir"] == directory
+            assert mounts_below(first.home / "mounts") == mounted
+            assert qsd_pid(first.home) == daemon
+            assert second.driver.view_count("ctr") == 2
+            log.write(b"after\n")
+            os.fsync(log.fileno())
+            assert Path(directory, "etc", "log").read_bytes() == b"before\nwhile stopped\nafter\n"
+            second.client.ok("GraphDriver.Put", {"ID": "ctr"})
+            assert mounts_below(first.home / "mounts") == mounted
+        finally:
+            second.stop()
+    # What the views held stays until released; an administrator releases everything.
+    assert mounts_below(first.home / "mounts") == mounted
+    subprocess.run(
+        [sys.executable, "-m", "lcow", "--root", str(first.home), "--backend", "host", "cleanup"],
+        check=True, timeout=120,
+    )  # fmt: skip
+    assert host_leftovers(tmp_path) == []
+    # The content was written back to the sandbox: a new view shows it.
+    third = Plugin(tmp_path, sock_dir).start(host=True)
+    try:
+        directory = third.client.ok("GraphDriver.Get", {"ID": "ctr"})["Dir"]
+        assert Path(directory, "etc", "log").read_bytes() == b"before\nwhile stopped\nafter\n"
+        third.client.ok("GraphDriver.Put", {"ID": "ctr"})
+    finally:
+        third.stop()
+    assert host_leftovers(tmp_path) == []
+
+
+def test_a_new_init_keeps_the_views_clients_hold(host_plugin: Plugin, tmp_path: Path) -> None:
+    container_layers(host_plugin, tmp_path)
+    client = host_plugin.client
+    directory = client.ok("GraphDriver.Get", {"ID": "ctr"})["Dir"]
+    Path(directory, "etc", "kept").write_bytes(b"kept\n")
+    mounted = mounts_below(host_plugin.home / "mounts")
+    host_plugin.init()  # a restarted dockerd's Init while the container still runs
+    assert len(host_plugin.drivers) == 2
+    assert mounts_below(host_plugin.home / "mounts") == mounted
+    assert host_plugin.driver.view_count("ctr") == 1
+    assert client.ok("GraphDriver.Get", {"ID": "ctr"})["Dir"] == directory
+    assert mounts_below(host_plugin.home / "mounts") == mounted
+    assert Path(directory, "etc", "kept").read_bytes() == b"kept\n"
+    client.ok("GraphDriver.Put", {"ID": "ctr"})
+    client.ok("GraphDriver.Put", {"ID": "ctr"})
+    assert not Path(directory).exists()
 
 
 def test_a_stuck_call_does_not_hold_up_the_shutdown(tmp_path: Path, sock_dir: Path) -> None:

@@ -4,8 +4,10 @@ Listens on ``/run/docker/plugins/<name>.sock`` (mode 0660) where dockerd started
 ``--experimental --storage-driver <name>`` finds it. The layers go to Init's Home
 (``<data-root>/<name>``); ``--root`` is the plugin's own state directory, where Init is kept so
 that a restarted plugin serves a running dockerd without a new Init. Runs until SIGTERM or
-SIGINT, then finishes running calls, runs Cleanup and removes its socket. Logs go to stderr, one
-line per call with its request id.
+SIGINT, then finishes running calls and removes its socket; views dockerd holds (running
+containers) stay mounted for the next plugin to adopt (dockerd's Cleanup, or 'lcow --root HOME
+--backend host cleanup', releases them). Logs go to stderr, one line per call with its request
+id.
 """
 
 from __future__ import annotations

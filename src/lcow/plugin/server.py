@@ -3,7 +3,9 @@
 :func:`run` is what ``lcow plugin serve`` calls: it binds ``/run/docker/plugins/<name>.sock``
 (mode 0660; a stale socket left by a dead plugin is replaced, a live one is an error), restores
 a persisted Init, serves until SIGTERM or SIGINT, then stops accepting, lets running calls
-finish (up to ``shutdown_timeout``), runs the driver's Cleanup and removes the socket.
+finish (up to ``shutdown_timeout``), lets the driver go and removes the socket. Letting go is not
+Cleanup: views dockerd holds (running containers) stay mounted for the next plugin to adopt
+(:func:`lcow.plugin.state.let_go`); only dockerd's ``GraphDriver.Cleanup`` releases them.
 :class:`BackgroundServer` runs the same server on a thread, for tests and benchmarks.
 """
 
@@ -143,7 +145,7 @@ async def serve(
     stop: asyncio.Event,
     started: threading.Event | None = None,
 ) -> bool:
-    """Serve until ``stop`` is set, then shut down (Cleanup, socket removed).
+    """Serve until ``stop`` is set, then shut down (driver let go, socket removed).
 
     Args:
         config: what and where to serve.
@@ -151,8 +153,9 @@ async def serve(
         started: set once the socket accepts connections.
 
     Returns:
-        Whether everything ended: ``False`` when driver calls or Cleanup were still running
-        after ``shutdown_timeout`` (their threads are abandoned; the caller should exit hard).
+        Whether everything ended: ``False`` when driver calls or letting the driver go were
+        still running after ``shutdown_timeout`` (their threads are abandoned; the caller should
+        exit hard).
     """
     store = StateStore(config.state_root) if config.state_root is not None else None
     if store is not None:
@@ -192,7 +195,7 @@ async def serve(
                     os.unlink(config.socket_path)
         while handlers.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.05)  # calls of cancelled requests run to their end
-        clean = await _cleanup(state, max(1.0, deadline - time.monotonic()))
+        clean = await _let_go(state, max(1.0, deadline - time.monotonic()))
         if handlers.busy:
             log.error("%d driver calls still running after %.0f s: abandoned", handlers.busy,
                       config.shutdown_timeout)  # fmt: skip
@@ -204,9 +207,10 @@ async def serve(
     return clean
 
 
-async def _cleanup(state: DriverState, timeout: float) -> bool:
-    """The driver's Cleanup on a thread of its own (the pool may be full of stuck calls),
-    bounded by ``timeout``; whether it finished."""
+async def _let_go(state: DriverState, timeout: float) -> bool:
+    """:meth:`DriverState.shutdown` on a thread of its own (the pool may be full of stuck
+    calls; a non-persistent backend's Cleanup may take a while), bounded by ``timeout``;
+    whether it finished."""
     done = asyncio.get_running_loop().create_future()
 
     def work() -> None:
@@ -216,11 +220,11 @@ async def _cleanup(state: DriverState, timeout: float) -> bool:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
                 done.get_loop().call_soon_threadsafe(_resolve, done)
 
-    threading.Thread(target=work, name="lcow-plugin-cleanup", daemon=True).start()
+    threading.Thread(target=work, name="lcow-plugin-let-go", daemon=True).start()
     try:
         await asyncio.wait_for(asyncio.shield(done), timeout)
     except TimeoutError:
-        log.error("Cleanup did not finish within %.0f s: abandoned", timeout)
+        log.error("letting the driver go did not finish within %.0f s: abandoned", timeout)
         return False
     return True
 
@@ -269,7 +273,8 @@ class BackgroundServer:
     """The server on a background thread with its own event loop (tests, benchmarks).
 
     ``with BackgroundServer(config) as server:`` returns once the socket accepts connections
-    and shuts down (Cleanup included) on exit.
+    and shuts down on exit as on SIGTERM (views clients hold stay mounted: send
+    ``GraphDriver.Cleanup`` first to release them, as dockerd does).
     """
 
     def __init__(self, config: ServerConfig) -> None:
