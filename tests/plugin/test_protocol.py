@@ -33,10 +33,17 @@ import pytest
 
 from lcow.errors import Busy
 from lcow.graphdriver.driver import Driver
+from lcow.plugin.handlers import PREFETCH
 from lcow.plugin.server import BackgroundServer, ServerConfig, bind_unix_socket
 from lcow.plugin.streams import poison
 from tests.helpers import TarEntry, ensure, host_leftovers, write_tar
-from tests.plugin.client import PluginClient, chunked, raw_request
+from tests.plugin.client import (
+    PluginClient,
+    chunked,
+    raw_request,
+    read_reply,
+    stalled_request,
+)
 from tests.plugin.dockerd import mounts_below
 from tests.plugin.fakes import (
     FailingDiffDriver,
@@ -65,13 +72,16 @@ class Plugin:
         self.server: BackgroundServer | None = None
         self.client = PluginClient(str(self.socket))
 
-    def start(self, *, host: bool = False, kind: type[Driver] = Driver) -> Plugin:
+    def start(
+        self, *, host: bool = False, kind: type[Driver] = Driver, idle_timeout: float = 60.0
+    ) -> Plugin:
         factory = recording_factory(self.drivers, kind)
         config = ServerConfig(
             socket_path=self.socket,
             state_root=self.state_root,
             defaults=[f"lcow.backend={'host' if host else 'userspace'}"],
             workers=64,
+            idle_timeout=idle_timeout,
             factory=factory,
         )
         self.server = BackgroundServer(config)
@@ -456,31 +466,38 @@ def test_apply_diff_errors(plugin: Plugin, tmp_path: Path) -> None:
 @pytest.mark.parametrize("pause", [0.0, 0.5], ids=["at-once", "after-a-pause"])
 @pytest.mark.parametrize("cut", ["header-boundary", "mid-entry", "chunked"])
 def test_a_truncated_apply_diff_body_leaves_no_layer(
-    tmp_path: Path, sock_dir: Path, cut: str, pause: float
+    tmp_path: Path, sock_dir: Path, cut: str, pause: float, caplog: pytest.LogCaptureFixture
 ) -> None:
     RecordingDriver.applied = queue.Queue()
     running = Plugin(tmp_path, sock_dir).start(kind=RecordingDriver)
     try:
         running.init()
         running.client.ok("GraphDriver.Create", {"ID": "cut"})
-        data = tar_bytes(tmp_path, [TarEntry(f"f{i}", data=b"y" * 3000) for i in range(20)])
+        # More than PREFETCH before the cut, so that the conversion has begun when it comes.
+        data = tar_bytes(tmp_path, [TarEntry(f"f{i}", data=b"y" * 3000) for i in range(120)])
         if cut == "chunked":
-            body = chunked(data)[: len(data) // 2]  # no final chunk, cut inside a chunk
+            body = chunked(data)[: len(data) * 3 // 4]  # no final chunk, cut inside a chunk
             head = apply_diff_head("cut", extra="Transfer-Encoding: chunked")
         else:
             # A tar cut exactly after an entry is a valid tar without its end marker: only the
             # missing bytes of the body tell that it is incomplete.
             with tarfile.open(fileobj=io.BytesIO(data)) as tf:
-                third = tf.getmembers()[3]
-            end = third.offset_data + 3072  # data padded to the block
+                member = tf.getmembers()[100]
+            end = member.offset_data + 3072  # data padded to the block
             body = data[:end] if cut == "header-boundary" else data[: end - 100]
             head = apply_diff_head("cut", extra=f"Content-Length: {len(data)}")
+        assert len(body) > PREFETCH
         # After a pause the converter has consumed what came; at once, the body may be lost
-        # with the connection before the handler reads it.
+        # with the connection before the handler reads it (then no conversion begins).
         answer = raw_request(str(running.socket), head, body, pause=pause)
         assert b'"Size"' not in answer
-        outcome = RecordingDriver.applied.get(timeout=30)
-        assert isinstance(outcome, ValueError), outcome  # the poison: not an end of input
+        deadline = time.monotonic() + 30
+        while "GraphDriver.ApplyDiff" not in caplog.text:  # logged once the call is over
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        if pause or not RecordingDriver.applied.empty():
+            outcome = RecordingDriver.applied.get(timeout=30)
+            assert isinstance(outcome, ValueError), outcome  # the poison: not an end of input
         assert layer_files(running, "cut") == ["layerchain.json"]
         assert running.client.ok("GraphDriver.Changes", {"ID": "cut"}) == {"Changes": []}
     finally:
@@ -642,6 +659,186 @@ def test_a_slow_upload_does_not_hold_up_other_calls(plugin: Plugin) -> None:
         sock.settimeout(30)
         answer = sock.recv(65536)
     assert b"HTTP/1.1 200" in answer
+
+
+def partial_tar_head(size: int = 1 << 20) -> bytes:
+    """A tar header announcing ``size`` bytes of a file, as the start of a body."""
+    info = tarfile.TarInfo("big")
+    info.size = size
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def stall_upload(path: Path, layer_id: str) -> socket.socket:
+    """An ApplyDiff that sends its headers, a chunk header and part of the chunk, then stops."""
+    start = b"1000\r\n" + partial_tar_head() + b"x" * 1000
+    head = apply_diff_head(layer_id, extra="Transfer-Encoding: chunked")
+    return stalled_request(str(path), head, start)
+
+
+def stall_upload_in_slot(path: Path, layer_id: str, tmp: Path) -> socket.socket:
+    """An ApplyDiff that sends more than PREFETCH of a real tar (so its conversion begins), then
+    stops in the middle of a file."""
+    data = tar_bytes(tmp, [TarEntry(f"f{i}", data=os.urandom(4000)) for i in range(100)])
+    body = chunked(data[: PREFETCH + 65536])[: -len(b"0\r\n\r\n")]
+    head = apply_diff_head(layer_id, extra="Transfer-Encoding: chunked")
+    return stalled_request(str(path), head, body)
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_stalled_uploads_never_hold_up_other_calls(tmp_path: Path, sock_dir: Path) -> None:
+    idle = 2.0
+    socket_path, home = sock_dir / "stall.sock", tmp_path / "home"
+    log = tmp_path / "plugin.log"
+    proc = _serve(tmp_path / "state", socket_path, None, "--idle-timeout", str(idle), log=log)
+    stalled: dict[str, socket.socket] = {}
+    try:
+        _wait_for(socket_path, proc)
+        client = PluginClient(str(socket_path), timeout=10)
+        client.ok("GraphDriver.Init", {"Home": str(home)})
+        ids = [f"stalled-{i}" for i in range(70)] + ["in-slot", "moving"]
+        for layer_id in ids:
+            client.ok("GraphDriver.Create", {"ID": layer_id})
+        client.close()
+        before = {i: sorted(os.listdir(home / i)) for i in ids}
+        stalled = {i: stall_upload(socket_path, i) for i in ids[:70]}
+        stalled["in-slot"] = stall_upload_in_slot(socket_path, "in-slot", tmp_path)
+        # A slow upload that keeps moving: a piece every idle/2 seconds, longer than idle.
+        data = tar_bytes(tmp_path, base_entries())
+        pieces = [data[i : i + len(data) // 5 + 1] for i in range(0, len(data), len(data) // 5 + 1)]
+
+        def slowly() -> Iterator[bytes]:
+            for piece in pieces:
+                time.sleep(idle / 2)
+                yield piece
+
+        moving: list[Any] = []
+
+        def upload() -> None:
+            slow = PluginClient(str(socket_path), timeout=30)
+            try:
+                moving.append(
+                    slow.request(
+                        "GraphDriver.ApplyDiff?id=moving&parent=", slowly(), encode_chunked=True
+                    )
+                )
+            finally:
+                slow.close()
+
+        uploader = threading.Thread(target=upload)
+        uploader.start()
+        started = time.monotonic()
+        latencies = []
+        while time.monotonic() - started < idle * 2:
+            begun = time.monotonic()
+            other = PluginClient(str(socket_path), timeout=5)
+            assert other.ok("GraphDriver.Exists", {"ID": "stalled-0"}) == {"Exists": True}
+            assert other.ok("GraphDriver.Status")["Status"][0] == ["LCOW", ""]
+            other.close()
+            latencies.append(time.monotonic() - begun)
+        uploader.join(60)
+        assert moving and moving[0].status == 200 and moving[0].json == {"Size": 25}, moving
+        # Each stalled upload fails after the idle timeout, naming its layer; nothing is left.
+        for layer_id, sock in stalled.items():
+            reply = read_reply(sock, idle + 10)
+            assert reply.status == 408, (layer_id, reply)
+            assert reply.json["Err"].startswith(f"lcowdriver: applydiff: {layer_id}: "), reply
+            assert f"no data for {idle:g} s" in reply.json["Err"]
+        for layer_id in ids[:-1]:
+            assert sorted(os.listdir(home / layer_id)) == before[layer_id], layer_id
+        peak = peak_rss_mib(proc.pid)
+        print(f"70 stalled uploads: Exists+Status max {max(latencies) * 1000:.1f} ms, "
+              f"median {sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms "
+              f"over {len(latencies)} rounds; server peak RSS {peak:.0f} MiB")  # fmt: skip
+        assert max(latencies) < 1.0, latencies
+        assert peak < 150, peak
+    finally:
+        for sock in stalled.values():
+            sock.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text()
+
+
+def test_sigterm_ends_stalled_uploads_within_the_shutdown_timeout(
+    tmp_path: Path, sock_dir: Path
+) -> None:
+    socket_path, home = sock_dir / "term.sock", tmp_path / "home"
+    log = tmp_path / "plugin.log"
+    proc = _serve(tmp_path / "state", socket_path, None, "--shutdown-timeout", "2", log=log)
+    stalled: list[socket.socket] = []
+    try:
+        _wait_for(socket_path, proc)
+        client = PluginClient(str(socket_path), timeout=10)
+        client.ok("GraphDriver.Init", {"Home": str(home)})
+        for layer_id in ("in-slot", "waiting-1", "waiting-2"):
+            client.ok("GraphDriver.Create", {"ID": layer_id})
+        client.close()
+        stalled.append(stall_upload_in_slot(socket_path, "in-slot", tmp_path))
+        stalled += [stall_upload(socket_path, i) for i in ("waiting-1", "waiting-2")]
+        time.sleep(1)  # the first one's conversion is running
+        begun = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        elapsed = time.monotonic() - begun
+    finally:
+        for sock in stalled:
+            sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert elapsed < 2 + 3, elapsed
+    assert "Traceback" not in text and "never retrieved" not in text, text[-3000:]
+    for layer_id in ("in-slot", "waiting-1", "waiting-2"):
+        assert os.listdir(home / layer_id) == ["layerchain.json"], layer_id
+
+
+def test_a_stalled_json_body_times_out(tmp_path: Path, sock_dir: Path) -> None:
+    running = Plugin(tmp_path, sock_dir).start(idle_timeout=1.0)
+    try:
+        running.init()
+        head = "POST /GraphDriver.Create HTTP/1.1\r\nHost: plugin\r\nContent-Length: 100"
+        with stalled_request(str(running.socket), head, b'{"ID": "hal') as sock:
+            reply = read_reply(sock, 10)
+        assert reply.status == 408
+        assert reply.json == {
+            "Err": "GraphDriver.Create: request body incomplete: no data for 1 s after 11 bytes"
+        }
+        assert not (running.home / "hal").exists()
+    finally:
+        running.stop()
+
+
+def test_a_diff_client_that_takes_nothing_is_cut_off(tmp_path: Path, sock_dir: Path) -> None:
+    running = Plugin(tmp_path, sock_dir).start(idle_timeout=1.0)
+    try:
+        running.init()
+        big = tar_bytes(tmp_path, [TarEntry("blob", data=os.urandom(16 << 20))])
+        running.layer("big", "", big)
+        head = "POST /GraphDriver.Diff HTTP/1.1\r\nHost: plugin\r\nContent-Length: 14"
+        with stalled_request(str(running.socket), head, b'{"ID": "big"}\n') as sock:
+            time.sleep(4)  # takes nothing meanwhile; the server gives up after 1 s
+            sock.settimeout(10)
+            received = 0
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(1 << 20):
+                    received += len(chunk)
+        assert received < len(big)  # cut off, not finished
+        assert running.client.ok("GraphDriver.Exists", {"ID": "big"}) == {"Exists": True}
+    finally:
+        running.stop()
 
 
 # -- restarts, sockets, the command --------------------------------------------------------------
@@ -827,13 +1024,23 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30) ->
 
 
 def _serve(
-    state: Path, socket_path: Path, env: dict[str, str] | None = None
+    state: Path,
+    socket_path: Path,
+    env: dict[str, str] | None = None,
+    *options: str,
+    log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
+    """``lcow plugin serve`` (userspace backend); stderr to ``log`` if given, else a pipe."""
     argv = [sys.executable, "-m", "lcow", "plugin", "serve", "--root", str(state),
-            "--socket", str(socket_path), "--backend", "userspace"]  # fmt: skip
-    return subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}
-    )
+            "--socket", str(socket_path), "--backend", "userspace", *options]  # fmt: skip
+    if log is None:
+        return subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}
+        )
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
 
 
 def test_the_command_serves_until_sigterm(tmp_path: Path, sock_dir: Path) -> None:

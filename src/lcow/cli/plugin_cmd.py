@@ -59,10 +59,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     serve.add_argument(
         "--workers", type=_positive, default=64,
-        help="threads for driver calls, i.e. calls served at once (default 64)",
+        help="threads for metadata calls (Exists, Status, GetMetadata, Get, Put) and as many "
+        "for other calls but ApplyDiff, i.e. such calls served at once (default 64)",
     )  # fmt: skip
     serve.add_argument(
-        "--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
+        "--max-uploads", type=_positive, default=None, metavar="N",
+        help="ApplyDiff conversions at once; more wait without holding a thread (default: "
+        "$LCOW_MAX_CONVERSIONS or the CPU count, at least 2)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--idle-timeout", type=_seconds, default=60.0, metavar="SECONDS",
+        help="fail a request whose body sends nothing (or a Diff whose client takes nothing) "
+        "for this long; every byte restarts the timer, so slow uploads are not cut "
+        "(default 60)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--shutdown-timeout", type=_seconds, default=30.0, metavar="SECONDS",
         help="how long running calls may finish after SIGTERM (default 30)",
     )  # fmt: skip
     serve.add_argument(
@@ -84,6 +96,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
 
 
@@ -134,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
             state_root=Path(state_root),
             defaults=defaults,
             workers=args.workers,
+            max_uploads=args.max_uploads,
+            idle_timeout=args.idle_timeout,
             shutdown_timeout=args.shutdown_timeout,
         )
     )

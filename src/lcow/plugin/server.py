@@ -1,4 +1,4 @@
-"""The plugin server: aiohttp over a unix socket, a thread pool for the driver, clean shutdown.
+"""The plugin server: aiohttp over a unix socket, thread pools for the driver, clean shutdown.
 
 :func:`run` is what ``lcow plugin serve`` calls: it binds ``/run/docker/plugins/<name>.sock``
 (mode 0660; a stale socket left by a dead plugin is replaced, a live one is an error), restores
@@ -29,8 +29,9 @@ from types import TracebackType
 
 from aiohttp import web
 
+from lcow.convert.limits import max_conversions
 from lcow.errors import Busy, InvalidArgument
-from lcow.plugin.handlers import REQUEST_ID, Handlers
+from lcow.plugin.handlers import REQUEST_ID, Handlers, Limits, Pools
 from lcow.plugin.requests import MAX_JSON_BODY
 from lcow.plugin.state import DriverFactory, DriverState, StateStore, open_default_driver
 
@@ -67,7 +68,10 @@ class ServerConfig:
         socket_path: the unix socket to listen on.
         state_root: where Init is persisted (``None``: nothing persisted, for tests).
         defaults: driver options placed before Init's (``lcow.backend=host``).
-        workers: threads for blocking driver calls (concurrent requests).
+        workers: threads of each of the two call pools (metadata calls; other calls but
+            ApplyDiff), i.e. such calls served at once.
+        max_uploads: ApplyDiff conversions at once (``None``: the process's conversion cap).
+        idle_timeout: seconds a request body may send nothing, or a Diff client take nothing.
         shutdown_timeout: seconds running calls get to finish at shutdown.
         factory: builds the driver on Init.
     """
@@ -76,8 +80,14 @@ class ServerConfig:
     state_root: Path | None = None
     defaults: Sequence[str] = ()
     workers: int = 64
+    max_uploads: int | None = None
+    idle_timeout: float = 60.0
     shutdown_timeout: float = 30.0
     factory: DriverFactory = field(default=open_default_driver)
+
+    def limits(self) -> Limits:
+        """What a request may hold."""
+        return Limits(self.idle_timeout, self.max_uploads or max_conversions())
 
 
 class RequestIdFilter(logging.Filter):
@@ -160,9 +170,14 @@ async def serve(
     store = StateStore(config.state_root) if config.state_root is not None else None
     if store is not None:
         store.lock()
-    executor = ThreadPoolExecutor(config.workers, thread_name_prefix="lcow-plugin")
+    limits = config.limits()
+    pools = Pools(
+        meta=ThreadPoolExecutor(config.workers, thread_name_prefix="lcow-plugin-meta"),
+        calls=ThreadPoolExecutor(config.workers, thread_name_prefix="lcow-plugin"),
+        uploads=ThreadPoolExecutor(limits.max_uploads, thread_name_prefix="lcow-plugin-upload"),
+    )
     state = DriverState(store, config.factory, config.defaults)
-    handlers = Handlers(state, executor)
+    handlers = Handlers(state, pools, limits)
     sock: socket.socket | None = None
     runner: web.AppRunner | None = None
     bound = -1
@@ -170,14 +185,15 @@ async def serve(
     try:
         sock = bind_unix_socket(config.socket_path)  # first: a Busy socket must not clean up
         bound = os.stat(config.socket_path).st_ino
-        await asyncio.get_running_loop().run_in_executor(executor, state.restore)
+        await asyncio.get_running_loop().run_in_executor(pools.calls, state.restore)
         runner = web.AppRunner(
             make_app(handlers), access_log=None, shutdown_timeout=config.shutdown_timeout
         )
         await runner.setup()
         await web.SockSite(runner, sock).start()
-        log.info("serving on %s (state %s, defaults %s)", config.socket_path,
-                 config.state_root, list(config.defaults))  # fmt: skip
+        log.info("serving on %s (state %s, defaults %s, %d upload slots, idle timeout %g s)",
+                 config.socket_path, config.state_root, list(config.defaults),
+                 limits.max_uploads, limits.idle_timeout)  # fmt: skip
         _notify("READY=1")
         if started is not None:
             started.set()
@@ -200,7 +216,8 @@ async def serve(
             log.error("%d driver calls still running after %.0f s: abandoned", handlers.busy,
                       config.shutdown_timeout)  # fmt: skip
             clean = False
-        executor.shutdown(wait=False, cancel_futures=True)
+        for pool in (pools.meta, pools.calls, pools.uploads):
+            pool.shutdown(wait=False, cancel_futures=True)
         if store is not None:
             store.unlock()
         log.info("stopped" if clean else "stopped, not cleanly")
