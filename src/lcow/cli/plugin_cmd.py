@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from pathlib import Path
+from types import TracebackType
 
 from lcow.cli.status import ExitStatus, UsageError
 
@@ -110,13 +112,21 @@ def _seconds(text: str) -> float:
 
 
 def _setup_logging(level_name: str) -> None:
-    """Log lines with the request id to stderr (journald adds time and unit)."""
+    """Log lines with the request id to stderr (journald adds time and unit).
+
+    Log messages carry what clients send (URL paths, ids, tar entry names, error texts), so one
+    handler with an escaping formatter takes every record — aiohttp's and asyncio's too, through
+    the root logger — and what Python would print to stderr by itself (warnings, exceptions in
+    threads or finalisers) is logged instead: a hostile name can neither forge a log line nor
+    drive the terminal of whoever reads the log.
+    """
+    from lcow._util.escape import EscapingFormatter
     from lcow.plugin.server import RequestIdFilter
 
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
+        EscapingFormatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
     )
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -124,6 +134,33 @@ def _setup_logging(level_name: str) -> None:
     root.addHandler(handler)
     root.setLevel(getattr(logging, level_name.upper()))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    threading.excepthook = _log_thread_exception
+    sys.unraisablehook = _log_unraisable
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    _log_exception(f"uncaught exception in thread {name}", args.exc_type, args.exc_value,
+                   args.exc_traceback)  # fmt: skip
+
+
+def _log_unraisable(args: sys.UnraisableHookArgs) -> None:
+    what = f"{args.err_msg or 'Exception ignored in'}: {args.object!r}"
+    _log_exception(what, args.exc_type, args.exc_value, args.exc_traceback)
+
+
+def _log_exception(
+    what: str,
+    exc_type: type[BaseException],
+    exc: BaseException | None,
+    tb: TracebackType | None,
+) -> None:
+    logging.getLogger("lcow.plugin").error(
+        "%s: %s", what, exc_type.__name__, exc_info=(exc_type, exc, tb) if exc else None
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -250,7 +250,7 @@ class DriverState:
         record = InitRecord.from_request(request)
         if not record.home or not os.path.isabs(record.home):
             raise InvalidArgument(
-                f"lcow plugin: init: Home must be an absolute path, got {record.home!r}"
+                f"lcow plugin: init: Home must be an absolute path, got '{record.home}'"
             )
         driver = self._open(record)
         with self._lock:
