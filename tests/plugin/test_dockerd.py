@@ -27,6 +27,7 @@ from tests.plugin.client import PluginClient
 from tests.plugin.dockerd import (
     BUSYBOX,
     DOCKER,
+    WRITER,
     Daemon,
     PluginProcess,
     busybox_rootfs,
@@ -34,6 +35,7 @@ from tests.plugin.dockerd import (
     leftovers,
     mount_id,
     mounts_below,
+    numbered,
     unique_name,
 )
 
@@ -278,23 +280,6 @@ def test_plugin_restart_under_a_running_dockerd(lcow: tuple[PluginProcess, Daemo
     assert "restored Init from" in log
     assert "POST /GraphDriver.Init" not in log  # dockerd does not call Init again
     assert "Traceback" not in log
-
-
-# A container that appends "<n> <epoch seconds>" to a file every 200 ms, through a fresh open
-# (lines) and through a descriptor held since it started (held), each line synced to the disk so
-# that a failed write-back shows at once. /stop ends the writing; the container stays up.
-WRITER = (
-    "exec 3>>/srv/held; i=0; while [ ! -e /stop ]; do i=$((i+1)); t=$(date +%s);"
-    ' echo "$i $t" >> /srv/lines; echo "$i $t" >&3; sync -d /srv/lines /srv/held;'
-    " sleep 0.2; done; exec sleep 3600"
-)
-
-
-def numbered(text: str) -> list[tuple[int, int]]:
-    """The writer's lines as ``(n, epoch)``, checking they count 1, 2, 3... without a gap."""
-    pairs = [(int(n), int(t)) for n, t in (line.split() for line in text.splitlines())]
-    assert [n for n, _ in pairs] == list(range(1, len(pairs) + 1)), text[-2000:]
-    return pairs
 
 
 def wait_for_lines(daemon: Daemon, name: str, more_than: int, timeout: float = 30) -> int:
