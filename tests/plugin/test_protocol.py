@@ -980,6 +980,39 @@ def test_a_diff_client_that_takes_nothing_is_cut_off(tmp_path: Path, sock_dir: P
         running.stop()
 
 
+def test_a_slow_diff_client_that_keeps_reading_gets_it_all(tmp_path: Path, sock_dir: Path) -> None:
+    running = Plugin(tmp_path, sock_dir).start(idle_timeout=2.0)
+    try:
+        running.init()
+        running.layer("slow", "", tar_bytes(tmp_path, [TarEntry("b", data=b"s" * (512 << 10))]))
+        head = "POST /GraphDriver.Diff HTTP/1.1\r\nHost: plugin\r\nContent-Length: 14"
+        with stalled_request(str(running.socket), head, b'{"ID":"slow"}\n') as sock:
+            sock.settimeout(10)
+            data = b""
+            # ~160 KB/s: a unix socket turns writable again only once its queue is down to a
+            # quarter, so the server sees progress about every second, within its 2 s.
+            while not data.endswith(b"\r\n0\r\n\r\n") and (chunk := sock.recv(64 << 10)):
+                data += chunk
+                time.sleep(0.4)
+        head_end = data.index(b"\r\n\r\n") + 4
+        assert data.startswith(b"HTTP/1.1 200")
+        assert tar_names(dechunk(data[head_end:])) == ["b"]
+    finally:
+        running.stop()
+
+
+def dechunk(body: bytes) -> bytes:
+    """An HTTP/1.1 chunked body's payload."""
+    out = bytearray()
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return bytes(out)
+        out += body[:size]
+        body = body[size + 2 :]
+
+
 # -- restarts, sockets, the command --------------------------------------------------------------
 
 

@@ -88,6 +88,7 @@ REQUEST_ID_HEADER = "X-Lcow-Request-Id"
 #: Bytes of an ApplyDiff body that must have come before it takes an upload slot.
 PREFETCH = 256 << 10
 _TIMEOUT = 408  # Request Timeout: the client stopped sending
+_WRITE_SLICE = 64 << 10  # Diff's output: aiohttp waits for the client after this much
 
 
 @dataclass(frozen=True)
@@ -384,14 +385,18 @@ class Handlers:
         try:
             await response.prepare(request)
             while block:
-                try:
-                    async with asyncio.timeout(idle):  # restarted for every block taken
-                        await response.write(block)
-                except TimeoutError:
-                    raise BodyStalled(
-                        f"lcowdriver: diff: {req.id}: the client took no data for {idle:g} s"
-                    ) from None
-                sent += len(block)
+                view = memoryview(block)
+                for start in range(0, len(block), _WRITE_SLICE):
+                    try:
+                        # Restarted for every slice the client takes: a slow reader that keeps
+                        # reading is never cut, one that stops is.
+                        async with asyncio.timeout(idle):
+                            await response.write(view[start : start + _WRITE_SLICE])
+                    except TimeoutError:
+                        raise BodyStalled(
+                            f"lcowdriver: diff: {req.id}: the client took no data for {idle:g} s"
+                        ) from None
+                    sent += len(view[start : start + _WRITE_SLICE])
                 block = await self._call(calls, read_block, stream)
             await response.write_eof()
         except Exception as exc:
