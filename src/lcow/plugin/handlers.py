@@ -130,11 +130,6 @@ class Pools:
     calls: Executor
     uploads: Executor
 
-    @classmethod
-    def single(cls, executor: Executor) -> Pools:
-        """One pool for everything (tests)."""
-        return cls(executor, executor, executor)
-
 
 class _Call:
     """What the middleware logs about the current request (filled in by the handler)."""

@@ -168,10 +168,10 @@ async def serve(
         still running after ``shutdown_timeout`` (their threads are abandoned; the caller should
         exit hard).
     """
+    limits = config.limits()  # InvalidArgument before anything is taken
     store = StateStore(config.state_root) if config.state_root is not None else None
     if store is not None:
         store.lock()
-    limits = config.limits()
     pools = Pools(
         meta=ThreadPoolExecutor(config.workers, thread_name_prefix="lcow-plugin-meta"),
         calls=ThreadPoolExecutor(config.workers, thread_name_prefix="lcow-plugin"),
