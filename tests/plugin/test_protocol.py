@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import io
 import json
+import logging
 import os
 import queue
 import re
@@ -121,6 +122,16 @@ def sock_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="lcowp-", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def logging_on() -> Iterator[None]:
+    """Log records reach handlers (the fuzz harnesses, imported by other tests of the session,
+    turn logging off process-wide)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.NOTSET)
+    yield
+    logging.disable(previous)
 
 
 @pytest.fixture
@@ -468,7 +479,12 @@ def test_apply_diff_errors(plugin: Plugin, tmp_path: Path) -> None:
 @pytest.mark.parametrize("pause", [0.0, 0.5], ids=["at-once", "after-a-pause"])
 @pytest.mark.parametrize("cut", ["header-boundary", "mid-entry", "chunked"])
 def test_a_truncated_apply_diff_body_leaves_no_layer(
-    tmp_path: Path, sock_dir: Path, cut: str, pause: float, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    sock_dir: Path,
+    cut: str,
+    pause: float,
+    caplog: pytest.LogCaptureFixture,
+    logging_on: None,
 ) -> None:
     RecordingDriver.applied = queue.Queue()
     running = Plugin(tmp_path, sock_dir).start(kind=RecordingDriver)
