@@ -25,6 +25,27 @@ keeps its own expected count per layer. Afterwards: errors must be 0 and the dri
 every layer must equal the expected one exactly; then the kept Gets are Put back and Cleanup
 runs. Reported: calls/s, latency percentiles per method.
 
+Part ``upload`` — ApplyDiff throughput: ``lcow plugin serve`` (host backend) as its own
+process, one tar of ``--upload-mib`` MiB (4 KiB and 4 MiB files) streamed from a file as dockerd
+streams it (chunked, 1 MiB writes): ``--runs`` uploads one after the other, then four at once.
+Reported: seconds and MB/s per upload, the four's total.
+
+Part ``restarts`` — reliability campaign (benchmarks/RELIABILITY.md): dockerd 20.10 on the
+plugin runs a container that appends a numbered line to a file every 200 ms (a fresh open and a
+held descriptor, each synced); the plugin is restarted ``--restarts`` times (SIGTERM, start
+again). After each: ``docker exec`` reads the file (every line before, without a gap, and none
+gone since the last read), Get answers the same directory, the mounts below the data root and
+the storage daemon are the same. At the end the file read through the container and through
+the host directory must be identical, ``docker cp`` must land in the filesystem the container
+sees, the kernel log must hold no lost write, and ``rm -f`` plus dockerd's stop must leave
+nothing mounted.
+
+Part ``stalls`` — reliability campaign: ``--stalls`` ApplyDiff uploads that send headers and part
+of a chunked body, then nothing (two more stall after 320 KiB, inside an upload slot), against
+``lcow plugin serve --idle-timeout --stall-idle``; meanwhile a client calls Exists and Status on
+fresh connections, and a slow upload keeps moving. Reported: the latencies, when each stalled
+upload failed and how, the layer folders afterwards, the server's peak RSS, its shutdown.
+
 The JSON (``--out``) holds every sample and the machine (CPUs, kernel, versions, load).
 """
 
@@ -36,7 +57,10 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -52,7 +76,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
 from tests.plugin.client import PluginClient  # noqa: E402
-from tests.plugin.dockerd import Daemon, PluginProcess, leftovers, unique_name  # noqa: E402
+from tests.plugin.dockerd import (  # noqa: E402
+    WRITER,
+    Daemon,
+    PluginProcess,
+    busybox_rootfs,
+    kernel_log_lines,
+    leftovers,
+    mount_id,
+    mounts_below,
+    numbered,
+    unique_name,
+)
 
 DEFAULT_DATA = Path("/var/tmp/lcow-bench")
 IMAGE = "lcowbench/d1:1"
@@ -374,6 +409,420 @@ def bench_concurrency(clients: int, calls: int) -> dict[str, Any]:
     }
 
 
+# -- a plugin server of its own --------------------------------------------------------------
+
+
+class ServerProcess:
+    """``lcow plugin serve`` from this tree's ``src`` (so an older checkout measures its own
+    code), stderr to ``base/plugin.log``."""
+
+    def __init__(self, base: Path, *options: str) -> None:
+        self.base = base
+        self.socket = base / "p.sock"
+        self.log_path = base / "plugin.log"
+        argv = [sys.executable, "-m", "lcow", "plugin", "serve", "--root", str(base / "state"),
+                "--socket", str(self.socket), "--log-level", "warning", *options]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                         env=env, start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"plugin did not start: {self.log()}")
+            time.sleep(0.05)
+
+    def peak_rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> tuple[int, float]:
+        """SIGTERM; the exit status and the seconds it took."""
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            status = self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            status = self.proc.wait()
+        return status, time.monotonic() - started
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+
+# -- upload throughput ---------------------------------------------------------------------------
+
+
+def upload_tar(path: Path, mib: int) -> int:
+    """A tar of about ``mib`` MiB: a quarter in 4 KiB files, the rest in 4 MiB ones."""
+    big = os.urandom(4 << 20)
+    small = big[: 4 << 10]
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data, count in (("s", small, (mib << 20) // 4 // len(small)),
+                                  ("b", big, (mib << 20) * 3 // 4 // len(big))):  # fmt: skip
+            for n in range(count):
+                info = tarfile.TarInfo(f"{name}/{n:06d}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return path.stat().st_size
+
+
+def _upload(socket_path: Path, layer: str, tar: Path) -> float:
+    client = PluginClient(str(socket_path), timeout=600)
+    try:
+        client.ok("GraphDriver.Create", {"ID": layer})
+        started = time.monotonic()
+        with open(tar, "rb") as f:
+            chunks = iter(lambda: f.read(1 << 20), b"")
+            method = f"GraphDriver.ApplyDiff?id={layer}&parent="
+            reply = client.request(method, chunks, encode_chunked=True)
+        elapsed = time.monotonic() - started
+        assert reply.status == 200 and "Size" in reply.json, reply
+        client.ok("GraphDriver.Remove", {"ID": layer})
+        return elapsed
+    finally:
+        client.close()
+
+
+def bench_upload(runs: int, mib: int) -> dict[str, Any]:
+    base = Path(tempfile.mkdtemp(prefix="lcow-bench-upload-", dir="/var/tmp"))
+    try:
+        size = upload_tar(base / "layer.tar", mib)
+        server = ServerProcess(base, "--backend", "host")
+        try:
+            setup = PluginClient(str(server.socket))
+            setup.ok("GraphDriver.Init", {"Home": str(base / "home")})
+            setup.close()
+            _upload(server.socket, "warm", base / "layer.tar")
+            sequential = []
+            for run in range(runs):
+                sequential.append(_upload(server.socket, f"u{run}", base / "layer.tar"))
+                log(f"upload {run + 1}/{runs}: {sequential[-1]:.2f} s")
+            times: list[float] = [0.0] * 4
+            started = time.monotonic()
+            threads = [
+                threading.Thread(target=lambda i=i: times.__setitem__(
+                    i, _upload(server.socket, f"p{i}", base / "layer.tar")))
+                for i in range(4)
+            ]  # fmt: skip
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            parallel = time.monotonic() - started
+        finally:
+            status, _ = server.stop()
+        left = leftovers(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    median = statistics.median(sequential)
+    return {
+        "tar_bytes": size,
+        "sequential_s": sequential,
+        "median_s": median,
+        "median_mb_per_s": size / median / 1e6,
+        "four_at_once_s": parallel,
+        "four_at_once_mb_per_s": 4 * size / parallel / 1e6,
+        "four_each_s": times,
+        "server_exit": status,
+        "leftovers": left,
+    }
+
+
+# -- restarts under a running container ------------------------------------------------------------
+
+
+def _view_of(socket_path: Path, layer: str) -> str:
+    client = PluginClient(str(socket_path))
+    try:
+        directory: str = client.ok("GraphDriver.Get", {"ID": layer})["Dir"]
+        client.ok("GraphDriver.Put", {"ID": layer})
+        return directory
+    finally:
+        client.close()
+
+
+def _storage_daemon(views: Path) -> str | None:
+    try:
+        return (views / "qsd.pid").read_text()
+    except FileNotFoundError:
+        return None
+
+
+def bench_restarts(restarts: int) -> dict[str, Any]:
+    base = Path(tempfile.mkdtemp(prefix="lcow-bench-restarts-", dir="/var/tmp"))
+    plugin = PluginProcess(base, unique_name())
+    daemon: Daemon | None = None
+    problems: list[str] = []
+    rounds: list[dict[str, Any]] = []
+    result: dict[str, Any] = {}
+    try:
+        plugin.start()
+        daemon = Daemon(base, "lcow", plugin.name)
+        daemon.start()
+        daemon.docker("import", str(busybox_rootfs(base / "rootfs.tar")), "lcowbench/busybox:1")
+        kernel_before = len(kernel_log_lines())
+        container = daemon.out("run", "-d", "--pull", "never", "--network", "none", "--name",
+                               "writer", "lcowbench/busybox:1", "sh", "-c", WRITER)  # fmt: skip
+        layer = mount_id(daemon.dir / "root", plugin.name, container)
+        home = Path(json.loads((plugin.state / "state.json").read_text())["Home"])
+        views = home / "mounts"
+        time.sleep(2)
+        directory = _view_of(plugin.socket, layer)
+        mounted = mounts_below(views)
+        storage_daemon = _storage_daemon(views)
+        seen = numbered(daemon.out("exec", "writer", "cat", "/srv/lines"))
+        started = time.time()
+        for n in range(restarts):
+            begun = time.monotonic()
+            status = plugin.stop()
+            kept = mounts_below(views) == mounted
+            time.sleep(0.5)  # the container writes while no plugin runs
+            plugin.start()
+            downtime = time.monotonic() - begun
+            same_dir = _view_of(plugin.socket, layer) == directory
+            same_mounts = kept and mounts_below(views) == mounted
+            same_daemon = _storage_daemon(views) == storage_daemon
+            time.sleep(1)
+            proc = daemon.docker("exec", "writer", "cat", "/srv/lines", check=False)
+            record: dict[str, Any] = {
+                "restart": n + 1, "plugin_exit": status, "downtime_s": round(downtime, 2),
+                "exec": proc.returncode == 0, "same_dir": same_dir,
+                "same_mounts": same_mounts, "same_storage_daemon": same_daemon,
+            }  # fmt: skip
+            try:
+                lines = numbered(proc.stdout.decode())
+                record["lines"] = len(lines)
+                record["earlier_lines_kept"] = lines[: len(seen)] == seen
+                seen = lines
+            except (AssertionError, ValueError) as exc:
+                record["lines"] = f"not numbered: {exc}"[:200]
+            bad = [k for k, v in record.items() if v is False or isinstance(v, str)]
+            if bad or status != 0:
+                problems.append(f"restart {n + 1}: {bad} exit {status}")
+            rounds.append(record)
+            log(f"restart {n + 1}/{restarts}: {record}")
+        daemon.docker("exec", "writer", "touch", "/stop", check=False)
+        time.sleep(1)
+
+        def inside_file(name: str) -> str:
+            proc = daemon.docker("exec", "writer", "cat", name, check=False) if daemon else None
+            return proc.stdout.decode() if proc is not None and proc.returncode == 0 else ""
+
+        def host_file(name: str) -> str:
+            try:
+                return Path(directory, name.lstrip("/")).read_text()
+            except OSError as exc:
+                return f"unreadable: {exc}"
+
+        (base / "copied.txt").write_bytes(b"copied\n")
+        daemon.docker("cp", str(base / "copied.txt"), "writer:/srv/copied.txt", check=False)
+        cp_same_fs = host_file("/srv/copied.txt") == inside_file("/srv/copied.txt") == "copied\n"
+        inside, held = inside_file("/srv/lines"), inside_file("/srv/held")
+        on_host, held_on_host = host_file("/srv/lines"), host_file("/srv/held")
+        try:
+            final = numbered(inside)
+        except (AssertionError, ValueError):
+            final = []
+            problems.append("the file read through docker exec is not numbered 1, 2, 3...")
+        written = {t for _, t in final if t >= int(started)}
+        silent_seconds = [t for t in range(int(started) + 1, int(time.time()) - 2)
+                          if t not in written]  # fmt: skip
+        lost = [line for line in kernel_log_lines()[kernel_before:]
+                if "lost async page write" in line or "I/O error" in line]  # fmt: skip
+        daemon.docker("rm", "-f", "writer")
+        daemon.stop()
+        left_mounted = mounts_below(views)
+        daemon = None
+        result = {
+            "restarts": restarts,
+            "lines_written": len(final),
+            "lines_equal_inside_and_on_host": bool(inside)
+            and inside == on_host == held == held_on_host,
+            "seconds_without_a_line": silent_seconds,
+            "kernel_lost_writes": lost,
+            "docker_cp_same_filesystem": cp_same_fs,
+            "mounted_after_rm_and_dockerd_stop": left_mounted,
+            "downtime_s": {
+                "median": statistics.median(r["downtime_s"] for r in rounds),
+                "max": max(r["downtime_s"] for r in rounds),
+            },
+            "rounds": rounds,
+        }
+        if not result["lines_equal_inside_and_on_host"] or lost or not cp_same_fs:
+            problems.append("final checks failed")
+        if left_mounted:
+            problems.append(f"left mounted: {left_mounted}")
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        result["plugin_exit"] = plugin.stop()
+        result["leftovers"] = leftovers(base, [plugin.socket])
+        plugin_log = plugin.log()
+        shutil.rmtree(base, ignore_errors=True)
+    result["problems"] = problems
+    if "Traceback" in plugin_log:
+        problems.append("traceback in the plugin log")
+    return result
+
+
+# -- stalled uploads -------------------------------------------------------------------------------
+
+
+def _stall(socket_path: Path, layer: str, body: bytes) -> socket.socket:
+    head = (f"POST /GraphDriver.ApplyDiff?id={layer}&parent= HTTP/1.1\r\nHost: plugin\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n")  # fmt: skip
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(socket_path))
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def _reply(sock: socket.socket, timeout: float) -> tuple[int, dict[str, Any]]:
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        head, _, body = data.partition(b"\r\n\r\n")
+        if _ and b"\n" in body:
+            return int(head.split()[1]), json.loads(body)
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed: {data[:200]!r}")
+        data += chunk
+
+
+def bench_stalls(count: int, idle: float) -> dict[str, Any]:
+    base = Path(tempfile.mkdtemp(prefix="lcow-bench-stalls-", dir="/tmp"))  # short socket path
+    stalled: dict[str, socket.socket] = {}
+    result: dict[str, Any] = {}
+    try:
+        # --stall-idle 0: the server's own default (a checkout from before --idle-timeout).
+        timeout = ["--idle-timeout", str(idle)] if idle else []
+        server = ServerProcess(base, "--backend", "userspace", "--shutdown-timeout", "10", *timeout)
+        idle = idle or 60.0
+        client = PluginClient(str(server.socket))
+        client.ok("GraphDriver.Init", {"Home": str(base / "home")})
+        ids = [f"stalled-{i}" for i in range(count)] + ["in-slot-0", "in-slot-1", "moving"]
+        for layer in ids:
+            client.ok("GraphDriver.Create", {"ID": layer})
+        client.close()
+        header = tarfile.TarInfo("big")
+        header.size = 1 << 20
+        partial = b"1000\r\n" + header.tobuf(format=tarfile.USTAR_FORMAT) + b"x" * 1000
+        files = io.BytesIO()
+        with tarfile.open(fileobj=files, mode="w") as tf:
+            for n in range(100):
+                info = tarfile.TarInfo(f"f{n}")
+                info.size = 4000
+                tf.addfile(info, io.BytesIO(os.urandom(4000)))
+        in_slot = b"".join(
+            f"{len(part):x}\r\n".encode() + part + b"\r\n"
+            for part in (files.getvalue()[i : i + 4096] for i in range(0, 320 << 10, 4096))
+        )
+        began = time.monotonic()
+        for layer in ids[:count]:
+            stalled[layer] = _stall(server.socket, layer, partial)
+        for layer in ("in-slot-0", "in-slot-1"):
+            stalled[layer] = _stall(server.socket, layer, in_slot)
+        small = small_tar(0)
+        moving: list[Any] = []
+
+        def slowly() -> Any:
+            for i in range(0, len(small), len(small) // 6 + 1):
+                time.sleep(idle / 3)
+                yield small[i : i + len(small) // 6 + 1]
+
+        def upload() -> None:
+            slow = PluginClient(str(server.socket), timeout=idle * 3)
+            started = time.monotonic()
+            try:
+                reply = slow.request("GraphDriver.ApplyDiff?id=moving&parent=", slowly(),
+                                     encode_chunked=True)  # fmt: skip
+                moving.append((reply.status, reply.json, time.monotonic() - started))
+            except Exception as exc:  # a server that starves it
+                moving.append((None, f"{type(exc).__name__}: {exc}", time.monotonic() - started))
+            finally:
+                slow.close()
+
+        uploader = threading.Thread(target=upload)
+        uploader.start()
+        latencies: dict[str, list[float]] = {"Exists": [], "Status": []}
+        failures: list[str] = []
+        while time.monotonic() - began < idle + 5:
+            other = PluginClient(str(server.socket), timeout=10)
+            for method, payload in (("Exists", {"ID": "stalled-0"}), ("Status", {})):
+                started = time.monotonic()
+                try:
+                    other.ok(f"GraphDriver.{method}", payload)
+                except Exception as exc:
+                    failures.append(f"{method}: {type(exc).__name__}: {exc}")
+                latencies[method].append(time.monotonic() - started)
+            other.close()
+            time.sleep(0.01)
+        uploader.join()
+        outcomes: dict[str, Any] = {}
+        for layer, sock in stalled.items():
+            try:
+                status, answer = _reply(sock, idle + 30 if timeout else 1)
+                outcomes[layer] = {"status": status, "err": answer.get("Err", ""),
+                                   "names_layer": layer in answer.get("Err", "")}  # fmt: skip
+            except (OSError, ValueError) as exc:
+                outcomes[layer] = {"status": None, "error": str(exc)}
+        folders = {layer: sorted(os.listdir(base / "home" / layer)) for layer in ids[:-1]}
+        peak = server.peak_rss_mib()
+        for sock in stalled.values():
+            sock.close()
+        stalled = {}
+        exit_status, stop_s = server.stop()
+        text = server.log_path.read_text(errors="replace")
+        # How long each stalled upload lasted, as the server logged it.
+        durations = [
+            float(match[1]) / 1000
+            for match in re.finditer(
+                r"ApplyDiff id=(?:stalled|in-slot)-\d+ -> 408 .*\(([\d.]+) ms\)", text
+            )
+        ]
+
+        def pct(values: list[float], q: float) -> float:
+            ordered = sorted(values)
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+        result = {
+            "stalled": count + 2,
+            "idle_timeout_s": idle if timeout else None,
+            "latency_ms": {
+                m: {"n": len(v), "p50": pct(v, 0.5), "p99": pct(v, 0.99), "max": max(v) * 1000}
+                for m, v in latencies.items()
+            },
+            "call_failures": failures,
+            "moving_upload": moving,
+            "failed_408_naming_layer": sum(
+                1 for o in outcomes.values() if o.get("status") == 408 and o.get("names_layer")
+            ),
+            "failed_after_s": {
+                "n": len(durations),
+                "min": min(durations, default=float("nan")),
+                "max": max(durations, default=float("nan")),
+            },
+            "example_err": outcomes["stalled-0"].get("err"),
+            "in_slot_err": outcomes["in-slot-0"].get("err"),
+            "folders_untouched": all(f == ["layerchain.json"] for f in folders.values()),
+            "peak_rss_mib": peak,
+            "server_exit": exit_status,
+            "server_stop_s": stop_s,
+            "tracebacks_in_log": text.count("Traceback") + text.count("never retrieved"),
+        }
+    finally:
+        for sock in stalled.values():
+            sock.close()
+        result["leftovers"] = leftovers(base)
+        shutil.rmtree(base, ignore_errors=True)
+    return result
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -401,6 +850,10 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--upload-mib", type=int, default=256)
+    parser.add_argument("--restarts", type=int, default=20)
+    parser.add_argument("--stalls", type=int, default=70)
+    parser.add_argument("--stall-idle", type=float, default=10.0)
     parser.add_argument("--keep", type=int, default=8, help=argparse.SUPPRESS)
     parser.add_argument("--client-mode", metavar="SOCKET", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path)
@@ -428,6 +881,23 @@ def main() -> int:
             f"{conc['shared_count']} (expected {conc['shared_expected']}), "
             f"{conc['shared_after_puts']} after Puts, leftovers {conc['leftovers']}"
         )
+    if "upload" in parts:
+        up = bench_upload(args.runs, args.upload_mib)
+        result["upload"] = up
+        log(
+            f"ApplyDiff of {up['tar_bytes'] / 1e6:.0f} MB: median {up['median_s']:.2f} s "
+            f"({up['median_mb_per_s']:.0f} MB/s); four at once {up['four_at_once_s']:.2f} s "
+            f"({up['four_at_once_mb_per_s']:.0f} MB/s)"
+        )
+    if "restarts" in parts:
+        restarts = bench_restarts(args.restarts)
+        result["restarts"] = restarts
+        log(f"{args.restarts} plugin restarts: problems {restarts['problems']}")
+    if "stalls" in parts:
+        stalls = bench_stalls(args.stalls, args.stall_idle)
+        result["stalls"] = stalls
+        log(f"{stalls['stalled']} stalled uploads: {json.dumps(stalls['latency_ms'])}, "
+            f"peak RSS {stalls['peak_rss_mib']:.0f} MiB")  # fmt: skip
     result["machine"]["load_after"] = os.getloadavg()
     text = json.dumps(result, indent=2)
     if args.out:
@@ -437,6 +907,16 @@ def main() -> int:
     failed = "concurrency" in result and (
         result["concurrency"]["errors"] or result["concurrency"]["count_mismatches"]
     )
+    failed = failed or bool(result.get("restarts", {}).get("problems"))
+    if "stalls" in result:
+        stalls = result["stalls"]
+        failed = failed or bool(
+            stalls["call_failures"]
+            or stalls["failed_408_naming_layer"] != stalls["stalled"]
+            or not stalls["folders_untouched"]
+            or stalls["tracebacks_in_log"]
+            or stalls["server_exit"] != 0
+        )
     return 1 if failed else 0
 
 

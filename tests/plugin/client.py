@@ -14,7 +14,16 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["ACCEPT", "PluginClient", "Reply", "UnixHTTPConnection", "chunked", "raw_request"]
+__all__ = [
+    "ACCEPT",
+    "PluginClient",
+    "Reply",
+    "UnixHTTPConnection",
+    "chunked",
+    "raw_request",
+    "read_reply",
+    "stalled_request",
+]
 
 ACCEPT = "application/vnd.docker.plugins.v1.2+json"
 
@@ -140,3 +149,31 @@ def raw_request(
         while chunk := sock.recv(65536):
             received += chunk
         return bytes(received)
+
+
+def stalled_request(path: str, head: str, body: bytes) -> socket.socket:
+    """Send ``head`` and the start of a body, then nothing more: the socket, still open."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    sock.sendall(head.encode() + b"\r\n\r\n" + body)
+    return sock
+
+
+def read_reply(sock: socket.socket, timeout: float) -> Reply:
+    """One answer (headers and a ``Content-Length`` body) from ``sock``, within ``timeout``."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before an answer: {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers.get("content-length", "0")):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return Reply(int(lines[0].split()[1]), headers, body)

@@ -32,11 +32,16 @@ __all__ = [
     "BUSYBOX",
     "DOCKER",
     "DOCKERD",
+    "WRITER",
     "Daemon",
     "DockerError",
     "PluginProcess",
     "busybox_rootfs",
+    "kernel_log_lines",
     "leftovers",
+    "mount_id",
+    "mounts_below",
+    "numbered",
     "unique_name",
     "unmount_below",
 ]
@@ -44,8 +49,28 @@ __all__ = [
 DOCKER = "/usr/bin/docker"  # Debian's 20.10 CLI; a newer one may come first on PATH
 DOCKERD = shutil.which("dockerd", path=f"/usr/bin:{SBIN_PATH}") or "/usr/sbin/dockerd"
 BUSYBOX = "/bin/busybox"
-APPLETS = ("sh", "echo", "cat", "ls", "mkdir", "rm", "touch", "mv", "sleep", "true", "test")
+APPLETS = (
+    "sh", "echo", "cat", "ls", "mkdir", "rm", "touch", "mv", "sleep", "true", "test", "date",
+    "sync",
+)  # fmt: skip
 _REPO = Path(__file__).resolve().parents[2]
+
+
+# A container that appends "<n> <epoch seconds>" to a file every 200 ms, through a fresh open
+# (lines) and through a descriptor held since it started (held), each line synced to the disk so
+# that a failed write-back shows at once. /stop ends the writing; the container stays up.
+WRITER = (
+    "exec 3>>/srv/held; i=0; while [ ! -e /stop ]; do i=$((i+1)); t=$(date +%s);"
+    ' echo "$i $t" >> /srv/lines; echo "$i $t" >&3; sync -d /srv/lines /srv/held;'
+    " sleep 0.2; done; exec sleep 3600"
+)
+
+
+def numbered(text: str) -> list[tuple[int, int]]:
+    """The writer's lines as ``(n, epoch)``, checking they count 1, 2, 3... without a gap."""
+    pairs = [(int(n), int(t)) for n, t in (line.split() for line in text.splitlines())]
+    assert [n for n, _ in pairs] == list(range(1, len(pairs) + 1)), text[-2000:]
+    return pairs
 
 
 class DockerError(AssertionError):
@@ -83,15 +108,34 @@ def busybox_rootfs(path: Path) -> Path:
     return path
 
 
-def _mounts_below(root: Path) -> list[str]:
+def mounts_below(root: Path) -> list[tuple[str, str, str]]:
+    """``(mount point, filesystem type, source)`` of every mount at or below ``root``."""
     prefix = os.fspath(root)
     found = []
     with open("/proc/self/mountinfo", "rb") as table:
         for line in table:
-            point = os.fsdecode(line.split(b" ")[4]).replace("\\040", " ")
+            fields = line.rstrip(b"\n").split(b" ")
+            point = os.fsdecode(fields[4]).replace("\\040", " ")
             if point == prefix or point.startswith(prefix + "/"):
-                found.append(point)
+                tail = fields[fields.index(b"-") + 1 :]
+                found.append((point, os.fsdecode(tail[0]), os.fsdecode(tail[1])))
     return found
+
+
+def _mounts_below(root: Path) -> list[str]:
+    return [point for point, _, _ in mounts_below(root)]
+
+
+def kernel_log_lines() -> list[str]:
+    """The kernel's ring buffer (``dmesg``), one message a line."""
+    proc = subprocess.run(["dmesg"], capture_output=True, check=True)
+    return proc.stdout.decode(errors="replace").splitlines()
+
+
+def mount_id(daemon_root: Path, driver: str, container: str) -> str:
+    """The layer id dockerd gave a container's writable layer (random, not the container's)."""
+    record = daemon_root / "image" / driver / "layerdb" / "mounts" / container / "mount-id"
+    return record.read_text()
 
 
 def unmount_below(root: Path) -> None:

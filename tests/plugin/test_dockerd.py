@@ -16,19 +16,26 @@ import json
 import shutil
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import requires
+from tests.plugin.client import PluginClient
 from tests.plugin.dockerd import (
     BUSYBOX,
     DOCKER,
+    WRITER,
     Daemon,
     PluginProcess,
     busybox_rootfs,
+    kernel_log_lines,
     leftovers,
+    mount_id,
+    mounts_below,
+    numbered,
     unique_name,
 )
 
@@ -273,3 +280,86 @@ def test_plugin_restart_under_a_running_dockerd(lcow: tuple[PluginProcess, Daemo
     assert "restored Init from" in log
     assert "POST /GraphDriver.Init" not in log  # dockerd does not call Init again
     assert "Traceback" not in log
+
+
+def wait_for_lines(daemon: Daemon, name: str, more_than: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        count = len(numbered(daemon.out("exec", name, "cat", "/srv/lines")))
+        if count > more_than or time.monotonic() > deadline:
+            return count
+        time.sleep(0.2)
+
+
+def view_of(plugin: PluginProcess, layer_id: str) -> str:
+    """Get and Put the layer as dockerd would: the directory Get gives."""
+    client = PluginClient(str(plugin.socket))
+    try:
+        directory: str = client.ok("GraphDriver.Get", {"ID": layer_id})["Dir"]
+        client.ok("GraphDriver.Put", {"ID": layer_id})
+    finally:
+        client.close()
+    return directory
+
+
+def lost_writes(lines: list[str]) -> list[str]:
+    return [line for line in lines if "lost async page write" in line or "I/O error" in line]
+
+
+def test_a_plugin_restart_under_a_running_container_keeps_its_writes(
+    env: Env, lcow: tuple[PluginProcess, Daemon]
+) -> None:
+    plugin, daemon = lcow
+    kernel_before = len(kernel_log_lines())
+    container = daemon.out(*RUN, "-d", "--name", "writer", BASE, "sh", "-c", WRITER)
+    layer = mount_id(daemon.dir / "root", plugin.name, container)
+    views = home(plugin) / "mounts"
+    try:
+        before = wait_for_lines(daemon, "writer", 5)
+        directory = view_of(plugin, layer)
+        mounted = mounts_below(views)
+        storage_daemon = (views / "qsd.pid").read_text()
+        assert directory in [point for point, _, _ in mounted]
+        stopped_at = time.time()
+        assert plugin.stop() == 0
+        # Stopping the plugin leaves what dockerd holds alone: the same mounts, the storage
+        # daemon serving the sandbox, the container writing.
+        assert mounts_below(views) == mounted
+        assert (views / "qsd.pid").read_text() == storage_daemon
+        time.sleep(1)
+        plugin.start()
+        restarted_at = time.time()
+        # The restarted plugin adopts them: Get answers the same directory, nothing is mounted
+        # a second time, the same storage daemon runs.
+        assert view_of(plugin, layer) == directory
+        assert mounts_below(views) == mounted
+        assert (views / "qsd.pid").read_text() == storage_daemon
+        assert "restored Init from" in plugin.log()
+        after = wait_for_lines(daemon, "writer", before + 10)
+        # docker cp goes into the filesystem the container sees.
+        (env.base / "copied.txt").write_bytes(b"copied during the run\n")
+        daemon.docker("cp", str(env.base / "copied.txt"), "writer:/srv/copied.txt")
+        assert daemon.out("exec", "writer", "cat", "/srv/copied.txt") == "copied during the run"
+        assert Path(directory, "srv", "copied.txt").read_text() == "copied during the run\n"
+        daemon.docker("exec", "writer", "touch", "/stop")
+        time.sleep(1)
+        inside = daemon.out("exec", "writer", "cat", "/srv/lines") + "\n"
+        held = daemon.out("exec", "writer", "cat", "/srv/held") + "\n"
+        assert mounts_below(views) == mounted
+        on_host = Path(directory, "srv", "lines").read_text()
+        assert Path(directory, "srv", "held").read_text() == held
+        assert on_host == inside == held
+        lines = numbered(inside)
+        assert len(lines) > after
+        # Lines were written all the while the plugin was down.
+        written = {t for _, t in lines}
+        assert all(t in written for t in range(int(stopped_at) + 1, int(restarted_at)))
+        assert lost_writes(kernel_log_lines()[kernel_before:]) == []
+    finally:
+        daemon.docker("rm", "-f", "writer", check=False)
+    # dockerd's own stop (Put, then Cleanup) releases everything the container had.
+    daemon.stop()
+    left = [m for m in mounts_below(views)]
+    daemon.start()
+    assert left == []
+    assert not (views / "qsd.pid").exists()

@@ -12,8 +12,10 @@ import contextlib
 import http.client
 import io
 import json
+import logging
 import os
 import queue
+import re
 import select
 import shutil
 import signal
@@ -25,6 +27,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,10 +36,18 @@ import pytest
 
 from lcow.errors import Busy
 from lcow.graphdriver.driver import Driver
+from lcow.plugin.handlers import PREFETCH
 from lcow.plugin.server import BackgroundServer, ServerConfig, bind_unix_socket
 from lcow.plugin.streams import poison
 from tests.helpers import TarEntry, ensure, host_leftovers, write_tar
-from tests.plugin.client import PluginClient, chunked, raw_request
+from tests.plugin.client import (
+    PluginClient,
+    chunked,
+    raw_request,
+    read_reply,
+    stalled_request,
+)
+from tests.plugin.dockerd import mounts_below
 from tests.plugin.fakes import (
     FailingDiffDriver,
     RecordingDriver,
@@ -64,13 +75,16 @@ class Plugin:
         self.server: BackgroundServer | None = None
         self.client = PluginClient(str(self.socket))
 
-    def start(self, *, host: bool = False, kind: type[Driver] = Driver) -> Plugin:
+    def start(
+        self, *, host: bool = False, kind: type[Driver] = Driver, idle_timeout: float = 60.0
+    ) -> Plugin:
         factory = recording_factory(self.drivers, kind)
         config = ServerConfig(
             socket_path=self.socket,
             state_root=self.state_root,
             defaults=[f"lcow.backend={'host' if host else 'userspace'}"],
             workers=64,
+            idle_timeout=idle_timeout,
             factory=factory,
         )
         self.server = BackgroundServer(config)
@@ -111,6 +125,16 @@ def sock_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
+def logging_on() -> Iterator[None]:
+    """Log records reach handlers (the fuzz harnesses, imported by other tests of the session,
+    turn logging off process-wide)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.NOTSET)
+    yield
+    logging.disable(previous)
+
+
+@pytest.fixture
 def plugin(tmp_path: Path, sock_dir: Path) -> Iterator[Plugin]:
     running = Plugin(tmp_path, sock_dir).start()
     yield running
@@ -120,11 +144,13 @@ def plugin(tmp_path: Path, sock_dir: Path) -> Iterator[Plugin]:
 
 @pytest.fixture
 def host_plugin(tmp_path: Path, sock_dir: Path) -> Iterator[Plugin]:
-    """A plugin on the host backend: Get answers mounted host directories."""
+    """A plugin on the host backend: Get answers mounted host directories. Stopped as dockerd
+    and the plugin stop: dockerd's Cleanup, then SIGTERM."""
     ensure("host")
     running = Plugin(tmp_path, sock_dir).start(host=True)
     running.init()
     yield running
+    running.client.ok("GraphDriver.Cleanup")
     running.stop()
     assert host_leftovers(tmp_path) == []
 
@@ -453,31 +479,43 @@ def test_apply_diff_errors(plugin: Plugin, tmp_path: Path) -> None:
 @pytest.mark.parametrize("pause", [0.0, 0.5], ids=["at-once", "after-a-pause"])
 @pytest.mark.parametrize("cut", ["header-boundary", "mid-entry", "chunked"])
 def test_a_truncated_apply_diff_body_leaves_no_layer(
-    tmp_path: Path, sock_dir: Path, cut: str, pause: float
+    tmp_path: Path,
+    sock_dir: Path,
+    cut: str,
+    pause: float,
+    caplog: pytest.LogCaptureFixture,
+    logging_on: None,
 ) -> None:
     RecordingDriver.applied = queue.Queue()
     running = Plugin(tmp_path, sock_dir).start(kind=RecordingDriver)
     try:
         running.init()
         running.client.ok("GraphDriver.Create", {"ID": "cut"})
-        data = tar_bytes(tmp_path, [TarEntry(f"f{i}", data=b"y" * 3000) for i in range(20)])
+        # More than PREFETCH before the cut, so that the conversion has begun when it comes.
+        data = tar_bytes(tmp_path, [TarEntry(f"f{i}", data=b"y" * 3000) for i in range(120)])
         if cut == "chunked":
-            body = chunked(data)[: len(data) // 2]  # no final chunk, cut inside a chunk
+            body = chunked(data)[: len(data) * 3 // 4]  # no final chunk, cut inside a chunk
             head = apply_diff_head("cut", extra="Transfer-Encoding: chunked")
         else:
             # A tar cut exactly after an entry is a valid tar without its end marker: only the
             # missing bytes of the body tell that it is incomplete.
             with tarfile.open(fileobj=io.BytesIO(data)) as tf:
-                third = tf.getmembers()[3]
-            end = third.offset_data + 3072  # data padded to the block
+                member = tf.getmembers()[100]
+            end = member.offset_data + 3072  # data padded to the block
             body = data[:end] if cut == "header-boundary" else data[: end - 100]
             head = apply_diff_head("cut", extra=f"Content-Length: {len(data)}")
+        assert len(body) > PREFETCH
         # After a pause the converter has consumed what came; at once, the body may be lost
-        # with the connection before the handler reads it.
+        # with the connection before the handler reads it (then no conversion begins).
         answer = raw_request(str(running.socket), head, body, pause=pause)
         assert b'"Size"' not in answer
-        outcome = RecordingDriver.applied.get(timeout=30)
-        assert isinstance(outcome, ValueError), outcome  # the poison: not an end of input
+        deadline = time.monotonic() + 30
+        while "GraphDriver.ApplyDiff" not in caplog.text:  # logged once the call is over
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        if pause or not RecordingDriver.applied.empty():
+            outcome = RecordingDriver.applied.get(timeout=30)
+            assert isinstance(outcome, ValueError), outcome  # the poison: not an end of input
         assert layer_files(running, "cut") == ["layerchain.json"]
         assert running.client.ok("GraphDriver.Changes", {"ID": "cut"}) == {"Changes": []}
     finally:
@@ -572,6 +610,143 @@ def test_http_errors_have_err_bodies(plugin: Plugin) -> None:
     assert "Err" in reply.json
 
 
+# -- hostile strings: ids, the log, Err ------------------------------------------------------------
+
+# Ids the strict rule refuses (lcow.storage.dataroot.validate_id), hostile ones among them.
+BAD_IDS = [
+    "-lead", ".hidden", "a b", "a\nb", "x\x1b[31m", "é", "a" * 129, "x-removing", "cache",
+    "mounts", "scratch", "a\\b", "a:b",
+]  # fmt: skip
+PARENT_METHODS = ["Create", "CreateReadWrite", "Diff", "Changes", "DiffSize"]
+
+
+@pytest.mark.parametrize("bad", BAD_IDS)
+def test_invalid_ids_and_parents_are_400(plugin: Plugin, bad: str) -> None:
+    plugin.init()
+    plugin.client.ok("GraphDriver.Create", {"ID": "good"})
+    before = sorted(os.listdir(plugin.home))
+    for method in ID_METHODS:
+        reply = plugin.client.call(f"GraphDriver.{method}", {"ID": bad})
+        assert reply.status == 400, (method, reply)
+        assert reply.json["Err"].startswith(f"GraphDriver.{method}: ID: invalid layer id")
+    for method in PARENT_METHODS:
+        reply = plugin.client.call(f"GraphDriver.{method}", {"ID": "good", "Parent": bad})
+        assert reply.status == 400, (method, reply)
+        assert reply.json["Err"].startswith(f"GraphDriver.{method}: Parent: invalid layer id")
+    data = b"\0" * 1024
+    encoded = urllib.parse.quote(bad, safe="")
+    for query in (f"id={encoded}&parent=", f"id=good&parent={encoded}"):
+        reply = plugin.client.request(
+            f"GraphDriver.ApplyDiff?{query}", iter([data]), encode_chunked=True
+        )
+        assert reply.status == 400, (query, reply)
+        assert "invalid layer id" in reply.json["Err"]
+        # The body was drained: the connection goes on.
+        assert plugin.client.ok("GraphDriver.Exists", {"ID": "good"}) == {"Exists": True}
+    assert sorted(os.listdir(plugin.home)) == before
+    assert os.listdir(plugin.home / "good") == ["layerchain.json"]
+
+
+def hostile_tar() -> bytes:
+    """A tar whose one entry, named with a newline and terminal escapes, fails: a hard link to
+    a missing target (the error names both)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        link = tarfile.TarInfo("evil\n2026-01-01 00:00:00,000 INFO [0-000001] FORGED\x1b[2J")
+        link.type, link.linkname = tarfile.LNKTYPE, "missing\x07\r"
+        tf.addfile(link)
+    return buffer.getvalue()
+
+
+def test_err_texts_are_printable_and_exact_json(plugin: Plugin) -> None:
+    plugin.init()
+    reply = plugin.client.call("GraphDriver.Exists", {"ID": "a\x1b]0;title\x07\nb"})
+    assert reply.status == 400
+    message = reply.json["Err"]
+    assert message.isprintable() and "\\x1b]0;title\\x07\\nb'" in message
+    assert reply.body == protocol_json({"Err": message})
+    plugin.client.ok("GraphDriver.Create", {"ID": "tar"})
+    reply = plugin.client.apply_diff("tar", "", hostile_tar())
+    assert reply.status == 200
+    assert reply.json == {
+        "Err": "evil\\n2026-01-01 00:00:00,000 INFO [0-000001] FORGED\\x1b[2J: hard link "
+        "target missing\\x07\\r not found"
+    }
+    # An unknown method is named as it came on the wire (percent-encoded, so printable).
+    reply = plugin.client.request("GraphDriver.Foo%0aX%1b%5B31m", b"{}")
+    assert (reply.status, reply.json) == (
+        404,
+        {"Err": "unknown method 'GraphDriver.Foo%0aX%1b%5B31m'"},
+    )
+    reply = plugin.client.call("GraphDriver.Init", {"Home": "rel\x1b[1m"})
+    assert reply.json == {
+        "Err": "lcow plugin: init: Home must be an absolute path, got 'rel\\x1b[1m'"
+    }
+
+
+def protocol_json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode() + b"\n"
+
+
+_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) \[")
+
+
+def test_the_log_cannot_be_forged(tmp_path: Path, sock_dir: Path) -> None:
+    socket_path, log = sock_dir / "log.sock", tmp_path / "plugin.log"
+    proc = _serve(tmp_path / "state", socket_path, None, "--log-level", "debug", log=log)
+    try:
+        _wait_for(socket_path, proc)
+        client = PluginClient(str(socket_path))
+        client.ok("GraphDriver.Init", {"Home": str(tmp_path / "home")})
+        forged = "%0a2026-01-01%2000:00:00,000%20INFO%20[0-000001]%20FORGED%1b[2J%07%0d"
+        assert client.request(f"GraphDriver.Foo{forged}", b"{}").status == 404
+        assert client.call("GraphDriver.Exists", {"ID": "a\nFORGED\x1b[31m"}).status == 400
+        client.ok("GraphDriver.Create", {"ID": "tar"})
+        assert "Err" in client.apply_diff("tar", "", hostile_tar()).json
+        query = "id=tar&parent=%0aFORGED%1b[1m"
+        reply = client.request(f"GraphDriver.ApplyDiff?{query}", iter([b"x"]), encode_chunked=True)
+        assert reply.status == 400
+        client.close()
+        # Header values: a bad one is refused by the HTTP parser (which may log it).
+        head = (
+            "POST /GraphDriver.Status HTTP/1.1\r\nHost: plugin\r\n"
+            "Content-Length: 2\x1b[31m\r\nX-Evil: \x1b]0;title\x07FORGED"
+        )
+        raw_request(str(socket_path), head, b"{}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    text = log.read_bytes()
+    assert proc.returncode == 0, text[-3000:]
+    for control in (b"\x1b", b"\x07", b"\r"):
+        assert control not in text, text[-3000:]
+    lines = text.decode().splitlines()
+    assert stray_lines(lines) == []
+    forgeries = [line for line in lines if "FORGED" in line]
+    assert len(forgeries) >= 4, lines  # the path, the id, the tar entry, the query
+    assert all(_LOG_LINE.match(line) or line.startswith("aiohttp.") for line in forgeries)
+    assert all("\\n" in line.split("FORGED")[0] for line in forgeries), forgeries
+
+
+def stray_lines(lines: list[str]) -> list[str]:
+    """Lines that are neither a record's first line nor part of a traceback after it (frames,
+    then one line for the exception: its text is escaped, so it cannot span lines)."""
+    stray = []
+    state = "record"
+    for line in lines:
+        if _LOG_LINE.match(line):
+            state = "record"
+        elif state == "record" and line == "Traceback (most recent call last):":
+            state = "frames"
+        elif state == "frames" and line.startswith("  "):
+            pass
+        elif state == "frames":
+            state = "done"  # the exception's one line
+        else:
+            stray.append(line)
+    return stray
+
+
 # -- concurrency ---------------------------------------------------------------------------------
 
 
@@ -638,6 +813,219 @@ def test_a_slow_upload_does_not_hold_up_other_calls(plugin: Plugin) -> None:
     assert b"HTTP/1.1 200" in answer
 
 
+def partial_tar_head(size: int = 1 << 20) -> bytes:
+    """A tar header announcing ``size`` bytes of a file, as the start of a body."""
+    info = tarfile.TarInfo("big")
+    info.size = size
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def stall_upload(path: Path, layer_id: str) -> socket.socket:
+    """An ApplyDiff that sends its headers, a chunk header and part of the chunk, then stops."""
+    start = b"1000\r\n" + partial_tar_head() + b"x" * 1000
+    head = apply_diff_head(layer_id, extra="Transfer-Encoding: chunked")
+    return stalled_request(str(path), head, start)
+
+
+def stall_upload_in_slot(path: Path, layer_id: str, tmp: Path) -> socket.socket:
+    """An ApplyDiff that sends more than PREFETCH of a real tar (so its conversion begins), then
+    stops in the middle of a file."""
+    data = tar_bytes(tmp, [TarEntry(f"f{i}", data=os.urandom(4000)) for i in range(100)])
+    body = chunked(data[: PREFETCH + 65536])[: -len(b"0\r\n\r\n")]
+    head = apply_diff_head(layer_id, extra="Transfer-Encoding: chunked")
+    return stalled_request(str(path), head, body)
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_stalled_uploads_never_hold_up_other_calls(tmp_path: Path, sock_dir: Path) -> None:
+    idle = 2.0
+    socket_path, home = sock_dir / "stall.sock", tmp_path / "home"
+    log = tmp_path / "plugin.log"
+    proc = _serve(tmp_path / "state", socket_path, None, "--idle-timeout", str(idle), log=log)
+    stalled: dict[str, socket.socket] = {}
+    try:
+        _wait_for(socket_path, proc)
+        client = PluginClient(str(socket_path), timeout=10)
+        client.ok("GraphDriver.Init", {"Home": str(home)})
+        ids = [f"stalled-{i}" for i in range(70)] + ["in-slot", "moving"]
+        for layer_id in ids:
+            client.ok("GraphDriver.Create", {"ID": layer_id})
+        client.close()
+        before = {i: sorted(os.listdir(home / i)) for i in ids}
+        stalled = {i: stall_upload(socket_path, i) for i in ids[:70]}
+        stalled["in-slot"] = stall_upload_in_slot(socket_path, "in-slot", tmp_path)
+        # A slow upload that keeps moving: a piece every idle/2 seconds, longer than idle.
+        data = tar_bytes(tmp_path, base_entries())
+        pieces = [data[i : i + len(data) // 5 + 1] for i in range(0, len(data), len(data) // 5 + 1)]
+
+        def slowly() -> Iterator[bytes]:
+            for piece in pieces:
+                time.sleep(idle / 2)
+                yield piece
+
+        moving: list[Any] = []
+
+        def upload() -> None:
+            slow = PluginClient(str(socket_path), timeout=30)
+            try:
+                moving.append(
+                    slow.request(
+                        "GraphDriver.ApplyDiff?id=moving&parent=", slowly(), encode_chunked=True
+                    )
+                )
+            finally:
+                slow.close()
+
+        uploader = threading.Thread(target=upload)
+        uploader.start()
+        started = time.monotonic()
+        latencies = []
+        while time.monotonic() - started < idle * 2:
+            begun = time.monotonic()
+            other = PluginClient(str(socket_path), timeout=5)
+            assert other.ok("GraphDriver.Exists", {"ID": "stalled-0"}) == {"Exists": True}
+            assert other.ok("GraphDriver.Status")["Status"][0] == ["LCOW", ""]
+            other.close()
+            latencies.append(time.monotonic() - begun)
+        uploader.join(60)
+        assert moving and moving[0].status == 200 and moving[0].json == {"Size": 25}, moving
+        # Each stalled upload fails after the idle timeout, naming its layer; nothing is left.
+        for layer_id, sock in stalled.items():
+            reply = read_reply(sock, idle + 10)
+            assert reply.status == 408, (layer_id, reply)
+            assert reply.json["Err"].startswith(f"lcowdriver: applydiff: {layer_id}: "), reply
+            assert f"no data for {idle:g} s" in reply.json["Err"]
+        for layer_id in ids[:-1]:
+            assert sorted(os.listdir(home / layer_id)) == before[layer_id], layer_id
+        peak = peak_rss_mib(proc.pid)
+        print(f"70 stalled uploads: Exists+Status max {max(latencies) * 1000:.1f} ms, "
+              f"median {sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms "
+              f"over {len(latencies)} rounds; server peak RSS {peak:.0f} MiB")  # fmt: skip
+        assert max(latencies) < 1.0, latencies
+        assert peak < 150, peak
+    finally:
+        for sock in stalled.values():
+            sock.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text()
+
+
+def test_sigterm_ends_stalled_uploads_within_the_shutdown_timeout(
+    tmp_path: Path, sock_dir: Path
+) -> None:
+    socket_path, home = sock_dir / "term.sock", tmp_path / "home"
+    log = tmp_path / "plugin.log"
+    proc = _serve(tmp_path / "state", socket_path, None, "--shutdown-timeout", "2", log=log)
+    stalled: list[socket.socket] = []
+    try:
+        _wait_for(socket_path, proc)
+        client = PluginClient(str(socket_path), timeout=10)
+        client.ok("GraphDriver.Init", {"Home": str(home)})
+        for layer_id in ("in-slot", "waiting-1", "waiting-2"):
+            client.ok("GraphDriver.Create", {"ID": layer_id})
+        client.close()
+        stalled.append(stall_upload_in_slot(socket_path, "in-slot", tmp_path))
+        stalled += [stall_upload(socket_path, i) for i in ("waiting-1", "waiting-2")]
+        time.sleep(1)  # the first one's conversion is running
+        begun = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        elapsed = time.monotonic() - begun
+    finally:
+        for sock in stalled:
+            sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert elapsed < 2 + 3, elapsed
+    assert "Traceback" not in text and "never retrieved" not in text, text[-3000:]
+    for layer_id in ("in-slot", "waiting-1", "waiting-2"):
+        assert os.listdir(home / layer_id) == ["layerchain.json"], layer_id
+
+
+def test_a_stalled_json_body_times_out(tmp_path: Path, sock_dir: Path) -> None:
+    running = Plugin(tmp_path, sock_dir).start(idle_timeout=1.0)
+    try:
+        running.init()
+        head = "POST /GraphDriver.Create HTTP/1.1\r\nHost: plugin\r\nContent-Length: 100"
+        with stalled_request(str(running.socket), head, b'{"ID": "hal') as sock:
+            reply = read_reply(sock, 10)
+        assert reply.status == 408
+        assert reply.json == {
+            "Err": "GraphDriver.Create: request body incomplete: no data for 1 s after 11 bytes"
+        }
+        assert not (running.home / "hal").exists()
+    finally:
+        running.stop()
+
+
+def test_a_diff_client_that_takes_nothing_is_cut_off(tmp_path: Path, sock_dir: Path) -> None:
+    running = Plugin(tmp_path, sock_dir).start(idle_timeout=1.0)
+    try:
+        running.init()
+        big = tar_bytes(tmp_path, [TarEntry("blob", data=os.urandom(16 << 20))])
+        running.layer("big", "", big)
+        head = "POST /GraphDriver.Diff HTTP/1.1\r\nHost: plugin\r\nContent-Length: 14"
+        with stalled_request(str(running.socket), head, b'{"ID": "big"}\n') as sock:
+            time.sleep(4)  # takes nothing meanwhile; the server gives up after 1 s
+            sock.settimeout(10)
+            received = 0
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(1 << 20):
+                    received += len(chunk)
+        assert received < len(big)  # cut off, not finished
+        assert running.client.ok("GraphDriver.Exists", {"ID": "big"}) == {"Exists": True}
+    finally:
+        running.stop()
+
+
+def test_a_slow_diff_client_that_keeps_reading_gets_it_all(tmp_path: Path, sock_dir: Path) -> None:
+    running = Plugin(tmp_path, sock_dir).start(idle_timeout=2.0)
+    try:
+        running.init()
+        running.layer("slow", "", tar_bytes(tmp_path, [TarEntry("b", data=b"s" * (512 << 10))]))
+        head = "POST /GraphDriver.Diff HTTP/1.1\r\nHost: plugin\r\nContent-Length: 14"
+        with stalled_request(str(running.socket), head, b'{"ID":"slow"}\n') as sock:
+            sock.settimeout(10)
+            data = b""
+            # ~160 KB/s: a unix socket turns writable again only once its queue is down to a
+            # quarter, so the server sees progress about every second, within its 2 s.
+            while not data.endswith(b"\r\n0\r\n\r\n") and (chunk := sock.recv(64 << 10)):
+                data += chunk
+                time.sleep(0.4)
+        head_end = data.index(b"\r\n\r\n") + 4
+        assert data.startswith(b"HTTP/1.1 200")
+        assert tar_names(dechunk(data[head_end:])) == ["b"]
+    finally:
+        running.stop()
+
+
+def dechunk(body: bytes) -> bytes:
+    """An HTTP/1.1 chunked body's payload."""
+    out = bytearray()
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return bytes(out)
+        out += body[:size]
+        body = body[size + 2 :]
+
+
 # -- restarts, sockets, the command --------------------------------------------------------------
 
 
@@ -657,6 +1045,83 @@ def test_a_restarted_plugin_serves_without_a_new_init(tmp_path: Path, sock_dir: 
         assert second.drivers[0].options.global_mode
     finally:
         second.stop()
+
+
+def qsd_pid(home: Path) -> str:
+    """The storage daemon's pid as the host backend records it."""
+    return (home / "mounts" / "qsd.pid").read_text()
+
+
+def container_layers(plugin: Plugin, tmp_path: Path) -> None:
+    """An image layer and a container's writable layer on it, as ``docker run`` makes them."""
+    plugin.layer("image", "", tar_bytes(tmp_path, base_entries()))
+    plugin.client.ok("GraphDriver.CreateReadWrite", {"ID": "ctr", "Parent": "image"})
+
+
+def test_a_plugin_restart_keeps_the_views_clients_hold(tmp_path: Path, sock_dir: Path) -> None:
+    ensure("host")
+    first = Plugin(tmp_path, sock_dir).start(host=True)
+    first.init()
+    container_layers(first, tmp_path)
+    directory = first.client.ok("GraphDriver.Get", {"ID": "ctr"})["Dir"]
+    mounted = mounts_below(first.home / "mounts")
+    daemon = qsd_pid(first.home)
+    # A process inside the container, writing through a descriptor opened before the restart.
+    with open(Path(directory, "etc", "log"), "ab", buffering=0) as log:
+        log.write(b"before\n")
+        first.stop()  # SIGTERM
+        log.write(b"while stopped\n")
+        os.fsync(log.fileno())
+        assert mounts_below(first.home / "mounts") == mounted
+        assert qsd_pid(first.home) == daemon
+        second = Plugin(tmp_path, sock_dir).start(host=True)  # no Init: restored
+        try:
+            # The same directory, the same mounts and storage daemon: nothing mounted twice.
+            assert second.client.ok("GraphDriver.Get", {"ID": "ctr"})["Dir"] == directory
+            assert mounts_below(first.home / "mounts") == mounted
+            assert qsd_pid(first.home) == daemon
+            assert second.driver.view_count("ctr") == 2
+            log.write(b"after\n")
+            os.fsync(log.fileno())
+            assert Path(directory, "etc", "log").read_bytes() == b"before\nwhile stopped\nafter\n"
+            second.client.ok("GraphDriver.Put", {"ID": "ctr"})
+            assert mounts_below(first.home / "mounts") == mounted
+        finally:
+            second.stop()
+    # What the views held stays until released; an administrator releases everything.
+    assert mounts_below(first.home / "mounts") == mounted
+    subprocess.run(
+        [sys.executable, "-m", "lcow", "--root", str(first.home), "--backend", "host", "cleanup"],
+        check=True, timeout=120,
+    )  # fmt: skip
+    assert host_leftovers(tmp_path) == []
+    # The content was written back to the sandbox: a new view shows it.
+    third = Plugin(tmp_path, sock_dir).start(host=True)
+    try:
+        directory = third.client.ok("GraphDriver.Get", {"ID": "ctr"})["Dir"]
+        assert Path(directory, "etc", "log").read_bytes() == b"before\nwhile stopped\nafter\n"
+        third.client.ok("GraphDriver.Put", {"ID": "ctr"})
+    finally:
+        third.stop()
+    assert host_leftovers(tmp_path) == []
+
+
+def test_a_new_init_keeps_the_views_clients_hold(host_plugin: Plugin, tmp_path: Path) -> None:
+    container_layers(host_plugin, tmp_path)
+    client = host_plugin.client
+    directory = client.ok("GraphDriver.Get", {"ID": "ctr"})["Dir"]
+    Path(directory, "etc", "kept").write_bytes(b"kept\n")
+    mounted = mounts_below(host_plugin.home / "mounts")
+    host_plugin.init()  # a restarted dockerd's Init while the container still runs
+    assert len(host_plugin.drivers) == 2
+    assert mounts_below(host_plugin.home / "mounts") == mounted
+    assert host_plugin.driver.view_count("ctr") == 1
+    assert client.ok("GraphDriver.Get", {"ID": "ctr"})["Dir"] == directory
+    assert mounts_below(host_plugin.home / "mounts") == mounted
+    assert Path(directory, "etc", "kept").read_bytes() == b"kept\n"
+    client.ok("GraphDriver.Put", {"ID": "ctr"})
+    client.ok("GraphDriver.Put", {"ID": "ctr"})
+    assert not Path(directory).exists()
 
 
 def test_a_stuck_call_does_not_hold_up_the_shutdown(tmp_path: Path, sock_dir: Path) -> None:
@@ -744,13 +1209,23 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30) ->
 
 
 def _serve(
-    state: Path, socket_path: Path, env: dict[str, str] | None = None
+    state: Path,
+    socket_path: Path,
+    env: dict[str, str] | None = None,
+    *options: str,
+    log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
+    """``lcow plugin serve`` (userspace backend); stderr to ``log`` if given, else a pipe."""
     argv = [sys.executable, "-m", "lcow", "plugin", "serve", "--root", str(state),
-            "--socket", str(socket_path), "--backend", "userspace"]  # fmt: skip
-    return subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}
-    )
+            "--socket", str(socket_path), "--backend", "userspace", *options]  # fmt: skip
+    if log is None:
+        return subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}
+        )
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
 
 
 def test_the_command_serves_until_sigterm(tmp_path: Path, sock_dir: Path) -> None:

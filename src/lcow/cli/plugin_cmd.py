@@ -4,8 +4,10 @@ Listens on ``/run/docker/plugins/<name>.sock`` (mode 0660) where dockerd started
 ``--experimental --storage-driver <name>`` finds it. The layers go to Init's Home
 (``<data-root>/<name>``); ``--root`` is the plugin's own state directory, where Init is kept so
 that a restarted plugin serves a running dockerd without a new Init. Runs until SIGTERM or
-SIGINT, then finishes running calls, runs Cleanup and removes its socket. Logs go to stderr, one
-line per call with its request id.
+SIGINT, then finishes running calls and removes its socket; views dockerd holds (running
+containers) stay mounted for the next plugin to adopt (dockerd's Cleanup, or 'lcow --root HOME
+--backend host cleanup', releases them). Logs go to stderr, one line per call with its request
+id.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from pathlib import Path
+from types import TracebackType
 
 from lcow.cli.status import ExitStatus, UsageError
 
@@ -57,10 +61,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     serve.add_argument(
         "--workers", type=_positive, default=64,
-        help="threads for driver calls, i.e. calls served at once (default 64)",
+        help="threads for metadata calls (Exists, Status, GetMetadata, Get, Put) and as many "
+        "for other calls but ApplyDiff, i.e. such calls served at once (default 64)",
     )  # fmt: skip
     serve.add_argument(
-        "--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
+        "--max-uploads", type=_positive, default=None, metavar="N",
+        help="ApplyDiff conversions at once; more wait without holding a thread (default: "
+        "$LCOW_MAX_CONVERSIONS or the CPU count, at least 2)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--idle-timeout", type=_seconds, default=60.0, metavar="SECONDS",
+        help="fail a request whose body sends nothing (or a Diff whose client takes nothing) "
+        "for this long; every byte restarts the timer, so slow uploads are not cut "
+        "(default 60)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--shutdown-timeout", type=_seconds, default=30.0, metavar="SECONDS",
         help="how long running calls may finish after SIGTERM (default 30)",
     )  # fmt: skip
     serve.add_argument(
@@ -85,14 +101,32 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def _setup_logging(level_name: str) -> None:
-    """Log lines with the request id to stderr (journald adds time and unit)."""
+    """Log lines with the request id to stderr (journald adds time and unit).
+
+    Log messages carry what clients send (URL paths, ids, tar entry names, error texts), so one
+    handler with an escaping formatter takes every record — aiohttp's and asyncio's too, through
+    the root logger — and what Python would print to stderr by itself (warnings, exceptions in
+    threads or finalisers) is logged instead: a hostile name can neither forge a log line nor
+    drive the terminal of whoever reads the log.
+    """
+    from lcow._util.escape import EscapingFormatter
     from lcow.plugin.server import RequestIdFilter
 
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
+        EscapingFormatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
     )
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -100,6 +134,33 @@ def _setup_logging(level_name: str) -> None:
     root.addHandler(handler)
     root.setLevel(getattr(logging, level_name.upper()))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    threading.excepthook = _log_thread_exception
+    sys.unraisablehook = _log_unraisable
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    _log_exception(f"uncaught exception in thread {name}", args.exc_type, args.exc_value,
+                   args.exc_traceback)  # fmt: skip
+
+
+def _log_unraisable(args: sys.UnraisableHookArgs) -> None:
+    what = f"{args.err_msg or 'Exception ignored in'}: {args.object!r}"
+    _log_exception(what, args.exc_type, args.exc_value, args.exc_traceback)
+
+
+def _log_exception(
+    what: str,
+    exc_type: type[BaseException],
+    exc: BaseException | None,
+    tb: TracebackType | None,
+) -> None:
+    logging.getLogger("lcow.plugin").error(
+        "%s: %s", what, exc_type.__name__, exc_info=(exc_type, exc, tb) if exc else None
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
             state_root=Path(state_root),
             defaults=defaults,
             workers=args.workers,
+            max_uploads=args.max_uploads,
+            idle_timeout=args.idle_timeout,
             shutdown_timeout=args.shutdown_timeout,
         )
     )

@@ -1,9 +1,21 @@
 """The HTTP handlers: one route, decoded by :mod:`lcow.plugin.requests`, answered per SPEC §9.
 
-Every driver call is blocking (file I/O, mounts, conversion) and runs on the server's thread
-pool, so calls from dockerd (which come concurrently) proceed together while the event loop only
-moves bytes. The request id of the current call (:data:`REQUEST_ID`) follows the call into its
-worker thread, so driver log lines carry it too.
+Every driver call is blocking (file I/O, mounts, conversion) and runs on a thread pool, so calls
+from dockerd (which come concurrently) proceed together while the event loop only moves bytes.
+Three pools (:class:`Pools`) keep one kind of work from starving another: metadata calls
+(Exists, Status, GetMetadata, Get, Put) have their own threads, so they answer whatever else
+runs; conversions (ApplyDiff) have one thread per upload slot.
+
+What a client may hold is bounded (:class:`Limits`). Every body is read with an idle timeout
+(:class:`~lcow.plugin.streams.IdleReader`), and a Diff whose client takes no data fails the same
+way. An ApplyDiff takes an upload slot — a conversion thread and a process-wide conversion slot
+— only once its first :data:`PREFETCH` bytes (or its whole, shorter body) have come: a client
+that sends headers and a few bytes and then nothing waits as a coroutine with a small buffer and
+fails after the idle timeout, never holding a thread; waiting for a free slot holds no thread
+either. A client that stalls while it holds a slot holds it for the idle timeout at most.
+
+The request id of the current call (:data:`REQUEST_ID`) follows the call into its worker
+thread, so driver log lines carry it too.
 """
 
 from __future__ import annotations
@@ -18,15 +30,18 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import Executor
-from typing import ParamSpec, TypeVar
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
 
 from aiohttp import web
 
-from lcow.errors import LcowError, NotSupported
+from lcow.convert.limits import max_conversions
+from lcow.errors import InvalidArgument, LcowError, NotSupported
 from lcow.graphdriver.driver import Driver
 from lcow.plugin import protocol
 from lcow.plugin.requests import (
+    MAX_JSON_BODY,
     ActivateRequest,
     ApplyDiffRequest,
     BadRequest,
@@ -50,9 +65,15 @@ from lcow.plugin.requests import (
     split_method,
 )
 from lcow.plugin.state import DriverState
-from lcow.plugin.streams import BodyChannel, read_block
+from lcow.plugin.streams import (
+    BodyChannel,
+    BodyStalled,
+    BodyTooLarge,
+    IdleReader,
+    read_block,
+)
 
-__all__ = ["REQUEST_ID", "Handlers", "gives_host_paths"]
+__all__ = ["PREFETCH", "REQUEST_ID", "Handlers", "Limits", "Pools", "gives_host_paths"]
 
 log = logging.getLogger("lcow.plugin")
 
@@ -64,6 +85,50 @@ _T = TypeVar("_T")
 # Failures that are the request's or the driver's, answered with {"Err"}; anything else is a bug.
 _EXPECTED = (LcowError, OSError)
 REQUEST_ID_HEADER = "X-Lcow-Request-Id"
+#: Bytes of an ApplyDiff body that must have come before it takes an upload slot.
+PREFETCH = 256 << 10
+_TIMEOUT = 408  # Request Timeout: the client stopped sending
+_WRITE_SLICE = 64 << 10  # Diff's output: aiohttp waits for the client after this much
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold, and for how long.
+
+    Attributes:
+        idle_timeout: seconds a request body may send nothing (or a Diff's client take
+            nothing) before the request fails; restarted by every byte that moves.
+        max_uploads: ApplyDiff conversions at once (default: the process's conversion cap,
+            ``$LCOW_MAX_CONVERSIONS`` or the CPU count); the others wait without a thread.
+        prefetch: bytes an ApplyDiff body must have sent before it takes a slot.
+    """
+
+    idle_timeout: float = 60.0
+    max_uploads: int = field(default_factory=max_conversions)
+    prefetch: int = PREFETCH
+
+    def __post_init__(self) -> None:
+        if not self.idle_timeout > 0:  # also NaN
+            raise InvalidArgument(
+                f"idle timeout: {self.idle_timeout!r} s, expected a positive number of seconds"
+            )
+        if self.max_uploads < 1:
+            raise InvalidArgument(f"max uploads: {self.max_uploads!r}, expected at least 1")
+
+
+@dataclass(frozen=True)
+class Pools:
+    """Where blocking driver calls run.
+
+    Attributes:
+        meta: Exists, Status, GetMetadata, Get and Put.
+        calls: every other driver call (Init, Create, Remove, Cleanup, Diff, Changes...).
+        uploads: ApplyDiff's conversions (as many threads as upload slots).
+    """
+
+    meta: Executor
+    calls: Executor
+    uploads: Executor
 
 
 class _Call:
@@ -122,29 +187,40 @@ class Handlers:
 
     Args:
         state: the driver (swapped by Init).
-        executor: where blocking driver calls run.
+        pools: where blocking driver calls run.
+        limits: what a request may hold.
     """
 
-    def __init__(self, state: DriverState, executor: Executor) -> None:
+    def __init__(self, state: DriverState, pools: Pools, limits: Limits | None = None) -> None:
         self.state = state
-        self.executor = executor
+        self.pools = pools
+        self.limits = limits or Limits()
+        self._uploads = asyncio.Semaphore(self.limits.max_uploads)
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}"
         self._busy = 0
         self._busy_lock = threading.Lock()
 
-    async def _call(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        """Run a blocking call on the pool, in the request's logging context."""
+    def _submit(
+        self, pool: Executor, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> Future[_T]:
+        """Start a blocking call on ``pool``, in the request's logging context."""
         context = contextvars.copy_context()
         with self._busy_lock:
             self._busy += 1
         try:
-            work = self.executor.submit(context.run, functools.partial(fn, *args, **kwargs))
+            work = pool.submit(context.run, functools.partial(fn, *args, **kwargs))
         except BaseException:
             self._done(None)
             raise
         work.add_done_callback(self._done)  # also when cancelled before it ran
-        return await asyncio.wrap_future(work)
+        return work
+
+    async def _call(
+        self, pool: Executor, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        """Run a blocking call on ``pool`` and wait for it."""
+        return await asyncio.wrap_future(self._submit(pool, fn, *args, **kwargs))
 
     def _done(self, _: object) -> None:
         with self._busy_lock:
@@ -193,15 +269,20 @@ class Handlers:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Every path: ``POST /<Method>``."""
         name, _ = split_method(request.path)
+        reader = IdleReader(request.content, self.limits.idle_timeout)
         if request.method != "POST":
-            await _drain(request)
+            await reader.drain()
             return _err(f"{name}: method {request.method} not allowed, use POST", 405)
         if name == ApplyDiffRequest.method:
-            return await self._apply_diff(request)
+            return await self._apply_diff(request, reader)
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            return _err(f"{name}: {exc.text}", 413)
+            body = await reader.read_all(MAX_JSON_BODY)
+        except BodyTooLarge as exc:
+            return _err(f"{name}: {exc}", 413)
+        except BodyStalled as exc:
+            return _err(f"{name}: request body incomplete: {exc}", _TIMEOUT)
+        except Exception as exc:  # the body broke off (connection lost, bad chunking)
+            return _err(f"{name}: request body incomplete: {type(exc).__name__}: {exc}", 400)
         try:
             decoded = decode_request(request.path_qs, body)
         except UnknownMethod as exc:
@@ -223,8 +304,9 @@ class Handlers:
         """The JSON endpoints."""
         if isinstance(req, ActivateRequest):
             return _ok(protocol.IMPLEMENTS)
+        meta, calls = self.pools.meta, self.pools.calls
         if isinstance(req, InitRequest):
-            await self._call(self.state.init, req)
+            await self._call(calls, self.state.init, req)
             return _ok()
         if isinstance(req, CapabilitiesRequest):
             return _json(protocol.capabilities_body(False))
@@ -232,30 +314,32 @@ class Handlers:
         if isinstance(req, CreateRequest):
             read_write = isinstance(req, CreateReadWriteRequest)
             create = driver.create_read_write if read_write else driver.create
-            await self._call(create, req.id, req.parent, req.storage_opt)
+            await self._call(calls, create, req.id, req.parent, req.storage_opt)
             return _ok()
         if isinstance(req, RemoveRequest):
-            await self._call(driver.remove, req.id)
+            await self._call(calls, driver.remove, req.id)
             return _ok()
         if isinstance(req, GetRequest):
-            return _ok({"Dir": await self._call(self._get, driver, req.id, req.mount_label)})
+            directory = await self._call(meta, self._get, driver, req.id, req.mount_label)
+            return _ok({"Dir": directory})
         if isinstance(req, PutRequest):
-            await self._call(driver.put, req.id)
+            await self._call(meta, driver.put, req.id)
             return _ok()
         if isinstance(req, ExistsRequest):
-            return _ok({"Exists": await self._call(driver.exists, req.id)})
+            return _ok({"Exists": await self._call(meta, driver.exists, req.id)})
         if isinstance(req, StatusRequest):
-            return _json(protocol.status_body(await self._call(driver.status)))
+            return _json(protocol.status_body(await self._call(meta, driver.status)))
         if isinstance(req, GetMetadataRequest):
-            return _ok({"Metadata": await self._call(driver.get_metadata, req.id)})
+            return _ok({"Metadata": await self._call(meta, driver.get_metadata, req.id)})
         if isinstance(req, CleanupRequest):
-            await self._call(driver.cleanup)
+            await self._call(calls, driver.cleanup)
             return _ok()
         if isinstance(req, ChangesRequest):
-            changes = await self._call(driver.changes, req.id, req.parent)
+            changes = await self._call(calls, driver.changes, req.id, req.parent)
             return _json(protocol.changes_body(changes))
         if isinstance(req, DiffSizeRequest):
-            return _ok({"Size": await self._call(driver.diff_size, req.id, req.parent)})
+            size = await self._call(calls, driver.diff_size, req.id, req.parent)
+            return _ok({"Size": size})
         raise AssertionError(f"no handler for {req!r}")  # pragma: no cover
 
     @staticmethod
@@ -276,13 +360,14 @@ class Handlers:
 
     async def _diff(self, request: web.Request, req: DiffRequest) -> web.StreamResponse:
         """Stream the tar; any failure before the first byte is a non-200 ``{"Err"}``."""
+        calls = self.pools.calls
         stream: io.RawIOBase | None = None
         try:
-            stream = await self._call(self.state.driver.diff, req.id, req.parent)
-            block = await self._call(read_block, stream)
+            stream = await self._call(calls, self.state.driver.diff, req.id, req.parent)
+            block = await self._call(calls, read_block, stream)
         except Exception as exc:
             if stream is not None:
-                await self._call(stream.close)
+                await self._call(calls, stream.close)
             if not isinstance(exc, _EXPECTED):
                 log.exception("Diff: internal error")
             return _err(protocol.error_message(exc), 500)
@@ -291,12 +376,23 @@ class Handlers:
         )
         response.enable_chunked_encoding()
         sent = 0
+        idle = self.limits.idle_timeout
         try:
             await response.prepare(request)
             while block:
-                await response.write(block)
-                sent += len(block)
-                block = await self._call(read_block, stream)
+                view = memoryview(block)
+                for start in range(0, len(block), _WRITE_SLICE):
+                    try:
+                        # Restarted for every slice the client takes: a slow reader that keeps
+                        # reading is never cut, one that stops is.
+                        async with asyncio.timeout(idle):
+                            await response.write(view[start : start + _WRITE_SLICE])
+                    except TimeoutError:
+                        raise BodyStalled(
+                            f"lcowdriver: diff: {req.id}: the client took no data for {idle:g} s"
+                        ) from None
+                    sent += len(view[start : start + _WRITE_SLICE])
+                block = await self._call(calls, read_block, stream)
             await response.write_eof()
         except Exception as exc:
             # Mid-stream: the status is gone. Cut the connection without the last chunk, so the
@@ -307,57 +403,82 @@ class Handlers:
             if request.transport is not None:
                 request.transport.abort()
         finally:
-            await self._call(stream.close)
+            await self._call(calls, stream.close)
         return response
 
-    async def _apply_diff(self, request: web.Request) -> web.Response:
-        """Feed the body to the converter as it arrives; reply only after its very end."""
+    async def _apply_diff(self, request: web.Request, body: IdleReader) -> web.Response:
+        """Take an upload slot once the body has shown it moves, then convert it as it comes."""
         try:
             req = decode_request(f"{request.path}?{request.rel_url.raw_query_string}", b"")
             assert isinstance(req, ApplyDiffRequest)
             driver = self.state.driver
         except _EXPECTED as exc:
-            await _drain(request)
+            await body.drain()
             return _err(protocol.error_message(exc), 400 if isinstance(exc, BadRequest) else 200)
         _CALL.get().args = _describe(req)
+        try:
+            head = await body.read_up_to(self.limits.prefetch)
+        except BodyStalled as exc:
+            return _incomplete(req, str(exc), _TIMEOUT)
+        except Exception as exc:  # the body broke off before the conversion began
+            return _incomplete(req, f"{type(exc).__name__}: {exc} after {body.received} bytes")
+        async with self._uploads:  # a coroutine waits here, not a thread
+            return await self._convert(req, driver, body, head)
+
+    async def _convert(
+        self, req: ApplyDiffRequest, driver: Driver, body: IdleReader, head: list[bytes]
+    ) -> web.Response:
+        """Feed the body to the converter as it arrives; reply only after its very end."""
         channel = await BodyChannel.open()
-        work = asyncio.ensure_future(self._call(driver.apply_diff, req.id, req.parent, channel.fd))
-        # The conversion over (or failed early), its end of the pipe closes; what is left of
-        # the body is then read and dropped.
-        work.add_done_callback(lambda _: channel.close_reader())
-        received = 0
+        try:
+            job = self._submit(
+                self.pools.uploads, driver.apply_diff, req.id, req.parent, channel.fd
+            )
+        except BaseException:  # the pool is shut down: nobody will read the pipe
+            channel.fail("not started")
+            channel.close_reader()
+            raise
+        # Once the conversion is over (or failed early) its end of the pipe closes — only then,
+        # as the thread reads it until it returns; what is left of the body is read and dropped.
+        job.add_done_callback(lambda _: channel.close_reader())
+        work = asyncio.wrap_future(job)
+        stalled = False
         try:
             try:
-                async for chunk in request.content.iter_any():
-                    received += len(chunk)
+                for chunk in head:
                     await channel.send(chunk)
-            except Exception as exc:  # the body broke off: never let that pass as its end
-                channel.fail(f"{type(exc).__name__}: {exc} after {received} bytes")
+                while chunk := await body.read():
+                    await channel.send(chunk)
+            except BodyStalled as exc:  # never let a stall or a break pass as the body's end
+                stalled = True
+                channel.fail(str(exc))
+            except Exception as exc:
+                channel.fail(f"{type(exc).__name__}: {exc} after {body.received} bytes")
             else:
                 await channel.finish()
             try:
                 size = await work
             except _EXPECTED as exc:
                 if channel.failure is not None:
-                    return _err(
-                        f"lcowdriver: applydiff: {req.id}: request body incomplete: "
-                        f"{channel.failure}"
-                    )
+                    return _incomplete(req, channel.failure, _TIMEOUT if stalled else 200)
                 return _err(protocol.error_message(exc))
             except Exception as exc:
                 log.exception("ApplyDiff: internal error")
                 return _err(protocol.error_message(exc), 500)
         except BaseException:  # cancelled: still end the converter's input, as an error
             channel.fail("request cancelled")
+            work.add_done_callback(_consume)  # nobody awaits the outcome any more
             raise
-        _CALL.get().args += f" ({received} bytes in)"
+        _CALL.get().args += f" ({body.received} bytes in)"
         return _ok({"Size": size})
 
 
-async def _drain(request: web.Request) -> None:
-    """Read the body to its end (dockerd resends a body the plugin answered too early)."""
-    try:
-        while await request.content.readany():
-            pass
-    except Exception as exc:  # an incomplete body cannot be drained further
-        log.debug("draining the body failed: %s", exc)
+def _incomplete(req: ApplyDiffRequest, reason: str, status: int = 200) -> web.Response:
+    return _err(f"lcowdriver: applydiff: {req.id}: request body incomplete: {reason}", status)
+
+
+def _consume(work: asyncio.Future[Any]) -> None:
+    """Take the outcome of a call whose request has gone (so asyncio does not report an
+    exception that was never retrieved)."""
+    if not work.cancelled() and work.exception() is not None:
+        log.debug("the call of a cancelled request failed: %s", work.exception())

@@ -6,6 +6,12 @@ writes it. Errors (SPEC §9.3): a driver failure in a JSON endpoint is HTTP 200 
 ``{"Err": message}`` (the daemon reports ``message`` as is); a request that cannot be decoded is
 400, an unknown method 404 (the daemon reads 404 as "not implemented"), a failure of Diff or a
 bug 500 — Diff must never answer 200 with an error, since any 200 body is read as the tar.
+
+dockerd prints ``Err`` on its users' terminals, and the message names what the request or a
+layer's tar brought (ids, entry names, paths): so it is made :func:`printable` here, where the
+answer is built, and only here — a control character becomes a backslash escape, the JSON stays
+the exact JSON of that text. Other fields (Changes' paths, Status) are data and go out as they
+are.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 
+from lcow._util.escape import printable
 from lcow.errors import LcowError
 from lcow.layerdiff.changes import Change
 
@@ -52,8 +59,8 @@ def error_message(exc: BaseException) -> str:
 
 
 def error_body(message: str) -> bytes:
-    """``{"Err": message}``."""
-    return encode({"Err": message})
+    """``{"Err": message}`` with ``message`` made printable (see the module's docstring)."""
+    return encode({"Err": printable(message)})
 
 
 def capabilities_body(reproduces_exact_diffs: bool = False) -> bytes:

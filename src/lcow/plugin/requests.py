@@ -403,7 +403,7 @@ def decode_request(method: str, body: bytes) -> Request:
         return _decode_apply_diff(name, query)
     decoder = _DECODERS.get(name)
     if decoder is None:
-        raise UnknownMethod(f"unknown method {name!r}", subject=name)
+        raise UnknownMethod(f"unknown method '{name}'", subject=name)
     return decoder(name, _load_object(name, body))
 
 

@@ -1,9 +1,11 @@
-"""The plugin server: aiohttp over a unix socket, a thread pool for the driver, clean shutdown.
+"""The plugin server: aiohttp over a unix socket, thread pools for the driver, clean shutdown.
 
 :func:`run` is what ``lcow plugin serve`` calls: it binds ``/run/docker/plugins/<name>.sock``
 (mode 0660; a stale socket left by a dead plugin is replaced, a live one is an error), restores
 a persisted Init, serves until SIGTERM or SIGINT, then stops accepting, lets running calls
-finish (up to ``shutdown_timeout``), runs the driver's Cleanup and removes the socket.
+finish (up to ``shutdown_timeout``), lets the driver go and removes the socket. Letting go is not
+Cleanup: views dockerd holds (running containers) stay mounted for the next plugin to adopt
+(:func:`lcow.plugin.state.let_go`); only dockerd's ``GraphDriver.Cleanup`` releases them.
 :class:`BackgroundServer` runs the same server on a thread, for tests and benchmarks.
 """
 
@@ -27,8 +29,9 @@ from types import TracebackType
 
 from aiohttp import web
 
+from lcow.convert.limits import max_conversions
 from lcow.errors import Busy, InvalidArgument
-from lcow.plugin.handlers import REQUEST_ID, Handlers
+from lcow.plugin.handlers import REQUEST_ID, Handlers, Limits, Pools
 from lcow.plugin.requests import MAX_JSON_BODY
 from lcow.plugin.state import DriverFactory, DriverState, StateStore, open_default_driver
 
@@ -65,7 +68,10 @@ class ServerConfig:
         socket_path: the unix socket to listen on.
         state_root: where Init is persisted (``None``: nothing persisted, for tests).
         defaults: driver options placed before Init's (``lcow.backend=host``).
-        workers: threads for blocking driver calls (concurrent requests).
+        workers: threads of each of the two call pools (metadata calls; other calls but
+            ApplyDiff), i.e. such calls served at once.
+        max_uploads: ApplyDiff conversions at once (``None``: the process's conversion cap).
+        idle_timeout: seconds a request body may send nothing, or a Diff client take nothing.
         shutdown_timeout: seconds running calls get to finish at shutdown.
         factory: builds the driver on Init.
     """
@@ -74,8 +80,14 @@ class ServerConfig:
     state_root: Path | None = None
     defaults: Sequence[str] = ()
     workers: int = 64
+    max_uploads: int | None = None
+    idle_timeout: float = 60.0
     shutdown_timeout: float = 30.0
     factory: DriverFactory = field(default=open_default_driver)
+
+    def limits(self) -> Limits:
+        """What a request may hold."""
+        return Limits(self.idle_timeout, self.max_uploads or max_conversions())
 
 
 class RequestIdFilter(logging.Filter):
@@ -134,7 +146,8 @@ def bind_unix_socket(path: Path, mode: int = SOCKET_MODE) -> socket.socket:
 def make_app(handlers: Handlers) -> web.Application:
     """The aiohttp application: one catch-all route behind the logging middleware."""
     app = web.Application(middlewares=[handlers.log_requests], client_max_size=MAX_JSON_BODY)
-    app.router.add_route("*", "/{method:.*}", handlers.handle)
+    # Every path, a newline in a decoded %0a included: the answer is always {"Err"} JSON.
+    app.router.add_route("*", r"/{method:[\s\S]*}", handlers.handle)
     return app
 
 
@@ -143,7 +156,7 @@ async def serve(
     stop: asyncio.Event,
     started: threading.Event | None = None,
 ) -> bool:
-    """Serve until ``stop`` is set, then shut down (Cleanup, socket removed).
+    """Serve until ``stop`` is set, then shut down (driver let go, socket removed).
 
     Args:
         config: what and where to serve.
@@ -151,15 +164,21 @@ async def serve(
         started: set once the socket accepts connections.
 
     Returns:
-        Whether everything ended: ``False`` when driver calls or Cleanup were still running
-        after ``shutdown_timeout`` (their threads are abandoned; the caller should exit hard).
+        Whether everything ended: ``False`` when driver calls or letting the driver go were
+        still running after ``shutdown_timeout`` (their threads are abandoned; the caller should
+        exit hard).
     """
+    limits = config.limits()  # InvalidArgument before anything is taken
     store = StateStore(config.state_root) if config.state_root is not None else None
     if store is not None:
         store.lock()
-    executor = ThreadPoolExecutor(config.workers, thread_name_prefix="lcow-plugin")
+    pools = Pools(
+        meta=ThreadPoolExecutor(config.workers, thread_name_prefix="lcow-plugin-meta"),
+        calls=ThreadPoolExecutor(config.workers, thread_name_prefix="lcow-plugin"),
+        uploads=ThreadPoolExecutor(limits.max_uploads, thread_name_prefix="lcow-plugin-upload"),
+    )
     state = DriverState(store, config.factory, config.defaults)
-    handlers = Handlers(state, executor)
+    handlers = Handlers(state, pools, limits)
     sock: socket.socket | None = None
     runner: web.AppRunner | None = None
     bound = -1
@@ -167,14 +186,15 @@ async def serve(
     try:
         sock = bind_unix_socket(config.socket_path)  # first: a Busy socket must not clean up
         bound = os.stat(config.socket_path).st_ino
-        await asyncio.get_running_loop().run_in_executor(executor, state.restore)
+        await asyncio.get_running_loop().run_in_executor(pools.calls, state.restore)
         runner = web.AppRunner(
             make_app(handlers), access_log=None, shutdown_timeout=config.shutdown_timeout
         )
         await runner.setup()
         await web.SockSite(runner, sock).start()
-        log.info("serving on %s (state %s, defaults %s)", config.socket_path,
-                 config.state_root, list(config.defaults))  # fmt: skip
+        log.info("serving on %s (state %s, defaults %s, %d upload slots, idle timeout %g s)",
+                 config.socket_path, config.state_root, list(config.defaults),
+                 limits.max_uploads, limits.idle_timeout)  # fmt: skip
         _notify("READY=1")
         if started is not None:
             started.set()
@@ -192,21 +212,23 @@ async def serve(
                     os.unlink(config.socket_path)
         while handlers.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.05)  # calls of cancelled requests run to their end
-        clean = await _cleanup(state, max(1.0, deadline - time.monotonic()))
+        clean = await _let_go(state, max(1.0, deadline - time.monotonic()))
         if handlers.busy:
             log.error("%d driver calls still running after %.0f s: abandoned", handlers.busy,
                       config.shutdown_timeout)  # fmt: skip
             clean = False
-        executor.shutdown(wait=False, cancel_futures=True)
+        for pool in (pools.meta, pools.calls, pools.uploads):
+            pool.shutdown(wait=False, cancel_futures=True)
         if store is not None:
             store.unlock()
         log.info("stopped" if clean else "stopped, not cleanly")
     return clean
 
 
-async def _cleanup(state: DriverState, timeout: float) -> bool:
-    """The driver's Cleanup on a thread of its own (the pool may be full of stuck calls),
-    bounded by ``timeout``; whether it finished."""
+async def _let_go(state: DriverState, timeout: float) -> bool:
+    """:meth:`DriverState.shutdown` on a thread of its own (the pool may be full of stuck
+    calls; a non-persistent backend's Cleanup may take a while), bounded by ``timeout``;
+    whether it finished."""
     done = asyncio.get_running_loop().create_future()
 
     def work() -> None:
@@ -216,11 +238,11 @@ async def _cleanup(state: DriverState, timeout: float) -> bool:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
                 done.get_loop().call_soon_threadsafe(_resolve, done)
 
-    threading.Thread(target=work, name="lcow-plugin-cleanup", daemon=True).start()
+    threading.Thread(target=work, name="lcow-plugin-let-go", daemon=True).start()
     try:
         await asyncio.wait_for(asyncio.shield(done), timeout)
     except TimeoutError:
-        log.error("Cleanup did not finish within %.0f s: abandoned", timeout)
+        log.error("letting the driver go did not finish within %.0f s: abandoned", timeout)
         return False
     return True
 
@@ -269,7 +291,8 @@ class BackgroundServer:
     """The server on a background thread with its own event loop (tests, benchmarks).
 
     ``with BackgroundServer(config) as server:`` returns once the socket accepts connections
-    and shuts down (Cleanup included) on exit.
+    and shuts down on exit as on SIGTERM (views clients hold stay mounted: send
+    ``GraphDriver.Cleanup`` first to release them, as dockerd does).
     """
 
     def __init__(self, config: ServerConfig) -> None:

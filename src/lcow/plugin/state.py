@@ -4,11 +4,18 @@ dockerd sends ``GraphDriver.Init`` once, when it starts; a plugin restarted unde
 daemon gets no new Init. So Init's arguments (Home, options, ID maps) are written to
 ``<state root>/state.json`` and a starting plugin opens its driver from them before the first
 request. The state root is locked for the life of the process, so two plugins never share it.
+
+Views dockerd holds (a Get without its Put: a running container's root) belong to dockerd, not
+to the plugin process. A backend whose views outlive the process (``persistent``: the host
+backend keeps mounts, the storage daemon and the counts in the data root) is therefore never
+cleaned up when this process lets a driver go — at SIGTERM or when a new Init replaces it — and
+the next driver over the same data root adopts what is mounted. Only dockerd's own
+``GraphDriver.Cleanup`` (sent at its shutdown, after the Puts) or an administrator's
+``lcow --root <Home> --backend host cleanup`` releases everything.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -23,7 +30,14 @@ from lcow.errors import Busy, CorruptImage, FailedPrecondition, InvalidArgument,
 from lcow.graphdriver.driver import Driver
 from lcow.plugin.requests import BadRequest, IdMap, InitRequest, decode_request
 
-__all__ = ["DriverFactory", "DriverState", "InitRecord", "StateStore", "open_default_driver"]
+__all__ = [
+    "DriverFactory",
+    "DriverState",
+    "InitRecord",
+    "StateStore",
+    "let_go",
+    "open_default_driver",
+]
 
 log = logging.getLogger(__name__)
 
@@ -226,8 +240,8 @@ class DriverState:
         return True
 
     def init(self, request: InitRequest) -> None:
-        """GraphDriver.Init: open a driver over ``Home``, replace (and clean up) the previous
-        one, persist the arguments.
+        """GraphDriver.Init: open a driver over ``Home``, replace the previous one (letting it go
+        as :func:`let_go` does: views clients hold stay), persist the arguments.
 
         Raises:
             InvalidArgument: a bad option; NotSupported: the backend is unavailable. The previous
@@ -236,14 +250,13 @@ class DriverState:
         record = InitRecord.from_request(request)
         if not record.home or not os.path.isabs(record.home):
             raise InvalidArgument(
-                f"lcow plugin: init: Home must be an absolute path, got {record.home!r}"
+                f"lcow plugin: init: Home must be an absolute path, got '{record.home}'"
             )
         driver = self._open(record)
         with self._lock:
             previous, self._driver, self.record = self._driver, driver, record
         if previous is not None and previous is not driver:
-            with contextlib.suppress(Exception):  # Cleanup never fails; it logs
-                previous.cleanup()
+            let_go(previous, "replaced by Init")
         if self.store is not None:
             self.store.save(record)
         log.info("Init: home %s, options %s", record.home, list(record.opts))
@@ -253,11 +266,27 @@ class DriverState:
         return self.factory(record.home, options, record.uid_maps, record.gid_maps)
 
     def shutdown(self) -> None:
-        """Cleanup of the current driver (SIGTERM); never fails."""
+        """Let the current driver go at SIGTERM (:func:`let_go`: views clients hold stay for
+        the next plugin to adopt); never fails."""
         with self._lock:
             driver = self._driver
         if driver is not None:
-            try:
-                driver.cleanup()
-            except Exception as exc:  # shutting down: report, do not stop
-                log.warning("cleanup at shutdown failed: %s", exc)
+            let_go(driver, "shutting down")
+
+
+def let_go(driver: Driver, reason: str) -> None:
+    """This process stops using ``driver``; never fails.
+
+    A persistent backend's views are dockerd's (running containers): they stay mounted, with
+    their counts and the storage daemon, for the next driver over the data root to adopt. A
+    backend whose views live in this process cannot outlive it: its Cleanup runs.
+    """
+    if driver.backend.persistent:
+        log.info("%s: views of %s stay mounted for their holders (dockerd's Cleanup or "
+                 "'lcow --root %s --backend %s cleanup' releases them)", reason, driver.root.root,
+                 driver.root.root, driver.backend.name)  # fmt: skip
+        return
+    try:
+        driver.cleanup()
+    except Exception as exc:  # letting go: report, do not stop
+        log.warning("%s: cleanup of %s failed: %s", reason, driver.root.root, exc)

@@ -12,6 +12,12 @@ octal) or runs out of input inside a header, file data or padding — an error e
 deletes its partial output. Only past the end marker, where the content is whole anyway, is the
 poison read as padding and the layer kept.
 
+Every request body is read through an :class:`IdleReader`: each read may wait at most the idle
+timeout for bytes, and the timer restarts whenever bytes arrive, so a slow but moving body is
+never cut while one that stops moving fails (:class:`BodyStalled`) instead of holding what it
+holds forever. Time spent waiting for the pipe to drain (the converter is busy) is not the
+client's and is not counted.
+
 Diff: :func:`read_block` pulls up to a block from the driver's :class:`DiffStream` on a worker
 thread, so the loop only ever awaits.
 """
@@ -24,7 +30,19 @@ import fcntl
 import io
 import os
 
-__all__ = ["BLOCK", "BodyChannel", "poison", "read_block"]
+from aiohttp import StreamReader
+
+from lcow.errors import LimitExceeded, Timeout
+
+__all__ = [
+    "BLOCK",
+    "BodyChannel",
+    "BodyStalled",
+    "BodyTooLarge",
+    "IdleReader",
+    "poison",
+    "read_block",
+]
 
 BLOCK = 1 << 20
 _TAR_BLOCK = 512
@@ -146,3 +164,69 @@ def read_block(stream: io.RawIOBase, size: int = BLOCK) -> bytes:
     del view
     del buffer[filled:]
     return bytes(buffer)
+
+
+class BodyStalled(Timeout):
+    """A request body sent nothing for the idle timeout."""
+
+
+class BodyTooLarge(LimitExceeded):
+    """A request body went past the size its call allows."""
+
+
+class IdleReader:
+    """A request body read with an idle timeout (see the module's docstring).
+
+    Args:
+        content: the request's body stream.
+        idle_timeout: seconds a read may wait for the next bytes.
+    """
+
+    def __init__(self, content: StreamReader, idle_timeout: float) -> None:
+        self._content = content
+        self.idle_timeout = idle_timeout
+        self.received = 0
+
+    async def read(self) -> bytes:
+        """The bytes that have arrived (waiting for some); ``b""`` at the end of the body.
+
+        Raises:
+            BodyStalled: no byte came within the idle timeout.
+        """
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                data = await self._content.readany()
+        except TimeoutError:
+            raise BodyStalled(
+                f"no data for {self.idle_timeout:g} s after {self.received} bytes"
+            ) from None
+        self.received += len(data)
+        return data
+
+    async def read_up_to(self, size: int) -> list[bytes]:
+        """Chunks until at least ``size`` bytes or the end of the body have come."""
+        chunks: list[bytes] = []
+        got = 0
+        while got < size and (chunk := await self.read()):
+            chunks.append(chunk)
+            got += len(chunk)
+        return chunks
+
+    async def read_all(self, limit: int) -> bytes:
+        """The whole body.
+
+        Raises:
+            BodyTooLarge: it is longer than ``limit`` bytes (reading stops there).
+            BodyStalled: it stopped moving.
+        """
+        chunks = await self.read_up_to(limit + 1)
+        if self.received > limit:
+            raise BodyTooLarge(f"request body larger than {limit} bytes")
+        return b"".join(chunks)
+
+    async def drain(self) -> None:
+        """Read and drop the rest of the body (a client answered before the end of its body
+        resends it); a body that stalls or breaks off cannot be drained further."""
+        with contextlib.suppress(Exception):
+            while await self.read():
+                pass
