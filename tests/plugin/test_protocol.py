@@ -126,8 +126,7 @@ def sock_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def logging_on() -> Iterator[None]:
-    """Log records reach handlers (the fuzz harnesses, imported by other tests of the session,
-    turn logging off process-wide)."""
+    """Log records reach handlers whatever another test of the session did to logging."""
     previous = logging.root.manager.disable
     logging.disable(logging.NOTSET)
     yield
