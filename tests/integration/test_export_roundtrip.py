@@ -865,9 +865,11 @@ def test_cli_refuses_a_terminal(layer: tuple[Path, Path]) -> None:
 
 
 @pytest.mark.skipif(shutil.which("cat") is None, reason="needs cat")
-def test_cli_stops_quietly_enough_when_the_reader_goes_away(layer: tuple[Path, Path]) -> None:
+def test_cli_stops_quietly_when_the_reader_goes_away(layer: tuple[Path, Path]) -> None:
+    """``lcow vhd2tar | head`` ends as other tools do: no message, status 141 (SIGPIPE's) when
+    the reader left before the end, 0 if everything was written first."""
     _, image = layer
     cmd = f"{sys.executable} -m lcow vhd2tar -i {image} | head -c 100 > /dev/null"
     proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, check=False)
-    assert proc.returncode in (0, 1), proc.stderr
-    assert b"Traceback" not in proc.stderr
+    assert proc.returncode in (0, 141), proc.stderr
+    assert proc.stderr == b""
