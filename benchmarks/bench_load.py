@@ -10,10 +10,10 @@ cycles on a layer of its own over a shared base, alternating read-only cycles (C
 ApplyDiff, Get of the shared layer, Exists, Get, Changes, DiffSize, Diff, GetMetadata, Status,
 Put, Put of the shared layer, Remove) and writable ones (CreateReadWrite, Get of the sandbox, a
 file written into the view, Changes, DiffSize, Diff, Put, Remove); every answer is checked
-(:mod:`lcow.testing.load`). ``--keep`` clients keep one Get of the shared layer. Host backend.
+(:mod:`tests.harness.load`). ``--keep`` clients keep one Get of the shared layer. Host backend.
 
 Part ``api`` — the threads share one ``Driver`` in a process of their own
-(``python -m lcow.testing.load api …``); its RSS is sampled from inside. Part ``plugin`` — the
+(``python -m tests.harness.load api …``); its RSS is sampled from inside. Part ``plugin`` — the
 threads (in this process) each hold a connection to ``lcow plugin serve`` running as its own
 process; the server's RSS is sampled. Afterwards, for both: errors must be 0, and
 ``Driver.view_count`` of every layer must equal the sum of the clients' own tallies; then the
@@ -39,10 +39,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "src"))
+sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
-from lcow.testing.crash import host_leftovers  # noqa: E402
-from lcow.testing.load import run_plugin_load  # noqa: E402
+from tests.harness.crash import host_leftovers  # noqa: E402
+from tests.harness.load import run_plugin_load  # noqa: E402
+from tests.harness.spawn import child_env, python_module  # noqa: E402
 
 
 def log(message: str) -> None:
@@ -53,9 +54,8 @@ def api_part(work: Path, clients: int, ops: int, keep: int) -> dict[str, Any]:
     """The API load in a child process (its memory is the load's alone)."""
     home = work / "api-home"
     proc = subprocess.run(
-        [sys.executable, "-m", "lcow.testing.load", "api", str(home), str(clients), str(ops),
-         str(keep)],
-        capture_output=True, check=False,
+        python_module("tests.harness.load", "api", str(home), str(clients), str(ops), str(keep)),
+        capture_output=True, check=False, env=child_env(),
     )  # fmt: skip
     if proc.returncode != 0:
         raise SystemExit(f"api load failed: {proc.stderr.decode(errors='replace')[-4000:]}")

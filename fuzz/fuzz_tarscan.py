@@ -13,11 +13,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests.harness
 
 from _common import fuzz_main, instrumented
 
 with instrumented():
-    from lcow.testing.tarscan_diff import outcome_of_bytes, tarscan
+    from tests.harness.tarscan_diff import outcome_of_bytes, tarscan
 
 _SCANNER = tarscan()
 

@@ -24,15 +24,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # _common; tests.harness (the tar builders)
 
 from _common import pack_sparse  # noqa: E402
+from tests.harness import hostile as h  # noqa: E402
 
 from lcow.convert.options import ConvertOptions  # noqa: E402
 from lcow.convert.tar2ext4 import tar2ext4  # noqa: E402
 from lcow.formats.vhd.footer import build_fixed_footer  # noqa: E402
 from lcow.formats.vhd.vhdx_writer import create_dynamic_vhdx, raw_to_dynamic_vhdx  # noqa: E402
-from lcow.testing import hostile as h  # noqa: E402
 
 _SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 

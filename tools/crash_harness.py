@@ -8,7 +8,7 @@ or absent, nothing mounted, attached or running (hardening issue, part 3).
 
 Kills are spread round robin over every (backend, operation) pair; ``get`` and ``put`` exist only
 on the host backend (which needs root, loop devices, overlayfs and qemu-storage-daemon). What one
-kill does and checks is described in :mod:`lcow.testing.crash`. Prints a progress line per kill
+kill does and checks is described in :mod:`tests.harness.crash`. Prints a progress line per kill
 on stderr and a summary per (backend, operation) on stdout (``--markdown``: as a table); exits 1
 when any kill found a problem.
 """
@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "src"))
+sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
-from lcow.testing.crash import Campaign, KillRecord, run_kills  # noqa: E402
+from tests.harness.crash import Campaign, KillRecord, run_kills  # noqa: E402
 
 
 def _progress(record: KillRecord) -> None:

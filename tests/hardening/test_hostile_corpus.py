@@ -1,4 +1,4 @@
-"""The hostile tar corpus (:mod:`lcow.testing.hostile`) through every sink (hardening, part 1).
+"""The hostile tar corpus (:mod:`tests.harness.hostile`) through every sink (hardening, part 1).
 
 Each case runs through ``tar2ext4``, ``Driver.apply_diff``, ``lcow import`` and the plugin's
 ApplyDiff (and, for :data:`EXTRACT_IN_CI`, ``extract_archive`` of a host-backend view, judged by
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from lcow.testing.hostile import ALL_CASES, EXTRACT_DIFFERENCES, write_case
-from lcow.testing.hostile_run import HOST_SINKS, SINKS, markdown_table, run_isolated
+from tests.harness.hostile import ALL_CASES, EXTRACT_DIFFERENCES, write_case
+from tests.harness.hostile_run import HOST_SINKS, SINKS, markdown_table, run_isolated
 from tests.helpers import ensure, in_ci, requires, tool
 
 pytestmark = requires("e2fsck")

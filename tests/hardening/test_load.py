@@ -1,7 +1,7 @@
 """Load, CI-sized (hardening issue part 4; the full 32 x 1,000 run is
 ``benchmarks/bench_load.py``, results in ``benchmarks/RELIABILITY.md``).
 
-8 clients x 50 mixed operations (:mod:`lcow.testing.load`: Create/ApplyDiff or
+8 clients x 50 mixed operations (:mod:`tests.harness.load`: Create/ApplyDiff or
 CreateReadWrite with a write through the view, Gets of their own and of a shared layer,
 Changes, DiffSize, Diff, queries, Puts, Remove; every answer checked) through the Python API
 (threads sharing one host-backend Driver) and through the plugin socket (``lcow plugin serve``
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-from lcow.testing.load import run_plugin_load
+from tests.harness.load import run_plugin_load
+from tests.harness.spawn import child_env, python_module
 from tests.helpers import host_leftovers, requires
 
 pytestmark = requires("host", "mke2fs")
@@ -28,9 +28,9 @@ RSS_LIMIT_MIB = 400  # an interpreter with lcow is ~40 MiB; a leak per operation
 def test_api_load_counts_exact(tmp_path: Path) -> None:
     """Threads sharing one Driver; run in a process of its own so its RSS is the load's."""
     proc = subprocess.run(
-        [sys.executable, "-m", "lcow.testing.load", "api", str(tmp_path / "home"),
-         str(CLIENTS), str(OPS), str(KEEP)],
-        capture_output=True, check=False, timeout=300,
+        python_module("tests.harness.load", "api", str(tmp_path / "home"),
+                      str(CLIENTS), str(OPS), str(KEEP)),
+        capture_output=True, check=False, timeout=300, env=child_env(),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
     result = json.loads(proc.stdout)

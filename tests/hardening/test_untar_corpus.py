@@ -19,7 +19,7 @@ import pytest
 
 from lcow.backends.untar import untar
 from lcow.errors import LcowError
-from lcow.testing.hostile import ALL_CASES, MountProbe, write_case
+from tests.harness.hostile import ALL_CASES, MountProbe, write_case
 from tests.helpers import requires
 
 pytestmark = requires("root")

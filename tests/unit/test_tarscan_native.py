@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 
 from lcow.convert import tarstream
 from lcow.convert.tarstream import MAX_META_SIZE, TarReader
-from lcow.testing import hostile
-from lcow.testing.hostile import END, file, gnu_long, header, member, pax
-from lcow.testing.tarscan_diff import Outcome, outcome, outcome_of_bytes, tarscan
+from tests.harness import hostile
+from tests.harness.hostile import END, file, gnu_long, header, member, pax
+from tests.harness.tarscan_diff import Outcome, outcome, outcome_of_bytes, tarscan
 
 REPO = Path(__file__).resolve().parents[2]
 FUZZ_CORPUS = REPO / "fuzz" / "corpus" / "tar_reader"

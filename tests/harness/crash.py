@@ -6,13 +6,13 @@ Part 3 of the hardening issue. One *kill* is:
    make the data root hold what the operation needs — a fresh Create-only layer for ApplyDiff, a
    layer with content for Remove, no layers of the image for import, an outstanding Get for Put —
    while it keeps a model of every layer as last verified (kind, disk identity, content);
-2. **kill**: start a child process (``python -m lcow.testing.crash child …``) that opens a
+2. **kill**: start a child process (``python -m tests.harness.crash child …``) that opens a
    driver, logs ``start``, runs the one operation, logs ``done``; SIGKILL it after a delay drawn
    uniformly over 1.1 times the median duration of the operation's variant (each variant —
    ApplyDiff into a new layer or over a sandbox, Get of a read-only chain or of a sandbox … — is
    first run three times unkilled to measure it), so kills land in every phase and some after
    the end;
-3. **recover** in a fresh process (``python -m lcow.testing.crash recover …``): open the driver
+3. **recover** in a fresh process (``python -m tests.harness.crash recover …``): open the driver
    (the host backend reconciles its mount table with the kernel here), check the counts the table
    then holds against what the child's log allows, run ``cleanup``, check that nothing is mounted,
    attached or running for the root, re-run an interrupted import, then Get + readdir + Put every
@@ -59,6 +59,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
+
+from tests.harness.spawn import child_env, python_module
 
 if TYPE_CHECKING:
     from lcow.graphdriver.driver import Driver
@@ -596,7 +598,9 @@ class Campaign:
 
 
 def _run_json(argv: list[str], timeout: float) -> Any:
-    proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+    proc = subprocess.run(
+        argv, capture_output=True, timeout=timeout, check=False, env=child_env()
+    )
     if proc.returncode != 0:
         raise RuntimeError(
             f"{' '.join(argv[:4])}… exit {proc.returncode}:\n"
@@ -778,9 +782,10 @@ class Harness:
         }
         with open(self.work / "child.err", "wb") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "lcow.testing.crash", "child", json.dumps(args)],
+                python_module("tests.harness.crash", "child", json.dumps(args)),
                 stdout=subprocess.DEVNULL,
                 stderr=err,
+                env=child_env(),
             )
         try:
             deadline = time.monotonic() + CHILD_TIMEOUT
@@ -844,7 +849,7 @@ class Harness:
             "reimport": str(self.fixtures.image) if plan["op"] == "import" else None,
         }
         out: dict[str, Any] = _run_json(
-            [sys.executable, "-m", "lcow.testing.crash", "recover", json.dumps(args)],
+            python_module("tests.harness.crash", "recover", json.dumps(args)),
             RECOVER_TIMEOUT,
         )
         out["files"] = files
@@ -1158,9 +1163,9 @@ def run_kills(
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m lcow.testing.crash child|recover JSON`` (what the harness starts)."""
+    """``python -m tests.harness.crash child|recover JSON`` (what the harness starts)."""
     if len(argv) != 2 or argv[0] not in ("child", "recover"):
-        print("usage: python -m lcow.testing.crash child|recover JSON", file=sys.stderr)
+        print("usage: python -m tests.harness.crash child|recover JSON", file=sys.stderr)
         return 2
     args = json.loads(argv[1])
     if argv[0] == "child":

@@ -1,4 +1,4 @@
-"""Run the hostile corpus (:mod:`lcow.testing.hostile`) through every sink and judge the result.
+"""Run the hostile corpus (:mod:`tests.harness.hostile`) through every sink and judge the result.
 
 A *sink* is one way a tar becomes a layer: :class:`Tar2ext4Sink` (``tar2ext4`` with LCOW's
 options), :class:`ApplyDiffSink` (``Driver.apply_diff`` on a fresh data root, userspace backend),
@@ -6,7 +6,7 @@ options), :class:`ApplyDiffSink` (``Driver.apply_diff`` on a fresh data root, us
 command line), :class:`PluginSink` (``GraphDriver.ApplyDiff`` of the plugin server, the tar sent
 as dockerd sends it: a chunked HTTP body on the unix socket), :class:`ExtractSink`
 (``extract_archive`` of a host-backend view: the tarfile-based reader, judged against the case's
-:attr:`~lcow.testing.hostile.HostileCase.extract_expect`). All are listed in :data:`SINKS`.
+:attr:`~tests.harness.hostile.HostileCase.extract_expect`). All are listed in :data:`SINKS`.
 
 For every case and sink :func:`run_case` checks:
 
@@ -19,7 +19,7 @@ For every case and sink :func:`run_case` checks:
   so nothing was written outside the data root and no partial layer is left;
 * the peak RSS of the sink (``VmHWM``, reset before each sink) stays within the case's budget.
 
-:func:`run_isolated` runs one case in a fresh interpreter (``python -m lcow.testing.hostile_run``)
+:func:`run_isolated` runs one case in a fresh interpreter (``python -m tests.harness.hostile_run``)
 so RSS is measured per case, a crash or hang is caught, and address space is capped.
 """
 
@@ -48,7 +48,7 @@ from typing import Any, Protocol
 
 from lcow.errors import LcowError
 from lcow.storage.locks import LOCK_FILES
-from lcow.testing.hostile import (
+from tests.harness.hostile import (
     ALL_CASES,
     Expect,
     HostileCase,
@@ -56,6 +56,7 @@ from lcow.testing.hostile import (
     ReaderProbe,
     uncompressed_stream,
 )
+from tests.harness.spawn import child_env, python_module
 
 __all__ = [
     "HOST_SINKS",
@@ -753,17 +754,18 @@ def _run_sink_isolated(
     name: str, layer: Path, sink: str, mount: bool, timeout: float
 ) -> SinkReport:
     with tempfile.TemporaryDirectory(prefix=f"lcow-hostile-{name}-") as scratch:
-        argv = [
-            sys.executable, "-m", "lcow.testing.hostile_run", "--worker", name,
+        argv = python_module(
+            "tests.harness.hostile_run", "--worker", name,
             "--input", str(layer), "--scratch", scratch, "--sinks", sink,
-        ]  # fmt: skip
+        )  # fmt: skip
         if mount:
             argv.append("--mount")
         started = time.monotonic()
         try:
             proc = subprocess.run(
-                argv, capture_output=True, text=True, timeout=timeout, check=False
-            )
+                argv, capture_output=True, text=True, timeout=timeout, check=False,
+                env=child_env(),
+            )  # fmt: skip
         except subprocess.TimeoutExpired:
             bad = SinkReport(sink, "timeout", f"no result after {timeout} s", timeout)
             bad.problems.append("timeout")
@@ -827,7 +829,7 @@ def compact_table(reports: Sequence[CaseReport]) -> str:
 
 
 def _worker(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lcow.testing.hostile_run")
+    parser = argparse.ArgumentParser(prog="python -m tests.harness.hostile_run")
     parser.add_argument("--worker", required=True, metavar="CASE")
     parser.add_argument("--input", required=True, type=Path)
     parser.add_argument("--scratch", required=True, type=Path)

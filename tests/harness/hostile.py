@@ -8,7 +8,7 @@ ext4 reader, or a kernel mount). Every sink that turns a tar into a layer — ``
 ``Driver.apply_diff``, ``lcow import``, the plugin's ApplyDiff — must meet the same expectation;
 ``extract_archive`` (Docker's ``Untar`` into a view) meets :attr:`HostileCase.extract_expect`,
 which differs only where Docker's semantics do (:data:`EXTRACT_DIFFERENCES`, each with its
-reason). :mod:`lcow.testing.hostile_run` runs them and checks that a failure leaves nothing
+reason). :mod:`tests.harness.hostile_run` runs them and checks that a failure leaves nothing
 behind.
 
 The cases assume LCOW's conversion options (AUFS whiteouts converted, VHD footer) and the default

@@ -708,10 +708,10 @@ def run_plugin_load(
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m lcow.testing.load api HOME CLIENTS OPS KEEP``: an API load in a process of
+    """``python -m tests.harness.load api HOME CLIENTS OPS KEEP``: an API load in a process of
     its own (so its memory is the load's alone); prints the result as JSON."""
     if len(argv) != 5 or argv[0] != "api":
-        print("usage: python -m lcow.testing.load api HOME CLIENTS OPS KEEP", file=sys.stderr)
+        print("usage: python -m tests.harness.load api HOME CLIENTS OPS KEEP", file=sys.stderr)
         return 2
     result = run_api_load(Path(argv[1]), int(argv[2]), int(argv[3]), int(argv[4]))
     json.dump(result.to_json(), sys.stdout)
