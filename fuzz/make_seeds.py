@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # _common; tests.harness (the tar builders)
 
 from _common import pack_sparse  # noqa: E402
-from tests.harness import hostile as h  # noqa: E402
+from tests.harness.hostile import tarbuild as h  # noqa: E402
 
 from lcow.convert.options import ConvertOptions  # noqa: E402
 from lcow.convert.tar2ext4 import tar2ext4  # noqa: E402

@@ -7,8 +7,8 @@
     .venv/bin/python tools/hostile_corpus.py --out DIR --mount --json report.json    # + kernel
     .venv/bin/python tools/hostile_corpus.py --out DIR --from-json report.json --compact
 
-Each case runs in a fresh interpreter (``python -m tests.harness.hostile_run``) through the sinks
-of ``tests.harness.hostile_run.SINKS`` — ``tar2ext4``, ``apply_diff``, ``import``, the plugin's
+Each case runs in a fresh interpreter (``python -m tests.harness.hostile.run``) through the sinks
+of ``tests.harness.hostile.sinks.SINKS`` — ``tar2ext4``, ``apply_diff``, ``import``, the plugin's
 ApplyDiff and ``extract_archive`` of a host-backend view (root, loop devices, overlayfs, FUSE and
 qemu-storage-daemon; judged by each case's ``extract_expect``). Per case and sink
 the table gives the expected and actual outcome, the message, seconds and peak RSS, and the
@@ -28,14 +28,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # tests.harness; lcow from the environment (or PYTHONPATH)
 
-from tests.harness.hostile import ALL_CASES, case_path, write_case  # noqa: E402
-from tests.harness.hostile_run import (  # noqa: E402
-    SINKS,
-    CaseReport,
-    compact_table,
-    markdown_table,
-    run_isolated,
-)
+from tests.harness.hostile.corpus import ALL_CASES, case_path, write_case  # noqa: E402
+from tests.harness.hostile.reports import CaseReport, compact_table, markdown_table  # noqa: E402
+from tests.harness.hostile.run import run_isolated  # noqa: E402
+from tests.harness.hostile.sinks import SINKS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

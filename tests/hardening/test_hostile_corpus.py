@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.hostile import ALL_CASES, EXTRACT_DIFFERENCES, write_case
-from tests.harness.hostile_run import HOST_SINKS, SINKS, markdown_table, run_isolated
+from tests.harness.hostile.corpus import ALL_CASES, EXTRACT_DIFFERENCES, write_case
+from tests.harness.hostile.reports import markdown_table
+from tests.harness.hostile.run import run_isolated
+from tests.harness.hostile.sinks import HOST_SINKS, SINKS
 from tests.helpers import ensure, in_ci, requires, tool
 
 pytestmark = requires("e2fsck")

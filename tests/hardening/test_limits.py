@@ -23,7 +23,7 @@ from lcow.cli.status import ExitStatus
 from lcow.convert import limits
 from lcow.errors import Busy, InvalidArgument, LimitExceeded
 from lcow.formats.ext4.reader import Ext4Reader
-from tests.harness.hostile import END, directory, file
+from tests.harness.hostile.tarbuild import END, directory, file
 from tests.helpers import assert_e2fsck_clean, requires
 
 
@@ -75,7 +75,7 @@ def test_max_path_len_counts_the_normalised_path(tmp_path: Path) -> None:
 
 def test_max_path_len_applies_to_hard_link_targets(tmp_path: Path) -> None:
     """A target too long to exist is a limit, not a missing file."""
-    from tests.harness.hostile import hardlink
+    from tests.harness.hostile.tarbuild import hardlink
 
     src = _tar(tmp_path, hardlink(b"l", b"a" * 40))
     _refused(src, tmp_path / "out", ConvertOptions(max_path_len=20), "l", "hard link target")

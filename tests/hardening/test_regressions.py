@@ -24,7 +24,7 @@ from lcow.cli.status import ExitStatus
 from lcow.errors import CorruptImage, InvalidArgument
 from lcow.graphdriver.driver import Driver
 from lcow.storage.dataroot import DataRoot
-from tests.harness.hostile import END, file, member, sparse_v1
+from tests.harness.hostile.tarbuild import END, file, member, sparse_v1
 
 DEEP_JSON = b"[" * 50_000
 

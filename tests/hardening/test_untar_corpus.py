@@ -19,7 +19,8 @@ import pytest
 
 from lcow.backends.untar import untar
 from lcow.errors import LcowError
-from tests.harness.hostile import ALL_CASES, MountProbe, write_case
+from tests.harness.hostile.corpus import ALL_CASES, write_case
+from tests.harness.hostile.probes import MountProbe
 from tests.helpers import requires
 
 pytestmark = requires("root")

@@ -26,8 +26,19 @@ from hypothesis import strategies as st
 
 from lcow.convert import tarstream
 from lcow.convert.tarstream import MAX_META_SIZE, TarReader
-from tests.harness import hostile
-from tests.harness.hostile import END, file, gnu_long, header, member, pax
+from tests.harness.hostile import corpus
+from tests.harness.hostile.case import HostileCase
+from tests.harness.hostile.tarbuild import (
+    END,
+    GNU_MAGIC,
+    POSIX_MAGIC,
+    file,
+    gnu_long,
+    header,
+    member,
+    padded,
+    pax,
+)
 from tests.harness.tarscan_diff import Outcome, outcome, outcome_of_bytes, tarscan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,14 +102,14 @@ def assert_same(data: bytes) -> Outcome:
 
 
 def _hostile_inputs() -> Iterator[Any]:
-    for case in hostile.CASES:
+    for case in corpus.CASES:
         if case.slow or case.gzip:
             continue
         yield pytest.param(case, id=case.name)
 
 
 @pytest.mark.parametrize("case", list(_hostile_inputs()))
-def test_hostile_corpus(case: hostile.HostileCase) -> None:
+def test_hostile_corpus(case: HostileCase) -> None:
     out = io.BytesIO()
     case.build(out)
     assert_same(out.getvalue())
@@ -251,7 +262,7 @@ def test_scan_reads_a_member() -> None:
         pytest.param(pax([(b"mtime", b" 5")]) + header(b"f"), id="pax-time-space"),
         pytest.param(pax([(b"mtime", b"99999999999")]) + header(b"f"), id="pax-time-far"),
         pytest.param(pax([(b"uid", b"1" * 19)]) + header(b"f"), id="pax-uid-19-digits"),
-        pytest.param(header(b"f", type=b"S", magic=hostile.GNU_MAGIC), id="old-gnu-sparse"),
+        pytest.param(header(b"f", type=b"S", magic=GNU_MAGIC), id="old-gnu-sparse"),
         pytest.param(gnu_long(b"n") + END, id="end-after-records"),
     ],
 )
@@ -355,7 +366,7 @@ def test_odd_fields_with_valid_checksums(members: list[Any]) -> None:
             offset: text.ljust(_NUMERIC_FIELDS[offset], b"\x00")[: _NUMERIC_FIELDS[offset]]
             for offset, text in fields.items()
         }
-        magic = hostile.GNU_MAGIC if gnu else hostile.POSIX_MAGIC
+        magic = GNU_MAGIC if gnu else POSIX_MAGIC
         parts.append(header(b"m%d" % i, type=kind, size=3, fields=raw, magic=magic))
-        parts.append(hostile.padded(b"abc"))
+        parts.append(padded(b"abc"))
     assert_same(b"".join(parts) + END)
