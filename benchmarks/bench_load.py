@@ -41,7 +41,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
-from tests.harness.crash import host_leftovers  # noqa: E402
+from tests.harness.crash.rootstate import host_leftovers  # noqa: E402
 from tests.harness.load import run_plugin_load  # noqa: E402
 from tests.harness.spawn import child_env, python_module  # noqa: E402
 

@@ -29,7 +29,7 @@ from typing import IO, NoReturn, cast
 
 import pytest
 
-from tests.harness.crash import host_leftovers
+from tests.harness.crash.rootstate import host_leftovers
 
 __all__ = [
     "SBIN_PATH",

@@ -29,7 +29,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
-from tests.harness.crash import Campaign, KillRecord, run_kills  # noqa: E402
+from tests.harness.crash.harness import run_kills  # noqa: E402
+from tests.harness.crash.records import Campaign, KillRecord  # noqa: E402
 
 
 def _progress(record: KillRecord) -> None:

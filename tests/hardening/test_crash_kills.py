@@ -1,12 +1,12 @@
 """Crash safety under SIGKILL, CI-sized (hardening issue part 3; the full run is
 ``tools/crash_harness.py``, results in ``benchmarks/RELIABILITY.md``).
 
-:func:`tests.harness.crash.run_kills` kills a child process doing ApplyDiff, CreateReadWrite,
-Remove, ``lcow import`` and (host backend) Get and Put at random moments; after each kill a
-fresh process opens the driver, checks the counts it adopts, runs Cleanup and verifies that
-every layer is whole or absent (``e2fsck -fn``, ``qemu-img check``, content read back through
-``Driver.diff``), nothing is mounted, attached or running, and Get/Put still works. Plus
-kill-at-a-point regressions for what the harness found.
+:func:`tests.harness.crash.harness.run_kills` kills a child process doing ApplyDiff,
+CreateReadWrite, Remove, ``lcow import`` and (host backend) Get and Put at random moments; after
+each kill a fresh process opens the driver, checks the counts it adopts, runs Cleanup and
+verifies that every layer is whole or absent (``e2fsck -fn``, ``qemu-img check``, content read
+back through ``Driver.diff``), nothing is mounted, attached or running, and Get/Put still works.
+Plus kill-at-a-point regressions for what the harness found.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from pathlib import Path
 import pytest
 
 from lcow.graphdriver.driver import Driver
-from tests.harness.crash import run_kills, temporaries, write_layer_tar
+from tests.harness.crash.fixtures import write_layer_tar
+from tests.harness.crash.harness import run_kills
+from tests.harness.crash.rootstate import temporaries
 from tests.helpers import host_leftovers, requires
 
 KILLS = int(os.environ.get("LCOW_CRASH_KILLS", "30"))

@@ -67,8 +67,9 @@ _FAILED = object()
 def small_tar(index: int) -> tuple[bytes, int, dict[str, bytes]]:
     """Client ``index``'s layer: a directory of 8 files. Returns the tar, the sum of its
     entries' sizes (ApplyDiff's answer) and the files by path."""
-    files = {f"/client-{index}/f{n}": f"client {index} file {n}\n".encode() * (n + 1)
-             for n in range(8)}
+    files = {
+        f"/client-{index}/f{n}": f"client {index} file {n}\n".encode() * (n + 1) for n in range(8)
+    }
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tf:
         info = tarfile.TarInfo(f"client-{index}")
@@ -214,16 +215,18 @@ class SocketOps:
         self.timeout = timeout
         self._conn: _UnixConnection | None = None
 
-    def _request(self, method: str, body: bytes | Iterator[bytes], chunked: bool = False
-                 ) -> tuple[int, bytes]:
+    def _request(
+        self, method: str, body: bytes | Iterator[bytes], chunked: bool = False
+    ) -> tuple[int, bytes]:
         if self._conn is None:
             self._conn = _UnixConnection(self.path, self.timeout)
         headers = {"Accept": self.ACCEPT}
         if chunked:
             headers["Transfer-Encoding"] = "chunked"
         try:
-            self._conn.request("POST", "/" + method, body=body, headers=headers,
-                               encode_chunked=chunked)
+            self._conn.request(
+                "POST", "/" + method, body=body, headers=headers, encode_chunked=chunked
+            )
             response = self._conn.getresponse()
             return response.status, response.read()
         except BaseException:
@@ -394,8 +397,10 @@ class _Client:
         result.check(exists is not False, f"Exists {own}: false")
         path = self.step("Get", lambda: ops.get(own))
         if self.got(own, path):
-            result.check(os.path.isdir(os.path.join(str(path), f"client-{index}")),
-                         f"Get {own}: the view {path} lacks client-{index}")
+            result.check(
+                os.path.isdir(os.path.join(str(path), f"client-{index}")),
+                f"Get {own}: the view {path} lacks client-{index}",
+            )
         changes = self.step("Changes", lambda: ops.changes(own, SHARED))
         if isinstance(changes, list):
             result.check({p for p, _ in changes} == self.tar_paths, f"Changes {own}: {changes[:4]}")
@@ -458,8 +463,7 @@ def run_clients(
         finally:
             ops.close()
 
-    threads = [threading.Thread(target=body, args=(r,), name=f"client-{r.index}")
-               for r in results]
+    threads = [threading.Thread(target=body, args=(r,), name=f"client-{r.index}") for r in results]
     started = time.monotonic()
     for thread in threads:
         thread.start()
@@ -525,8 +529,9 @@ def memory_summary(samples: Sequence[tuple[float, int, int]], total_ops: int) ->
     quarters: list[float] = []
     for q in range(4):
         low, high = total_ops * q / 4, total_ops * (q + 1) / 4
-        inside = [kib for _, kib, done in samples
-                  if low <= done < high or (q == 3 and done >= high)]
+        inside = [
+            kib for _, kib, done in samples if low <= done < high or (q == 3 and done >= high)
+        ]
         quarters.append(round(max(inside) / 1024, 1) if inside else 0.0)
     growth = round(quarters[3] - quarters[1], 1)
     return {
