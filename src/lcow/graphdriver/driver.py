@@ -37,7 +37,6 @@ from lcow.formats.ext4.reader import Ext4Reader
 from lcow.formats.source import open_source
 from lcow.graphdriver.diffstream import DiffStream
 from lcow.graphdriver.options import DriverOptions, parse_driver_options, sandbox_size_bytes
-from lcow.graphdriver.sandbox import copy_sandbox, make_sandbox
 from lcow.layerdiff.changes import (
     Change,
     LayerContent,
@@ -48,6 +47,7 @@ from lcow.layerdiff.changes import (
     tree_changes,
 )
 from lcow.layerdiff.export_changes import export_changes
+from lcow.sandboxes import copy_sandbox, make_sandbox
 from lcow.storage.dataroot import LAYER_VHD, SANDBOX_VHDX, DataRoot, validate_id
 from lcow.storage.locks import LayerLocks, RootLock
 
