@@ -172,9 +172,9 @@ def _top_parser() -> _Parser:
 
 
 def _backends() -> tuple[str, ...]:
-    from lcow.graphdriver.options import BACKENDS
+    from lcow.backends.registry import BackendRegistry
 
-    return BACKENDS
+    return BackendRegistry.discover().names()
 
 
 def _option(text: str) -> str:

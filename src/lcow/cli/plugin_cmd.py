@@ -86,9 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _backends() -> tuple[str, ...]:
-    from lcow.graphdriver.options import BACKENDS
+    from lcow.backends.registry import BackendRegistry
 
-    return BACKENDS
+    return BackendRegistry.discover().names()
 
 
 def _positive(text: str) -> int:

@@ -40,12 +40,12 @@ from pathlib import Path
 from lcow.backends.base import LayerDisk
 from lcow.backends.vm.assets import find_assets
 from lcow.backends.vm.channel import Channel
+from lcow.backends.vm.options import VmOptions
 from lcow.backends.vm.qemu import VmConfig, accelerator, check_qemu, sweep_stale_runtime
 from lcow.backends.vm.svm import GLOBAL_ID, DiskSpec, ServiceVM, VmDied, VmTable
 from lcow.backends.vm.vmfs import VmFS
 from lcow.errors import FailedPrecondition, LcowError
 from lcow.formats.vhd.vhdx_writer import create_dynamic_vhdx
-from lcow.graphdriver.options import DriverOptions
 from lcow.sandboxes import exact_sandbox_size, mke2fs_options
 from lcow.storage.dataroot import LAYER_META, LayerFile
 
@@ -57,15 +57,16 @@ MASK = "/tmp/mask"
 MIB = 1 << 20
 
 
-def check_prerequisites(options: DriverOptions) -> None:
+def check_prerequisites(options: VmOptions) -> None:
     """Raise ``driver not supported`` naming what is missing (QEMU, the VM assets)."""
     check_qemu()
     _assets(options)
 
 
-def _assets(options: DriverOptions) -> VmConfig:
-    explicit = any(o.split("=", 1)[0].strip().lower() == "lcow.kirdpath" for o in options.raw)
-    assets = find_assets(options.kirdpath, options.kernel, options.initrd, explicit=explicit)
+def _assets(options: VmOptions) -> VmConfig:
+    assets = find_assets(
+        options.kirdpath, options.kernel, options.initrd, explicit=options.kirdpath_given
+    )
     return VmConfig(assets, options.boot_parameters, float(options.timeout))
 
 
@@ -117,7 +118,7 @@ class VmBackend:
 
     Args:
         root: the data root (scratch files go to ``scratch/``, the template to ``cache/``).
-        options: the driver's options (mode, kernel/initrd, boot parameters, timeout).
+        options: mode, kernel/initrd, boot parameters, timeout.
 
     Raises:
         NotSupported: no QEMU or no VM assets (``driver not supported``).
@@ -127,7 +128,7 @@ class VmBackend:
     writable = True
     persistent = False
 
-    def __init__(self, root: Path, options: DriverOptions) -> None:
+    def __init__(self, root: Path, options: VmOptions) -> None:
         check_qemu()
         self.config = _assets(options)
         for stale in sweep_stale_runtime():
