@@ -13,11 +13,14 @@ it. Entries are references (``module:attribute``) loaded on first use, so this m
 no concrete backend and listing the names loads none.
 
 A registry is a value: :meth:`BackendRegistry.with_backend` returns a new one with an extra
-backend (for tests and embedders), and nothing is registered process-wide.
+backend (for tests and embedders), and nothing is registered process-wide. The installed
+backends are scanned once per process (:func:`installed_backends`): a package installed later
+is seen after a restart.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
@@ -26,7 +29,7 @@ from typing import Any
 from lcow.backends.base import BackendFactory
 from lcow.errors import InvalidArgument, NotSupported
 
-__all__ = ["BUILTIN_BACKENDS", "ENTRY_POINT_GROUP", "BackendRegistry"]
+__all__ = ["BUILTIN_BACKENDS", "ENTRY_POINT_GROUP", "BackendRegistry", "installed_backends"]
 
 log = logging.getLogger(__name__)
 
@@ -127,3 +130,10 @@ class BackendRegistry:
                 subject=name,
             )
         return factory  # type: ignore[no-any-return]
+
+
+@functools.cache
+def installed_backends() -> BackendRegistry:
+    """The built-ins and the installed entry points (:meth:`BackendRegistry.discover`), scanned
+    on first use; the same registry afterwards."""
+    return BackendRegistry.discover()

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lcow.backends.base import Backend, ContainerFS, LayerDisk
-from lcow.backends.registry import BackendRegistry
+from lcow.backends.registry import BackendRegistry, installed_backends
 from lcow.convert.export import export_layer
 from lcow.convert.input import FileSlice
 from lcow.convert.options import ConvertOptions, ConvertResult
@@ -123,7 +123,7 @@ class Driver:
         backends: BackendRegistry | None = None,
     ) -> None:
         self.root = DataRoot(home)
-        registry = backends if backends is not None else BackendRegistry.discover()
+        registry = backends if backends is not None else installed_backends()
         self.options = parse_driver_options(options, root=str(self.root.root), backends=registry)
         if backend is None:
             factory = registry.get(self.options.backend)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lcow._util.initopts import DEFAULT_TIMEOUT, bool_option, split_options, timeout_option
 from lcow.backends.base import BackendOptions
-from lcow.backends.registry import BackendRegistry
+from lcow.backends.registry import BackendRegistry, installed_backends
 from lcow.errors import InvalidArgument
 
 __all__ = [
@@ -85,7 +85,7 @@ def parse_driver_options(
         options: ``key=value`` strings (``None`` = none).
         root: the data root (defaults are placed relative to it).
         backends: where ``lcow.backend`` is looked up (default: the built-ins and the installed
-            entry points, :meth:`BackendRegistry.discover`).
+            entry points, :func:`~lcow.backends.registry.installed_backends`).
 
     Raises:
         InvalidArgument: a bad value, an unknown backend, or an unknown ``lcow.*`` key (named
@@ -94,7 +94,7 @@ def parse_driver_options(
     """
     given = list(options or ())
     pairs = split_options(given)
-    registry = backends if backends is not None else BackendRegistry.discover()
+    registry = backends if backends is not None else installed_backends()
     backend = pairs.get("lcow.backend", DEFAULT_BACKEND).strip().lower() or DEFAULT_BACKEND
     factory = registry.get(backend) if backend in registry else None
     known = DRIVER_KEYS | (factory.option_keys if factory is not None else frozenset())
