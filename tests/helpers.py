@@ -123,12 +123,11 @@ def _host_problem() -> str | None:
 @functools.cache
 def _vm_problem() -> str | None:
     """What the vm backend lacks here (QEMU, the assets of ``lcow uvm build``)."""
-    from lcow.backends.vm import check_prerequisites
+    from lcow.backends.vm import check_prerequisites, parse_vm_options
     from lcow.errors import NotSupported
-    from lcow.graphdriver.options import parse_driver_options
 
     try:
-        check_prerequisites(parse_driver_options(["lcow.backend=vm"], root="/nonexistent"))
+        check_prerequisites(parse_vm_options({}, root="/nonexistent"))
     except NotSupported as exc:
         return str(exc)
     return None

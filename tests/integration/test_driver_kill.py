@@ -317,8 +317,8 @@ point = args["point"]
 def die(*_args, **_kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
-import lcow.graphdriver.driver as driver_module
-import lcow.graphdriver.sandbox as sandbox_module
+import lcow.sandboxes.copies as sandbox_copies
+import lcow.sandboxes.make as sandbox_make
 from lcow.graphdriver.driver import Driver
 from lcow.storage.dataroot import DataRoot
 
@@ -337,9 +337,9 @@ if point == "create: after mkdir, before layerchain.json":
 elif point == "remove: after the rename to -removing":
     shutil.rmtree = die
 elif point == "create-rw: sandbox linked, temporary not yet unlinked":
-    sandbox_module._fsync_dir = die
+    sandbox_copies._fsync_dir = die
 elif point == "create-rw: template formatted, not yet packed":
-    sandbox_module.raw_to_dynamic_vhdx = die
+    sandbox_make.raw_to_dynamic_vhdx = die
 
 driver = Driver(args["root"])
 op, layer, parent = args["op"], args["layer"], args["parent"]

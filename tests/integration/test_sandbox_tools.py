@@ -30,8 +30,7 @@ from lcow.formats.vhd.vhdx_writer import (
     create_dynamic_vhdx,
     raw_to_dynamic_vhdx,
 )
-from lcow.graphdriver import sandbox
-from lcow.graphdriver.sandbox import (
+from lcow.sandboxes import (
     EXT4_FEATURES,
     MAX_SANDBOX_GB,
     MkfsFailed,
@@ -41,6 +40,7 @@ from lcow.graphdriver.sandbox import (
     mke2fs_argv,
     sandbox_size_bytes,
 )
+from lcow.sandboxes import make as sandbox_make
 from tests.helpers import ensure, loop_mount, requires, run
 
 MIB = 1 << 20
@@ -316,7 +316,7 @@ def test_make_sandbox_in_bytes(tmp_path: Path) -> None:
 
 
 def test_sandbox_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sandbox, "_find_mke2fs", lambda: "/bin/false")
+    monkeypatch.setattr(sandbox_make, "_find_mke2fs", lambda: "/bin/false")
     existing = tmp_path / "sandbox.vhdx"
     existing.write_bytes(b"old template")
     with pytest.raises(MkfsFailed, match="exit code 1") as info:

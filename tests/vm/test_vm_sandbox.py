@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 from qemu.qmp import QMPClient
 
-import lcow.graphdriver.sandbox as host_sandbox
+import lcow.sandboxes.make as host_sandbox
 from lcow.backends.vm import VmBackend
-from lcow.backends.vm.backend import mkfs_options
 from lcow.backends.vm.svm import GLOBAL_ID
 from lcow.errors import FailedPrecondition
 from lcow.formats.vhd.vhdx_writer import create_dynamic_vhdx
 from lcow.graphdriver.driver import Driver
+from lcow.sandboxes import mke2fs_options
 from tests.helpers import requires, run
 from tests.vm.conftest import VmDriverFactory
 
@@ -198,11 +198,11 @@ def test_guest_mkfs_refusal_detaches_before_raising(vm_driver: VmDriverFactory) 
     create_dynamic_vhdx(tiny, 64 << 10)
     create_dynamic_vhdx(good, 64 * MIB)
     with entry.lock, pytest.raises(FailedPrecondition, match="Not enough space") as raised:
-        entry.format_disk(tiny, mkfs_options(64 << 10))
+        entry.format_disk(tiny, mke2fs_options(64 << 10))
     assert "(LUN 2)" in str(raised.value)
     assert (vm.qmp(nodes), vm.qmp(devices), dict(entry.disks)) == before
     with entry.lock:
-        assert entry.format_disk(good, mkfs_options(64 * MIB)).startswith("/dev/sd")
+        assert entry.format_disk(good, mke2fs_options(64 * MIB)).startswith("/dev/sd")
     assert (vm.qmp(nodes), vm.qmp(devices), dict(entry.disks)) == before
     assert check_image(good, 64 * MIB, drv.root.root)["Filesystem state"] == "clean"
     drv.put("warm")

@@ -3,21 +3,35 @@
 A backend turns a layer's disk list (its own folder first, then its ancestors) into a
 :class:`ContainerFS`: the union of their content with overlay semantics. The driver owns ids,
 folders, counts and locks; a backend only opens and closes views.
+
+A :class:`BackendFactory` is how a backend is found by name and built (the registry,
+:mod:`lcow.backends.registry`, maps ``lcow.backend`` to one): it declares the ``lcow.*`` keys
+it reads, parses them into its own :class:`BackendOptions`, says "driver not supported" before
+anything is created, and builds the backend over a data root. The driver depends on these
+protocols only, never on a concrete backend.
 """
 
 from __future__ import annotations
 
 import stat as stat_module
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, TypeVar
 
 from lcow.backends.taroptions import TarOptions
 from lcow.storage.dataroot import LayerFile
 
-__all__ = ["Backend", "ContainerFS", "FileInfo", "LayerDisk", "go_file_mode"]
+__all__ = [
+    "Backend",
+    "BackendFactory",
+    "BackendOptions",
+    "ContainerFS",
+    "FileInfo",
+    "LayerDisk",
+    "go_file_mode",
+]
 
 
 @dataclass(frozen=True)
@@ -234,4 +248,52 @@ class Backend(Protocol):
 
     def cleanup(self) -> None:
         """Release everything the backend holds (never fails)."""
+        ...
+
+
+class BackendOptions(Protocol):
+    """A backend's own settings, parsed by its factory from InitDriver's ``lcow.*`` options.
+
+    A frozen dataclass in practice (``VmOptions``, ``HostOptions`` …). The driver never looks
+    inside: it hands what :meth:`BackendFactory.parse_options` returned back to the same
+    factory's :meth:`~BackendFactory.check` and :meth:`~BackendFactory.create`.
+    """
+
+
+OptionsT = TypeVar("OptionsT", bound=BackendOptions)
+
+
+class BackendFactory(Protocol[OptionsT]):
+    """Builds one kind of backend from InitDriver's options (SPEC §2, §3 InitDriver).
+
+    Registered under a name (``lcow.backend=<name>``) in :mod:`lcow.backends.registry`: the
+    built-ins ``userspace``, ``host`` and ``vm``, or a third party's through the
+    ``lcow.backends`` entry-point group.
+    """
+
+    @property
+    def option_keys(self) -> frozenset[str]:
+        """The ``lcow.*`` keys (lower case) this backend reads; with the driver's own, the
+        keys InitDriver accepts when this backend is chosen."""
+        ...
+
+    def parse_options(self, pairs: Mapping[str, str], *, root: Path) -> OptionsT:
+        """This backend's settings from InitDriver's options.
+
+        Args:
+            pairs: every ``key=value`` option, keys stripped and lower-cased.
+            root: the data root (defaults may be placed below it); not created yet.
+
+        Raises:
+            InvalidArgument: a bad value, with a message naming the key.
+        """
+        ...
+
+    def check(self, options: OptionsT) -> None:
+        """Raise :class:`~lcow.errors.NotSupported` (``driver not supported: …``) naming what
+        this host lacks; called before the data root is created."""
+        ...
+
+    def create(self, root: Path, options: OptionsT) -> Backend:
+        """The backend over the data root ``root`` (which exists by now)."""
         ...

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn, Protocol, cast
 
 from lcow._util.escape import EscapingFormatter, printable
+from lcow.cli._driver import backend_name
 from lcow.cli._output import logging_to_stderr, reader_gone
 from lcow.cli.status import ExitStatus, UsageError, error_message, exit_status_for
 from lcow.errors import LcowError
@@ -155,9 +156,9 @@ def _top_parser() -> _Parser:
         help="the driver's data root (default: $LCOW_ROOT)",
     )  # fmt: skip
     parser.add_argument(
-        "--backend", choices=_backends(), default=None,
-        metavar="B", help="backend for views: %(choices)s (default userspace); same as "
-        "-o lcow.backend=B",
+        "--backend", type=backend_name, default=None,
+        metavar="B", help="backend for views: userspace, host, vm or an installed one (default "
+        "userspace); same as -o lcow.backend=B",
     )  # fmt: skip
     parser.add_argument(
         "-o", "--opt", dest="driver_options", action="append", default=[], type=_option,
@@ -169,12 +170,6 @@ def _top_parser() -> _Parser:
     )
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
-
-
-def _backends() -> tuple[str, ...]:
-    from lcow.graphdriver.options import BACKENDS
-
-    return BACKENDS
 
 
 def _option(text: str) -> str:

@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
+from lcow.cli._driver import backend_name
 from lcow.cli.status import ExitStatus, UsageError
 
 __all__ = ["SUMMARY", "add_arguments", "run"]
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="listen here instead of /run/docker/plugins/NAME.sock",
     )  # fmt: skip
     serve.add_argument(
-        "--backend", dest="plugin_backend", choices=_backends(), default=None,
+        "--backend", dest="plugin_backend", type=backend_name, default=None,
         help=f"backend for views (default {_DEFAULT_BACKEND}; dockerd needs host directories); "
         "a '--storage-opt lcow.backend=B' from dockerd overrides it",
     )  # fmt: skip
@@ -83,12 +84,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-level", choices=_LEVELS, default=None,
         help="log level (default info; -v before the command: debug)",
     )  # fmt: skip
-
-
-def _backends() -> tuple[str, ...]:
-    from lcow.graphdriver.options import BACKENDS
-
-    return BACKENDS
 
 
 def _positive(text: str) -> int:

@@ -27,17 +27,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lcow.backends.base import Backend, ContainerFS, LayerDisk
+from lcow.backends.registry import BackendRegistry, installed_backends
 from lcow.convert.export import export_layer
 from lcow.convert.input import FileSlice
 from lcow.convert.options import ConvertOptions, ConvertResult
 from lcow.convert.tar2ext4 import tar2ext4
 from lcow.convert.tarwriter import END_OF_ARCHIVE, as_writer
-from lcow.errors import AlreadyExists, Busy, LcowError, NoSpace, NotFound, NotSupported
+from lcow.errors import AlreadyExists, Busy, LcowError, NoSpace, NotFound
 from lcow.formats.ext4.reader import Ext4Reader
 from lcow.formats.source import open_source
 from lcow.graphdriver.diffstream import DiffStream
-from lcow.graphdriver.options import DriverOptions, parse_driver_options, sandbox_size_bytes
-from lcow.graphdriver.sandbox import copy_sandbox, make_sandbox
+from lcow.graphdriver.options import parse_driver_options, sandbox_size_bytes
 from lcow.layerdiff.changes import (
     Change,
     LayerContent,
@@ -48,6 +48,7 @@ from lcow.layerdiff.changes import (
     tree_changes,
 )
 from lcow.layerdiff.export_changes import export_changes
+from lcow.sandboxes import copy_sandbox, make_sandbox
 from lcow.storage.dataroot import LAYER_VHD, SANDBOX_VHDX, DataRoot, validate_id
 from lcow.storage.locks import LayerLocks, RootLock
 
@@ -93,36 +94,6 @@ def _naming_full_disks(layer_id: str, what: str) -> Iterator[None]:
         ) from exc
 
 
-def _check_backend(options: DriverOptions) -> None:
-    if options.backend == "host":
-        from lcow.backends.host import check_prerequisites
-
-        check_prerequisites()
-    if options.backend == "vm":
-        from lcow.backends.vm import check_prerequisites as check_vm
-
-        check_vm(options)
-
-
-def _make_backend(options: DriverOptions, root: DataRoot) -> Backend:
-    if options.backend == "userspace":
-        from lcow.backends.userspace import UserspaceBackend
-
-        return UserspaceBackend()
-    if options.backend == "host":
-        from lcow.backends.host import HostBackend
-
-        return HostBackend(root.root)
-    if options.backend == "vm":
-        from lcow.backends.vm import VmBackend
-
-        return VmBackend(root.root, options)
-    raise NotSupported(
-        f"driver not supported: the {options.backend} backend is not available in this build",
-        subject=options.backend,
-    )
-
-
 class Driver:
     """moby's LCOW graph driver (``lcow``), Python names (SPEC §3).
 
@@ -131,7 +102,10 @@ class Driver:
         options: ``key=value`` strings (SPEC §2); ``None`` = none.
         uid_maps: ignored (as in LCOW).
         gid_maps: ignored.
-        backend: a backend instance; by default the one ``lcow.backend`` names.
+        backend: a backend instance; by default the one ``lcow.backend`` names, built by its
+            factory in ``backends``.
+        backends: the registry ``lcow.backend`` is looked up in (default: the built-ins and
+            the installed ``lcow.backends`` entry points).
 
     Raises:
         InvalidArgument: a bad option.
@@ -146,13 +120,19 @@ class Driver:
         gid_maps: object = None,
         *,
         backend: Backend | None = None,
+        backends: BackendRegistry | None = None,
     ) -> None:
         self.root = DataRoot(home)
-        self.options = parse_driver_options(options, root=str(self.root.root))
+        registry = backends if backends is not None else installed_backends()
+        self.options = parse_driver_options(options, root=str(self.root.root), backends=registry)
         if backend is None:
-            _check_backend(self.options)  # "driver not supported" before anything is created
-        self.root.create()
-        self.backend = backend if backend is not None else _make_backend(self.options, self.root)
+            factory = registry.get(self.options.backend)
+            factory.check(self.options.backend_options)  # "driver not supported" before
+            self.root.create()  # anything is created
+            backend = factory.create(self.root.root, self.options.backend_options)
+        else:
+            self.root.create()
+        self.backend = backend
         self._locks = LayerLocks(self.root.root)
         self._root_lock = RootLock(self.root.root)
 

@@ -3,64 +3,55 @@
 Options arrive as ``key=value`` strings (``--storage-opt``, plugin ``Init.Opts``). Keys are
 case-insensitive and split at the first ``=``; entries without ``=`` and keys outside the
 ``lcow.`` prefix are ignored, while an unknown ``lcow.*`` key is an error naming it.
+
+The driver reads ``lcow.backend``, ``lcow.globalmode``, ``lcow.timeout`` and ``lcow.dmverity``
+here; the chosen backend reads its own keys (:class:`~lcow.backends.base.BackendFactory`), so
+the keys accepted are :data:`DRIVER_KEYS` and those that backend declares. Every key of SPEC
+§2's table is among the driver's: the VM-only ones are read by the vm backend and ignored by
+the others, as SPEC §2 says.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from lcow._util.initopts import DEFAULT_TIMEOUT, bool_option, split_options, timeout_option
+from lcow.backends.base import BackendOptions
+from lcow.backends.registry import BackendRegistry, installed_backends
 from lcow.errors import InvalidArgument
 
 __all__ = [
-    "BACKENDS",
+    "DEFAULT_BACKEND",
     "DEFAULT_SANDBOX_GB",
+    "DRIVER_KEYS",
     "DriverOptions",
     "parse_driver_options",
-    "parse_go_bool",
     "parse_ram_size",
     "sandbox_size_bytes",
 ]
 
-BACKENDS = ("userspace", "host", "vm")
+DEFAULT_BACKEND = "userspace"
 DEFAULT_SANDBOX_GB = 20
-DEFAULT_TIMEOUT = 300
-_KNOWN = {
-    "lcow.globalmode",
-    "lcow.sandboxsize",
-    "lcow.kirdpath",
-    "lcow.kernel",
-    "lcow.initrd",
-    "lcow.vhdx",
-    "lcow.bootparameters",
-    "lcow.timeout",
-    "lcow.backend",
-    "lcow.dmverity",
-}
-_GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
-_GO_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
-
+#: The ``lcow.*`` keys InitDriver accepts whatever the backend: SPEC §2's table and lcow's own.
+DRIVER_KEYS = frozenset(
+    {
+        "lcow.globalmode",
+        "lcow.sandboxsize",
+        "lcow.kirdpath",
+        "lcow.kernel",
+        "lcow.initrd",
+        "lcow.vhdx",
+        "lcow.bootparameters",
+        "lcow.timeout",
+        "lcow.backend",
+        "lcow.dmverity",
+    }
+)
 
 _DIGITS = re.compile(r"[0-9]+")
-_SIGNED_DIGITS = re.compile(r"[+-]?[0-9]+")
-
-
-def _go_atoi(text: str) -> int:
-    """Go's ``strconv.Atoi``: an optional sign and ASCII digits, nothing else."""
-    if not _SIGNED_DIGITS.fullmatch(text):
-        raise ValueError(text)
-    return int(text, 10)
-
-
-def parse_go_bool(text: str) -> bool | None:
-    """Go's ``strconv.ParseBool``: the accepted spellings, else ``None``."""
-    if text in _GO_TRUE:
-        return True
-    if text in _GO_FALSE:
-        return False
-    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,106 +59,64 @@ class DriverOptions:
     """Parsed driver-wide options.
 
     Attributes:
-        global_mode: one utility VM for every layer (``lcow.globalmode``).
-        kirdpath: folder of the VM kernel and initrd (``lcow.kirdpath``).
-        kernel: kernel file name in ``kirdpath``.
-        initrd: initrd file name in ``kirdpath``.
-        vhdx: boot disk path, if given (``lcow.vhdx``).
-        boot_parameters: extra kernel command line.
+        global_mode: one utility VM for every layer (``lcow.globalmode``; shown by Status).
         timeout: seconds for VM start and commands; an idle timeout on streams.
-        backend: ``userspace`` (default), ``host`` or ``vm``.
+        backend: the backend's name (``lcow.backend``): ``userspace`` (default), ``host``,
+            ``vm`` or a registered third-party one.
         dm_verity: add a dm-verity hash area to layers written by ApplyDiff.
-        raw: every option as given (lower-cased keys), for persistence.
+        raw: every option as given, for persistence.
+        backend_options: what the chosen backend's factory parsed from the same options.
     """
 
     global_mode: bool = False
-    kirdpath: str = ""
-    kernel: str = "bootx64.efi"
-    initrd: str = "initrd.img"
-    vhdx: str = ""
-    boot_parameters: str = ""
     timeout: int = DEFAULT_TIMEOUT
-    backend: str = "userspace"
+    backend: str = DEFAULT_BACKEND
     dm_verity: bool = False
     raw: tuple[str, ...] = field(default=())
+    backend_options: BackendOptions | None = None
 
 
-def _split(options: Iterable[str]) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for item in options:
-        key, eq, value = item.partition("=")
-        if eq:
-            pairs[key.strip().lower()] = value
-    return pairs
-
-
-def parse_driver_options(options: Iterable[str] | None, *, root: str) -> DriverOptions:
-    """Parse InitDriver's options.
+def parse_driver_options(
+    options: Iterable[str] | None, *, root: str, backends: BackendRegistry | None = None
+) -> DriverOptions:
+    """Parse InitDriver's options, the chosen backend's included.
 
     Args:
         options: ``key=value`` strings (``None`` = none).
         root: the data root (defaults are placed relative to it).
+        backends: where ``lcow.backend`` is looked up (default: the built-ins and the installed
+            entry points, :func:`~lcow.backends.registry.installed_backends`).
 
     Raises:
-        InvalidArgument: a bad value, or an unknown ``lcow.*`` key (named in the message).
+        InvalidArgument: a bad value, an unknown backend, or an unknown ``lcow.*`` key (named
+            in the message).
+        NotSupported: the chosen backend is installed but cannot be loaded.
     """
     given = list(options or ())
-    pairs = _split(given)
+    pairs = split_options(given)
+    registry = backends if backends is not None else installed_backends()
+    backend = pairs.get("lcow.backend", DEFAULT_BACKEND).strip().lower() or DEFAULT_BACKEND
+    factory = registry.get(backend) if backend in registry else None
+    known = DRIVER_KEYS | (factory.option_keys if factory is not None else frozenset())
     for key in pairs:
-        if key.startswith("lcow.") and key not in _KNOWN:
+        if key.startswith("lcow.") and key not in known:
             raise InvalidArgument(f"lcowdriver: init: unknown option '{key}'", subject=key)
-    global_mode = False
-    if "lcow.globalmode" in pairs:
-        parsed = parse_go_bool(pairs["lcow.globalmode"])
-        if parsed is None:
-            raise InvalidArgument(
-                "lcowdriver: init: failed to parse value for 'lcow.globalmode' - must be 'true' or "
-                "'false'",
-                subject="lcow.globalmode",
-            )
-        global_mode = parsed
-    timeout = 0
-    if "lcow.timeout" in pairs:
-        try:
-            timeout = _go_atoi(pairs["lcow.timeout"])
-        except ValueError:
-            raise InvalidArgument(
-                "lcow.timeout option could not be interpreted as an integer", subject="lcow.timeout"
-            ) from None
-        if timeout < 0:
-            raise InvalidArgument("lcow.timeout option cannot be negative", subject="lcow.timeout")
-    if timeout == 0:
-        env = os.environ.get("OPENGCS_UVM_TIMEOUT_SECONDS", "")
-        timeout = int(env) if env.isdigit() and int(env) > 0 else DEFAULT_TIMEOUT
-    backend = pairs.get("lcow.backend", "userspace").strip().lower() or "userspace"
-    if backend not in BACKENDS:
+    global_mode = bool_option(pairs, "lcow.globalmode")
+    timeout = timeout_option(pairs)
+    if factory is None:
         raise InvalidArgument(
             f"lcowdriver: init: invalid value '{backend}' for 'lcow.backend' - must be one of "
-            f"{', '.join(BACKENDS)}",
+            f"{', '.join(registry.names())}",
             subject="lcow.backend",
         )
-    dm_verity = False
-    if "lcow.dmverity" in pairs:
-        parsed = parse_go_bool(pairs["lcow.dmverity"])
-        if parsed is None:
-            raise InvalidArgument(
-                "lcowdriver: init: failed to parse value for 'lcow.dmverity' - must be 'true' or "
-                "'false'",
-                subject="lcow.dmverity",
-            )
-        dm_verity = parsed
-    kirdpath = pairs.get("lcow.kirdpath") or os.path.join(root, "uvm")
+    dm_verity = bool_option(pairs, "lcow.dmverity")
     return DriverOptions(
         global_mode=global_mode,
-        kirdpath=kirdpath,
-        kernel=pairs.get("lcow.kernel") or "bootx64.efi",
-        initrd=pairs.get("lcow.initrd") or "initrd.img",
-        vhdx=pairs.get("lcow.vhdx") or os.path.join(kirdpath, "uvm.vhdx"),
-        boot_parameters=pairs.get("lcow.bootparameters", ""),
         timeout=timeout,
         backend=backend,
         dm_verity=dm_verity,
         raw=tuple(given),
+        backend_options=factory.parse_options(pairs, root=Path(root)),
     )
 
 

@@ -43,7 +43,7 @@ from lcow.backends.host.scoped import probe_openat2
 from lcow.backends.host.storage_daemon import BINARY, StorageDaemon
 from lcow.backends.host.table import DiskEntry, MountState, MountTable, ViewEntry
 from lcow.errors import Busy, CorruptImage, FailedPrecondition, LcowError, NotSupported
-from lcow.graphdriver.sandbox import make_sandbox
+from lcow.sandboxes import make_sandbox
 from lcow.storage.dataroot import LayerFile
 
 __all__ = ["STATE_FOLDER", "HostBackend"]

@@ -9,7 +9,7 @@ from pathlib import Path
 from lcow.backends.base import LayerDisk
 from lcow.backends.counted import CountedViews
 from lcow.backends.userspace.union import UnionView
-from lcow.graphdriver.sandbox import make_sandbox
+from lcow.sandboxes import make_sandbox
 from lcow.storage.dataroot import LayerFile
 
 __all__ = ["UnionView", "UserspaceBackend"]

@@ -39,6 +39,7 @@ from pathlib import Path
 from lcow._util.atomic import atomic_output
 from lcow.backends.vm.cpio import CpioWriter
 from lcow.errors import FailedPrecondition, NotSupported
+from lcow.sandboxes import MKE2FS_CONF
 
 __all__ = [
     "AGENT_SOURCE",
@@ -241,8 +242,6 @@ def shared_libraries(binary: Path) -> list[Path]:
 def guest_tools() -> dict[str, bytes]:
     """Guest path → content of the files in-guest formatting needs: mke2fs, the libraries and
     loader ``ldd`` names (at the same paths), and the sandbox profile as ``mke2fs.conf``."""
-    from lcow.graphdriver.sandbox import MKE2FS_CONF
-
     mke2fs = _host_mke2fs()
     files = {GUEST_MKE2FS: mke2fs.read_bytes()}
     for lib in shared_libraries(mke2fs):

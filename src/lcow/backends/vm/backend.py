@@ -38,62 +38,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lcow.backends.base import LayerDisk
-from lcow.backends.vm.assets import GUEST_MKE2FS, find_assets
+from lcow.backends.vm.assets import find_assets
 from lcow.backends.vm.channel import Channel
+from lcow.backends.vm.options import VmOptions
 from lcow.backends.vm.qemu import VmConfig, accelerator, check_qemu, sweep_stale_runtime
 from lcow.backends.vm.svm import GLOBAL_ID, DiskSpec, ServiceVM, VmDied, VmTable
 from lcow.backends.vm.vmfs import VmFS
-from lcow.errors import FailedPrecondition, InvalidArgument, LcowError
-from lcow.formats.vhd.vhdx_writer import MAX_VIRTUAL_SIZE, create_dynamic_vhdx
-from lcow.graphdriver.options import DriverOptions
-from lcow.graphdriver.sandbox import BLOCK_SIZE, MAX_SANDBOX_GB, MIN_EXACT_SIZE, mke2fs_argv
+from lcow.errors import FailedPrecondition, LcowError
+from lcow.formats.vhd.vhdx_writer import create_dynamic_vhdx
+from lcow.sandboxes import exact_sandbox_size, mke2fs_options
 from lcow.storage.dataroot import LAYER_META, LayerFile
 
-__all__ = ["VmBackend", "check_prerequisites", "mkfs_options", "sandbox_bytes"]
+__all__ = ["VmBackend", "check_prerequisites"]
 
 log = logging.getLogger(__name__)
 
 MASK = "/tmp/mask"
 MIB = 1 << 20
-_DEVICE = "/dev/lcow-sandbox"  # stands in for the guest device while the options are built
 
 
-def check_prerequisites(options: DriverOptions) -> None:
+def check_prerequisites(options: VmOptions) -> None:
     """Raise ``driver not supported`` naming what is missing (QEMU, the VM assets)."""
     check_qemu()
     _assets(options)
 
 
-def _assets(options: DriverOptions) -> VmConfig:
-    explicit = any(o.split("=", 1)[0].strip().lower() == "lcow.kirdpath" for o in options.raw)
-    assets = find_assets(options.kirdpath, options.kernel, options.initrd, explicit=explicit)
+def _assets(options: VmOptions) -> VmConfig:
+    assets = find_assets(
+        options.kirdpath, options.kernel, options.initrd, explicit=options.kirdpath_given
+    )
     return VmConfig(assets, options.boot_parameters, float(options.timeout))
-
-
-def sandbox_bytes(size: int) -> int:
-    """The virtual size of a sandbox asked for with ``size`` bytes: rounded up to 1 MiB (the
-    VHDX block), with the host formatting's limits, so every backend accepts the same sizes.
-
-    Raises:
-        InvalidArgument: below 8 MiB or above 64 TiB (VHDX's limit).
-    """
-    if size < MIN_EXACT_SIZE or size > MAX_VIRTUAL_SIZE:
-        raise InvalidArgument(
-            f"sandbox size {size} bytes is outside {MIN_EXACT_SIZE} bytes .. {MAX_SANDBOX_GB} GB",
-            subject=str(size),
-        )
-    return -(-size // MIB) * MIB
-
-
-def mkfs_options(size: int) -> list[str]:
-    """The guest mke2fs's options for a ``size``-byte disk: exactly the host formatting's
-    (:func:`~lcow.graphdriver.sandbox.mke2fs_argv`: features, 4 KiB blocks, 256-byte inodes,
-    inode ratio, lazy groups, no discard) without binary, device and block count — the agent
-    appends the device and formats all of it (SPEC §4.5)."""
-    argv = mke2fs_argv(GUEST_MKE2FS, _DEVICE, size)
-    if argv[0] != GUEST_MKE2FS or argv[-2:] != [_DEVICE, str(size // BLOCK_SIZE)]:
-        raise FailedPrecondition(f"vm: unexpected mke2fs command line {argv!r}", subject="mkfs")
-    return argv[1:-2]
 
 
 def _fsync(path: Path, flags: int = os.O_RDONLY) -> None:
@@ -144,7 +118,7 @@ class VmBackend:
 
     Args:
         root: the data root (scratch files go to ``scratch/``, the template to ``cache/``).
-        options: the driver's options (mode, kernel/initrd, boot parameters, timeout).
+        options: mode, kernel/initrd, boot parameters, timeout.
 
     Raises:
         NotSupported: no QEMU or no VM assets (``driver not supported``).
@@ -154,7 +128,7 @@ class VmBackend:
     writable = True
     persistent = False
 
-    def __init__(self, root: Path, options: DriverOptions) -> None:
+    def __init__(self, root: Path, options: VmOptions) -> None:
         check_qemu()
         self.config = _assets(options)
         for stale in sweep_stale_runtime():
@@ -254,12 +228,12 @@ class VmBackend:
                 died under it).
             OSError: the host file could not be written.
         """
-        self.format_sandbox(target, sandbox_bytes(size))
+        self.format_sandbox(target, exact_sandbox_size(size))
 
     def format_sandbox(self, target: Path, size: int) -> None:
         """:meth:`make_sandbox` without its size policy: whatever ``size`` (a multiple of 512)
         the guest's mke2fs accepts; its refusal is a failure like any other."""
-        options = mkfs_options(size)
+        options = mke2fs_options(size)  # the host formatting's: the same file system
         layer_id = target.parent.name
         svm_id = GLOBAL_ID if self.global_mode else layer_id
         tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(6)}"

@@ -24,6 +24,7 @@ from pathlib import Path
 from lcow.backends.vm.channel import Channel, ChannelBroken, GuestError
 from lcow.backends.vm.qemu import PORTS, QemuVM, VmConfig
 from lcow.errors import FailedPrecondition, LcowError
+from lcow.sandboxes import copy_sandbox, make_sandbox
 
 __all__ = ["GLOBAL_ID", "AttachedDisk", "ServiceVM", "VmDied", "VmTable"]
 
@@ -356,8 +357,6 @@ class VmTable:
             return entry
 
     def _boot(self, entry: ServiceVM) -> None:
-        from lcow.graphdriver.sandbox import copy_sandbox, make_sandbox
-
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         scratch = self.scratch_dir / f"{entry.id}.vhdx"
         with self._scratch_lock:
