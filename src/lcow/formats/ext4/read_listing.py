@@ -1,7 +1,8 @@
 """ext4 reader: listing a directory's blocks for walks and scans (SPEC §6.4).
 
-:meth:`Ext4Reader.listdir` yields :class:`~lcow.formats.ext4.read_dirs.DirEntry` objects one
-block at a time; a walk of a whole layer wants less per entry. These functions read a
+:func:`~lcow.formats.ext4.read_directory.listdir` yields
+:class:`~lcow.formats.ext4.read_dirs.DirEntry` objects one block at a time; a walk of a whole
+layer wants less per entry. These functions read a
 directory's blocks a run at a time and collect plain ``(name, ino)`` pairs
 (:func:`list_names`) or only inode numbers (:func:`list_inodes`, for summing sizes), with the
 same record checks — a record they refuse is parsed again by
@@ -15,16 +16,14 @@ import itertools
 import os
 from collections.abc import Callable, Iterable
 from operator import itemgetter
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from lcow._util.escape import quoted
 from lcow.errors import CorruptImage, LimitExceeded
 from lcow.formats.ext4.layout import IncompatFeature
 from lcow.formats.ext4.read_dirs import collect_dir_inodes, collect_dir_names, parse_dir_region
 from lcow.formats.ext4.read_extents import DataRun
-
-if TYPE_CHECKING:
-    from lcow.formats.ext4.reader import Ext4Reader
+from lcow.formats.ext4.read_volume import Volume, where
 
 __all__ = ["list_inodes", "list_names"]
 
@@ -33,12 +32,8 @@ _first = itemgetter(0)
 _T = TypeVar("_T")
 
 
-def _where(reader: Ext4Reader, ino: int, path: bytes) -> str:
-    return f"{reader.name}: inode {ino} ({os.fsdecode(path)})"
-
-
 def _collect(
-    reader: Ext4Reader,
+    vol: Volume,
     runs: Iterable[DataRun],
     ino: int,
     path: bytes,
@@ -47,10 +42,10 @@ def _collect(
     out: list[_T],
     *extra: object,
 ) -> list[_T]:
-    bs = reader.block_size
-    limit = reader.limits.max_dir_entries
-    count = reader.superblock.s_inodes_count
-    has_filetype = reader.superblock.incompat(IncompatFeature.FILETYPE)
+    bs = vol.block_size
+    limit = vol.limits.max_dir_entries
+    count = vol.superblock.s_inodes_count
+    has_filetype = vol.superblock.incompat(IncompatFeature.FILETYPE)
     for _, physical, length in runs:
         if physical is None:
             continue
@@ -61,11 +56,11 @@ def _collect(
                 if block_nr in seen_blocks:
                     subject = os.fsdecode(path)
                     raise CorruptImage(
-                        f"{_where(reader, ino, path)}: directory block {block_nr} is used twice",
+                        f"{where(vol, ino, path)}: directory block {block_nr} is used twice",
                         subject=subject,
                     )
                 seen_blocks.add(block_nr)
-            data = reader.source.pread(first * bs, nblocks * bs)
+            data = vol.source.pread(first * bs, nblocks * bs)
             for i in range(0, nblocks * bs, bs):
                 ok = collect(
                     data,
@@ -78,32 +73,32 @@ def _collect(
                     has_filetype=has_filetype,
                 )
                 if not ok:
-                    _raise_block_error(reader, ino, path, data[i : i + bs], has_filetype)
+                    _raise_block_error(vol, ino, path, data[i : i + bs], has_filetype)
                 if len(out) > limit:
-                    raise LimitExceeded(f"{_where(reader, ino, path)}: more than {limit} entries")
+                    raise LimitExceeded(f"{where(vol, ino, path)}: more than {limit} entries")
     return out
 
 
 def _raise_block_error(
-    reader: Ext4Reader, ino: int, path: bytes, block: bytes, has_filetype: bool
+    vol: Volume, ino: int, path: bytes, block: bytes, has_filetype: bool
 ) -> None:
     """Raise the precise error for a directory block the fast parser refused."""
     subject = os.fsdecode(path)
-    where = f"{_where(reader, ino, path)}: directory block"
+    at = f"{where(vol, ino, path)}: directory block"
     for _ in parse_dir_region(
         block,
-        where=where,
+        where=at,
         subject=subject,
-        block_size=reader.block_size,
-        inodes_count=reader.superblock.s_inodes_count,
+        block_size=vol.block_size,
+        inodes_count=vol.superblock.s_inodes_count,
         has_filetype=has_filetype,
     ):
         pass
-    raise CorruptImage(f"{where}: bad record", subject=subject)  # not reached
+    raise CorruptImage(f"{at}: bad record", subject=subject)  # not reached
 
 
 def list_names(
-    reader: Ext4Reader,
+    vol: Volume,
     runs: Iterable[DataRun],
     *,
     ino: int,
@@ -115,7 +110,7 @@ def list_names(
     :meth:`Ext4Reader.data_runs` gives them), sorted by name unless ``sort`` is false.
 
     Args:
-        reader: the filesystem.
+        vol: the filesystem.
         runs: the directory's data runs.
         ino: the directory's inode, for messages.
         path: its path, for messages.
@@ -127,21 +122,21 @@ def list_names(
         LimitExceeded: more than ``limits.max_dir_entries`` entries.
     """
     names: list[tuple[bytes, int]] = []
-    out = _collect(reader, runs, ino, path, seen_blocks, collect_dir_names, names)
+    out = _collect(vol, runs, ino, path, seen_blocks, collect_dir_names, names)
     if sort:
         out.sort(key=_first)
     if len(dict(out)) != len(out):
         out.sort(key=_first)
         dupe = next(a for a, b in itertools.pairwise(out) if a[0] == b[0])
         raise CorruptImage(
-            f"{_where(reader, ino, path)}: name {quoted(dupe[0])} appears twice",
+            f"{where(vol, ino, path)}: name {quoted(dupe[0])} appears twice",
             subject=os.fsdecode(path),
         )
     return out
 
 
 def list_inodes(
-    reader: Ext4Reader, runs: Iterable[DataRun], *, ino: int, path: bytes, seen_blocks: set[int]
+    vol: Volume, runs: Iterable[DataRun], *, ino: int, path: bytes, seen_blocks: set[int]
 ) -> tuple[list[int], dict[int, bytes]]:
     """The inode numbers of directory ``ino``'s entries (on-disk order), and the names of those
     whose entry type says directory: what summing sizes needs. Records are checked as by
@@ -154,5 +149,5 @@ def list_inodes(
     """
     inos: list[int] = []
     dir_names: dict[int, bytes] = {}
-    _collect(reader, runs, ino, path, seen_blocks, collect_dir_inodes, inos, dir_names)
+    _collect(vol, runs, ino, path, seen_blocks, collect_dir_inodes, inos, dir_names)
     return inos, dir_names

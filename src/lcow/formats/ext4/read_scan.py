@@ -13,8 +13,9 @@ extent trees, checksum verification, a damaged inode — takes the checked path
 bounds hold: directories reached twice, shared directory blocks and nesting deeper than
 ``limits.max_depth`` stop it.
 
-The functions take the reader and use its public primitives; :class:`Ext4Reader` exposes them
-as :meth:`~Ext4Reader.scan`, :meth:`~Ext4Reader.scan_dir` and :meth:`~Ext4Reader.content_size`.
+The functions take a :class:`~lcow.formats.ext4.read_volume.Volume` and use the reader's lower
+modules (lookups, directory listings, xattrs); the facade :class:`Ext4Reader` exposes them as
+:meth:`~Ext4Reader.scan`, :meth:`~Ext4Reader.scan_dir` and :meth:`~Ext4Reader.content_size`.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
-from lcow.errors import CorruptImage, InvalidArgument, LimitExceeded
+from lcow.errors import InvalidArgument, LimitExceeded
 from lcow.formats.ext4.layout import EXT4_XATTR_MAGIC, IncompatFeature, InodeFlag
+from lcow.formats.ext4.read_content import xattrs as inode_xattrs
+from lcow.formats.ext4.read_directory import children, iterdir
 from lcow.formats.ext4.read_extents import DataRun, simple_extent_runs
 from lcow.formats.ext4.read_inode import (
     GOOD_OLD_INODE_SIZE,
@@ -37,12 +39,11 @@ from lcow.formats.ext4.read_inode import (
 )
 from lcow.formats.ext4.read_itable import CHUNK
 from lcow.formats.ext4.read_listing import list_inodes, list_names
+from lcow.formats.ext4.read_lookup import lookup, normal_path
 from lcow.formats.ext4.read_types import ScanEntry
+from lcow.formats.ext4.read_volume import Volume, corrupt
 
-if TYPE_CHECKING:
-    from lcow.formats.ext4.reader import Ext4Reader
-
-__all__ = ["content_size", "normal_path", "scan", "scan_dir"]
+__all__ = ["content_size", "scan", "scan_dir"]
 
 _NS = 1_000_000_000
 _EXTRA_MTIME = 12  # i_extra_isize bytes that include i_mtime_extra
@@ -57,28 +58,17 @@ _CAPABILITY_XATTR = b"security.capability"
 _tuple_new = tuple.__new__  # builds ScanEntry records without the NamedTuple's Python __new__
 
 
-def normal_path(top: bytes) -> bytes:
-    """``top`` as an absolute path without empty or ``.`` components."""
-    parts = [p for p in top.split(b"/") if p not in (b"", b".")]
-    return b"/" + b"/".join(parts) if parts else b"/"
-
-
-def _corrupt(reader: Ext4Reader, ino: int, path: bytes, what: str) -> CorruptImage:
-    subject = os.fsdecode(path)
-    return CorruptImage(f"{reader.name}: inode {ino} ({subject}): {what}", subject=subject)
-
-
-def _too_deep(reader: Ext4Reader, ino: int, path: bytes) -> LimitExceeded:
+def _too_deep(vol: Volume, ino: int, path: bytes) -> LimitExceeded:
     return LimitExceeded(
-        f"{reader.name}: inode {ino} ({os.fsdecode(path)}): nesting deeper than "
-        f"{reader.limits.max_depth} directories"
+        f"{vol.name}: inode {ino} ({os.fsdecode(path)}): nesting deeper than "
+        f"{vol.limits.max_depth} directories"
     )
 
 
-def _fast(reader: Ext4Reader) -> bool:
+def _fast(vol: Volume) -> bool:
     """Whether the inline decoder may be used (large inodes, no checksum verification)."""
-    sb = reader.superblock
-    verify = reader.verify_checksums and sb.has_metadata_csum
+    sb = vol.superblock
+    verify = vol.verify_checksums and sb.has_metadata_csum
     return sb.s_inode_size > GOOD_OLD_INODE_SIZE and not verify
 
 
@@ -86,7 +76,7 @@ def _fast(reader: Ext4Reader) -> bool:
 
 
 def scan(
-    reader: Ext4Reader,
+    vol: Volume,
     top: bytes = b"/",
     *,
     capability: bool = False,
@@ -94,18 +84,18 @@ def scan(
     hide_lost_found: bool = False,
 ) -> Iterator[ScanEntry]:
     """See :meth:`Ext4Reader.scan`."""
-    root = reader.lookup(top)
+    root = lookup(vol, top)
     top_path = normal_path(top)
     shown = b"/" if relative else top_path
-    yield _checked_entry(reader, root, top_path, shown, capability)
+    yield _checked_entry(vol, root, top_path, shown, capability)
     if not root.is_dir:
         return
     seen_blocks: set[int] = set()
-    listing = reader.children(root, path=top_path, seen_blocks=seen_blocks)
+    listing = children(vol, root, path=top_path, seen_blocks=seen_blocks)
     if hide_lost_found:
-        listing = _without_empty_lost_found(reader, listing, top_path)
+        listing = _without_empty_lost_found(vol, listing, top_path)
     yield from _scan_below(
-        reader,
+        vol,
         listing,
         shown,
         b"" if not relative or top_path == b"/" else top_path,
@@ -117,7 +107,7 @@ def scan(
 
 
 def scan_dir(
-    reader: Ext4Reader,
+    vol: Volume,
     ino: int,
     *,
     path: bytes,
@@ -135,7 +125,7 @@ def scan_dir(
     bounds the depth itself.
 
     Args:
-        reader: the filesystem.
+        vol: the filesystem.
         ino: the directory's inode.
         path: its path as the entries should show it (absolute form).
         base: what ``path`` lacks to be the path in the image (``b"/upper"`` for a sandbox's
@@ -154,14 +144,14 @@ def scan_dir(
         LimitExceeded: a configured limit is hit.
     """
     full = base + path if path != b"/" else base or b"/"
-    inode = reader.used_inode(ino, path=full)
+    inode = vol.used_inode(ino, path=full)
     if not inode.is_dir:
-        raise InvalidArgument(f"{reader.name}: inode {ino} ({os.fsdecode(full)}): not a directory")
-    listing = reader.children(inode, path=full, seen_blocks=seen_blocks)
+        raise InvalidArgument(f"{vol.name}: inode {ino} ({os.fsdecode(full)}): not a directory")
+    listing = children(vol, inode, path=full, seen_blocks=seen_blocks)
     if hide_lost_found:
-        listing = _without_empty_lost_found(reader, listing, full)
+        listing = _without_empty_lost_found(vol, listing, full)
     below = _scan_below(
-        reader,
+        vol,
         listing,
         path,
         base,
@@ -174,7 +164,7 @@ def scan_dir(
 
 
 def _scan_below(
-    reader: Ext4Reader,
+    vol: Volume,
     listing: list[tuple[bytes, int]],
     shown: bytes,
     base: bytes,
@@ -187,29 +177,29 @@ def _scan_below(
     """The entries of ``listing`` (a directory shown as ``shown``; ``base + shown`` is its
     path in the image) and, if ``recursive``, everything below them, depth first."""
     stack = [((b"" if shown == b"/" else shown) + b"/", iter(listing))]
-    sb = reader.superblock
-    max_depth = reader.limits.max_depth
+    sb = vol.superblock
+    max_depth = vol.limits.max_depth
     isz = sb.s_inode_size
     ipg = sb.s_inodes_per_group
-    table = reader.inode_table
+    table = vol.inode_table
     chunks = table.chunks
     # The common case is decoded inline: a used, well-formed inode — for a directory, one
     # without xattrs whose extent tree is only its root. Anything else takes the checked path
-    # (reader.used_inode), which raises the precise error.
-    fast = _fast(reader)
+    # (vol.used_inode), which raises the precise error.
+    fast = _fast(vol)
     unpack = LEAN_INODE.unpack_from
     bad_flags = 0 if sb.incompat(IncompatFeature.INLINE_DATA) else _INLINE_DATA_FL
     max_extra = isz - GOOD_OLD_INODE_SIZE
     xattr_room = max_extra - 4  # an in-inode xattr magic fits up to here
     acl_hi = 1 << 32 if sb.incompat(IncompatFeature.BIT64) else 0  # else the high half is unused
-    bs = reader.block_size
+    bs = vol.block_size
     blocks_count = sb.s_blocks_count
     first_data_block = sb.s_first_data_block
-    max_dir_size = reader.limits.max_dir_size
+    max_dir_size = vol.limits.max_dir_size
     new = _tuple_new
     while stack:
-        dir_prefix, children = stack[-1]
-        for name, ino in children:
+        dir_prefix, entries = stack[-1]
+        for name, ino in entries:
             path = dir_prefix + name
             runs: list[DataRun] | None = None
             if fast:
@@ -273,7 +263,7 @@ def _scan_below(
                             decode_rdev(dev_old, dev_new) if fmt in _DEVICE_TYPES else 0,
                             links,
                             False,
-                            _capability(reader, ino, base + path)
+                            _capability(vol, ino, base + path)
                             if has_xattrs and capability
                             else None,
                         ),
@@ -281,23 +271,21 @@ def _scan_below(
                     if runs is None:
                         continue
             if runs is None:
-                inode = reader.used_inode(ino, path=base + path)
-                yield _checked_entry(reader, inode, base + path, path, capability)
+                inode = vol.used_inode(ino, path=base + path)
+                yield _checked_entry(vol, inode, base + path, path, capability)
                 if not inode.is_dir:
                     continue
             if ino in seen_dirs:
-                raise _corrupt(reader, ino, base + path, "directory reached twice (loop)")
+                raise corrupt(vol, ino, base + path, "directory reached twice (loop)")
             seen_dirs.add(ino)
             if not recursive:
                 continue
             if len(stack) >= max_depth:
-                raise _too_deep(reader, ino, base + path)
+                raise _too_deep(vol, ino, base + path)
             if runs is None:
-                listing = reader.children(inode, path=base + path, seen_blocks=seen_blocks)
+                listing = children(vol, inode, path=base + path, seen_blocks=seen_blocks)
             else:
-                listing = list_names(
-                    reader, runs, ino=ino, path=base + path, seen_blocks=seen_blocks
-                )
+                listing = list_names(vol, runs, ino=ino, path=base + path, seen_blocks=seen_blocks)
             stack.append((path + b"/", iter(listing)))
             break
         else:
@@ -305,26 +293,26 @@ def _scan_below(
 
 
 def _without_empty_lost_found(
-    reader: Ext4Reader, listing: list[tuple[bytes, int]], top_path: bytes
+    vol: Volume, listing: list[tuple[bytes, int]], top_path: bytes
 ) -> list[tuple[bytes, int]]:
     for i, (name, ino) in enumerate(listing):
         if name == b"lost+found":
             path = (b"" if top_path == b"/" else top_path) + b"/lost+found"
-            inode = reader.used_inode(ino, path=path)
-            if inode.is_dir and next(iter(reader.iterdir(inode, path=path)), None) is None:
+            inode = vol.used_inode(ino, path=path)
+            if inode.is_dir and next(iter(iterdir(vol, inode, path=path)), None) is None:
                 return listing[:i] + listing[i + 1 :]
             break
     return listing
 
 
 def _checked_entry(
-    reader: Ext4Reader, inode: Inode, path: bytes, shown: bytes, capability: bool
+    vol: Volume, inode: Inode, path: bytes, shown: bytes, capability: bool
 ) -> ScanEntry:
     """The :class:`ScanEntry` of an inode decoded by the checked path."""
     opaque = False
     cap = None
     if inode.is_dir or capability:
-        xattrs = reader.xattrs(inode, path=path)
+        xattrs = inode_xattrs(vol, inode, path=path)
         opaque = inode.is_dir and xattrs.get(_OPAQUE_XATTR) == b"y"
         cap = xattrs.get(_CAPABILITY_XATTR) if capability else None
     return ScanEntry(
@@ -342,36 +330,36 @@ def _checked_entry(
     )
 
 
-def _capability(reader: Ext4Reader, ino: int, path: bytes) -> bytes | None:
-    inode = reader.used_inode(ino, path=path)
-    return reader.xattrs(inode, path=path).get(_CAPABILITY_XATTR)
+def _capability(vol: Volume, ino: int, path: bytes) -> bytes | None:
+    inode = vol.used_inode(ino, path=path)
+    return inode_xattrs(vol, inode, path=path).get(_CAPABILITY_XATTR)
 
 
 # -- content size ------------------------------------------------------------------------------
 
 
-def content_size(reader: Ext4Reader, top: bytes = b"/", *, hide_lost_found: bool = False) -> int:
+def content_size(vol: Volume, top: bytes = b"/", *, hide_lost_found: bool = False) -> int:
     """See :meth:`Ext4Reader.content_size`."""
-    if not _fast(reader):
+    if not _fast(vol):
         seen: set[int] = set()
         total = 0
-        walk = scan(reader, top, hide_lost_found=hide_lost_found)
+        walk = scan(vol, top, hide_lost_found=hide_lost_found)
         next(walk)
         for e in walk:
             if not stat.S_ISDIR(e.mode) and e.ino not in seen:
                 seen.add(e.ino)
                 total += e.size
         return total
-    root = reader.lookup(top)
+    root = lookup(vol, top)
     top_path = normal_path(top)
     if not root.is_dir:
         return 0
     seen_dirs = {root.ino}
     seen_blocks: set[int] = set()
     counted: set[int] = set()
-    named = reader.children(root, path=top_path, seen_blocks=seen_blocks)
+    named = children(vol, root, path=top_path, seen_blocks=seen_blocks)
     if hide_lost_found:
-        named = _without_empty_lost_found(reader, named, top_path)
+        named = _without_empty_lost_found(vol, named, top_path)
     # The directory being summed: its path, and how to find an entry's name for a message.
     dir_path = top_path
     dir_ino, dir_runs = root.ino, None
@@ -379,19 +367,19 @@ def content_size(reader: Ext4Reader, top: bytes = b"/", *, hide_lost_found: bool
     names = {ino: name for name, ino in named}
     # Directories still to read: (path, depth, inode, runs or None for the checked path).
     pending: list[tuple[bytes, int, int, list[DataRun] | None]] = []
-    sb = reader.superblock
-    max_depth = reader.limits.max_depth
+    sb = vol.superblock
+    max_depth = vol.limits.max_depth
     isz = sb.s_inode_size
     ipg = sb.s_inodes_per_group
-    table = reader.inode_table
+    table = vol.inode_table
     chunks = table.chunks
     unpack = SIZE_INODE.unpack_from
     bad_flags = 0 if sb.incompat(IncompatFeature.INLINE_DATA) else _INLINE_DATA_FL
     max_extra = isz - GOOD_OLD_INODE_SIZE
-    bs = reader.block_size
+    bs = vol.block_size
     blocks_count = sb.s_blocks_count
     first_data_block = sb.s_first_data_block
-    max_dir_size = reader.limits.max_dir_size
+    max_dir_size = vol.limits.max_dir_size
     total = 0
     depth = 1
     while True:
@@ -425,32 +413,30 @@ def content_size(reader: Ext4Reader, top: bytes = b"/", *, hide_lost_found: bool
             name = names.get(ino)
             if name is None:  # rare: name the entry with a second, named read of its directory
                 again: list[DataRun] = dir_runs or []
-                named = list_names(reader, again, ino=dir_ino, path=dir_path, seen_blocks=set())
+                named = list_names(vol, again, ino=dir_ino, path=dir_path, seen_blocks=set())
                 names = {i: n for n, i in named}
                 name = names[ino]
             path = (b"" if dir_path == b"/" else dir_path) + b"/" + name
             if runs is None:
-                inode = reader.used_inode(ino, path=path)
+                inode = vol.used_inode(ino, path=path)
                 if not inode.is_dir:
                     counted.add(ino)
                     total += inode.size
                     continue
             if ino in seen_dirs:
-                raise _corrupt(reader, ino, path, "directory reached twice (loop)")
+                raise corrupt(vol, ino, path, "directory reached twice (loop)")
             seen_dirs.add(ino)
             if depth >= max_depth:
-                raise _too_deep(reader, ino, path)
+                raise _too_deep(vol, ino, path)
             pending.append((path, depth + 1, ino, runs))
         if not pending:
             return total
         dir_path, depth, dir_ino, dir_runs = pending.pop()
         if dir_runs is None:  # listed by the checked path, with names
-            inode = reader.used_inode(dir_ino, path=dir_path)
-            named = reader.children(inode, path=dir_path, seen_blocks=seen_blocks)
+            inode = vol.used_inode(dir_ino, path=dir_path)
+            named = children(vol, inode, path=dir_path, seen_blocks=seen_blocks)
             inos = [ino for _, ino in named]
             names = {ino: name for name, ino in named}
         else:
             seen = seen_blocks
-            inos, names = list_inodes(
-                reader, dir_runs, ino=dir_ino, path=dir_path, seen_blocks=seen
-            )
+            inos, names = list_inodes(vol, dir_runs, ino=dir_ino, path=dir_path, seen_blocks=seen)
