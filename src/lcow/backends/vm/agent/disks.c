@@ -57,6 +57,7 @@ int find_disk(const char *lun, char *dev, size_t devsz, int wait_ms) {
 
 int mkdir_p(const char *path) {
     char buf[4096];
+    if (strlen(path) >= sizeof buf) return errno = ENAMETOOLONG, fail_errno(path);
     snprintf(buf, sizeof buf, "%s", path);
     for (char *p = buf + 1; *p; p++) {
         if (*p != '/') continue;

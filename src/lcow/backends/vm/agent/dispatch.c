@@ -11,15 +11,22 @@
 
 #include "fileops.h"
 
-static int split_args(char **argv) {
-    int argc = 0;
+/* The arguments of the C frame just read, in a copy of it: a command may read more frames
+ * (its data, a batch's operations) and each read reuses inbuf, so argv must not point there.
+ * Returns the copy (the caller frees it); *argc gets the count. */
+static char *split_args(char **argv, int *argc) {
+    char *copy = malloc(inlen + 1);
+    if (!copy) abort();
+    memcpy(copy, inbuf, inlen + 1);
+    int n = 0;
     size_t i = 0;
-    while (i < inlen && argc < MAX_ARGS - 1) {
-        argv[argc++] = (char *)inbuf + i;
-        i += strlen((char *)inbuf + i) + 1;
+    while (i < inlen && n < MAX_ARGS - 1) {
+        argv[n++] = copy + i;
+        i += strlen(copy + i) + 1;
     }
-    argv[argc] = NULL;
-    return argc;
+    argv[n] = NULL;
+    *argc = n;
+    return copy;
 }
 
 /* Batch: the frames after "batch root" are file operations relative to root, executed in
@@ -43,8 +50,12 @@ static int op_batch(char **argv, struct outbuf *o) {
         if (kind == 'E') break;
         if (kind != 'C') continue;
         char *args[MAX_ARGS];
-        int argc = split_args(args);
-        if (argc < 2) continue;
+        int argc;
+        char *held = split_args(args, &argc);
+        if (argc < 2) {
+            free(held);
+            continue;
+        }
         /* args: cmd path ... — the root comes from the batch. */
         char *full[MAX_ARGS + 1];
         full[0] = args[0];
@@ -56,12 +67,12 @@ static int op_batch(char **argv, struct outbuf *o) {
             if (skip) receive_into(-1, args[1]);
             else rc = op_writefile(full, root);
         } else if (skip) {
-            continue;
         } else if (!strcmp(args[0], "prepdirs")) {
             rc = op_prepdirs(root, args[1]);
         } else {
             rc = op_simple(args[0], full, argc + 1, root);
         }
+        free(held);
         if (rc == -2) {
             close(root);
             return -2;
@@ -212,23 +223,20 @@ void serve(const struct command *const tables[], int until_eof) {
         }
         if (kind != 'C') continue; /* stray data from a dead session */
         char *argv[MAX_ARGS];
-        int argc = split_args(argv);
-        if (argc == 0) continue;
-        const char *cmd = argv[0];
-        const struct command *found = find_command(tables, cmd);
-        if (found && argc < found->argc) {
-            fail('I', EINVAL, "%s: expected %d arguments", cmd, found->argc - 1);
-            send_failure();
-            continue;
-        }
+        int argc;
+        char *held = split_args(argv, &argc);
+        const struct command *found = argc ? find_command(tables, argv[0]) : NULL;
         struct outbuf o = {0};
-        int rc = found ? found->run(argv, argc, &o) : fail('I', EINVAL, "unknown command %s", cmd);
-        if (rc == -2) { /* the host went away mid-stream */
-            free(o.data);
-            continue;
-        }
-        if (rc < 0) send_failure();
-        else send_frame('R', o.data, o.len);
+        int rc;
+        if (argc == 0) rc = -2; /* nothing to answer */
+        else if (!found) rc = fail('I', EINVAL, "unknown command %s", argv[0]);
+        else if (argc < found->argc)
+            rc = fail('I', EINVAL, "%s: expected %d arguments", argv[0], found->argc - 1);
+        else rc = found->run(argv, argc, &o);
+        free(held);
+        if (rc == -1) send_failure();
+        else if (rc == 0) send_frame('R', o.data, o.len);
+        /* -2: the host went away mid-stream, or there is nothing to answer */
         free(o.data);
     }
 }

@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,8 +14,17 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Whether a view path fits a buffer of n bytes (else the failure is ENAMETOOLONG): a copy cut
+ * short would name another file. */
+static int fits(const char *path, size_t n) {
+    if (strlen(rel(path)) < n) return 1;
+    errno = ENAMETOOLONG;
+    return 0;
+}
+
 static int mkdir_all_at(int root, const char *path, mode_t mode) {
     char buf[4096];
+    if (!fits(path, sizeof buf)) return fail_errno(path);
     snprintf(buf, sizeof buf, "%s", rel(path));
     size_t len = strlen(buf);
     for (size_t i = 0; i <= len; i++) {
@@ -31,6 +41,7 @@ static int mkdir_all_at(int root, const char *path, mode_t mode) {
             }
             close(dfd);
             int check = open_in(root, buf, O_PATH | O_DIRECTORY, 0);
+            if (check < 0 && errno == ENOENT) errno = EEXIST; /* a dangling symlink (Go) */
             if (check < 0) return fail_errno(path);
             close(check);
         }
@@ -59,6 +70,29 @@ static int remove_all_at(int dfd, const char *name) {
     closedir(d);
     if (rc < 0) return -1;
     return unlinkat(dfd, name, AT_REMOVEDIR) < 0 && errno != ENOENT ? -1 : 0;
+}
+
+/* A decimal count of nanoseconds since the epoch as a timespec. The seconds are the digits
+ * before the last nine, so times past 2262 (beyond 64 bits of nanoseconds) stay exact. */
+static int parse_ns(const char *text, struct timespec *ts) {
+    const char *s = text + (*text == '-' || *text == '+');
+    size_t n = strlen(s);
+    if (n == 0 || strspn(s, "0123456789") != n) return errno = EINVAL, -1;
+    size_t split = n > 9 ? n - 9 : 0;
+    long long sec = 0, nsec = 0;
+    for (size_t i = 0; i < split; i++) {
+        int digit = s[i] - '0';
+        if (sec > (LLONG_MAX - digit) / 10) return errno = ERANGE, -1;
+        sec = sec * 10 + digit;
+    }
+    for (size_t i = split; i < n; i++) nsec = nsec * 10 + (s[i] - '0');
+    if (*text == '-') {
+        sec = -sec;
+        if (nsec) sec--, nsec = 1000000000LL - nsec;
+    }
+    ts->tv_sec = (time_t)sec;
+    ts->tv_nsec = (long)nsec;
+    return 0;
 }
 
 /* One-path operations that act on the final component without following it. */
@@ -142,18 +176,16 @@ int op_simple(const char *cmd, char **argv, int argc, int root_override) {
         }
         snprintf(where, sizeof where, "/proc/self/fd/%d", fd);
         if (fd < 0) rc = fail_errno(path);
-        else if (lsetxattr(where, argv[3], value, vlen, 0) < 0 &&
+        else if (setxattr(where, argv[3], value, vlen, 0) < 0 && /* through the magic link */
                  errno != EOPNOTSUPP && errno != EPERM)
             rc = fail_errno(path);
         free(value);
         if (fd >= 0) close(fd);
     } else if (!strcmp(cmd, "utimens")) {
-        long long a = strtoll(argv[3], NULL, 10), m = strtoll(argv[4], NULL, 10);
-        struct timespec ts[2] = {{a / 1000000000LL, a % 1000000000LL},
-                                 {m / 1000000000LL, m % 1000000000LL}};
-        if (ts[0].tv_nsec < 0) ts[0].tv_sec--, ts[0].tv_nsec += 1000000000LL;
-        if (ts[1].tv_nsec < 0) ts[1].tv_sec--, ts[1].tv_nsec += 1000000000LL;
-        if (utimensat(dfd, *base ? base : ".", ts, AT_SYMLINK_NOFOLLOW) < 0) rc = fail_errno(path);
+        struct timespec ts[2];
+        if (parse_ns(argv[3], &ts[0]) < 0 || parse_ns(argv[4], &ts[1]) < 0 ||
+            utimensat(dfd, *base ? base : ".", ts, AT_SYMLINK_NOFOLLOW) < 0)
+            rc = fail_errno(path);
     } else if (!strcmp(cmd, "prep")) {
         /* prep root path isdir nooverwrite: before an archive entry is written — create
          * missing parents, clear what is in the way unless both are directories. */
@@ -179,6 +211,7 @@ done:
 /* prepdirs root path: the parents of path exist (0755), as Docker's untar creates them. */
 int op_prepdirs(int root, const char *path) {
     char dir[4096];
+    if (!fits(path, sizeof dir)) return fail_errno(path);
     snprintf(dir, sizeof dir, "%s", rel(path));
     char *slash = strrchr(dir, '/');
     if (!slash) return 0;

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/limits.h>
 #include <linux/openat2.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,13 +63,23 @@ int parent_in(int root, const char *path, char *base, size_t basesz) {
     return open_in(root, dir, O_PATH | O_DIRECTORY, 0);
 }
 
+/* st's mtime in nanoseconds, saturated at the int64 limits: the reply's field cannot say
+ * more (past 2262), and wrapping around would name a time in 1677. */
+static int64_t mtime_ns(const struct stat *st) {
+    int64_t ns;
+    if (__builtin_mul_overflow((int64_t)st->st_mtim.tv_sec, (int64_t)1000000000, &ns) ||
+        __builtin_add_overflow(ns, (int64_t)st->st_mtim.tv_nsec, &ns))
+        ns = st->st_mtim.tv_sec < 0 ? INT64_MIN : INT64_MAX;
+    return ns;
+}
+
 void out_stat(struct outbuf *o, const struct stat *st) {
     out_u32(o, st->st_mode);
     out_u32(o, st->st_uid);
     out_u32(o, st->st_gid);
     out_u32(o, (uint32_t)st->st_nlink);
     out_u64(o, (uint64_t)st->st_size);
-    out_u64(o, (uint64_t)((int64_t)st->st_mtim.tv_sec * 1000000000LL + st->st_mtim.tv_nsec));
+    out_u64(o, (uint64_t)mtime_ns(st));
     out_u32(o, major(st->st_rdev));
     out_u32(o, minor(st->st_rdev));
     out_u64(o, (uint64_t)st->st_ino);
@@ -79,21 +90,23 @@ int lstat_at(int dfd, const char *base, struct stat *st) {
     return fstatat(dfd, *base ? base : "", st, AT_SYMLINK_NOFOLLOW | (*base ? 0 : AT_EMPTY_PATH));
 }
 
-/* xattrs of an inode without following it (through its O_PATH fd's /proc link). */
+/* xattrs of an inode without following it: an O_PATH fd opened without following, read
+ * through its /proc link. The link is a magic link, so listxattr/getxattr must follow it to
+ * reach the inode (a symlink stays itself); the l* calls would read the link's own, none. */
 void out_xattrs(struct outbuf *o, int dfd, const char *base) {
-    char names[8192], where[64];
+    char names[XATTR_LIST_MAX], where[64];
     int fd = openat(dfd, *base ? base : ".", O_PATH | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
         out_u32(o, 0);
         return;
     }
     snprintf(where, sizeof where, "/proc/self/fd/%d", fd);
-    ssize_t n = llistxattr(where, names, sizeof names);
+    ssize_t n = listxattr(where, names, sizeof names);
     uint32_t count = 0;
     struct outbuf items = {0};
     for (ssize_t i = 0; n > 0 && i < n; i += (ssize_t)strlen(names + i) + 1) {
-        char value[65536];
-        ssize_t v = lgetxattr(where, names + i, value, sizeof value);
+        char value[XATTR_SIZE_MAX];
+        ssize_t v = getxattr(where, names + i, value, sizeof value);
         if (v < 0) continue;
         out_u16(&items, (uint32_t)strlen(names + i));
         out_put(&items, names + i, strlen(names + i));

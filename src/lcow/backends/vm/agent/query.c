@@ -73,7 +73,7 @@ int op_readdir(char **argv, struct outbuf *o, int extended) {
         }
         names[count++] = strdup(e->d_name);
     }
-    qsort(names, count, sizeof *names, cmp_names);
+    if (count) qsort(names, count, sizeof *names, cmp_names); /* (names is NULL if empty) */
     if (limit > 0 && (size_t)limit < count) {
         for (size_t i = (size_t)limit; i < count; i++) free(names[i]);
         count = (size_t)limit;
