@@ -10,8 +10,10 @@ UndefinedBehaviorSanitizer, reported nothing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import socket
 import struct
 
 import pytest
@@ -39,6 +41,15 @@ def _failure(frame: tuple[bytes, bytes]) -> tuple[str, int, str]:
     kind, payload = frame
     assert kind == b"X", frame
     return chr(payload[0]), struct.unpack(">I", payload[1:5])[0], payload[5:].decode()
+
+
+def _rest(agent: RawAgent) -> bytes:
+    """What the agent still sends until it closes (a close with our bytes unread resets)."""
+    got = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := agent.sock.recv(1 << 16):
+            got += chunk
+    return got
 
 
 def _ok(frame: tuple[bytes, bytes]) -> bytes:
@@ -208,3 +219,62 @@ def test_view_roots_stay_below_the_views_folder(raw_agent: RawAgent) -> None:
     for root in ("/../../view", "../view", "//view/."):
         assert _ok(raw_agent.call("readdir", root, "/", 0))[2:8] == b"inside"
     assert _failure(raw_agent.call("readdir", "/etc", "/", 0))[:2] == ("O", errno.ENOENT)
+
+
+def test_batch_operation_with_too_few_arguments(raw_agent: RawAgent) -> None:
+    """(fuzz finding: a batch's operations were not checked; setxattr read past its argv)"""
+    raw_agent.command("batch", VIEW, "/")
+    raw_agent.command("mkdirm", "/d", 0o755)
+    raw_agent.command("setxattr", "/d", "user.x")  # no value
+    raw_agent.command("mkdirm", "/skipped", 0o755)
+    raw_agent.send(b"E")
+    assert _failure(raw_agent.frame()) == ("I", errno.EINVAL, "1:setxattr: expected 3 arguments")
+    assert os.listdir(raw_agent.views / "view") == ["d"]
+
+
+@pytest.mark.parametrize("name", ["mkdir", "utimens", "lchown", "mknod", "prep", "link"])
+def test_batch_short_operations_fail_cleanly(raw_agent: RawAgent, name: str) -> None:
+    raw_agent.command("batch", VIEW, "/")
+    raw_agent.command(name, "/x")
+    raw_agent.send(b"E")
+    cls, err, text = _failure(raw_agent.frame())
+    assert (cls, err) == ("I", errno.EINVAL) and text.startswith(f"0:{name}: expected ")
+
+
+def test_batch_short_writefile_drains_its_data(raw_agent: RawAgent) -> None:
+    raw_agent.command("batch", VIEW, "/")
+    raw_agent.command("writefile", "/f")  # no perm, no flags
+    raw_agent.send(b"D", b"C\0\0\0\x06hello\0")  # data that looks like a frame
+    raw_agent.send(b"E")
+    raw_agent.send(b"E")
+    assert _failure(raw_agent.frame()) == ("I", errno.EINVAL, "0:writefile: expected 2 arguments")
+    assert _ok(raw_agent.call("hello", "in step")) == b"lcow-agent 1 in step"
+
+
+def test_fwrite_without_a_file_to_a_host_gone(raw_agent: RawAgent) -> None:
+    """(fuzz finding: the failure was sent after the host had gone, and reading went on)"""
+    raw_agent.command("fwrite")
+    raw_agent.send(b"D", b"abc")
+    raw_agent.sock.shutdown(socket.SHUT_WR)
+    assert _rest(raw_agent) == b""  # no reply at all
+    assert raw_agent.process.wait() == 0
+
+
+def test_unreadable_frame_inside_data_ends_the_session(raw_agent: RawAgent) -> None:
+    """(fuzz finding: the frames after an oversized length were served as commands)"""
+    raw_agent.command("writefile", VIEW, "/f", 0o644, "")
+    raw_agent.send_raw(HEAD.pack(b"D", MAX_FRAME + 1))
+    raw_agent.command("hello", "must not be answered")
+    raw_agent.sock.shutdown(socket.SHUT_WR)
+    assert _rest(raw_agent) == b""
+    assert raw_agent.process.wait() == 0
+
+
+def test_fread_at_end_of_file(raw_agent: RawAgent) -> None:
+    """(fuzz finding: an empty reply did pointer arithmetic on NULL)"""
+    (raw_agent.views / "view" / "f").write_bytes(b"ab")
+    assert _ok(raw_agent.call("open", VIEW, "/f", os.O_RDONLY, 0)) == b""
+    assert _ok(raw_agent.call("fread", 10)) == b"ab"
+    assert _ok(raw_agent.call("fread", 10)) == b""
+    assert _ok(raw_agent.call("fread", 0)) == b""
+    assert _ok(raw_agent.call("fclose")) == b""

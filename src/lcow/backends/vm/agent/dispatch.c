@@ -29,6 +29,8 @@ static char *split_args(char **argv, int *argc) {
     return copy;
 }
 
+static const struct command *find_command(const struct command *const tables[], const char *name);
+
 /* Batch: the frames after "batch root" are file operations relative to root, executed in
  * order without replies until E; the first failure stops execution (data still drained)
  * and is the reply, prefixed with the failing operation's index. */
@@ -62,11 +64,17 @@ static int op_batch(char **argv, struct outbuf *o) {
         full[1] = argv[1];
         for (int i = 1; i <= argc; i++) full[i + 1] = args[i];
         int skip = failed >= 0 || root < 0;
-        int rc = 0;
+        /* the operation's arguments are there (the root is the batch's) */
+        static const struct command *const ops[] = {file_commands, NULL};
+        const struct command *known = find_command(ops, args[0]);
+        int missing = known && argc + 1 < known->argc;
+        if (missing && !skip)
+            fail('I', EINVAL, "%s: expected %d arguments", args[0], known->argc - 2);
+        int rc = missing ? -1 : 0;
         if (!strcmp(args[0], "writefile")) {
-            if (skip) receive_into(-1, args[1]);
-            else rc = op_writefile(full, root);
-        } else if (skip) {
+            if (!skip && !missing) rc = op_writefile(full, root);
+            else if (receive_into(-1, args[1]) == -2) rc = -2; /* its data, drained */
+        } else if (skip || missing) {
         } else if (!strcmp(args[0], "prepdirs")) {
             rc = op_prepdirs(root, args[1]);
         } else {
@@ -225,18 +233,25 @@ void serve(const struct command *const tables[], int until_eof) {
         char *argv[MAX_ARGS];
         int argc;
         char *held = split_args(argv, &argc);
-        const struct command *found = argc ? find_command(tables, argv[0]) : NULL;
+        if (argc == 0) { /* nothing to answer */
+            free(held);
+            continue;
+        }
+        const struct command *found = find_command(tables, argv[0]);
         struct outbuf o = {0};
         int rc;
-        if (argc == 0) rc = -2; /* nothing to answer */
-        else if (!found) rc = fail('I', EINVAL, "unknown command %s", argv[0]);
+        if (!found) rc = fail('I', EINVAL, "unknown command %s", argv[0]);
         else if (argc < found->argc)
             rc = fail('I', EINVAL, "%s: expected %d arguments", argv[0], found->argc - 1);
         else rc = found->run(argv, argc, &o);
         free(held);
         if (rc == -1) send_failure();
         else if (rc == 0) send_frame('R', o.data, o.len);
-        /* -2: the host went away mid-stream, or there is nothing to answer */
         free(o.data);
+        if (rc == -2 && until_eof) { /* the host went away mid-stream (or sent a frame
+                                      * that cannot be read): what follows is not its */
+            session_reset();
+            return;
+        }
     }
 }

@@ -22,8 +22,9 @@ struct command {
 extern const struct command file_commands[];
 
 /* Serve this worker's port with the commands of `tables` (a NULL-terminated list). When the
- * host goes away the session is forgotten; then, with until_eof, serve returns (host-side
- * tests), else it waits for the next host (a virtio-serial port reads 0 meanwhile). */
+ * host goes away (or sends a frame that cannot be read) the session is forgotten; then, with
+ * until_eof, serve returns (host-side tests, the fuzzer), else it waits for the next host (a
+ * virtio-serial port reads 0 meanwhile). */
 void serve(const struct command *const tables[], int until_eof);
 
 #endif

@@ -145,8 +145,8 @@ int op_fread(char **argv, struct outbuf *o) {
 }
 
 int op_fwrite(void) {
-    if (open_fd < 0) {
-        receive_into(-1, "write");
+    if (open_fd < 0) { /* drain the data; a host gone meanwhile gets no reply */
+        if (receive_into(-1, "write") == -2) return -2;
         return fail('O', EBADF, "no open file");
     }
     int rc = receive_into(open_fd, "write");

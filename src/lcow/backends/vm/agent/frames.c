@@ -98,6 +98,7 @@ int read_frame(void) {
 /* replies */
 
 void out_put(struct outbuf *o, const void *p, size_t n) {
+    if (!n) return; /* (o->data may still be NULL: no arithmetic on it) */
     if (o->len + n > o->cap) {
         size_t cap = o->cap ? o->cap * 2 : 4096;
         while (cap < o->len + n) cap *= 2;
