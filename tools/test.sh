@@ -22,6 +22,7 @@ APT_PACKAGES=(
     busybox-static # a rootfs for images the plugin tests build; the vm backend's guest shell
     qemu-system-x86 # the vm backend's utility VMs (microvm, TCG or KVM)
     gcc libc6-dev  # lcow uvm build compiles the guest agent (gcc -static); the C accelerators
+    clang libclang-rt-dev # libFuzzer for the guest agent's frame parser (fuzz/agent)
     python3-venv python3-dev # python3-dev: Python.h for lcow._tarscan and lcow._ext4pack
 )
 

@@ -3,7 +3,8 @@
 The kernel is Debian's cloud kernel, taken from its package without installing it on the host
 (``apt-get download`` + ``dpkg-deb -x`` into a temporary directory). The initramfs is ours:
 
-* ``/init`` — the guest agent (:file:`agent/agent.c`), compiled ``gcc -static`` here;
+* ``/init`` — the guest agent (the C files of :file:`agent/`, ``init.c`` its ``main``),
+  compiled together ``gcc -static`` here;
 * ``/bin/busybox`` — busybox-static, a shell for debugging the guest by hand;
 * ``/sbin/mke2fs`` — the host's e2fsprogs ``mke2fs`` with the shared libraries ``ldd`` lists
   and the dynamic loader, at the paths ``ldd`` names (its ``PT_INTERP`` and the loader's
@@ -42,11 +43,11 @@ from lcow.errors import FailedPrecondition, NotSupported
 from lcow.sandboxes import MKE2FS_CONF
 
 __all__ = [
-    "AGENT_SOURCE",
     "DEFAULT_KIRDPATH",
     "GUEST_MKE2FS",
     "GUEST_MODULES",
     "Assets",
+    "agent_sources",
     "build_assets",
     "find_assets",
     "guest_tools",
@@ -60,7 +61,6 @@ DEFAULT_KIRDPATH = "/var/lib/lcow/uvm"
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 GUEST_MODULES = ("virtio_mmio", "virtio_scsi", "sd_mod", "virtio_console", "overlay", "dm_verity")
 STAMP = "lcow-uvm.json"
-AGENT_SOURCE = "agent.c"
 #: The guest's mke2fs (the agent's ``mkfs`` runs it) and where its profile goes.
 GUEST_MKE2FS = "/sbin/mke2fs"
 GUEST_MKE2FS_CONF = "/etc/mke2fs.conf"
@@ -100,9 +100,14 @@ def find_assets(kirdpath: str, kernel: str, initrd: str, *, explicit: bool) -> A
     )
 
 
-def agent_source() -> bytes:
-    """The guest agent's C source shipped with the package."""
-    return (resources.files("lcow.backends.vm") / "agent" / AGENT_SOURCE).read_bytes()
+def agent_sources() -> dict[str, bytes]:
+    """The guest agent's C sources and headers shipped with the package, by file name."""
+    folder = resources.files("lcow.backends.vm") / "agent"
+    return {
+        item.name: item.read_bytes()
+        for item in sorted(folder.iterdir(), key=lambda item: item.name)
+        if item.name.endswith((".c", ".h"))
+    }
 
 
 # -- kernel package ----------------------------------------------------------------------------
@@ -253,14 +258,17 @@ def guest_tools() -> dict[str, bytes]:
 # -- build -------------------------------------------------------------------------------------
 
 
-def compile_agent(source: bytes, out: Path) -> None:
-    """``gcc -static`` the agent."""
+def compile_agent(sources: dict[str, bytes], out: Path) -> None:
+    """``gcc -static`` the agent: every ``.c`` of ``sources`` (name → content) into ``out``."""
     gcc = shutil.which("gcc") or shutil.which("cc")
     if gcc is None:
         raise NotSupported("uvm build: gcc not found (Debian: gcc, libc6-dev)", subject="gcc")
-    src = out.with_suffix(".c")
-    src.write_bytes(source)
-    _run([gcc, "-static", "-O2", "-Wall", "-Wno-format-truncation", "-o", str(out), str(src)])
+    folder = out.parent / f"{out.name}-src"
+    folder.mkdir()
+    for name, data in sources.items():
+        (folder / name).write_bytes(data)
+    units = [str(folder / name) for name in sorted(sources) if name.endswith(".c")]
+    _run([gcc, "-static", "-O2", "-Wall", "-Wno-format-truncation", "-o", str(out), *units])
 
 
 def write_initramfs(
@@ -321,19 +329,19 @@ def build_assets(
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     cache = folder / ".cache"
-    source = agent_source()
+    sources = agent_sources()
     busybox = Path("/bin/busybox")
     deb_path = Path(deb) if deb is not None else fetch_kernel_deb(cache)
     tools = guest_tools()
     stamp = {
         "kernel_deb": deb_path.name,
-        "agent_sha256": hashlib.sha256(source).hexdigest(),
+        "agent_sha256": {k: hashlib.sha256(v).hexdigest() for k, v in sources.items()},
         "modules": list(GUEST_MODULES),
         "busybox": busybox.stat().st_size if busybox.exists() else 0,
         "guest_files": {k: hashlib.sha256(v).hexdigest() for k, v in sorted(tools.items())},
         "kernel": kernel_name,
         "initrd": initrd_name,
-        "format": 2,
+        "format": 3,
     }
     assets = Assets(folder / kernel_name, folder / initrd_name)
     stamp_path = folder / STAMP
@@ -355,7 +363,7 @@ def build_assets(
         modules = module_order(trees[0], GUEST_MODULES)
         progress(f"modules: {', '.join(m.name for m in modules)}")
         progress("compiling the guest agent (gcc -static)")
-        compile_agent(source, work / "agent")
+        compile_agent(sources, work / "agent")
         progress(f"guest files: {', '.join(sorted(tools))}")
         write_initramfs(
             work / "initrd", work / "agent", busybox if busybox.exists() else None, modules, tools

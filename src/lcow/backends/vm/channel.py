@@ -1,4 +1,4 @@
-"""The framed protocol to the guest agent over one virtio-serial port (see ``agent/agent.c``).
+"""The framed protocol to the guest agent over one virtio-serial port (see ``agent/frames.h``).
 
 ``kind (1 byte) | length (u32 BE) | payload``. The host sends ``C`` (argument vector), ``D``
 (data) and ``E`` (end of data); the guest answers ``R`` (result) or ``X`` (failure: class,
