@@ -52,6 +52,15 @@ from lcow.errors import (
     NoSpace,
     NotFound,
 )
+from lcow.formats.whiteouts import (
+    OPAQUE_VALUE,
+    OPAQUE_XATTR,
+    WHITEOUT_MODE,
+    WHITEOUT_RDEV,
+    hidden_name,
+    is_opaque_marker,
+    is_whiteout_name,
+)
 
 __all__ = ["untar"]
 
@@ -370,12 +379,12 @@ class _Untar:
 
     def _whiteout(self, dir_fd: int, base: bytes, member: tarfile.TarInfo) -> bool:
         """Overlay form of AUFS markers; True when the entry was one (nothing else to write)."""
-        if base == b".wh..wh..opq":
-            os.setxattr(proc_fd(dir_fd), "trusted.overlay.opaque", b"y")
+        if is_opaque_marker(base):
+            os.setxattr(proc_fd(dir_fd), OPAQUE_XATTR, OPAQUE_VALUE)
             return True
-        if base.startswith(b".wh."):
-            hidden = base[len(b".wh.") :]
-            os.mknod(hidden, stat.S_IFCHR, 0, dir_fd=dir_fd)
+        if is_whiteout_name(base):
+            hidden = hidden_name(base)
+            os.mknod(hidden, WHITEOUT_MODE, WHITEOUT_RDEV, dir_fd=dir_fd)
             os.chown(hidden, member.uid, member.gid, dir_fd=dir_fd, follow_symlinks=False)
             return True
         return False

@@ -25,16 +25,20 @@ from lcow.formats.ext4.layout import INODE_XATTR_SPACE, ROOT_INO
 from lcow.formats.ext4.tree import encode_dev
 from lcow.formats.ext4.writer import Ext4Writer
 from lcow.formats.ext4.xattrs import acl_to_disk, pack_xattrs, split_name, xattr_items
+from lcow.formats.whiteouts import (
+    LINK_DIR,
+    META_PREFIX,
+    WHITEOUT_MODE,
+    WHITEOUT_PREFIX,
+    hidden_name,
+    is_opaque_marker,
+    with_opaque,
+)
 
 __all__ = ["convert_stream", "tar2ext4"]
 
 log = logging.getLogger(__name__)
 
-_WH = b".wh."
-_WH_META = b".wh..wh."
-_WH_OPAQUE = b".wh..wh..opq"
-_WH_LINKDIR = b".wh..wh.plnk"
-_OPAQUE_XATTR = b"trusted.overlay.opaque"
 _PROGRESS_EVERY = 8 << 20
 
 _TYPE_MODE = {
@@ -112,7 +116,11 @@ class _Converter:
                 subject=shown,
             )
         # An AUFS whiteout names ".wh." + the name it hides: the prefix is not stored.
-        slack = len(_WH) if opts.convert_whiteouts and parts and parts[-1].startswith(_WH) else 0
+        slack = (
+            len(WHITEOUT_PREFIX)
+            if opts.convert_whiteouts and parts and parts[-1].startswith(WHITEOUT_PREFIX)
+            else 0
+        )
         length = sum(map(len, parts)) + len(parts) - slack  # "/a/b": a slash before each part
         if length > opts.max_path_len:
             shown = _shown(entry.name)
@@ -168,10 +176,10 @@ class _Converter:
         shown = _shown(entry.name)
         if self.opts.convert_whiteouts and parts:
             base = parts[-1]
-            if parts[0].startswith(_WH_META):
+            if parts[0].startswith(META_PREFIX):
                 self._aufs_meta(entry, parts, shown)
                 return
-            if base.startswith(_WH):
+            if base.startswith(WHITEOUT_PREFIX):  # inline: every entry passes here
                 self._whiteout(entry, parts, base, shown)
                 return
         if typeflag == b"1":
@@ -341,11 +349,7 @@ class _Converter:
             raise InvalidArgument(f"{shown}: hard link cannot replace the root", subject=shown)
         target_parts = self._parts(entry.linkname, entry, "hard link target")
         target: int | None
-        if (
-            self.opts.convert_whiteouts
-            and len(target_parts) == 2
-            and target_parts[0] == _WH_LINKDIR
-        ):
+        if self.opts.convert_whiteouts and len(target_parts) == 2 and target_parts[0] == LINK_DIR:
             target = self.hidden_links.get(target_parts[1])
         else:
             target = self.tree.lookup(target_parts)
@@ -366,27 +370,23 @@ class _Converter:
         reader.finish_data(entry)
         tree = self.tree
         parent = tree.directory(parts[:-1], shown)
-        if base == _WH_OPAQUE:
-            tree.xattrs[parent] = {**tree.xattrs.get(parent, {}), _OPAQUE_XATTR: b"y"}
+        if is_opaque_marker(base):
+            tree.xattrs[parent] = with_opaque(tree.xattrs.get(parent))
             self._check_xattrs(parent, shown)
             return
-        if base.startswith(_WH_META):
+        if base.startswith(META_PREFIX):
             return  # other AUFS metadata inside a directory: not content
-        hidden = base[len(_WH) :]
+        hidden = hidden_name(base)
         if hidden in (b"", b".", b".."):
             what = quoted(hidden) if hidden else "an empty name"
             raise InvalidArgument(f"{shown}: whiteout of {what} is not a name", subject=shown)
         self._check_ids(entry)
-        node = tree.new_inode(stat.S_IFCHR, entry.uid, entry.gid, entry.mtime_ns)
+        node = tree.new_inode(WHITEOUT_MODE, entry.uid, entry.gid, entry.mtime_ns)  # rdev 0/0
         tree.place(parent, hidden, node, shown)
 
     def _aufs_meta(self, entry: TarEntry, parts: list[bytes], shown: str) -> None:
         """``/.wh..wh.*``: only regular files in ``.wh..wh.plnk`` matter (hard-link sources)."""
-        if (
-            parts[0] == _WH_LINKDIR
-            and len(parts) == 2
-            and _TYPE_MODE.get(entry.type) == stat.S_IFREG
-        ):
+        if parts[0] == LINK_DIR and len(parts) == 2 and _TYPE_MODE.get(entry.type) == stat.S_IFREG:
             node = self._new_node(entry, stat.S_IFREG)
             self._file_data(node, entry, shown)
             old = self.hidden_links.pop(parts[1], None)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import stat
 import tarfile
 from typing import BinaryIO
 
@@ -36,6 +35,15 @@ from lcow.backends.untar import (  # the host backend's reader and checks: one s
 )
 from lcow.backends.vm.channel import Channel, GuestError
 from lcow.errors import InvalidArgument
+from lcow.formats.whiteouts import (
+    OPAQUE_VALUE,
+    OPAQUE_XATTR_STR,
+    WHITEOUT_MODE,
+    WHITEOUT_RDEV,
+    hidden_name,
+    is_opaque_marker,
+    is_whiteout_name,
+)
 
 __all__ = ["extract"]
 
@@ -127,12 +135,13 @@ def _entry(
     base = posixpath.basename(path)
     if options.whiteout_format == OVERLAY_WHITEOUTS:
         parent = posixpath.dirname(path)
-        if base == ".wh..wh..opq":
-            batch.op("setxattr", parent, "trusted.overlay.opaque", b"y".hex())
+        if is_opaque_marker(base):
+            batch.op("setxattr", parent, OPAQUE_XATTR_STR, OPAQUE_VALUE.hex())
             return
-        if base.startswith(".wh."):
-            hidden = posixpath.join(parent, base[len(".wh.") :])
-            batch.op("mknod", hidden, stat.S_IFCHR, 0, 0)
+        if is_whiteout_name(base):
+            hidden = posixpath.join(parent, hidden_name(base))
+            major, minor = os.major(WHITEOUT_RDEV), os.minor(WHITEOUT_RDEV)
+            batch.op("mknod", hidden, WHITEOUT_MODE, major, minor)
             batch.op("lchown", hidden, member.uid, member.gid)
             return
     mode = member.mode & 0o7777

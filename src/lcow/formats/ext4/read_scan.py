@@ -38,6 +38,7 @@ from lcow.formats.ext4.read_inode import (
 from lcow.formats.ext4.read_itable import CHUNK
 from lcow.formats.ext4.read_listing import list_inodes, list_names
 from lcow.formats.ext4.read_types import ScanEntry
+from lcow.formats.whiteouts import is_opaque
 
 if TYPE_CHECKING:
     from lcow.formats.ext4.reader import Ext4Reader
@@ -52,7 +53,6 @@ _DIR_FAST_FLAGS = _EXTENTS_FL | _INLINE_DATA_FL  # a fast-scanned directory has 
 _DEVICE_TYPES = (stat.S_IFCHR, stat.S_IFBLK)
 _S_IFDIR = stat.S_IFDIR
 _XATTR_MAGIC_BYTES = EXT4_XATTR_MAGIC.to_bytes(4, "little")
-_OPAQUE_XATTR = b"trusted.overlay.opaque"
 _CAPABILITY_XATTR = b"security.capability"
 _tuple_new = tuple.__new__  # builds ScanEntry records without the NamedTuple's Python __new__
 
@@ -325,7 +325,7 @@ def _checked_entry(
     cap = None
     if inode.is_dir or capability:
         xattrs = reader.xattrs(inode, path=path)
-        opaque = inode.is_dir and xattrs.get(_OPAQUE_XATTR) == b"y"
+        opaque = inode.is_dir and is_opaque(xattrs)
         cap = xattrs.get(_CAPABILITY_XATTR) if capability else None
     return ScanEntry(
         shown,
