@@ -4,7 +4,8 @@ Entries are applied in archive order with moby's unpack semantics: the later ent
 directory merges into a directory, anything else replaces what was there (a directory with its
 subtree), missing parents are created and take their metadata when their own entry arrives.
 The output is written under a temporary name beside the destination and renamed into place only
-when complete, so a failed conversion leaves nothing behind.
+when complete, so a failed conversion leaves nothing behind; a caller that stages the output
+itself (ApplyDiff) hands in a descriptor instead, written in place.
 """
 
 from __future__ import annotations
@@ -452,7 +453,7 @@ def convert_stream(source: TarSource, out_fd: int, options: ConvertOptions) -> C
 
 def tar2ext4(
     src: str | os.PathLike[str] | BinaryIO | int | FileSlice,
-    dst: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | int,
     options: ConvertOptions | None = None,
     *,
     name: str | None = None,
@@ -462,7 +463,11 @@ def tar2ext4(
     Args:
         src: a path, a readable binary file object, a file descriptor, or a
             :class:`~lcow.convert.input.FileSlice` (a tar stored inside another file).
-        dst: the output path; written under a temporary name and renamed when complete.
+        dst: the output path, written under a temporary name and renamed when complete (synced
+            first with ``options.fsync``); or the descriptor of an empty file the caller made
+            (e.g. under its own temporary name), written in place and neither synced, renamed
+            nor closed: what becomes of it is the caller's (a failed conversion leaves it
+            partly written).
         options: conversion options; defaults to :class:`ConvertOptions()`.
         name: what messages about the input as a whole call it (a cut stream, a missing end
             marker); default: its path, ``<stdin>``, a file object's name or ``<stream>``.
@@ -480,22 +485,22 @@ def tar2ext4(
         Busy: no conversion slot became free within ``options.slot_timeout``
             (:mod:`lcow.convert.limits`).
     """
-    from lcow._util.atomic import atomic_output
+    from lcow._util.atomic import output_to
     from lcow.convert.limits import conversion_slot
 
     opts = options or ConvertOptions()
+    shown = f"output descriptor {dst}" if isinstance(dst, int) else os.fspath(dst)
     with (
-        conversion_slot(opts.slot_timeout, what=os.fspath(dst)),
+        conversion_slot(opts.slot_timeout, what=shown),
         open_tar_input(src, name=name) as source,
     ):
         try:
-            with atomic_output(dst, fsync=opts.fsync) as out_fd:
+            with output_to(dst, fsync=opts.fsync) as out_fd:
                 result = convert_stream(source, out_fd, opts)
                 source.check()  # a failed source discards the output, never commits it
         except OSError as exc:  # the output is gone already: say whose write did not fit
             if exc.errno not in _FULL or (isinstance(exc, NoSpace) and exc.entry is not None):
                 raise
-            shown = os.fspath(dst)
             raise NoSpace(
                 f"{shown}: no space left on device for the image's metadata",
                 subject=shown,
