@@ -13,10 +13,10 @@ from __future__ import annotations
 import tarfile
 from typing import Self
 
+from lcow._util.paxrecords import MAX_META_SIZE, MalformedRecord, pax_records
+
 __all__ = ["MAX_META_SIZE", "StrictTarInfo", "TooLarge"]
 
-#: Largest PAX record block or GNU long name read (Go's reader: 1 MiB, as the converter).
-MAX_META_SIZE = 1 << 20
 _META_TYPES = frozenset((b"x", b"g", b"X", b"L", b"K"))
 
 
@@ -100,19 +100,12 @@ _ReadError = tarfile.ReadError
 
 
 def _check_pax_records(data: bytes) -> None:
-    """``len key=value\n`` records that each fit the block (NUL padding may end it)."""
-    pos, end = 0, len(data)
-    while pos < end and data[pos]:
-        space = data.find(b" ", pos, pos + 24)
-        try:
-            length = int(data[pos:space]) if space > pos else -1
-        except ValueError:
-            length = -1
-        if length <= 0 or pos + length > end or data[pos + length - 1] != 0x0A:
-            raise _ReadError(f"malformed PAX record at byte {pos}")
-        if b"=" not in data[space + 1 : pos + length]:
-            raise _ReadError(f"malformed PAX record at byte {pos}: no '='")
-        pos += length
+    """The records as Go's reader takes them (:mod:`lcow._util.paxrecords`)."""
+    try:
+        for _ in pax_records(data):
+            pass
+    except MalformedRecord as exc:
+        raise _ReadError(str(exc)) from None
 
 
 class _Replay:

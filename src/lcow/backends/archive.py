@@ -27,16 +27,20 @@ from lcow.backends.patterns import PatternMatcher
 from lcow.backends.taroptions import OVERLAY_WHITEOUTS, TarOptions
 from lcow.convert.tarwriter import END_OF_ARCHIVE, TYPEFLAGS, TarHeader, padding
 from lcow.errors import FailedPrecondition
+from lcow.formats.whiteouts import (
+    OVERLAY_XATTR_PREFIXES,
+    is_opaque,
+    is_overlay_whiteout,
+    opaque_marker_path,
+    whiteout_path,
+)
 
 __all__ = ["XATTRS_NOT_EXPORTED", "TreeReader", "exported_xattrs", "tar_with_options"]
 
 _CHUNK = 1 << 20
-WHITEOUT_PREFIX = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
-OPAQUE_XATTR = b"trusted.overlay.opaque"
 #: Xattrs never written to a tar: overlayfs's own bookkeeping and the host's SELinux label
 #: (properties of where the files sit, not of the files).
-XATTRS_NOT_EXPORTED = (b"trusted.overlay.", b"user.overlay.", b"security.selinux")
+XATTRS_NOT_EXPORTED = (*OVERLAY_XATTR_PREFIXES, b"security.selinux")
 
 XattrReader = Callable[[str, FileInfo], Mapping[bytes, bytes]]
 LinkKey = Callable[[str, FileInfo], Hashable]
@@ -191,9 +195,8 @@ class _Archiver:
         if fmt in (stat.S_IFCHR, stat.S_IFBLK):
             major, minor = os.major(info.rdev), os.minor(info.rdev)
         overlay = self.options.whiteout_format == OVERLAY_WHITEOUTS
-        if overlay and typeflag == b"3" and info.rdev == 0:
-            head, tail = posixpath.split(name)
-            name = posixpath.join(head, WHITEOUT_PREFIX.encode() + tail)
+        if overlay and typeflag == b"3" and is_overlay_whiteout(info.mode, info.rdev):
+            name = whiteout_path(name)
             typeflag, mode = b"0", 0o600
         # Open before the header goes out, so a vanished file leaves no half-written member.
         data = self.reader.open(path) if typeflag == b"0" and size else None
@@ -213,10 +216,10 @@ class _Archiver:
                     xattrs=exported_xattrs(all_xattrs),
                 )
             )
-            if overlay and fmt == stat.S_IFDIR and all_xattrs.get(OPAQUE_XATTR) == b"y":
+            if overlay and fmt == stat.S_IFDIR and is_opaque(all_xattrs):
                 self.out(
                     TarHeader.encode(
-                        name + OPAQUE_MARKER.encode(),
+                        opaque_marker_path(name),
                         typeflag=b"0",
                         mode=info.mode & 0o777,
                         uid=uid,

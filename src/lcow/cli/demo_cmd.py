@@ -31,6 +31,7 @@ from lcow.cli.import_cmd import result_json
 from lcow.cli.status import ExitStatus
 from lcow.convert.options import ConvertOptions
 from lcow.convert.tar2ext4 import tar2ext4
+from lcow.formats.whiteouts import is_opaque_marker, is_whiteout_name
 from lcow.graphdriver.driver import Driver
 from lcow.images.importer import ImportResult, import_image
 from lcow.samples import SAMPLE_IMAGE_NAME, write_sample_image, write_sample_layers
@@ -98,9 +99,9 @@ def _export_stats(path: Path) -> dict[str, Any]:
         for info in tf:
             entries += 1
             base = info.name.rstrip("/").rsplit("/", 1)[-1]
-            if base == ".wh..wh..opq":
+            if is_opaque_marker(base):
                 opaque += 1
-            elif base.startswith(".wh."):
+            elif is_whiteout_name(base):
                 whiteouts += 1
     return {
         "path": str(path),

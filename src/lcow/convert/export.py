@@ -34,10 +34,16 @@ from lcow.convert.tarwriter import END_OF_ARCHIVE, TYPEFLAGS, TarHeader, padding
 from lcow.errors import CorruptImage
 from lcow.formats.ext4.read_inode import Inode
 from lcow.formats.ext4.reader import Ext4Reader
+from lcow.formats.whiteouts import (
+    is_opaque,
+    is_overlay_whiteout,
+    opaque_marker_path,
+    whiteout_path,
+    without_opaque,
+)
 
 __all__ = ["ExportResult", "export_layer"]
 
-OPAQUE_XATTR = b"trusted.overlay.opaque"
 _KERNEL_COPY_MIN = 256 << 10
 _BUF_SIZE = 1 << 20
 _PIPE_SIZE = 1 << 20  # asked for an output pipe, so the reader drains 1 MiB per wakeup
@@ -301,12 +307,10 @@ def export_layer(
         ):
             continue
         xattrs = xattrs_of(inode, path=path)
-        if aufs_whiteouts and inode.rdev == 0 and fmt == stat.S_IFCHR:
-            parent, _, base = rel.rpartition(b"/")
-            name = (parent + b"/" if parent else b"") + b".wh." + base
+        if aufs_whiteouts and is_overlay_whiteout(fmt, inode.rdev):
             write(
                 _header(
-                    name,
+                    whiteout_path(rel),
                     typeflag=b"0",
                     mode=0o600,
                     uid=inode.uid,
@@ -336,9 +340,9 @@ def export_layer(
                 members += 1
                 continue
             first_name[inode.ino] = rel
-        opaque = aufs_whiteouts and fmt == _S_IFDIR and xattrs.get(OPAQUE_XATTR) == b"y"
+        opaque = aufs_whiteouts and fmt == _S_IFDIR and is_opaque(xattrs)
         if opaque:
-            xattrs = {k: v for k, v in xattrs.items() if k != OPAQUE_XATTR}
+            xattrs = without_opaque(xattrs)
         typeflag = TYPEFLAGS.get(fmt)
         if typeflag is None:
             continue  # sockets have no tar form
@@ -368,7 +372,7 @@ def export_layer(
         if opaque:
             write(
                 _header(
-                    rel + b"/.wh..wh..opq",
+                    opaque_marker_path(rel),
                     typeflag=b"0",
                     mode=mode & 0o7777,
                     uid=inode.uid,

@@ -1,14 +1,17 @@
-"""Open a tar source as a descriptor, decompressing gzip or zstd (detected by magic) on a thread.
+"""Open a possibly compressed tar source as a descriptor (SPEC §6.6): the one input module.
 
 The converter reads descriptors only: a regular file lets file data move with
-``copy_file_range``, a pipe with ``splice``. Compressed input and Python file objects without a
-descriptor are pumped into a pipe by a background thread (zlib and zstandard release the GIL, so
-decompression overlaps conversion on a second core).
+``copy_file_range``, a pipe with ``splice``. Compressed input (gzip or zstd, detected by magic)
+and Python file objects without a descriptor are pumped into a pipe by a background thread
+(:class:`Pump`; zlib and zstandard release the GIL, so decompression overlaps conversion on a
+second core). The image importer (:mod:`lcow.images.blobstream`) feeds its blobs through the
+same pump, observing the bytes on the way to hash them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
 import stat
@@ -20,36 +23,106 @@ from typing import BinaryIO, NamedTuple
 from lcow._util.decompress import decompress, detect
 from lcow.errors import InvalidArgument, NotFound
 
-__all__ = ["FileSlice", "TarSource", "input_name", "open_tar_input"]
+__all__ = [
+    "FileSlice",
+    "Pump",
+    "TarSource",
+    "input_name",
+    "open_tar_input",
+    "sniff",
+    "tar_work",
+]
 
 _CHUNK = 1 << 20
 
-Work = Callable[[Callable[[int], bytes], Callable[[bytes], None]], None]
+Read = Callable[[int], bytes]
+Write = Callable[[bytes], object]
+#: What a pump runs: reads the input with the first callable, writes the tar with the second.
+Work = Callable[[Read, Write], None]
+#: Told the compression found (``None``: a plain tar); returns a callable that sees every tar
+#: byte written, in order (or ``None``).
+KindObserver = Callable[[str | None], Callable[[bytes], object] | None]
 
 
-def _read_fd(fd: int) -> Callable[[int], bytes]:
+def _read_fd(fd: int) -> Read:
     return lambda n: os.read(fd, n)
 
 
-def _decompressing(kind: str, name: str) -> Work:
-    """Pump work: decompress a complete ``kind`` stream (a cut one fails, naming ``name``)."""
+def tar_work(
+    name: str,
+    *,
+    head: bytes | None = None,
+    error: type[InvalidArgument] = InvalidArgument,
+    on_kind: KindObserver | None = None,
+) -> Work:
+    """Work moving a possibly compressed tar from ``read`` to ``write`` (what a :class:`Pump`
+    runs; also run directly): its first bytes tell gzip and zstd, decompressed as one complete
+    stream (a cut one fails, naming ``name``), from a plain tar, copied.
 
-    def run(read: Callable[[int], bytes], write: Callable[[bytes], None]) -> None:
-        for chunk in decompress(kind, read, name=name, chunk=_CHUNK):
-            write(chunk)
+    Args:
+        name: the input, for messages.
+        head: the input's first bytes, read already (sniffed); ``None``: read them on the pump.
+        error: the category decompression raises (the image importer raises its own).
+        on_kind: called on the pump with the compression found; what it returns is called with
+            every chunk of the tar before it is written.
+    """
+
+    def run(read: Read, write: Write) -> None:
+        first = sniff(read) if head is None else head
+        kind = detect(first)
+        observe = on_kind(kind) if on_kind is not None else None
+        out = write if observe is None else _observed(write, observe)
+        if kind is None:
+            if first:
+                out(first)
+            while chunk := read(_CHUNK):
+                out(chunk)
+            return
+        pending = [first]
+
+        def chained(n: int) -> bytes:  # the sniffed head first, then the rest, without a copy
+            if pending and pending[0]:
+                return pending.pop()
+            return read(n)
+
+        for chunk in decompress(kind, chained, name=name, chunk=_CHUNK, error=error):
+            out(chunk)
 
     return run
 
 
-class _Pump:
-    """Runs ``work(read, write)`` on a thread, writing into a pipe the converter reads."""
+def _observed(write: Write, observe: Write) -> Write:
+    def both(data: bytes) -> None:
+        observe(data)
+        write(data)
 
-    def __init__(self, work: Work, read: Callable[[int], bytes], name: str) -> None:
+    return both
+
+
+class Pump:
+    """Runs ``work(read, write)`` on a thread, writing into a pipe whose read end,
+    :attr:`read_fd`, the converter reads.
+
+    A failure on the thread is kept in :attr:`error` (the reader sees only an early end of
+    the stream); the reader stopping early (a broken pipe) is not one.
+
+    Args:
+        work: what to run (e.g. :func:`tar_work`).
+        read: returns up to ``n`` more input bytes, ``b""`` at the end.
+        name: the input, for messages.
+        pipe_size: ask for a pipe this large (bytes), so the reader drains more per wakeup.
+    """
+
+    def __init__(self, work: Work, read: Read, name: str, *, pipe_size: int | None = None) -> None:
         self.read_fd, self._write_fd = os.pipe()
         self.error: BaseException | None = None
         self.name = name
+        if pipe_size is not None:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self._write_fd, fcntl.F_SETPIPE_SZ, pipe_size)
         self._work = work
         self._read = read
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="lcow-decompress", daemon=True)
         self._thread.start()
 
@@ -69,15 +142,27 @@ class _Pump:
         finally:
             os.close(self._write_fd)
 
+    def drain(self) -> None:
+        """Read and drop what the reader left (e.g. padding after the end marker), so the
+        pump's input is read to its end."""
+        while os.read(self.read_fd, _CHUNK):
+            pass
+
     def close(self) -> None:
+        """Close the read end (a pump still writing stops) and wait for the thread; again: no-op."""
+        if self._closed:
+            return
+        self._closed = True
         os.close(self.read_fd)
         self._thread.join()
 
 
-def _sniff(read: Callable[[int], bytes]) -> bytes:
+def sniff(read: Read, n: int = 4) -> bytes:
+    """The first ``n`` bytes of the input (fewer only at its end): enough to detect a
+    compression by magic."""
     data = b""
-    while len(data) < 4:
-        chunk = read(4 - len(data))
+    while len(data) < n:
+        chunk = read(n - len(data))
         if not chunk:
             break
         data += chunk
@@ -115,7 +200,7 @@ class TarSource(NamedTuple):
     initial: bytes = b""
     start: int | None = None
     end: int | None = None
-    pump: _Pump | None = None
+    pump: Pump | None = None
     name: str = "<stream>"
 
     def check(self) -> None:
@@ -166,12 +251,12 @@ def open_tar_input(
     """
     name = name or input_name(src)
     own_fd = -1
-    pump: _Pump | None = None
+    pump: Pump | None = None
     try:
         if isinstance(src, FileSlice):
             kind = detect(os.pread(src.fd, 4, src.offset) if src.length >= 4 else b"")
             if kind is not None:
-                pump = _Pump(_decompressing(kind, name), _slice_reader(src), name)
+                pump = Pump(tar_work(name), _slice_reader(src), name)
                 yield from _yield_checked(pump)
                 return
             yield TarSource(src.fd, b"", src.offset, src.offset + src.length, name=name)
@@ -192,8 +277,8 @@ def open_tar_input(
                     raise io.UnsupportedOperation  # buffered ahead: read through the object
             except (io.UnsupportedOperation, AttributeError, OSError):
                 fileobj = src
-                head = _sniff(fileobj.read)
-                pump = _Pump(_chain_work(head, name), fileobj.read, name)
+                head = sniff(fileobj.read)
+                pump = Pump(tar_work(name, head=head), fileobj.read, name)
                 yield from _yield_checked(pump)
                 return
         regular = stat.S_ISREG(os.fstat(fd).st_mode)
@@ -201,10 +286,11 @@ def open_tar_input(
             head = os.pread(fd, 4, os.lseek(fd, 0, os.SEEK_CUR))
             initial = b""
         else:
-            head = initial = _sniff(_read_fd(fd))
+            head = initial = sniff(_read_fd(fd))
         kind = detect(head)
         if kind is not None:
-            pump = _Pump(_prefixed(_decompressing(kind, name), initial), _read_fd(fd), name)
+            work = tar_work(name, head=None if regular else initial)  # a file is read from here
+            pump = Pump(work, _read_fd(fd), name)
             yield from _yield_checked(pump)
             return
         yield TarSource(fd, initial, name=name)
@@ -215,7 +301,7 @@ def open_tar_input(
             os.close(own_fd)
 
 
-def _yield_checked(pump: _Pump) -> Iterator[TarSource]:
+def _yield_checked(pump: Pump) -> Iterator[TarSource]:
     try:
         yield TarSource(pump.read_fd, pump=pump, name=pump.name)
     except InvalidArgument:
@@ -232,36 +318,3 @@ def _decompress_error(exc: BaseException, name: str) -> InvalidArgument:
     if isinstance(exc, OSError):  # the source itself failed, compressed or not
         return InvalidArgument(f"{name}: reading failed: {exc}", subject=name)
     return InvalidArgument(f"{name}: corrupt compressed stream: {exc}", subject=name)
-
-
-def _prefixed(work: Work, prefix: bytes) -> Work:
-    """Run ``work`` over ``prefix`` followed by the rest of the input."""
-
-    def run(read: Callable[[int], bytes], write: Callable[[bytes], None]) -> None:
-        pending = [prefix]
-
-        def chained(n: int) -> bytes:
-            if pending and pending[0]:
-                return pending.pop()
-            return read(n)
-
-        work(chained, write)
-
-    return run
-
-
-def _chain_work(head: bytes, name: str) -> Work:
-    """For file objects: plain data is copied, compressed data decompressed."""
-    kind = detect(head)
-    if kind is not None:
-        return _prefixed(_decompressing(kind, name), head)
-
-    def copy(rd: Callable[[int], bytes], write: Callable[[bytes], None]) -> None:
-        write(head)
-        while True:
-            chunk = rd(_CHUNK)
-            if not chunk:
-                return
-            write(chunk)
-
-    return copy

@@ -52,7 +52,8 @@ class ConvertOptions:
         vhd_footer: append a fixed-VHD footer (``-vhd``), making the file a ``layer.vhd``.
         dm_verity: append a dm-verity hash area between the image and the footer.
         progress: called with the number of input bytes consumed so far, now and then.
-        fsync: flush the output to disk before the final rename.
+        fsync: flush an output path to disk before the final rename, and the rename after it
+            (an output descriptor is the caller's to sync).
         max_entries: most tar entries read (PAX and long-name records not counted).
         max_name_len: longest name component in bytes (at most 255, ext4's limit).
         max_path_len: longest normalised entry path or hard-link target in bytes.

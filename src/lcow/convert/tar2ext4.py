@@ -4,7 +4,8 @@ Entries are applied in archive order with moby's unpack semantics: the later ent
 directory merges into a directory, anything else replaces what was there (a directory with its
 subtree), missing parents are created and take their metadata when their own entry arrives.
 The output is written under a temporary name beside the destination and renamed into place only
-when complete, so a failed conversion leaves nothing behind.
+when complete, so a failed conversion leaves nothing behind; a caller that stages the output
+itself (ApplyDiff) hands in a descriptor instead, written in place.
 """
 
 from __future__ import annotations
@@ -25,16 +26,20 @@ from lcow.formats.ext4.layout import INODE_XATTR_SPACE, ROOT_INO
 from lcow.formats.ext4.tree import encode_dev
 from lcow.formats.ext4.writer import Ext4Writer
 from lcow.formats.ext4.xattrs import acl_to_disk, pack_xattrs, split_name, xattr_items
+from lcow.formats.whiteouts import (
+    LINK_DIR,
+    META_PREFIX,
+    WHITEOUT_MODE,
+    WHITEOUT_PREFIX,
+    hidden_name,
+    is_opaque_marker,
+    with_opaque,
+)
 
 __all__ = ["convert_stream", "tar2ext4"]
 
 log = logging.getLogger(__name__)
 
-_WH = b".wh."
-_WH_META = b".wh..wh."
-_WH_OPAQUE = b".wh..wh..opq"
-_WH_LINKDIR = b".wh..wh.plnk"
-_OPAQUE_XATTR = b"trusted.overlay.opaque"
 _PROGRESS_EVERY = 8 << 20
 
 _TYPE_MODE = {
@@ -112,7 +117,11 @@ class _Converter:
                 subject=shown,
             )
         # An AUFS whiteout names ".wh." + the name it hides: the prefix is not stored.
-        slack = len(_WH) if opts.convert_whiteouts and parts and parts[-1].startswith(_WH) else 0
+        slack = (
+            len(WHITEOUT_PREFIX)
+            if opts.convert_whiteouts and parts and parts[-1].startswith(WHITEOUT_PREFIX)
+            else 0
+        )
         length = sum(map(len, parts)) + len(parts) - slack  # "/a/b": a slash before each part
         if length > opts.max_path_len:
             shown = _shown(entry.name)
@@ -168,10 +177,10 @@ class _Converter:
         shown = _shown(entry.name)
         if self.opts.convert_whiteouts and parts:
             base = parts[-1]
-            if parts[0].startswith(_WH_META):
+            if parts[0].startswith(META_PREFIX):
                 self._aufs_meta(entry, parts, shown)
                 return
-            if base.startswith(_WH):
+            if base.startswith(WHITEOUT_PREFIX):  # inline: every entry passes here
                 self._whiteout(entry, parts, base, shown)
                 return
         if typeflag == b"1":
@@ -341,11 +350,7 @@ class _Converter:
             raise InvalidArgument(f"{shown}: hard link cannot replace the root", subject=shown)
         target_parts = self._parts(entry.linkname, entry, "hard link target")
         target: int | None
-        if (
-            self.opts.convert_whiteouts
-            and len(target_parts) == 2
-            and target_parts[0] == _WH_LINKDIR
-        ):
+        if self.opts.convert_whiteouts and len(target_parts) == 2 and target_parts[0] == LINK_DIR:
             target = self.hidden_links.get(target_parts[1])
         else:
             target = self.tree.lookup(target_parts)
@@ -366,27 +371,23 @@ class _Converter:
         reader.finish_data(entry)
         tree = self.tree
         parent = tree.directory(parts[:-1], shown)
-        if base == _WH_OPAQUE:
-            tree.xattrs[parent] = {**tree.xattrs.get(parent, {}), _OPAQUE_XATTR: b"y"}
+        if is_opaque_marker(base):
+            tree.xattrs[parent] = with_opaque(tree.xattrs.get(parent))
             self._check_xattrs(parent, shown)
             return
-        if base.startswith(_WH_META):
+        if base.startswith(META_PREFIX):
             return  # other AUFS metadata inside a directory: not content
-        hidden = base[len(_WH) :]
+        hidden = hidden_name(base)
         if hidden in (b"", b".", b".."):
             what = quoted(hidden) if hidden else "an empty name"
             raise InvalidArgument(f"{shown}: whiteout of {what} is not a name", subject=shown)
         self._check_ids(entry)
-        node = tree.new_inode(stat.S_IFCHR, entry.uid, entry.gid, entry.mtime_ns)
+        node = tree.new_inode(WHITEOUT_MODE, entry.uid, entry.gid, entry.mtime_ns)  # rdev 0/0
         tree.place(parent, hidden, node, shown)
 
     def _aufs_meta(self, entry: TarEntry, parts: list[bytes], shown: str) -> None:
         """``/.wh..wh.*``: only regular files in ``.wh..wh.plnk`` matter (hard-link sources)."""
-        if (
-            parts[0] == _WH_LINKDIR
-            and len(parts) == 2
-            and _TYPE_MODE.get(entry.type) == stat.S_IFREG
-        ):
+        if parts[0] == LINK_DIR and len(parts) == 2 and _TYPE_MODE.get(entry.type) == stat.S_IFREG:
             node = self._new_node(entry, stat.S_IFREG)
             self._file_data(node, entry, shown)
             old = self.hidden_links.pop(parts[1], None)
@@ -452,7 +453,7 @@ def convert_stream(source: TarSource, out_fd: int, options: ConvertOptions) -> C
 
 def tar2ext4(
     src: str | os.PathLike[str] | BinaryIO | int | FileSlice,
-    dst: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | int,
     options: ConvertOptions | None = None,
     *,
     name: str | None = None,
@@ -462,7 +463,11 @@ def tar2ext4(
     Args:
         src: a path, a readable binary file object, a file descriptor, or a
             :class:`~lcow.convert.input.FileSlice` (a tar stored inside another file).
-        dst: the output path; written under a temporary name and renamed when complete.
+        dst: the output path, written under a temporary name and renamed when complete (synced
+            first with ``options.fsync``); or the descriptor of an empty file the caller made
+            (e.g. under its own temporary name), written in place and neither synced, renamed
+            nor closed: what becomes of it is the caller's (a failed conversion leaves it
+            partly written).
         options: conversion options; defaults to :class:`ConvertOptions()`.
         name: what messages about the input as a whole call it (a cut stream, a missing end
             marker); default: its path, ``<stdin>``, a file object's name or ``<stream>``.
@@ -480,22 +485,22 @@ def tar2ext4(
         Busy: no conversion slot became free within ``options.slot_timeout``
             (:mod:`lcow.convert.limits`).
     """
-    from lcow._util.atomic import atomic_output
+    from lcow._util.atomic import output_to
     from lcow.convert.limits import conversion_slot
 
     opts = options or ConvertOptions()
+    shown = f"output descriptor {dst}" if isinstance(dst, int) else os.fspath(dst)
     with (
-        conversion_slot(opts.slot_timeout, what=os.fspath(dst)),
+        conversion_slot(opts.slot_timeout, what=shown),
         open_tar_input(src, name=name) as source,
     ):
         try:
-            with atomic_output(dst, fsync=opts.fsync) as out_fd:
+            with output_to(dst, fsync=opts.fsync) as out_fd:
                 result = convert_stream(source, out_fd, opts)
                 source.check()  # a failed source discards the output, never commits it
         except OSError as exc:  # the output is gone already: say whose write did not fit
             if exc.errno not in _FULL or (isinstance(exc, NoSpace) and exc.entry is not None):
                 raise
-            shown = os.fspath(dst)
             raise NoSpace(
                 f"{shown}: no space left on device for the image's metadata",
                 subject=shown,

@@ -26,14 +26,13 @@ from typing import Any, Protocol, cast
 from lcow._util import native
 from lcow._util.escape import quoted
 from lcow._util.outbuf import OutputWriter
+from lcow._util.paxrecords import MAX_META_SIZE, MalformedRecord, pax_records
 from lcow.errors import InvalidArgument, LimitExceeded
 
 __all__ = ["MAX_META_SIZE", "TarEntry", "TarReader", "TruncatedArchive"]
 
 BLOCK = 512
 BUFFER_SIZE = 1 << 20
-#: Largest PAX record block or GNU long name accepted; bigger is a "bomb".
-MAX_META_SIZE = 1 << 20
 #: Most data segments a sparse member may list.
 MAX_SPARSE_SEGMENTS = 1 << 20
 #: Files up to this size are copied through the read buffer; larger ones go kernel to kernel.
@@ -622,33 +621,20 @@ class TarReader:
         into: dict[bytes, bytes] | None,
         sparse_pairs: list[int] | None,
     ) -> tuple[dict[bytes, bytes], list[int] | None]:
-        """Parse PAX ``len key=value\\n`` records (repeated GNU.sparse.offset/numbytes in order)."""
+        """Parse PAX records (:mod:`lcow._util.paxrecords`); repeated GNU.sparse.offset and
+        numbytes are kept in order."""
         records = into if into is not None else {}
-        pos = 0
-        end = len(data)
-        while pos < end:
-            if data[pos] == 0:  # NUL padding after the last record
-                break
-            space = data.find(b" ", pos, pos + 24)
-            try:
-                length = int(data[pos:space]) if space > pos else -1
-            except ValueError:
-                length = -1
-            if length <= 0 or pos + length > end or data[pos + length - 1] != 0x0A:
-                shown = name.decode("utf-8", "surrogateescape")
-                raise InvalidArgument(f"{shown}: malformed PAX record at byte {pos}", subject=shown)
-            record = data[space + 1 : pos + length - 1]
-            key, eq, value = record.partition(b"=")
-            if not eq:
-                shown = name.decode("utf-8", "surrogateescape")
-                raise InvalidArgument(f"{shown}: malformed PAX record {quoted(key)}", subject=shown)
-            if key in (b"GNU.sparse.offset", b"GNU.sparse.numbytes"):
-                if sparse_pairs is None:
-                    sparse_pairs = []
-                sparse_pairs.append(_pax_int(value, key, name))
-            else:
-                records[key] = value
-            pos += length
+        try:
+            for key, value in pax_records(data):
+                if key in (b"GNU.sparse.offset", b"GNU.sparse.numbytes"):
+                    if sparse_pairs is None:
+                        sparse_pairs = []
+                    sparse_pairs.append(_pax_int(value, key, name))
+                else:
+                    records[key] = value
+        except MalformedRecord as exc:
+            shown = name.decode("utf-8", "surrogateescape")
+            raise InvalidArgument(f"{shown}: {exc}", subject=shown) from None
         return records, sparse_pairs
 
     def _apply_pax(

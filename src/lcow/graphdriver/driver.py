@@ -21,11 +21,11 @@ import contextlib
 import errno
 import logging
 import os
-import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from lcow._util.atomic import atomic_output
 from lcow.backends.base import Backend, ContainerFS, LayerDisk
 from lcow.backends.registry import BackendRegistry, installed_backends
 from lcow.convert.export import export_layer
@@ -62,15 +62,6 @@ _CACHE_LOCK = "cache"
 #: importer checks the digests there); returns metadata to record with the layer, or raises to
 #: discard the image.
 Verifier = Callable[[], Mapping[str, object]]
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -290,15 +281,13 @@ class Driver:
                     f"lcowdriver: applydiff: {layer_id}: its content is mounted; Put it first",
                     subject=layer_id,
                 )
-            # Staged under a temporary name, verified, the metadata written, then renamed into
-            # place: an image is never visible without its metadata (a verity layer's root hash
-            # is what the vm backend mounts it with, an imported layer's diff ID is what makes it
-            # trusted). Cleanup sweeps a stage a crash left.
-            staged = folder / f".{LAYER_VHD}.tmp-{secrets.token_hex(6)}"
+            # Converted under one temporary name, verified, the metadata written, then synced and
+            # renamed into place: an image is never visible without its metadata (a verity
+            # layer's root hash is what the vm backend mounts it with, an imported layer's diff
+            # ID is what makes it trusted). Cleanup sweeps a stage a crash left.
             named = None if isinstance(diff, str | os.PathLike) else f"layer {layer_id}'s tar"
             with _naming_full_disks(layer_id, LAYER_VHD):
-                result, meta = self._convert(layer_id, diff, staged, named, verify)
-            _fsync_dir(folder)
+                result, meta = self._convert(layer_id, diff, folder / LAYER_VHD, named, verify)
             if verify is not None:
                 # Only now, with the verified image in place: a kill before the rename must not
                 # leave the old content beside metadata that vouches for the new one.
@@ -312,14 +301,15 @@ class Driver:
         self,
         layer_id: str,
         diff: BinaryIO | int | str | os.PathLike[str] | FileSlice,
-        staged: Path,
+        target: Path,
         name: str | None,
         verify: Verifier | None,
     ) -> tuple[ConvertResult, dict[str, object]]:
-        """ApplyDiff's conversion: ``staged`` written and verified, the metadata (without what
-        ``verify`` proves) written, the image renamed into place. Returns the conversion's
-        result and the full metadata; nothing is left behind on failure."""
-        try:
+        """ApplyDiff's conversion: the image written under a temporary name beside ``target``
+        and verified, the metadata (without what ``verify`` proves) written, the image synced
+        and renamed into place durably. Returns the conversion's result and the full metadata;
+        nothing is left behind on failure."""
+        with atomic_output(target, fsync=True) as staged:
             result = tar2ext4(
                 diff,
                 staged,
@@ -327,7 +317,6 @@ class Driver:
                     convert_whiteouts=True,
                     vhd_footer=True,
                     dm_verity=self.options.dm_verity,
-                    fsync=True,
                 ),
                 name=name,
             )
@@ -340,11 +329,6 @@ class Driver:
                 meta["hash_offset"] = result.hash_offset
             proof = verify() if verify is not None else {}
             self.root.write_meta(layer_id, meta)
-            os.replace(staged, staged.parent / LAYER_VHD)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                staged.unlink()
-            raise
         return result, {**meta, **proof}
 
     @contextlib.contextmanager

@@ -12,11 +12,9 @@ copied, decompressed, into an anonymous temporary file, so blobs can be read in 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import posixpath
-import shutil
 import stat
 import tarfile
 import tempfile
@@ -24,9 +22,10 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import IO, Any, BinaryIO, cast
 
-from lcow._util.decompress import GZIP_MAGIC, ZSTD_MAGIC, decompress, detect
+from lcow._util.decompress import detect
 from lcow._util.escape import quoted
 from lcow._util.stricttar import StrictTarInfo
+from lcow.convert.input import sniff, tar_work
 from lcow.errors import NotFound
 from lcow.images.errors import ImageError, MissingBlob, UnsafeMember
 
@@ -34,7 +33,6 @@ __all__ = ["MAX_JSON_SIZE", "ImageArchive", "normalize_member"]
 
 #: largest JSON document (manifest, index, config) read into memory.
 MAX_JSON_SIZE = 16 << 20
-_CHUNK = 1 << 20
 _MAX_LINK_HOPS = 40
 
 
@@ -117,8 +115,8 @@ class ImageArchive:
             fileobj, owned = source, False
         try:
             head, seekable = _peek(fileobj)
-            if head.startswith((GZIP_MAGIC, ZSTD_MAGIC)) or not seekable:
-                spooled = _spool(fileobj, head, seekable, name=name, spool_dir=spool_dir)
+            if detect(head) is not None or not seekable:
+                spooled = _spool(fileobj, seekable, name=name, spool_dir=spool_dir)
                 if owned:
                     fileobj.close()
                 fileobj, owned = spooled, True
@@ -296,7 +294,6 @@ def _peek(fileobj: BinaryIO) -> tuple[bytes, bool]:
 
 def _spool(
     fileobj: BinaryIO,
-    head: bytes,
     seekable: bool,
     *,
     name: str,
@@ -305,50 +302,14 @@ def _spool(
     """Copy ``fileobj`` (decompressed) into an anonymous temporary file, rewound."""
     spool = cast(BinaryIO, tempfile.TemporaryFile(dir=spool_dir))  # noqa: SIM115
     try:
-        if not seekable:
-            head = b""
-            while len(head) < 4:
-                chunk = fileobj.read(4 - len(head))
-                if not chunk:
-                    break
-                head += chunk
-            prefix = head
-        else:
-            prefix = b""
-        source = _Prefixed(prefix, fileobj)
-        kind = detect(head)
-        if kind is None:
-            shutil.copyfileobj(source, spool, _CHUNK)
-        else:  # a cut or corrupt stream fails here, never spools a shorter tarball
-            for chunk in decompress(kind, source.read, name=name, error=ImageError):
-                spool.write(chunk)
+        # A seekable stream was rewound after its head was peeked at: read it again.
+        work = tar_work(name, head=None if seekable else sniff(fileobj.read), error=ImageError)
+        work(fileobj.read, spool.write)  # a cut or corrupt stream fails, never spools less
         spool.seek(0)
     except BaseException:
         spool.close()
         raise
     return spool
-
-
-class _Prefixed(io.RawIOBase):
-    """``prefix`` followed by the rest of ``rest``."""
-
-    def __init__(self, prefix: bytes, rest: BinaryIO) -> None:
-        super().__init__()
-        self._prefix = prefix
-        self._rest = rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        if self._prefix:
-            n = min(len(buffer), len(self._prefix))
-            buffer[:n] = self._prefix[:n]
-            self._prefix = self._prefix[n:]
-            return n
-        data = self._rest.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
 
 def _tar_problem(exc: tarfile.TarError) -> str:

@@ -1,19 +1,20 @@
 """Feed one layer blob to the converter while verifying it (both digests, in the same pass).
 
-A background thread reads the blob as stored, decompresses gzip or zstd (detected by magic, like
-``docker load``) and writes the tar into a pipe whose read end the converter consumes; two more
-threads hash the blob as stored (the descriptor's digest) and the tar (the config's diff ID) —
-one hash when the blob is not compressed, as both are the same bytes. zlib, zstandard, hashlib
-and pipe writes release the GIL, so verification overlaps conversion. A plain blob stored in a
-file (the usual ``docker save`` case) is moved into the pipe with ``splice(2)``, without copying
-it through Python, while the hash thread reads it with ``pread``. The caller compares the digests
-once the converter is done, and discards the layer when they differ.
+Getting the tar out of the blob is :mod:`lcow.convert.input`'s: its
+:class:`~lcow.convert.input.Pump` reads the blob as stored on a thread, decompresses gzip or
+zstd (detected by magic, like ``docker load``) and writes the tar into a pipe whose read end the
+converter consumes. What this module adds is the verification: the blob as stored is hashed as
+the pump reads it (the descriptor's digest) and the tar as the pump writes it (the config's diff
+ID), each hash on its own thread — one hash when the blob is not compressed, as both are the
+same bytes. zlib, zstandard, hashlib and pipe writes release the GIL, so verification overlaps
+conversion. A plain blob stored in a file (the usual ``docker save`` case) needs no pump: the
+converter reads it in place (a :class:`~lcow.convert.input.FileSlice`, with kernel copies) while
+a thread hashes the same range from a read-only mapping. The caller compares the digests once
+the converter is done, and discards the layer when they differ.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import io
 import mmap
@@ -25,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from lcow._util.decompress import GZIP_MAGIC, ZSTD_MAGIC, decompress, detect
-from lcow.convert.input import FileSlice
+from lcow._util.decompress import detect
+from lcow.convert.input import FileSlice, Pump, tar_work
 from lcow.images.errors import ImageError
 
 __all__ = ["FeedResult", "FileRange", "LayerFeed"]
@@ -110,15 +111,6 @@ class _HashingReader(io.RawIOBase):
         buffer[: len(data)] = data
         return len(data)
 
-    def read_head(self, n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            chunk = self.read(n - len(out))
-            if not chunk:
-                break
-            out += chunk
-        return out
-
 
 @dataclass(frozen=True)
 class FileRange:
@@ -176,16 +168,16 @@ class _RangeHash:
 
 class LayerFeed:
     """Feeds one blob to the converter; :attr:`source` is the converter's input: the blob in
-    place (a plain tar inside a file) or the read end of a pipe a thread fills (decompressed).
+    place (a plain tar inside a file) or the read end of a pump's pipe (anything else).
 
     Call :meth:`finish` after the converter succeeded (it reads what the converter left, waits
-    for the thread and returns the digests), or :meth:`abort` after it failed.
+    for the threads and returns the digests), or :meth:`abort` after it failed.
 
     Args:
         blob: the blob as stored (the caller closes it afterwards).
         name: the blob's name, for messages.
-        progress: called on the thread with the number of stored bytes read, chunk by chunk.
-        where: the blob's bytes in a file, when known: a plain blob is then spliced.
+        progress: called on a thread with the number of stored bytes read, chunk by chunk.
+        where: the blob's bytes in a file, when known: a plain blob is then read in place.
     """
 
     def __init__(
@@ -198,17 +190,12 @@ class LayerFeed:
     ) -> None:
         self.name = name
         self._where = where
-        self._progress = progress
         self._range_hash: _RangeHash | None = None
         self._raw = _HashingReader(blob, progress)
         self._tar_hash: _BackgroundHash | None = None  # None: the tar is the blob itself
         self._compression = "none"
-        self.error: BaseException | None = None
-        self.read_fd = -1
-        self._thread: threading.Thread | None = None
-        if where is not None and not os.pread(where.fd, 4, where.offset).startswith(
-            (GZIP_MAGIC, ZSTD_MAGIC)
-        ):
+        self._pump: Pump | None = None
+        if where is not None and detect(os.pread(where.fd, 4, where.offset)) is None:
             # A plain tar inside a file (the usual docker-save layer): the converter reads it
             # in place with kernel copies while another thread hashes the same range.
             self.source: int | FileSlice = FileSlice(where.fd, where.offset, where.size, name)
@@ -216,83 +203,29 @@ class LayerFeed:
             if progress is not None:
                 progress(where.size)
             return
-        self.read_fd, self._write_fd = os.pipe()
-        self.source = self.read_fd
-        with contextlib.suppress(OSError, AttributeError):
-            fcntl.fcntl(self._write_fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-        self._thread = threading.Thread(target=self._run, name="lcow-layer-feed", daemon=True)
-        self._thread.start()
+        work = tar_work(name, error=ImageError, on_kind=self._found)
+        self._pump = Pump(work, self._read, name, pipe_size=_PIPE_SIZE)
+        self.source = self._pump.read_fd
 
-    # -- the thread --------------------------------------------------------------------------
-
-    def _write(self, data: bytes) -> None:
-        if not data:
-            return
-        if self._tar_hash is not None:
-            self._tar_hash.update(data)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._write_fd, view) :]
-
-    def _splice(self, where: FileRange) -> None:
-        """Move a plain blob into the pipe in the kernel while another thread hashes it."""
-        self._range_hash = _RangeHash(where)
-        done = 0
-        while done < where.size:
-            n = os.splice(
-                where.fd,
-                self._write_fd,
-                min(_PIPE_SIZE, where.size - done),
-                offset_src=where.offset + done,
-            )
-            if n == 0:
-                raise ImageError(f"{self.name}: unexpected end of the image archive")
-            done += n
-            if self._progress is not None:
-                self._progress(n)
-
-    def _run(self) -> None:
+    def _read(self, n: int) -> bytes:
+        """The blob as stored, hashed on the way (on the pump's thread)."""
         try:
-            where = self._where
-            if (
-                where is not None
-                and hasattr(os, "splice")
-                and not os.pread(where.fd, 4, where.offset).startswith((GZIP_MAGIC, ZSTD_MAGIC))
-            ):
-                self._splice(where)
-                return
-            head = self._raw.read_head(4)
-            kind = detect(head)
-            if kind is not None:
-                self._compression = kind
-                self._tar_hash = _BackgroundHash()
-                self._decompress(kind, head)
-            else:
-                self._write(head)
-                while chunk := self._raw.read(_CHUNK):
-                    self._write(chunk)
-            while self._raw.read(_CHUNK):  # hash whatever follows a compressed stream
-                pass
-        except BrokenPipeError:
-            pass  # the converter stopped reading; its error is the one reported
-        except tarfile.TarError as exc:
-            self.error = ImageError(f"{self.name}: {exc}", subject=self.name)
-        except BaseException as exc:  # handed to finish/abort
-            self.error = exc
-        finally:
-            os.close(self._write_fd)
+            return self._raw.read(n)
+        except tarfile.TarError as exc:  # the image archive around the blob is damaged
+            raise ImageError(f"{self.name}: {exc}", subject=self.name) from exc
 
-    def _decompress(self, kind: str, head: bytes) -> None:
-        """Decompress the whole blob, which must be one complete stream (a cut one fails)."""
-        pending = [head]
-
-        def read(n: int) -> bytes:  # the sniffed head first, then the blob, without a copy
-            return pending.pop() if pending else self._raw.read(n)
-
-        for chunk in decompress(kind, read, name=self.name, chunk=_CHUNK, error=ImageError):
-            self._write(chunk)
+    def _found(self, kind: str | None) -> Callable[[bytes], None] | None:
+        """The pump found the blob's compression: a compressed blob's tar gets its own hash."""
+        if kind is None:
+            return None
+        self._compression = kind
+        self._tar_hash = _BackgroundHash()
+        return self._tar_hash.update
 
     # -- the caller --------------------------------------------------------------------------
+
+    def _pump_error(self) -> BaseException | None:
+        return None if self._pump is None else self._pump.error
 
     def finish(self) -> FeedResult:
         """Read what the converter left (e.g. padding), wait for the threads, return the digests.
@@ -300,33 +233,33 @@ class LayerFeed:
         Raises:
             ImageError: the blob could not be read or decompressed.
         """
-        if self._thread is not None:
+        if self._pump is not None:
             try:
-                while os.read(self.read_fd, _CHUNK):
-                    pass
+                self._pump.drain()
             finally:
-                os.close(self.read_fd)
-                self._thread.join()
+                self._pump.close()
+            if self._pump.error is None:
+                while self._read(_CHUNK):  # hash whatever follows a compressed stream
+                    pass
         if self._range_hash is not None and self._where is not None:
             self._raw.hash.close()
             raw, size = self._range_hash.digest(), self._where.size
         else:
             raw, size = self._raw.hash.digest(), self._raw.size
         tar = raw if self._tar_hash is None else self._tar_hash.digest()
-        if self.error is not None:
-            raise self.error
+        error = self._pump_error()
+        if error is not None:
+            raise error
         return FeedResult(digest=raw, size=size, diff_id=tar, compression=self._compression)
 
     def abort(self) -> BaseException | None:
         """Stop the threads after the converter failed; returns the pump's own error, if any
         (a corrupt compressed stream is the cause worth reporting, not the truncated tar)."""
-        if self._thread is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.read_fd)
-            self._thread.join()
+        if self._pump is not None:
+            self._pump.close()
         self._raw.hash.close()
         if self._range_hash is not None:
             self._range_hash.close()
         if self._tar_hash is not None:
             self._tar_hash.close()
-        return self.error
+        return self._pump_error()

@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 from lcow.errors import LimitExceeded
 from lcow.formats.ext4.reader import Ext4Reader, ScanEntry
+from lcow.formats.whiteouts import is_overlay_whiteout
 
 __all__ = [
     "Change",
@@ -46,7 +47,6 @@ __all__ = [
     "tree_changes",
 ]
 
-OPAQUE_XATTR = b"trusted.overlay.opaque"
 CAPABILITY_XATTR = b"security.capability"
 _NS = 1_000_000_000
 
@@ -97,14 +97,9 @@ class Meta(NamedTuple):
 
 _S_IFMT = 0o170000
 _S_IFDIR = stat.S_IFDIR
-_S_IFCHR = stat.S_IFCHR
 _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
 _tuple_new = tuple.__new__  # builds Change records without the NamedTuple's Python __new__
-
-
-def _is_whiteout(mode: int, rdev: int) -> bool:
-    return stat.S_ISCHR(mode) and rdev == 0
 
 
 def _scan(content: LayerContent, *, capability: bool) -> Iterator[ScanEntry]:
@@ -244,7 +239,7 @@ class MergedView:
                 for e in entries:
                     name = e.path.rpartition(b"/")[2]
                     mode = e.mode
-                    if _is_whiteout(mode, e.rdev):
+                    if is_overlay_whiteout(mode, e.rdev):
                         children.pop(name, None)
                         continue
                     meta = new(
@@ -294,7 +289,7 @@ class MergedView:
             if children is None:
                 continue  # under a non-directory of a lower layer: unreachable
             mode = meta.mode
-            if _is_whiteout(mode, meta.rdev):
+            if is_overlay_whiteout(mode, meta.rdev):
                 children.pop(name, None)
                 continue
             if stat.S_ISDIR(mode):
@@ -413,7 +408,7 @@ def _overlay_changes(layer: LayerContent, lower: MergedView) -> list[Change]:
             node = siblings.get(name) if siblings is not None else None
             if node is not None and fmt == _S_IFDIR and node.children is not None:
                 below_dirs[path] = node
-        if opaque or (fmt == _S_IFCHR and rdev == 0):
+        if opaque or is_overlay_whiteout(fmt, rdev):
             kind = delete
         elif node is None or node.meta is None:
             kind = add

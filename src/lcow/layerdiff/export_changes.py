@@ -13,11 +13,10 @@ from typing import BinaryIO
 
 from lcow.convert.tarwriter import END_OF_ARCHIVE, TYPEFLAGS, TarHeader, as_writer, padding
 from lcow.errors import CorruptImage
+from lcow.formats.whiteouts import whiteout_path, without_opaque
 from lcow.layerdiff.changes import Change, ChangeKind, LayerContent, MergedView
 
 __all__ = ["export_changes"]
-
-_OPAQUE = b"trusted.overlay.opaque"
 
 
 def export_changes(
@@ -33,10 +32,10 @@ def export_changes(
         path = os.fsencode(change.path)
         rel = path.lstrip(b"/")
         if change.kind == ChangeKind.DELETE:
-            parent, _, base = rel.rpartition(b"/")
-            name = (parent + b"/" if parent else b"") + b".wh." + base
             write(
-                TarHeader.encode(name, typeflag=b"0", mode=0o600, uid=0, gid=0, size=0, mtime_ns=0)
+                TarHeader.encode(
+                    whiteout_path(rel), typeflag=b"0", mode=0o600, uid=0, gid=0, size=0, mtime_ns=0
+                )
             )
             continue
         meta = view.lookup(path)
@@ -51,7 +50,7 @@ def export_changes(
         typeflag = TYPEFLAGS.get(fmt)
         if typeflag is None:
             continue
-        xattrs = {k: v for k, v in entry.xattrs.items() if k != _OPAQUE} or None
+        xattrs = without_opaque(entry.xattrs) or None
         key = (meta.layer, meta.ino)
         if fmt != stat.S_IFDIR and entry.nlink > 1:
             if key in first_name:

@@ -21,13 +21,12 @@ import json
 import logging
 import os
 import re
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lcow._util.atomic import atomic_output
+from lcow._util.atomic import atomic_output, is_temporary, temporary_path
 from lcow.errors import CorruptImage, FailedPrecondition, InvalidArgument, NotFound
 
 __all__ = [
@@ -275,7 +274,7 @@ class DataRoot:
         """Create ``dir(id)`` with its chain in one step: built under a temporary name, then
         renamed, so a crash never leaves a layer folder without its ``layerchain.json``."""
         folder = self.layer_dir(layer_id)
-        tmp = self.root / f".{layer_id}.tmp-{secrets.token_hex(6)}"
+        tmp = Path(temporary_path(folder))
         tmp.mkdir(mode=_DIR_MODE)
         try:
             self.write_chain(layer_id, chain, folder=tmp)
@@ -289,7 +288,7 @@ class DataRoot:
         Call with the root lock held: :meth:`new_folder` builds its folders there."""
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.root):
-                if entry.name.startswith(".") and ".tmp-" in entry.name:
+                if is_temporary(entry.name):
                     if entry.is_dir(follow_symlinks=False):
                         shutil.rmtree(entry.path, ignore_errors=True)
                     else:
@@ -304,7 +303,7 @@ class DataRoot:
         never read again). Call with the folder's layer lock held."""
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(folder):
-                if entry.name.startswith(".") and ".tmp-" in entry.name:
+                if is_temporary(entry.name):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
         if (folder / LAYER_VHD).exists():

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lcow._util.atomic import atomic_output
 from lcow.errors import CorruptImage
 
 __all__ = ["DiskEntry", "MountState", "MountTable", "ViewEntry"]
@@ -147,6 +148,5 @@ class MountTable:
         # One fixed temporary name: only the lock holder writes it, so a writer killed between
         # the write and the rename leaves a file the next save overwrites and renames away (a
         # per-pid name stayed behind for good).
-        tmp = self.home / ".state.json.tmp"
-        tmp.write_bytes(state.to_json())
-        os.replace(tmp, self.path)
+        with atomic_output(self.path, temporary=self.home / ".state.json.tmp") as fd:
+            os.write(fd, state.to_json())

@@ -27,10 +27,10 @@ from lcow.formats.ext4.read_dirs import DirEntry
 from lcow.formats.ext4.read_inode import Inode
 from lcow.formats.ext4.reader import Ext4Reader, ReadLimits
 from lcow.formats.source import open_source
+from lcow.formats.whiteouts import is_opaque, is_overlay_whiteout
 
 __all__ = ["UnionView"]
 
-OPAQUE_XATTR = b"trusted.overlay.opaque"
 _MAX_SYMLINKS = 40
 _LISTING_CACHE = 4096
 _INODE_CACHE = 1 << 16
@@ -127,7 +127,7 @@ class _Layer:
 
     def is_opaque(self, inode: Inode) -> bool:
         assert self._reader is not None
-        return inode.is_dir and self._reader.xattrs(inode).get(OPAQUE_XATTR) == b"y"
+        return inode.is_dir and is_opaque(self._reader.xattrs(inode))
 
     def close(self) -> None:
         if self._reader is not None:
@@ -139,7 +139,7 @@ class _Layer:
 
 
 def _is_whiteout(inode: Inode) -> bool:
-    return stat.S_ISCHR(inode.mode) and inode.rdev == 0
+    return is_overlay_whiteout(inode.mode, inode.rdev)
 
 
 def _split(path: str) -> list[bytes]:

@@ -1,7 +1,8 @@
 """``extractarchive`` for the vm backend: the tar is parsed here, the guest writes (SPEC §4.8).
 
 Same semantics as the host backend's :mod:`lcow.backends.untar` (Docker's ``Untar`` in a
-chroot at the destination), with the same tar reader and name checks; each entry becomes a few
+chroot at the destination), with the same reader and per-entry rules
+(:mod:`lcow.backends.extract_rules`); each entry becomes a few
 simple operations the agent runs in one pipelined *batch* relative to the destination
 (``prepdirs``, ``prep``, ``mkdirm``/``writefile``/``symlink``/``link``/``mknod``, ``lchown``,
 ``setxattr``, ``lchmod``, ``utimens``), so a small file costs no round trip. Why not parse tar
@@ -16,26 +17,42 @@ from __future__ import annotations
 
 import os
 import posixpath
-import stat
 import tarfile
 from typing import BinaryIO
 
-from lcow.backends.taroptions import OVERLAY_WHITEOUTS, TarOptions
-from lcow.backends.untar import (  # the host backend's reader and checks: one set of rules
-    _REGULAR,
-    _SPECIAL,
-    _XATTR_PREFIX,
-    _clean,
-    _escapes,
-    _open_stream,
-    _Peeked,
-    _shown,
-    _time_ns,
+from lcow.backends.extract_rules import (
+    REGULAR_TYPES,
+    SPECIAL_TYPES,
+    Marker,
+    Peeked,
+    cannot_replace_root,
+    defers_times,
+    drain,
+    entry_name,
+    is_root,
+    link_target,
     members,
+    mode_bits,
+    open_archive,
+    overlay_marker,
+    owner,
+    peek,
+    shown,
     stream_name,
+    tar_error,
+    times_ns,
+    unhandled_type,
+    xattrs,
 )
+from lcow.backends.taroptions import TarOptions
 from lcow.backends.vm.channel import Channel, GuestError
-from lcow.errors import InvalidArgument
+from lcow.formats.whiteouts import (
+    OPAQUE_VALUE,
+    OPAQUE_XATTR_STR,
+    WHITEOUT_MODE,
+    WHITEOUT_RDEV,
+    hidden_name,
+)
 
 __all__ = ["extract"]
 
@@ -67,11 +84,11 @@ def extract(ch: Channel, view_root: str, dest: str, stream: BinaryIO, options: T
         AlreadyExists: ``NoOverwriteDirNonDir`` and a directory/non-directory clash.
         OSError: a file-system failure in the guest, naming the entry.
     """
-    head = stream.read(tarfile.BLOCKSIZE)
+    ahead = peek(stream)
     batch = _Batch(ch)
     ch.send("batch", view_root, dest)
     try:  # an empty input is no archive: the reader says so
-        _run(batch, _Peeked(head, stream), options, stream_name(stream))
+        _run(batch, ahead, options, stream_name(stream))
     except BaseException:
         ch.close()  # the batch is half-sent: the agent forgets it when the connection drops
         raise
@@ -84,20 +101,18 @@ def extract(ch: Channel, view_root: str, dest: str, stream: BinaryIO, options: T
             name = batch.names[int(index_text)]
         except (ValueError, IndexError):
             name = dest
-        raise GuestError(exc.cls, exc.errno, text).exception(_shown(name) or "/") from None
-    while stream.read(1 << 20):
-        pass  # consume what follows the end marker, so a writer on a pipe can finish
+        raise GuestError(exc.cls, exc.errno, text).exception(shown(name) or "/") from None
+    drain(stream)
 
 
-def _run(batch: _Batch, stream: _Peeked, options: TarOptions, source: str) -> None:
+def _run(batch: _Batch, stream: Peeked, options: TarOptions, source: str) -> None:
     dirs: list[tuple[str, int, int]] = []
-    with _open_stream(stream, source) as archive:
+    with open_archive(stream, source) as archive:
         for member in members(archive, source):
             try:
                 _entry(batch, archive, member, options, dirs)
             except tarfile.TarError as exc:
-                shown = _shown(member.name)
-                raise InvalidArgument(f"{shown}: {exc}", subject=shown) from exc
+                raise tar_error(member.name, exc) from exc
     for name, atime, mtime in dirs:
         batch.current = name
         batch.op("utimens", name, atime, mtime)
@@ -110,36 +125,34 @@ def _entry(
     options: TarOptions,
     dirs: list[tuple[str, int, int]],
 ) -> None:
-    name = _clean(member.name)
-    if any(name.startswith(p) for p in options.exclude_patterns):
+    name = entry_name(member, options)
+    if name is None:
         return
-    shown = _shown(member.name)
-    if _escapes(name):
-        raise InvalidArgument(f"{shown}: path escapes the destination directory", subject=shown)
-    if name in (".", "/"):
+    if is_root(name):
         if member.isdir():
-            return  # the destination itself: merged, metadata untouched (Docker)
-        raise InvalidArgument(f"{shown}: cannot replace the destination directory", subject=shown)
+            return  # the destination itself: merged, its metadata left as it is
+        raise cannot_replace_root(member)
     path = "/" + name.lstrip("/")
     batch.current = path
     batch.op("prepdirs", path)
     batch.op("prep", path, 1 if member.isdir() else 0, 1 if options.no_overwrite_dir_non_dir else 0)
     base = posixpath.basename(path)
-    if options.whiteout_format == OVERLAY_WHITEOUTS:
+    marker = overlay_marker(base, options)
+    if marker is not None:
         parent = posixpath.dirname(path)
-        if base == ".wh..wh..opq":
-            batch.op("setxattr", parent, "trusted.overlay.opaque", b"y".hex())
+        if marker is Marker.OPAQUE:
+            batch.op("setxattr", parent, OPAQUE_XATTR_STR, OPAQUE_VALUE.hex())
             return
-        if base.startswith(".wh."):
-            hidden = posixpath.join(parent, base[len(".wh.") :])
-            batch.op("mknod", hidden, stat.S_IFCHR, 0, 0)
-            batch.op("lchown", hidden, member.uid, member.gid)
-            return
-    mode = member.mode & 0o7777
+        hidden = posixpath.join(parent, hidden_name(base))
+        major, minor = os.major(WHITEOUT_RDEV), os.minor(WHITEOUT_RDEV)
+        batch.op("mknod", hidden, WHITEOUT_MODE, major, minor)
+        batch.op("lchown", hidden, member.uid, member.gid)
+        return
+    mode = mode_bits(member)
     if member.type == tarfile.DIRTYPE:
         batch.op("mkdirm", path, mode)
-    elif member.type in _REGULAR:
-        batch.op("writefile", path, member.mode & 0o777, _WRITE_FLAGS)
+    elif member.type in REGULAR_TYPES:
+        batch.op("writefile", path, mode & 0o777, _WRITE_FLAGS)
         data = archive.extractfile(member)
         if data is not None:
             while chunk := data.read(_CHUNK):
@@ -148,29 +161,21 @@ def _entry(
     elif member.type == tarfile.SYMTYPE:
         batch.op("symlink", os.fsencode(member.linkname), path)
     elif member.type == tarfile.LNKTYPE:
-        target = _clean(member.linkname)
-        if _escapes(target):
-            raise InvalidArgument(
-                f"{shown}: hard link to {_shown(member.linkname)!r} escapes the destination",
-                subject=shown,
-            )
+        target = link_target(member)
         batch.op("link", "/" + target.lstrip("/"), path)
-    elif member.type in _SPECIAL:
-        batch.op("mknod", path, _SPECIAL[member.type] | mode, member.devmajor, member.devminor)
+    elif member.type in SPECIAL_TYPES:
+        kind = SPECIAL_TYPES[member.type]
+        batch.op("mknod", path, kind | mode, member.devmajor, member.devminor)
     else:
-        raise InvalidArgument(f"{shown}: unhandled tar header type {member.type!r}", subject=shown)
-    if not options.no_lchown:
-        uid, gid = options.chown or (member.uid, member.gid)
-        batch.op("lchown", path, uid, gid)
-    for key, value in member.pax_headers.items():
-        if key.startswith(_XATTR_PREFIX):
-            raw = value.encode("utf-8", "surrogateescape")
-            batch.op("setxattr", path, key[len(_XATTR_PREFIX) :], raw.hex())
+        raise unhandled_type(member)
+    ids = owner(member, options)
+    if ids is not None:
+        batch.op("lchown", path, *ids)
+    for key, value in xattrs(member):
+        batch.op("setxattr", path, key, value.hex())
     batch.op("lchmod", path, mode)
-    mtime = _time_ns(member, "mtime")
-    assert mtime is not None
-    atime = max(_time_ns(member, "atime") or mtime, mtime)
-    if member.type == tarfile.DIRTYPE:
+    atime, mtime = times_ns(member)
+    if defers_times(member):
         dirs.append((path, atime, mtime))
     else:
         batch.op("utimens", path, atime, mtime)

@@ -42,6 +42,7 @@ from lcow.formats.ext4.read_listing import list_inodes, list_names
 from lcow.formats.ext4.read_lookup import lookup, normal_path
 from lcow.formats.ext4.read_types import ScanEntry
 from lcow.formats.ext4.read_volume import Volume, corrupt
+from lcow.formats.whiteouts import is_opaque
 
 __all__ = ["content_size", "scan", "scan_dir"]
 
@@ -53,7 +54,6 @@ _DIR_FAST_FLAGS = _EXTENTS_FL | _INLINE_DATA_FL  # a fast-scanned directory has 
 _DEVICE_TYPES = (stat.S_IFCHR, stat.S_IFBLK)
 _S_IFDIR = stat.S_IFDIR
 _XATTR_MAGIC_BYTES = EXT4_XATTR_MAGIC.to_bytes(4, "little")
-_OPAQUE_XATTR = b"trusted.overlay.opaque"
 _CAPABILITY_XATTR = b"security.capability"
 _tuple_new = tuple.__new__  # builds ScanEntry records without the NamedTuple's Python __new__
 
@@ -313,7 +313,7 @@ def _checked_entry(
     cap = None
     if inode.is_dir or capability:
         xattrs = inode_xattrs(vol, inode, path=path)
-        opaque = inode.is_dir and xattrs.get(_OPAQUE_XATTR) == b"y"
+        opaque = inode.is_dir and is_opaque(xattrs)
         cap = xattrs.get(_CAPABILITY_XATTR) if capability else None
     return ScanEntry(
         shown,

@@ -34,7 +34,6 @@ Three entry points:
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import struct
@@ -43,7 +42,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from lcow._util.atomic import atomic_output
+from lcow._util.atomic import output_to
 from lcow.errors import CorruptImage, FailedPrecondition, InvalidArgument
 from lcow.formats.vhd.vhdx import (
     BAT_GUID,
@@ -368,15 +367,6 @@ def _write_empty(fd: int, layout: VhdxLayout, disk_id: uuid.UUID) -> None:
     _write_sparse(fd, _metadata_region(layout, disk_id), layout.metadata_offset)
 
 
-@contextlib.contextmanager
-def _output(path_or_fd: str | os.PathLike[str] | int) -> Iterator[int]:
-    if isinstance(path_or_fd, int):
-        yield path_or_fd
-        return
-    with atomic_output(path_or_fd, fsync=True) as fd:
-        yield fd
-
-
 # -- public entry points ----------------------------------------------------------------------
 
 
@@ -405,7 +395,7 @@ def create_dynamic_vhdx(
         OSError: the output cannot be written.
     """
     layout = VhdxLayout(virtual_size, block_size, logical_sector, physical_sector)
-    with _output(path_or_fd) as fd:
+    with output_to(path_or_fd, fsync=True) as fd:
         _write_empty(fd, layout, disk_id or uuid.uuid4())
 
 
@@ -494,7 +484,7 @@ def raw_to_dynamic_vhdx(
             f"raw image of {raw_size} bytes does not fit a virtual disk of {virtual_size} bytes"
         )
     bs = layout.block_size
-    with _output(out_path_or_fd) as fd:
+    with output_to(out_path_or_fd, fsync=True) as fd:
         _write_empty(fd, layout, disk_id or uuid.uuid4())
         bat = _BatPages(fd, layout.bat_offset)
         next_free = layout.payload_offset
