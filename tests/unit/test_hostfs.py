@@ -20,7 +20,7 @@ import pytest
 
 from lcow.backends.base import ContainerFS, FileInfo
 from lcow.backends.host.hostfs import HostFS
-from lcow.backends.host.scoped import probe_openat2, split
+from lcow.backends.scoped import probe_openat2, split
 from lcow.backends.taroptions import TarOptions
 from lcow.errors import AlreadyExists, InvalidArgument, NotFound
 from tests.helpers import TarEntry, requires, write_tar

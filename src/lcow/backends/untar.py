@@ -50,7 +50,7 @@ from lcow.backends.extract_rules import (
     unhandled_type,
     xattrs,
 )
-from lcow.backends.host.scoped import (
+from lcow.backends.scoped import (
     is_dir,
     lstat_in,
     makedirs_in,

@@ -39,9 +39,9 @@ from pathlib import Path
 from lcow.backends.base import LayerDisk
 from lcow.backends.host import kernel
 from lcow.backends.host.hostfs import HostFS
-from lcow.backends.host.scoped import probe_openat2
 from lcow.backends.host.storage_daemon import BINARY, StorageDaemon
 from lcow.backends.host.table import DiskEntry, MountState, MountTable, ViewEntry
+from lcow.backends.scoped import probe_openat2
 from lcow.errors import Busy, CorruptImage, FailedPrecondition, LcowError, NotSupported
 from lcow.sandboxes import make_sandbox
 from lcow.storage.dataroot import LayerFile

@@ -23,7 +23,8 @@ from typing import BinaryIO, cast
 
 from lcow.backends.archive import tar_with_options
 from lcow.backends.base import FileInfo
-from lcow.backends.host.scoped import (
+from lcow.backends.resolve import resolve_in_view
+from lcow.backends.scoped import (
     makedirs_in,
     normalize,
     open_in_root,
@@ -33,8 +34,8 @@ from lcow.backends.host.scoped import (
     remove_all_at,
     view_error,
 )
-from lcow.backends.resolve import resolve_in_view
 from lcow.backends.taroptions import TarOptions
+from lcow.backends.untar import untar
 from lcow.errors import InvalidArgument
 
 __all__ = ["HostFS"]
@@ -334,9 +335,6 @@ class HostFS:
     ) -> None:
         """Unpack a tar below ``dest`` (created if missing) as Docker's ``Untar`` would in a
         chroot at ``dest``: nothing lands outside it (see :func:`~lcow.backends.untar.untar`)."""
-        # Imported here: lcow.backends.untar uses .scoped, whose package imports this module.
-        from lcow.backends.untar import untar
-
         with self._root_fd() as root:
             with _named(dest):
                 makedirs_in(root, dest)

@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from lcow.backends.host.scoped import view_error
+from lcow.backends.scoped import view_error
 from lcow.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 
 __all__ = ["Channel", "ChannelBroken", "GuestError"]

@@ -24,8 +24,8 @@ from typing import BinaryIO, Protocol, cast
 
 from lcow.backends.archive import tar_with_options
 from lcow.backends.base import FileInfo
-from lcow.backends.host.scoped import normalize
 from lcow.backends.resolve import resolve_in_view
+from lcow.backends.scoped import normalize
 from lcow.backends.taroptions import TarOptions
 from lcow.backends.vm.channel import Channel, GuestError
 
