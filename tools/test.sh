@@ -6,6 +6,9 @@
 # pytest (e.g. `bash tools/test.sh -m "not slow"`). Exits non-zero if any step failed; pytest's
 # own exit status wins when pytest failed.
 #
+# Without arguments (the whole run, as CI does) the unit and integration tests run a second time
+# with LCOW_NATIVE=0, so the pure-Python twins of the C accelerators pass the same tests.
+#
 # Tests that need root, loop devices or a tool skip with a reason; with CI=true they fail instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,9 +58,15 @@ echo "== ruff check"
 .venv/bin/ruff check . || status=1
 echo "== mypy (strict, files from pyproject.toml)"
 .venv/bin/mypy || status=1
+echo "== lint-imports (the layer contracts in pyproject.toml)"
+.venv/bin/lint-imports --no-cache || status=1
 echo "== pytest"
 pytest_status=0
 .venv/bin/pytest "$@" || pytest_status=$?
+if [ "$#" -eq 0 ]; then
+    echo "== pytest, pure Python (LCOW_NATIVE=0): unit and integration tests"
+    LCOW_NATIVE=0 .venv/bin/pytest -q tests/unit tests/integration || pytest_status=$?
+fi
 if [ "$pytest_status" -ne 0 ]; then
     exit "$pytest_status"
 fi
