@@ -210,6 +210,18 @@ def test_formats_has_no_import_cycle() -> None:
     assert import_cycles(LCOW / "formats") == []
 
 
+def test_lcow_has_no_import_cycle_between_modules() -> None:
+    """Deferred imports inside functions count: hiding a cycle in a function is still a cycle."""
+    assert import_cycles(LCOW) == []
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_lcow_has_no_import_cycle_between_subpackages(depth: int) -> None:
+    """``lcow.graphdriver`` and ``lcow.backends`` (depth 1), ``lcow.backends.vm`` and
+    ``lcow.backends.host`` (depth 2): merged into packages, the graph stays acyclic."""
+    assert import_cycles(LCOW, depth=depth) == []
+
+
 def test_ext4_has_no_import_cycle_even_for_type_checking() -> None:
     """The reader's lower modules know the facade through a protocol, not by name."""
     assert import_cycles(LCOW / "formats" / "ext4", type_checking=True) == []
