@@ -318,9 +318,6 @@ BACKENDS_DIFFER = {
     # A directory replaced by a file: the deferred directory times fail on both, as
     # NotADirectoryError in the vm backend (vmtar) and InvalidArgument in the host one (untar).
     "file-dir-replacement",
-    # A "./" entry: the host backend gives the destination its mode and owners (as Docker's
-    # Unpack does), the vm backend leaves them ("merged, metadata untouched").
-    "root-entry-and-name-normalisation",
 }
 
 

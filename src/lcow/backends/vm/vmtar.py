@@ -129,9 +129,11 @@ def _entry(
     if name is None:
         return
     if is_root(name):
-        if member.isdir():
-            return  # the destination itself: merged, its metadata left as it is
-        raise cannot_replace_root(member)
+        if not member.isdir():
+            raise cannot_replace_root(member)
+        batch.current = "/"  # the destination itself: merged, its metadata applied (Docker)
+        _metadata(batch, "/", member, options, dirs)
+        return
     path = "/" + name.lstrip("/")
     batch.current = path
     batch.op("prepdirs", path)
@@ -168,12 +170,23 @@ def _entry(
         batch.op("mknod", path, kind | mode, member.devmajor, member.devminor)
     else:
         raise unhandled_type(member)
+    _metadata(batch, path, member, options, dirs)
+
+
+def _metadata(
+    batch: _Batch,
+    path: str,
+    member: tarfile.TarInfo,
+    options: TarOptions,
+    dirs: list[tuple[str, int, int]],
+) -> None:
+    """Owners, xattrs, mode and times of an entry that is in place (a directory's times later)."""
     ids = owner(member, options)
     if ids is not None:
         batch.op("lchown", path, *ids)
     for key, value in xattrs(member):
         batch.op("setxattr", path, key, value.hex())
-    batch.op("lchmod", path, mode)
+    batch.op("lchmod", path, mode_bits(member))
     atime, mtime = times_ns(member)
     if defers_times(member):
         dirs.append((path, atime, mtime))
