@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 
+from lcow._util.atomic import fsync_dir, temporary_path
 from lcow.errors import AlreadyExists
 
 __all__ = ["copy_sandbox"]
@@ -47,14 +47,6 @@ def _copy_data(src_fd: int, dst_fd: int, size: int) -> None:
         pos = end
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def copy_sandbox(template: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     """Copy a sandbox template to ``dst`` keeping it sparse; never overwrites (SPEC §4.5).
 
@@ -70,7 +62,7 @@ def copy_sandbox(template: str | os.PathLike[str], dst: str | os.PathLike[str]) 
     if os.path.lexists(target):
         raise AlreadyExists(f"{target}: sandbox already exists", subject=target)
     directory = os.path.dirname(target) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(target)}.tmp-{secrets.token_hex(6)}")
+    tmp = temporary_path(target)
     src_fd = os.open(template, os.O_RDONLY | os.O_CLOEXEC)
     try:
         out_fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -85,7 +77,7 @@ def copy_sandbox(template: str | os.PathLike[str], dst: str | os.PathLike[str]) 
             os.link(tmp, target)
         except FileExistsError as exc:
             raise AlreadyExists(f"{target}: sandbox already exists", subject=target) from exc
-        _fsync_dir(directory)
+        fsync_dir(directory)
     finally:
         os.close(src_fd)
         with contextlib.suppress(FileNotFoundError):

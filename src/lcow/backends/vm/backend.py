@@ -30,13 +30,13 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lcow._util.atomic import replace_durably, temporary_path
 from lcow.backends.base import LayerDisk
 from lcow.backends.vm.assets import find_assets
 from lcow.backends.vm.channel import Channel
@@ -70,8 +70,8 @@ def _assets(options: VmOptions) -> VmConfig:
     return VmConfig(assets, options.boot_parameters, float(options.timeout))
 
 
-def _fsync(path: Path, flags: int = os.O_RDONLY) -> None:
-    fd = os.open(path, flags | os.O_CLOEXEC)
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -236,7 +236,7 @@ class VmBackend:
         options = mke2fs_options(size)  # the host formatting's: the same file system
         layer_id = target.parent.name
         svm_id = GLOBAL_ID if self.global_mode else layer_id
-        tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(6)}"
+        tmp = Path(temporary_path(target))
         started = time.monotonic()
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -257,8 +257,7 @@ class VmBackend:
                     subject=layer_id,
                 ) from exc
             _fsync(tmp)
-            os.replace(tmp, target)
-            _fsync(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+            replace_durably(tmp, target)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
