@@ -53,7 +53,7 @@ def _storage_daemon(views: Path) -> str | None:
         return None
 
 
-def bench_restarts(restarts: int) -> dict[str, Any]:
+def bench_restarts(restarts: int) -> dict[str, Any]:  # noqa: PLR0915 - one campaign in one try/finally that stops dockerd and the plugin whatever step failed
     base = Path(tempfile.mkdtemp(prefix="lcow-bench-restarts-", dir="/var/tmp"))
     plugin = PluginProcess(base, unique_name())
     daemon: Daemon | None = None

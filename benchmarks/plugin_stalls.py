@@ -52,7 +52,7 @@ def _reply(sock: socket.socket, timeout: float) -> tuple[int, dict[str, Any]]:
         data += chunk
 
 
-def bench_stalls(count: int, idle: float) -> dict[str, Any]:
+def bench_stalls(count: int, idle: float) -> dict[str, Any]:  # noqa: PLR0915 - one campaign in one try/finally that closes every stalled socket whatever step failed
     base = Path(tempfile.mkdtemp(prefix="lcow-bench-stalls-", dir="/tmp"))  # short socket path
     stalled: dict[str, socket.socket] = {}
     result: dict[str, Any] = {}
