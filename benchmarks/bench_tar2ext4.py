@@ -531,7 +531,7 @@ def linearity_report(result: dict[str, object]) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - the command line: checks the inputs, then times each data set and tool in turn and reports, one step after another
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="where dN.tar live")

@@ -133,7 +133,7 @@ def _vm_problem() -> str | None:
     return None
 
 
-def _problem(need: str) -> str | None:
+def _problem(need: str) -> str | None:  # noqa: PLR0911 - one answer per kind of requirement, a flat dispatch
     if need == "root":
         return None if os.geteuid() == 0 else "needs root"
     if need == "loop":

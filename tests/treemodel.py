@@ -633,7 +633,7 @@ def _show(path: bytes) -> str:
     return repr(path.decode("utf-8", "backslashreplace")) if path else "'/'"
 
 
-def compare(
+def compare(  # noqa: PLR0912 - one branch per attribute compared, read top to bottom
     expected: Mapping[bytes, Expected],
     actual: Mapping[bytes, FileRecord],
     *,

@@ -102,7 +102,7 @@ class _State:
 
 
 @st.composite
-def layer_entries(
+def layer_entries(  # noqa: PLR0912 - one draw per kind of entry and whiteout a valid layer may hold
     draw: st.DrawFn, max_entries: int = 20, whiteouts: bool = False
 ) -> list[TarEntry]:
     """A list of tar entries forming a valid layer (see the module docstring).

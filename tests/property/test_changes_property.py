@@ -180,7 +180,7 @@ class Upper:
 
 
 @st.composite
-def changes(draw: st.DrawFn, lower: dict[bytes, Spec]) -> Upper:
+def changes(draw: st.DrawFn, lower: dict[bytes, Spec]) -> Upper:  # noqa: PLR0912, PLR0915 - one strategy for every kind of upper-layer change; its closures share the subtree bookkeeping
     """Upper-layer changes over ``lower``.
 
     Operations that replace a subtree (add, modify, delete, opaque, retype) never touch one

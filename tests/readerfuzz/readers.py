@@ -264,7 +264,7 @@ READERS: dict[str, Callable[[Target], str]] = {
 }
 
 
-def run_reader(name: str, target: Target) -> tuple[str, str]:
+def run_reader(name: str, target: Target) -> tuple[str, str]:  # noqa: PLR0911 - one return per outcome class a reader may end in
     """Run reader ``name`` on ``target``: ``(outcome, detail)``.
 
     Outcomes: ``ok``, ``exit N`` (the command line's clean error), the ``LcowError`` category's

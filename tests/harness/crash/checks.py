@@ -34,7 +34,7 @@ class RootChecks:
         self.qemu_checked: set[tuple[int, ...]] = set()
         self.fsck_checked: set[tuple[int, ...]] = set()
 
-    def judge(
+    def judge(  # noqa: PLR0912, PLR0915 - one verdict per operation kind, each branch the outcomes that operation allows
         self,
         plan: dict[str, Any],
         lines: list[list[str]],

@@ -138,7 +138,7 @@ class Harness:
 
     # -- one operation -----------------------------------------------------------------------
 
-    def prepare(self, op: str) -> dict[str, Any]:
+    def prepare(self, op: str) -> dict[str, Any]:  # noqa: PLR0912, PLR0915 - one preparation per operation kind, each with its random variants
         """Make the root ready for ``op``; returns the child's arguments plus what judging the
         outcome needs (``variant``, the target ``layer``, ``counts_before`` on host, ``key``
         naming the variant's durations)."""

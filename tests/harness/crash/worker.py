@@ -91,7 +91,7 @@ def _child(args: dict[str, Any]) -> int:
 # -- recovery, in a fresh process --------------------------------------------------------------
 
 
-def _recover(args: dict[str, Any]) -> dict[str, Any]:
+def _recover(args: dict[str, Any]) -> dict[str, Any]:  # noqa: PLR0912, PLR0915 - the recovery steps in the order a restarted daemon runs them, sharing one driver and the findings
     """Open the driver, check the adopted counts, Cleanup, check leftovers, re-import, then
     Get/Put and read back every layer. Returns findings as JSON-able data."""
     from lcow.graphdriver.driver import Driver
