@@ -214,7 +214,7 @@ def _file_identifier(creator: str) -> bytes:
     return VHDX_SIGNATURE + raw
 
 
-def _header(
+def _header(  # noqa: PLR0913 - one parameter per variable field of the MS-VHDX header
     sequence: int,
     file_write_guid: uuid.UUID,
     data_write_guid: uuid.UUID,
@@ -380,7 +380,7 @@ def _output(path_or_fd: str | os.PathLike[str] | int) -> Iterator[int]:
 # -- public entry points ----------------------------------------------------------------------
 
 
-def create_dynamic_vhdx(
+def create_dynamic_vhdx(  # noqa: PLR0913 - public API: keyword-only options are the VhdxLayout geometry and the disk id
     path_or_fd: str | os.PathLike[str] | int,
     virtual_size: int,
     *,
@@ -452,7 +452,7 @@ def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
         pos = end
 
 
-def raw_to_dynamic_vhdx(
+def raw_to_dynamic_vhdx(  # noqa: PLR0913 - public API: keyword-only options are the VhdxLayout geometry and the disk id
     raw_fd: int,
     out_path_or_fd: str | os.PathLike[str] | int,
     virtual_size: int,
