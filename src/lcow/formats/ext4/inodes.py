@@ -62,7 +62,7 @@ def inode_xattrs(tree: Tree, ino: int, inline_enabled: bool) -> tuple[bytes | No
     return pack_xattrs(items, owner=f"inode {ino}")
 
 
-def pack_inode_into(
+def pack_inode_into(  # noqa: PLR0913, PLR0917 - hot loop: once per inode left to Python (all without the C packer); one argument per slot input
     buf: bytearray,
     offset: int,
     tree: Tree,

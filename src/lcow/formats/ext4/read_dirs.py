@@ -72,7 +72,7 @@ def decode_rec_len(raw: int, block_size: int) -> int:
     return (raw & 65532) | ((raw & 3) << 16)
 
 
-def parse_dir_region(
+def parse_dir_region(  # noqa: PLR0913 - keyword-only: the three superblock facts that decide record validity plus two message labels
     buf: bytes,
     *,
     where: str,
@@ -133,7 +133,7 @@ def parse_dir_region(
         off += rec_len
 
 
-def collect_dir_names(
+def collect_dir_names(  # noqa: PLR0911, PLR0912, PLR0913 - hot loop: checks every record of every directory block in a walk; both layouts inline, failure is a plain False
     buf: bytes,
     start: int,
     stop: int,
@@ -208,7 +208,7 @@ def collect_dir_names(
     return b"/" not in names and b"\0" not in names
 
 
-def collect_dir_inodes(
+def collect_dir_inodes(  # noqa: PLR0913 - collect_dir_names' arguments plus dir_names, so read_listing._collect drives both alike
     buf: bytes,
     start: int,
     stop: int,
@@ -268,7 +268,7 @@ def collect_dir_inodes(
     return True
 
 
-def parse_inline_dir(
+def parse_inline_dir(  # noqa: PLR0913 - parse_dir_region's keyword-only arguments plus the inline i_block and system.data
     i_block: bytes,
     data: bytes,
     *,

@@ -247,7 +247,7 @@ def _push(runs: list[DataRun], logical: int, physical: int | None, length: int) 
     runs.append(DataRun(logical, physical, length))
 
 
-def _walk_node(
+def _walk_node(  # noqa: PLR0912, PLR0913, PLR0917 - hot loop: recursion per extent node with its range, stop block and loop guard; leaf and index inline (no extra generator per run)
     ctx: MapContext,
     node: bytes,
     expect_depth: int | None,
@@ -355,7 +355,7 @@ def _blockmap(ctx: MapContext, i_block: bytes, nblocks: int) -> Iterator[DataRun
         start += per**level
 
 
-def _indirect(
+def _indirect(  # noqa: PLR0913, PLR0917 - recursion per indirect-block level: pointer, level, logical start, bound and loop guard
     ctx: MapContext, ptr: int, level: int, start: int, nblocks: int, seen: set[int]
 ) -> Iterator[DataRun]:
     if ptr == 0:

@@ -175,7 +175,7 @@ def _bad(image: str, ino: int, path: bytes | None, what: str) -> CorruptImage:
     return CorruptImage(f"{image}: {where}: {what}", subject=subject)
 
 
-def parse_inode(
+def parse_inode(  # noqa: PLR0913 - keyword-only: the superblock features that widen on-disk fields, the checksum seed and message labels
     ino: int,
     raw: bytes,
     *,

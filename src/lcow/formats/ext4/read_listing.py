@@ -32,7 +32,7 @@ _first = itemgetter(0)
 _T = TypeVar("_T")
 
 
-def _collect(
+def _collect(  # noqa: PLR0913, PLR0917 - hot loop: per-block driver shared by collect_dir_names/collect_dir_inodes; *extra forwards the collector's own outputs
     vol: Volume,
     runs: Iterable[DataRun],
     ino: int,
@@ -97,7 +97,7 @@ def _raise_block_error(
     raise CorruptImage(f"{at}: bad record", subject=subject)  # not reached
 
 
-def list_names(
+def list_names(  # noqa: PLR0913 - keyword-only: the directory's inode and path for messages and the walk's shared seen_blocks
     vol: Volume,
     runs: Iterable[DataRun],
     *,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from lcow.errors import CorruptImage, NotSupported
 from lcow.formats.ext4 import read_csum
@@ -190,100 +191,28 @@ def parse_superblock(raw: bytes, *, disk_size: int, name: str, verify: bool) -> 
     if len(raw) != SUPERBLOCK_SIZE:
         raise CorruptImage(f"{name}: image too small for an ext4 superblock", subject=name)
     f = dict(zip(SUPERBLOCK_FIELD_NAMES, SUPERBLOCK.unpack_from(raw), strict=True))
-
-    def bad(what: str) -> CorruptImage:
-        return CorruptImage(f"{name}: ext4 superblock: {what}", subject=name)
-
     if f["s_magic"] != EXT4_SUPER_MAGIC:
-        raise bad(f"bad magic {f['s_magic']:#06x} (not an ext2/3/4 filesystem)")
+        raise _bad(name, f"bad magic {f['s_magic']:#06x} (not an ext2/3/4 filesystem)")
     incompat = IncompatFeature(f["s_feature_incompat"])
     ro_compat = RoCompatFeature(f["s_feature_ro_compat"])
     compat = CompatFeature(f["s_feature_compat"])
-    if incompat & IncompatFeature.RECOVER:
-        raise JournalNeedsRecovery(
-            f"{name}: ext4 journal needs recovery (RECOVER is set); run e2fsck or mount it "
-            "read-write once before reading",
-            subject=name,
-        )
-    if incompat & IncompatFeature.JOURNAL_DEV:
-        raise UnsupportedFeature(f"{name}: an external ext4 journal device, not a filesystem")
-    unknown = f["s_feature_incompat"] & ~int(SUPPORTED_INCOMPAT)
-    if unknown:
-        raise UnsupportedFeature(
-            f"{name}: ext4 incompatible features not supported: "
-            f"{IncompatFeature(unknown)!r} ({unknown:#x})",
-            subject=name,
-        )
-    if f["s_log_block_size"] > _MAX_LOG_BLOCK_SIZE:
-        raise bad(f"block size 1024 << {f['s_log_block_size']} is too large")
-    block_size = 1024 << f["s_log_block_size"]
-    blocks = f["s_blocks_count_lo"]
-    if incompat & IncompatFeature.BIT64:
-        blocks |= f["s_blocks_count_hi"] << 32
-        desc_size = f["s_desc_size"]
-        if (
-            desc_size < _EXT4_MIN_DESC_SIZE_64BIT
-            or desc_size > _EXT4_MAX_DESC_SIZE
-            or desc_size & (desc_size - 1)
-        ):
-            raise bad(f"descriptor size {desc_size} is invalid")
-    else:
-        desc_size = GROUP_DESC.size
-    first_data = f["s_first_data_block"]
-    if first_data != (1 if block_size == 1024 else 0):
-        raise bad(f"first data block {first_data} does not match block size {block_size}")
-    if blocks <= first_data:
-        raise bad(f"block count {blocks} is too small")
-    if blocks * block_size > disk_size:
-        raise bad(
-            f"block count {blocks} x {block_size} exceeds the disk size {disk_size} "
-            "(truncated image?)"
-        )
-    bpg = f["s_blocks_per_group"]
-    ipg = f["s_inodes_per_group"]
+    _check_incompat(f["s_feature_incompat"], name)
+    block_size, blocks, desc_size = _block_geometry(f, incompat, disk_size=disk_size, name=name)
     bigalloc = bool(ro_compat & RoCompatFeature.BIGALLOC)
-    if bpg < 8 or (not bigalloc and bpg > 8 * block_size) or bpg % 8:
-        raise bad(f"blocks per group {bpg} is invalid")
-    if ipg < 1 or ipg > 8 * block_size:
-        raise bad(f"inodes per group {ipg} is invalid")
-    if bigalloc and not f["s_log_block_size"] <= f["s_log_cluster_size"] <= _MAX_LOG_CLUSTER_SIZE:
-        raise bad(f"cluster size 1024 << {f['s_log_cluster_size']} is invalid")
-    groups = -(-(blocks - first_data) // bpg)
-    if groups * ipg != f["s_inodes_count"]:
-        raise bad(f"inode count {f['s_inodes_count']} != {groups} groups x {ipg} per group")
-    if f["s_rev_level"] == _EXT4_GOOD_OLD_REV:
-        inode_size = _EXT4_GOOD_OLD_INODE_SIZE
-        first_ino = _EXT4_GOOD_OLD_FIRST_INO
-    else:
-        inode_size = f["s_inode_size"]
-        first_ino = f["s_first_ino"]
-        if (
-            inode_size < _EXT4_GOOD_OLD_INODE_SIZE
-            or inode_size > block_size
-            or inode_size & (inode_size - 1)
-        ):
-            raise bad(f"inode size {inode_size} is invalid")
-    if first_ino < _EXT4_GOOD_OLD_FIRST_INO or first_ino > f["s_inodes_count"]:
-        raise bad(f"first inode {first_ino} is invalid")
+    groups = _group_geometry(f, block_size, blocks, bigalloc=bigalloc, name=name)
+    inode_size, first_ino = _inode_geometry(f, block_size, name=name)
     seed: int | None = None
     if incompat & IncompatFeature.CSUM_SEED:
         seed = struct.unpack_from("<I", raw, _S_CHECKSUM_SEED_OFFSET)[0]
-    checksum = struct.unpack_from("<I", raw, _S_CHECKSUM_OFFSET)[0]
-    if ro_compat & RoCompatFeature.METADATA_CSUM:
-        if f["s_checksum_type"] != _S_CHECKSUM_TYPE_CRC32C:
-            raise bad(f"checksum type {f['s_checksum_type']} is not crc32c")
-        if verify:
-            expected = read_csum.superblock_csum(raw)
-            if checksum != expected:
-                raise bad(f"checksum mismatch (stored {checksum:#010x}, computed {expected:#010x})")
+    checksum = _checked_checksum(raw, f, ro_compat, verify=verify, name=name)
     backup = struct.unpack("<II", f["s_backup_bgs"])
     return Superblock(
         s_inodes_count=f["s_inodes_count"],
         s_blocks_count=blocks,
-        s_first_data_block=first_data,
+        s_first_data_block=f["s_first_data_block"],
         s_log_block_size=f["s_log_block_size"],
-        s_blocks_per_group=bpg,
-        s_inodes_per_group=ipg,
+        s_blocks_per_group=f["s_blocks_per_group"],
+        s_inodes_per_group=f["s_inodes_per_group"],
         s_rev_level=f["s_rev_level"],
         s_first_ino=first_ino,
         s_inode_size=inode_size,
@@ -301,6 +230,116 @@ def parse_superblock(raw: bytes, *, disk_size: int, name: str, verify: bool) -> 
         group_count=groups,
         raw=raw,
     )
+
+
+def _bad(name: str, what: str) -> CorruptImage:
+    return CorruptImage(f"{name}: ext4 superblock: {what}", subject=name)
+
+
+def _check_incompat(incompat: int, name: str) -> None:
+    """Refuse a filesystem whose incompatible features (raw bits) the reader cannot honour."""
+    if incompat & IncompatFeature.RECOVER:
+        raise JournalNeedsRecovery(
+            f"{name}: ext4 journal needs recovery (RECOVER is set); run e2fsck or mount it "
+            "read-write once before reading",
+            subject=name,
+        )
+    if incompat & IncompatFeature.JOURNAL_DEV:
+        raise UnsupportedFeature(f"{name}: an external ext4 journal device, not a filesystem")
+    unknown = incompat & ~int(SUPPORTED_INCOMPAT)
+    if unknown:
+        raise UnsupportedFeature(
+            f"{name}: ext4 incompatible features not supported: "
+            f"{IncompatFeature(unknown)!r} ({unknown:#x})",
+            subject=name,
+        )
+
+
+def _block_geometry(
+    f: dict[str, Any], incompat: IncompatFeature, *, disk_size: int, name: str
+) -> tuple[int, int, int]:
+    """``(block_size, blocks_count, desc_size)``, checked against each other and the disk."""
+    if f["s_log_block_size"] > _MAX_LOG_BLOCK_SIZE:
+        raise _bad(name, f"block size 1024 << {f['s_log_block_size']} is too large")
+    block_size = 1024 << f["s_log_block_size"]
+    blocks = f["s_blocks_count_lo"]
+    if incompat & IncompatFeature.BIT64:
+        blocks |= f["s_blocks_count_hi"] << 32
+        desc_size = f["s_desc_size"]
+        if (
+            desc_size < _EXT4_MIN_DESC_SIZE_64BIT
+            or desc_size > _EXT4_MAX_DESC_SIZE
+            or desc_size & (desc_size - 1)
+        ):
+            raise _bad(name, f"descriptor size {desc_size} is invalid")
+    else:
+        desc_size = GROUP_DESC.size
+    first_data = f["s_first_data_block"]
+    if first_data != (1 if block_size == 1024 else 0):
+        raise _bad(name, f"first data block {first_data} does not match block size {block_size}")
+    if blocks <= first_data:
+        raise _bad(name, f"block count {blocks} is too small")
+    if blocks * block_size > disk_size:
+        raise _bad(
+            name,
+            f"block count {blocks} x {block_size} exceeds the disk size {disk_size} "
+            "(truncated image?)",
+        )
+    return block_size, blocks, desc_size
+
+
+def _group_geometry(
+    f: dict[str, Any], block_size: int, blocks: int, *, bigalloc: bool, name: str
+) -> int:
+    """The group count, after checking the per-group sizes and the inode count."""
+    bpg = f["s_blocks_per_group"]
+    ipg = f["s_inodes_per_group"]
+    if bpg < 8 or (not bigalloc and bpg > 8 * block_size) or bpg % 8:
+        raise _bad(name, f"blocks per group {bpg} is invalid")
+    if ipg < 1 or ipg > 8 * block_size:
+        raise _bad(name, f"inodes per group {ipg} is invalid")
+    if bigalloc and not f["s_log_block_size"] <= f["s_log_cluster_size"] <= _MAX_LOG_CLUSTER_SIZE:
+        raise _bad(name, f"cluster size 1024 << {f['s_log_cluster_size']} is invalid")
+    groups: int = -(-(blocks - f["s_first_data_block"]) // bpg)
+    if groups * ipg != f["s_inodes_count"]:
+        raise _bad(name, f"inode count {f['s_inodes_count']} != {groups} groups x {ipg} per group")
+    return groups
+
+
+def _inode_geometry(f: dict[str, Any], block_size: int, *, name: str) -> tuple[int, int]:
+    """``(inode_size, first_ino)``: fixed by revision 0, stored (and checked) after it."""
+    if f["s_rev_level"] == _EXT4_GOOD_OLD_REV:
+        inode_size = _EXT4_GOOD_OLD_INODE_SIZE
+        first_ino = _EXT4_GOOD_OLD_FIRST_INO
+    else:
+        inode_size = f["s_inode_size"]
+        first_ino = f["s_first_ino"]
+        if (
+            inode_size < _EXT4_GOOD_OLD_INODE_SIZE
+            or inode_size > block_size
+            or inode_size & (inode_size - 1)
+        ):
+            raise _bad(name, f"inode size {inode_size} is invalid")
+    if first_ino < _EXT4_GOOD_OLD_FIRST_INO or first_ino > f["s_inodes_count"]:
+        raise _bad(name, f"first inode {first_ino} is invalid")
+    return inode_size, first_ino
+
+
+def _checked_checksum(
+    raw: bytes, f: dict[str, Any], ro_compat: RoCompatFeature, *, verify: bool, name: str
+) -> int:
+    """The stored ``s_checksum``, verified when ``metadata_csum`` is set and ``verify``."""
+    checksum: int = struct.unpack_from("<I", raw, _S_CHECKSUM_OFFSET)[0]
+    if ro_compat & RoCompatFeature.METADATA_CSUM:
+        if f["s_checksum_type"] != _S_CHECKSUM_TYPE_CRC32C:
+            raise _bad(name, f"checksum type {f['s_checksum_type']} is not crc32c")
+        if verify:
+            expected = read_csum.superblock_csum(raw)
+            if checksum != expected:
+                raise _bad(
+                    name, f"checksum mismatch (stored {checksum:#010x}, computed {expected:#010x})"
+                )
+    return checksum
 
 
 def group_desc_offset(sb: Superblock, group: int) -> int:
@@ -347,7 +386,7 @@ class GroupDesc:
         return bool(self.bg_flags & _BG_INODE_UNINIT)
 
 
-def parse_group_desc(
+def parse_group_desc(  # noqa: PLR0913 - the descriptor's group number and bytes plus keyword-only checksum settings
     sb: Superblock, group: int, raw: bytes, *, name: str, verify: bool, csum_seed: int
 ) -> GroupDesc:
     """Parse (and optionally verify) one group descriptor.

@@ -305,7 +305,7 @@ class Ext4Reader(Volume):
             self, top, capability=capability, relative=relative, hide_lost_found=hide_lost_found
         )
 
-    def scan_dir(
+    def scan_dir(  # noqa: PLR0913 - forwards read_scan.scan_dir's keyword-only arguments unchanged
         self,
         ino: int,
         *,

@@ -30,7 +30,7 @@ RO_COMPAT = (
 )
 
 
-def pack_superblock(
+def pack_superblock(  # noqa: PLR0913 - keyword-only: one parameter per superblock count the writer computes at close
     *,
     blocks_count: int,
     free_blocks: int,

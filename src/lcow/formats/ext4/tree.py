@@ -79,7 +79,7 @@ class Tree:
 
     # -- inode allocation --------------------------------------------------------------------
 
-    def _append_row(
+    def _append_row(  # noqa: PLR0913, PLR0917 - hot loop: once per tar entry; one positional per column of the inode row
         self, mode: int, uid: int, gid: int, mtime: int, atime: int = 0, ctime: int = 0
     ) -> int:
         """Add a row; times are already biased (0 = the earliest time ext4 has)."""
@@ -95,7 +95,7 @@ class Tree:
         self.nblocks.append(0)
         return len(self.mode) - 1
 
-    def new_inode(
+    def new_inode(  # noqa: PLR0913, PLR0917 - hot loop: once per tar entry; mode, owner and the three inode times
         self,
         mode: int,
         uid: int,

@@ -70,7 +70,7 @@ _FTYPE = {
 class _Ext4Pack(Protocol):
     """What this module calls in the C accelerator ``lcow._ext4pack`` (``ext4pack.c``)."""
 
-    def pack_inodes(
+    def pack_inodes(  # noqa: PLR0913, PLR0917 - mirrors the positional-only signature of pack_inodes in ext4pack.c
         self,
         table: bytearray,
         first: int,
@@ -104,6 +104,28 @@ class ImageStats:
     inodes_count: int
     used_inodes: int
     groups: int
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where :meth:`Ext4Writer.close` puts the tables, once the metadata's end is known."""
+
+    groups: int
+    ipg: int  # inodes per group
+    table_start: int  # first block of the inode tables, all groups back to back
+    table_blocks: int  # inode table blocks per group
+    bitmap_start: int  # first bitmap block: a block and an inode bitmap per group, interleaved
+    used_end: int  # first block past the bitmaps
+    blocks_count: int  # blocks in the filesystem
+
+    @classmethod
+    def after(cls, meta_end: int, groups: int, ipg: int) -> _Layout:
+        """Tables from block ``meta_end`` on, for ``groups`` groups of ``ipg`` inodes."""
+        table_blocks = ipg // INODES_PER_BLOCK
+        bitmap_start = meta_end + groups * table_blocks
+        used_end = bitmap_start + 2 * groups
+        blocks_count = max(used_end, (groups - 1) * BLOCKS_PER_GROUP + 1)
+        return cls(groups, ipg, meta_end, table_blocks, bitmap_start, used_end, blocks_count)
 
 
 def _round_up(n: int, m: int) -> int:
@@ -238,25 +260,17 @@ class Ext4Writer:
         self._write_metadata(xattr_block, extra_blocks, deep_roots)
         meta_end = self.cursor
 
-        groups, ipg = self._geometry(meta_end, count)
-        table_blocks = ipg // INODES_PER_BLOCK
-        table_start = meta_end
-        bitmap_start = table_start + groups * table_blocks
-        used_end = bitmap_start + 2 * groups
-        blocks_count = max(used_end, (groups - 1) * BLOCKS_PER_GROUP + 1)
+        layout = _Layout.after(meta_end, *self._geometry(meta_end, count))
+        groups, ipg, blocks_count = layout.groups, layout.ipg, layout.blocks_count
         if blocks_count > self.max_blocks:
             limit = self.max_blocks * BLOCK_SIZE
             raise LimitExceeded(f"image would exceed the maximum size of {limit} bytes")
 
         dirs, free_inodes, inode_bitmaps = self._write_inode_table(
-            table_start, ipg, groups, xattr_block, extra_blocks, deep_roots
+            layout, xattr_block, extra_blocks, deep_roots
         )
-        free_blocks = self._write_bitmaps(
-            groups, blocks_count, used_end, bitmap_start, inode_bitmaps
-        )
-        self._write_descriptors(
-            groups, bitmap_start, table_start, table_blocks, free_blocks, free_inodes, dirs
-        )
+        free_blocks = self._write_bitmaps(layout, inode_bitmaps)
+        self._write_descriptors(layout, free_blocks, free_inodes, dirs)
         superblock = pack_superblock(
             blocks_count=blocks_count,
             free_blocks=sum(free_blocks),
@@ -346,9 +360,7 @@ class Ext4Writer:
 
     def _write_inode_table(
         self,
-        table_start: int,
-        ipg: int,
-        groups: int,
+        layout: _Layout,
         xattr_block: array[int],
         extra_blocks: array[int],
         deep_roots: dict[int, bytes],
@@ -356,6 +368,7 @@ class Ext4Writer:
         """Pack every inode into the tables (contiguous across groups); returns per-group
         directory counts, free inode counts and the inode bitmaps (one block per group)."""
         tree = self.tree
+        groups, ipg, table_start = layout.groups, layout.ipg, layout.table_start
         dirs = array("I", bytes(4 * groups))
         free_inodes = array("I", [ipg]) * groups
         bitmaps = bytearray(groups * BLOCK_SIZE)
@@ -409,7 +422,7 @@ class Ext4Writer:
                 special[ino] = 1
         return special
 
-    def _account_inodes(
+    def _account_inodes(  # noqa: PLR0913, PLR0917 - Python twin of _ext4pack.pack_inodes' accounting, same argument order (tests compare both)
         self,
         first: int,
         last: int,
@@ -436,15 +449,10 @@ class Ext4Writer:
             free_inodes[g] -= 1
         return live
 
-    def _write_bitmaps(
-        self,
-        groups: int,
-        blocks_count: int,
-        used_end: int,
-        bitmap_start: int,
-        inode_bitmaps: bytearray,
-    ) -> list[int]:
+    def _write_bitmaps(self, layout: _Layout, inode_bitmaps: bytearray) -> list[int]:
         """Block and inode bitmaps, interleaved per group; returns free blocks per group."""
+        groups, blocks_count, bitmap_start = layout.groups, layout.blocks_count, layout.bitmap_start
+        used_end = layout.used_end
         gdt_blocks = -(-groups // DESCS_PER_BLOCK)
         bits = bytearray(groups * BLOCK_SIZE)
         _set_range(bits, 0, 1 + gdt_blocks, True)
@@ -462,15 +470,11 @@ class Ext4Writer:
         return free_blocks
 
     def _write_descriptors(
-        self,
-        groups: int,
-        bitmap_start: int,
-        table_start: int,
-        table_blocks: int,
-        free_blocks: list[int],
-        free_inodes: list[int],
-        dirs: list[int],
+        self, layout: _Layout, free_blocks: list[int], free_inodes: list[int], dirs: list[int]
     ) -> None:
+        """The group descriptor table, one descriptor per group."""
+        groups, bitmap_start = layout.groups, layout.bitmap_start
+        table_start, table_blocks = layout.table_start, layout.table_blocks
         gdt = bytearray(-(-groups // DESCS_PER_BLOCK) * BLOCK_SIZE)
         for g in range(groups):
             GROUP_DESC.pack_into(

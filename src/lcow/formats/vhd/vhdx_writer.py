@@ -213,7 +213,7 @@ def _file_identifier(creator: str) -> bytes:
     return VHDX_SIGNATURE + raw
 
 
-def _header(
+def _header(  # noqa: PLR0913 - one parameter per variable field of the MS-VHDX header
     sequence: int,
     file_write_guid: uuid.UUID,
     data_write_guid: uuid.UUID,
@@ -370,7 +370,7 @@ def _write_empty(fd: int, layout: VhdxLayout, disk_id: uuid.UUID) -> None:
 # -- public entry points ----------------------------------------------------------------------
 
 
-def create_dynamic_vhdx(
+def create_dynamic_vhdx(  # noqa: PLR0913 - public API: keyword-only options are the VhdxLayout geometry and the disk id
     path_or_fd: str | os.PathLike[str] | int,
     virtual_size: int,
     *,
@@ -442,7 +442,7 @@ def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
         pos = end
 
 
-def raw_to_dynamic_vhdx(
+def raw_to_dynamic_vhdx(  # noqa: PLR0913 - public API: keyword-only options are the VhdxLayout geometry and the disk id
     raw_fd: int,
     out_path_or_fd: str | os.PathLike[str] | int,
     virtual_size: int,
