@@ -139,16 +139,40 @@ def _entry(
     base = posixpath.basename(path)
     marker = overlay_marker(base, options)
     if marker is not None:
-        parent = posixpath.dirname(path)
-        if marker is Marker.OPAQUE:
-            batch.op("setxattr", parent, OPAQUE_XATTR_STR, OPAQUE_VALUE.hex())
-            return
-        hidden = posixpath.join(parent, hidden_name(base))
-        major, minor = os.major(WHITEOUT_RDEV), os.minor(WHITEOUT_RDEV)
-        batch.op("mknod", hidden, WHITEOUT_MODE, major, minor)
-        batch.op("lchown", hidden, member.uid, member.gid)
+        _marker(batch, member, path, marker)
         return
     mode = mode_bits(member)
+    _create(batch, archive, member, path, mode)
+    ids = owner(member, options)
+    if ids is not None:
+        batch.op("lchown", path, *ids)
+    for key, value in xattrs(member):
+        batch.op("setxattr", path, key, value.hex())
+    batch.op("lchmod", path, mode)
+    atime, mtime = times_ns(member)
+    if defers_times(member):
+        dirs.append((path, atime, mtime))
+    else:
+        batch.op("utimens", path, atime, mtime)
+
+
+def _marker(batch: _Batch, member: tarfile.TarInfo, path: str, marker: Marker) -> None:
+    """An AUFS marker becomes its overlay form: an opaque xattr on the directory, or a
+    whiteout device in place of the hidden name."""
+    parent = posixpath.dirname(path)
+    if marker is Marker.OPAQUE:
+        batch.op("setxattr", parent, OPAQUE_XATTR_STR, OPAQUE_VALUE.hex())
+        return
+    hidden = posixpath.join(parent, hidden_name(posixpath.basename(path)))
+    major, minor = os.major(WHITEOUT_RDEV), os.minor(WHITEOUT_RDEV)
+    batch.op("mknod", hidden, WHITEOUT_MODE, major, minor)
+    batch.op("lchown", hidden, member.uid, member.gid)
+
+
+def _create(
+    batch: _Batch, archive: tarfile.TarFile, member: tarfile.TarInfo, path: str, mode: int
+) -> None:
+    """Create the entry itself, by its tar type, its data streamed for a regular file."""
     if member.type == tarfile.DIRTYPE:
         batch.op("mkdirm", path, mode)
     elif member.type in REGULAR_TYPES:
@@ -168,14 +192,3 @@ def _entry(
         batch.op("mknod", path, kind | mode, member.devmajor, member.devminor)
     else:
         raise unhandled_type(member)
-    ids = owner(member, options)
-    if ids is not None:
-        batch.op("lchown", path, *ids)
-    for key, value in xattrs(member):
-        batch.op("setxattr", path, key, value.hex())
-    batch.op("lchmod", path, mode)
-    atime, mtime = times_ns(member)
-    if defers_times(member):
-        dirs.append((path, atime, mtime))
-    else:
-        batch.op("utimens", path, atime, mtime)
