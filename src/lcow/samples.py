@@ -92,7 +92,7 @@ class _Layer:
         self._start = start
         self._tick = 0
 
-    def _info(
+    def _info(  # noqa: PLR0913 - the tar header fields a sample sets; owners and xattrs keyword-only
         self,
         name: str,
         kind: bytes,
@@ -144,7 +144,7 @@ class _Layer:
     def fifo(self, name: str, mode: int = 0o600) -> None:
         self._tf.addfile(self._info(name, tarfile.FIFOTYPE, mode))
 
-    def device(
+    def device(  # noqa: PLR0913 - a device node's own fields (major, minor, mode, gid), all keyword-only
         self, name: str, kind: bytes, *, major: int, minor: int, mode: int, gid: int = 0
     ) -> None:
         info = self._info(name, kind, mode, gid=gid)
@@ -196,6 +196,13 @@ def _text(lines: int, word: str) -> bytes:
 
 
 def _base(layer: _Layer) -> None:
+    _base_system(layer)
+    _base_data(layer)
+
+
+def _base_system(layer: _Layer) -> None:
+    """The base layer's /etc, /dev, /run, /tmp and /usr: files, devices, a FIFO, symlinks
+    and hard links, with special modes, owners and xattrs."""
     layer.dir("./")
     layer.dir("etc")
     layer.file("etc/hostname", b"lcow-sample\n")
@@ -243,6 +250,11 @@ def _base(layer: _Layer) -> None:
     layer.symlink("usr/lib/slow-link", "../../" + "/".join(["a-long-directory-name"] * 4) + "/x")
     layer.dir("usr/share")
     layer.big("usr/share/big.bin", BIG_FILE_SIZE, seed=1)
+
+
+def _base_data(layer: _Layer) -> None:
+    """The base layer's /var, /home, /opt and /srv: a sparse file, long names and paths,
+    32-bit ids, and what the later layers white out or hide."""
     layer.dir("var")
     layer.dir("var/lib")
     layer.sparse(

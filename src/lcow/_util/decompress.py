@@ -83,7 +83,9 @@ def decompress(
     new = {"gzip": _Gzip, "bzip2": bz2.BZ2Decompressor, "xz": _xz}.get(kind)
     if new is None:
         raise ValueError(f"unknown compression {kind!r}")
-    return _members(kind, cast("Callable[[], _Member]", new), read, name, chunk, error)
+    return _members(
+        kind, cast("Callable[[], _Member]", new), read, name=name, chunk=chunk, error=error
+    )
 
 
 class _Member(Protocol):
@@ -126,10 +128,11 @@ def _xz() -> _Member:
 _CORRUPT = (zlib.error, OSError, EOFError, lzma.LZMAError)
 
 
-def _members(
+def _members(  # noqa: PLR0913 - decompress()'s parameters plus the member decompressor's factory
     kind: str,
     new: Callable[[], _Member],
     read: Read,
+    *,
     name: str,
     chunk: int,
     error: type[InvalidArgument],
@@ -204,7 +207,7 @@ class _ZstdFrames:
                 self._advance(self.offset + pos)
         self.offset += end
 
-    def _advance(self, at: int) -> None:
+    def _advance(self, at: int) -> None:  # noqa: PLR0912 - one branch per RFC 8878 frame item: a state machine
         """The current item is complete: move to the next (items of size 0 are passed)."""
         while not self._need:
             got = bytes(self._got)

@@ -56,7 +56,7 @@ _COPY_CHUNK = 1 << 20
 _copy_buffers = threading.local()
 
 
-def _copy_span(
+def _copy_span(  # noqa: PLR0913, PLR0917 - hot loop: per copied file on writer threads, called positionally via submit()
     src_fd: int,
     src_offset: int,
     fd: int,
@@ -248,7 +248,7 @@ class OutputWriter:
             self._settler = ThreadPoolExecutor(1, thread_name_prefix="lcow-settle")
         self._settled = self._settler.submit(_advise, self.fd, ranges)
 
-    def _copy(
+    def _copy(  # noqa: PLR0913, PLR0917 - hot loop: per copied file, a job _settling(job, *args) calls positionally
         self,
         src_fd: int,
         src_offset: int,

@@ -71,7 +71,7 @@ def exported_xattrs(xattrs: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
     return {k: v for k, v in xattrs.items() if not k.startswith(XATTRS_NOT_EXPORTED)}
 
 
-def tar_with_options(
+def tar_with_options(  # noqa: PLR0913 - Docker's TarWithOptions(path, options) plus the view's reader and output; xattrs and link_key keyword-only
     reader: TreeReader,
     path: str,
     out: Callable[[bytes], object],

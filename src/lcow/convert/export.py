@@ -182,7 +182,7 @@ def _checksum(block: bytes) -> int:
     return (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
 
 
-def _ustar(
+def _ustar(  # noqa: PLR0913, PLR0917 - hot loop: per exported member; ustar fields positional to skip keyword binding
     name: bytes, typeflag: bytes, mode: int, uid: int, gid: int, size: int, mtime: int
 ) -> bytes:
     """A ustar header with a short name, no link name and no device numbers."""
@@ -212,7 +212,7 @@ def _pax_record(key: bytes, value: bytes) -> bytes:
     return b"%d" % n + body
 
 
-def _fast_header(
+def _fast_header(  # noqa: PLR0913, PLR0917 - hot loop: the per-member fast path; header fields positional to skip keyword binding
     name: bytes, typeflag: bytes, mode: int, uid: int, gid: int, size: int, mtime_ns: int
 ) -> bytes | None:
     """:meth:`TarHeader.encode`'s bytes for the common member, or ``None`` when the member
@@ -230,7 +230,7 @@ def _fast_header(
     return pax + data + padding(len(data)) + header
 
 
-def _header(
+def _header(  # noqa: PLR0913 - hot loop: per member; one keyword per tar header field, as TarHeader.encode takes them
     name: bytes,
     *,
     typeflag: bytes,
@@ -263,7 +263,7 @@ def _header(
     )
 
 
-def export_layer(
+def export_layer(  # noqa: PLR0915 - hot loop: one pass per inode; whiteout, hard-link and opaque cases inline, no call per entry
     reader: Ext4Reader,
     out: int | BinaryIO | Callable[[bytes], object],
     *,

@@ -264,23 +264,15 @@ def open_tar_input(
         if isinstance(src, int):
             fd = src
         elif isinstance(src, (str, os.PathLike)):
-            try:
-                own_fd = fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError as exc:
-                raise NotFound(f"{name}: no such file", subject=name) from exc
-            except OSError as exc:
-                raise InvalidArgument(f"{name}: cannot open: {exc.strerror}", subject=name) from exc
+            own_fd = fd = _open_path(src, name)
         else:
-            try:
-                fd = src.fileno()
-                if src.tell() != os.lseek(fd, 0, os.SEEK_CUR):
-                    raise io.UnsupportedOperation  # buffered ahead: read through the object
-            except (io.UnsupportedOperation, AttributeError, OSError):
-                fileobj = src
-                head = sniff(fileobj.read)
-                pump = Pump(tar_work(name, head=head), fileobj.read, name)
+            direct = _direct_fd(src)
+            if direct is None:
+                head = sniff(src.read)
+                pump = Pump(tar_work(name, head=head), src.read, name)
                 yield from _yield_checked(pump)
                 return
+            fd = direct
         regular = stat.S_ISREG(os.fstat(fd).st_mode)
         if regular:
             head = os.pread(fd, 4, os.lseek(fd, 0, os.SEEK_CUR))
@@ -299,6 +291,28 @@ def open_tar_input(
             pump.close()
         if own_fd >= 0:
             os.close(own_fd)
+
+
+def _open_path(path: str | os.PathLike[str], name: str) -> int:
+    """A read-only descriptor of ``path``; errors name the input as ``name``."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise NotFound(f"{name}: no such file", subject=name) from exc
+    except OSError as exc:
+        raise InvalidArgument(f"{name}: cannot open: {exc.strerror}", subject=name) from exc
+
+
+def _direct_fd(fileobj: BinaryIO) -> int | None:
+    """The descriptor to read ``fileobj`` through, or ``None`` when it must be read through
+    the object (it has no descriptor, or has buffered ahead of it)."""
+    try:
+        fd = fileobj.fileno()
+        if fileobj.tell() != os.lseek(fd, 0, os.SEEK_CUR):
+            return None
+    except (io.UnsupportedOperation, AttributeError, OSError):
+        return None
+    return fd
 
 
 def _yield_checked(pump: Pump) -> Iterator[TarSource]:

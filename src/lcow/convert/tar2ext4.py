@@ -171,7 +171,7 @@ class _Converter:
         if progress is not None:
             progress(reader.consumed)
 
-    def _apply(self, entry: TarEntry) -> None:
+    def _apply(self, entry: TarEntry) -> None:  # noqa: PLR0912 - hot loop: per tar entry, one branch per member type (SPEC §6.6), inline
         parts = self._parts(entry.name, entry)
         typeflag = entry.type
         shown = _shown(entry.name)

@@ -524,7 +524,7 @@ class TarReader:
             subject=self.name,
         )
 
-    def _next_member(self) -> TarEntry | None:
+    def _next_member(self) -> TarEntry | None:  # noqa: PLR0912, PLR0915 - hot loop: per header block; ustar, GNU and PAX parsing inline
         """Parse the next member with its metadata records; ``None`` at the end."""
         pax: dict[bytes, bytes] | None = None
         sparse_pairs: list[int] | None = None
@@ -637,7 +637,7 @@ class TarReader:
             raise InvalidArgument(f"{shown}: {exc}", subject=shown) from None
         return records, sparse_pairs
 
-    def _apply_pax(
+    def _apply_pax(  # noqa: PLR0912 - hot loop: per PAX member, one elif per PAX key lcow reads
         self, entry: TarEntry, pax: dict[bytes, bytes], sparse_pairs: list[int] | None
     ) -> None:
         name = entry.name

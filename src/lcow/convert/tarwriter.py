@@ -87,7 +87,7 @@ class TarHeader:
     __slots__ = ()
 
     @staticmethod
-    def encode(
+    def encode(  # noqa: PLR0913 - one keyword-only parameter per ustar/PAX header field
         name: bytes,
         *,
         typeflag: bytes,
@@ -153,7 +153,7 @@ def _negative_time(ns: int) -> bytes:
     return b"-%d.%09d" % (whole, frac)
 
 
-def _ustar(
+def _ustar(  # noqa: PLR0913, PLR0917 - hot loop: per member; one positional per field of the _USTAR struct, in its order
     name: bytes,
     prefix: bytes,
     typeflag: bytes,

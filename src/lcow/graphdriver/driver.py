@@ -103,7 +103,7 @@ class Driver:
         NotSupported: the backend's prerequisites are missing (``driver not supported``).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - Docker's graphdriver Init(home, options, uidMaps, gidMaps) plus keyword-only backend choice
         self,
         home: str | os.PathLike[str],
         options: Sequence[str] | None = None,

@@ -275,32 +275,25 @@ class Handlers:
             return _err(f"{name}: method {request.method} not allowed, use POST", 405)
         if name == ApplyDiffRequest.method:
             return await self._apply_diff(request, reader)
-        try:
-            body = await reader.read_all(MAX_JSON_BODY)
-        except BodyTooLarge as exc:
-            return _err(f"{name}: {exc}", 413)
-        except BodyStalled as exc:
-            return _err(f"{name}: request body incomplete: {exc}", _TIMEOUT)
-        except Exception as exc:  # the body broke off (connection lost, bad chunking)
-            return _err(f"{name}: request body incomplete: {type(exc).__name__}: {exc}", 400)
-        try:
-            decoded = decode_request(request.path_qs, body)
-        except UnknownMethod as exc:
-            return _err(str(exc), 404)
-        except BadRequest as exc:
-            return _err(str(exc), 400)
+        decoded = await _read_request(name, request.path_qs, reader)
+        if isinstance(decoded, web.Response):
+            return decoded  # the body could not be read or decoded
         _CALL.get().args = _describe(decoded)
         if type(decoded) is DiffRequest:
             return await self._diff(request, decoded)
+        return await self._answer(decoded)
+
+    async def _answer(self, req: Request) -> web.Response:
+        """A JSON endpoint's response; its failure is an ``{"Err"}`` (500 for a bug)."""
         try:
-            return await self._dispatch(decoded)
+            return await self._dispatch(req)
         except _EXPECTED as exc:
             return _err(protocol.error_message(exc))
         except Exception as exc:  # a bug: say so, keep serving
-            log.exception("%s: internal error", decoded.method)
+            log.exception("%s: internal error", req.method)
             return _err(protocol.error_message(exc), 500)
 
-    async def _dispatch(self, req: Request) -> web.Response:
+    async def _dispatch(self, req: Request) -> web.Response:  # noqa: PLR0911, PLR0912 - one branch per GraphDriver endpoint (SPEC §9.2)
         """The JSON endpoints."""
         if isinstance(req, ActivateRequest):
             return _ok(protocol.IMPLEMENTS)
@@ -471,6 +464,25 @@ class Handlers:
             raise
         _CALL.get().args += f" ({body.received} bytes in)"
         return _ok({"Size": size})
+
+
+async def _read_request(name: str, path_qs: str, reader: IdleReader) -> Request | web.Response:
+    """The decoded JSON request, or the error response for a body that could not be read
+    (too large, stalled, broken off) or decoded (unknown method, bad request)."""
+    try:
+        body = await reader.read_all(MAX_JSON_BODY)
+    except BodyTooLarge as exc:
+        return _err(f"{name}: {exc}", 413)
+    except BodyStalled as exc:
+        return _err(f"{name}: request body incomplete: {exc}", _TIMEOUT)
+    except Exception as exc:  # the body broke off (connection lost, bad chunking)
+        return _err(f"{name}: request body incomplete: {type(exc).__name__}: {exc}", 400)
+    try:
+        return decode_request(path_qs, body)
+    except UnknownMethod as exc:
+        return _err(str(exc), 404)
+    except BadRequest as exc:
+        return _err(str(exc), 400)
 
 
 def _incomplete(req: ApplyDiffRequest, reason: str, status: int = 200) -> web.Response:

@@ -259,7 +259,9 @@ class HostBackend:
         target.mkdir(mode=0o755, exist_ok=True)
         own = state.disks[keys[0]].slot
         kernel.mount_overlay(
-            self.home, f"v/{layer_id}", lowers,
+            self.home,
+            f"v/{layer_id}",
+            lowers,
             upper=f"d/{own}/upper" if own_writable else None,
             work=f"d/{own}/work" if own_writable else None,
         )
@@ -411,8 +413,9 @@ class HostBackend:
         for slot, _ in disks:
             (self.home / "e" / slot).touch(mode=0o600)
         try:
-            self.daemon.export([(f"x{slot}", image, self.home / "e" / slot)
-                                for slot, image in disks])
+            self.daemon.export(
+                [(f"x{slot}", image, self.home / "e" / slot) for slot, image in disks]
+            )
         except BaseException:
             for slot, _ in disks:
                 with contextlib.suppress(OSError):
@@ -437,6 +440,13 @@ class HostBackend:
         A process that died between mounting and saving the table leaves unrecorded mounts
         and exports; a reboot or an outside ``umount`` leaves records without mounts.
         """
+        self._forget_unmounted(state)
+        self._recount_users(state)
+        self._unmount_orphans(state)
+        self._unexport_orphans(state)
+
+    def _forget_unmounted(self, state: MountState) -> None:
+        """Drop records of disks and views that are no longer mounted."""
         mounted = {p for p, _ in kernel.mounts_below(self.home)}
         for key, entry in list(state.disks.items()):
             if str(self.home / "d" / entry.slot) not in mounted:
@@ -447,6 +457,9 @@ class HostBackend:
             if gone or any(k not in state.disks for k in view.disks):
                 log.warning("host backend: view of %s is gone; forgetting it", layer_id)
                 del state.views[layer_id]
+
+    def _recount_users(self, state: MountState) -> None:
+        """Count each recorded disk's users from the views; release disks no view uses."""
         users: dict[str, int] = {}
         for view in state.views.values():
             for key in view.disks:
@@ -457,6 +470,9 @@ class HostBackend:
             if key not in users:
                 unused.append(key)
         self._release_disks(state, unused, force=True)
+
+    def _unmount_orphans(self, state: MountState) -> None:
+        """Unmount what is mounted below the home but recorded nowhere."""
         keep = {str(self.home / v.path) for v in state.views.values() if v.overlay}
         keep |= {str(self.home / "d" / d.slot) for d in state.disks.values()}
         daemon_running = self.daemon.pid() is not None
@@ -467,6 +483,10 @@ class HostBackend:
                 log.warning("host backend: unmounting orphan %s", point)
                 with contextlib.suppress(OSError):
                     kernel.umount(point, lazy=True)
+
+    def _unexport_orphans(self, state: MountState) -> None:
+        """End exports and remove export files that no recorded sandbox disk has; stop the
+        daemon when none is left."""
         exports = {f"x{d.slot}" for d in state.disks.values() if d.writable}
         orphans = [name for name in self.daemon.exports() if name not in exports]
         if orphans:

@@ -111,6 +111,32 @@ class _Layer:
             self._parents.clear()
         self._parents[child.ino] = parent.ino
 
+    def descend(
+        self, reader: Ext4Reader, node: Inode, parts: list[bytes]
+    ) -> tuple[Inode | None, bool]:
+        """Follow ``parts`` down this layer from its top ``node``.
+
+        Returns:
+            The inode reached (``None`` when the path is missing or hidden here) and whether
+            the layers below are hidden: by an opaque directory on the way, a whiteout, or a
+            non-directory where the path needs a directory.
+        """
+        stop_after = False
+        for k, part in enumerate(parts):
+            if not node.is_dir:
+                return None, True  # a non-directory in this layer hides the path below
+            if k and self.is_opaque(node):
+                stop_after = True
+            child = self.child_of(reader, node, part)
+            if child is None:
+                return None, stop_after
+            if _is_whiteout(child):
+                return None, True
+            if child.is_dir:
+                self.enter(node, child, parts[: k + 1])
+            node = child
+        return node, stop_after
+
     @property
     def reader(self) -> Ext4Reader | None:
         self._open()
@@ -173,26 +199,11 @@ class UnionView(ReadOnlyWrites):
             )
         for layer in self._layers:
             reader = layer.reader
-            node = layer.top()
-            if reader is None or node is None:
+            top = layer.top()
+            if reader is None or top is None:
                 continue
-            stop_after = False
-            missing = False
-            for k, part in enumerate(parts):
-                if not node.is_dir:
-                    return found  # a non-directory in this layer hides the path below
-                if k and layer.is_opaque(node):
-                    stop_after = True
-                child = layer.child_of(reader, node, part)
-                if child is None:
-                    missing = True
-                    break
-                if _is_whiteout(child):
-                    return found
-                if child.is_dir:
-                    layer.enter(node, child, parts[: k + 1])
-                node = child
-            if missing:
+            node, stop_after = layer.descend(reader, top, parts)
+            if node is None:
                 if stop_after:
                     return found
                 continue

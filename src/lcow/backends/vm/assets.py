@@ -165,7 +165,7 @@ def modinfo(path: Path) -> dict[str, str]:
     data = path.read_bytes()
     if data[:4] != b"\x7fELF" or data[4] != 2:
         raise FailedPrecondition(f"{path}: not an ELF64 module", subject=str(path))
-    shoff, = struct.unpack_from("<Q", data, 0x28)
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
 
     def section(index: int) -> tuple[int, int, int]:
@@ -304,7 +304,7 @@ def write_initramfs(
         cpio.close()
 
 
-def build_assets(
+def build_assets(  # noqa: PLR0913 - the inputs of `lcow uvm build` (kirdpath, kernel, initrd, --deb, --force) and a progress sink
     out_dir: str | os.PathLike[str],
     kernel_name: str = "bootx64.efi",
     initrd_name: str = "initrd.img",

@@ -141,16 +141,29 @@ def _entry(
     base = posixpath.basename(path)
     marker = overlay_marker(base, options)
     if marker is not None:
-        parent = posixpath.dirname(path)
-        if marker is Marker.OPAQUE:
-            batch.op("setxattr", parent, OPAQUE_XATTR_STR, OPAQUE_VALUE.hex())
-            return
-        hidden = posixpath.join(parent, hidden_name(base))
-        major, minor = os.major(WHITEOUT_RDEV), os.minor(WHITEOUT_RDEV)
-        batch.op("mknod", hidden, WHITEOUT_MODE, major, minor)
-        batch.op("lchown", hidden, member.uid, member.gid)
+        _marker(batch, member, path, marker)
         return
-    mode = mode_bits(member)
+    _create(batch, archive, member, path, mode_bits(member))
+    _metadata(batch, path, member, options, dirs)
+
+
+def _marker(batch: _Batch, member: tarfile.TarInfo, path: str, marker: Marker) -> None:
+    """An AUFS marker becomes its overlay form: an opaque xattr on the directory, or a
+    whiteout device in place of the hidden name."""
+    parent = posixpath.dirname(path)
+    if marker is Marker.OPAQUE:
+        batch.op("setxattr", parent, OPAQUE_XATTR_STR, OPAQUE_VALUE.hex())
+        return
+    hidden = posixpath.join(parent, hidden_name(posixpath.basename(path)))
+    major, minor = os.major(WHITEOUT_RDEV), os.minor(WHITEOUT_RDEV)
+    batch.op("mknod", hidden, WHITEOUT_MODE, major, minor)
+    batch.op("lchown", hidden, member.uid, member.gid)
+
+
+def _create(
+    batch: _Batch, archive: tarfile.TarFile, member: tarfile.TarInfo, path: str, mode: int
+) -> None:
+    """Create the entry itself, by its tar type, its data streamed for a regular file."""
     if member.type == tarfile.DIRTYPE:
         batch.op("mkdirm", path, mode)
     elif member.type in REGULAR_TYPES:
@@ -170,7 +183,6 @@ def _entry(
         batch.op("mknod", path, kind | mode, member.devmajor, member.devminor)
     else:
         raise unhandled_type(member)
-    _metadata(batch, path, member, options, dirs)
 
 
 def _metadata(
