@@ -34,7 +34,6 @@ __all__ = [
     "add_id",
     "add_json",
     "add_parent",
-    "backend_name",
     "check_options",
     "emit",
     "layers_starting_with",
@@ -49,23 +48,6 @@ __all__ = [
 _SHOWN_CANDIDATES = 10
 
 log = logging.getLogger(__name__)
-
-
-def backend_name(text: str) -> str:
-    """``--backend B``: a backend's name, a built-in or an installed one. An argparse ``type``
-    rather than ``choices``, so the installed backends are looked up only when it is given.
-
-    Raises:
-        argparse.ArgumentTypeError: no backend has that name (a usage error).
-    """
-    from lcow.backends.registry import installed_backends
-
-    names = installed_backends().names()
-    if text not in names:
-        raise argparse.ArgumentTypeError(
-            f"invalid choice: {text!r} (choose from {', '.join(names)})"
-        )
-    return text
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
-from lcow.cli._driver import backend_name
+from lcow.cli._backend import backend_name
 from lcow.cli.status import ExitStatus, UsageError
 
 __all__ = ["SUMMARY", "add_arguments", "run"]
