@@ -337,7 +337,7 @@ if point == "create: after mkdir, before layerchain.json":
 elif point == "remove: after the rename to -removing":
     shutil.rmtree = die
 elif point == "create-rw: sandbox linked, temporary not yet unlinked":
-    sandbox_copies._fsync_dir = die
+    sandbox_copies.fsync_dir = die
 elif point == "create-rw: template formatted, not yet packed":
     sandbox_make.raw_to_dynamic_vhdx = die
 
