@@ -164,10 +164,12 @@ def _populate(root: Path, *, inline: bool, privileged: bool) -> None:  # noqa: P
         (small_dir / "two").write_bytes(b"2")
     os.mkfifo(root / "fifo")
     sock = socket.socket(socket.AF_UNIX)
-    try:
-        sock.bind(os.fspath(root / "sock"))
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:  # bound through the descriptor: a long TMPDIR must not exceed sun_path's 108 bytes
+        sock.bind(f"/proc/self/fd/{root_fd}/sock")
     finally:
         sock.close()
+        os.close(root_fd)
     if privileged:
         devs = root / "dev"
         devs.mkdir()
