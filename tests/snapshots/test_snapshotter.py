@@ -7,6 +7,7 @@ back as a tar; every test ends with nothing mounted, attached or running.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import tarfile
@@ -19,9 +20,9 @@ from lcow.backends.host import kernel
 from lcow.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from lcow.graphdriver.driver import Driver
 from lcow.snapshots.metastore import Kind
-from lcow.snapshots.snapshotter import METASTORE, Snapshotter
+from lcow.snapshots.snapshotter import METASTORE, Mount, Snapshotter
 from lcow.storage.dataroot import LAYER_VHD, SANDBOX_VHDX
-from tests.helpers import assert_e2fsck_clean, host_leftovers, requires
+from tests.helpers import assert_e2fsck_clean, host_leftovers, requires, run
 
 pytestmark = requires("host", "mke2fs", "e2fsck")
 
@@ -64,6 +65,18 @@ def _commit_base(sn: Snapshotter) -> str:
     return "ns/2/base"
 
 
+@contextlib.contextmanager
+def _mounted(mount: Mount, target: Path) -> Iterator[Path]:
+    """Mount ``mount`` at ``target`` as containerd does (``mount -t bind -o rbind,ro``)."""
+    target.mkdir()
+    done = run(["mount", "-t", mount.type, "-o", ",".join(mount.options), mount.source, target])
+    assert done.returncode == 0, done.stderr
+    try:
+        yield target
+    finally:
+        assert run(["umount", "--recursive", target]).returncode == 0
+
+
 def _tar_names(sn: Snapshotter, key: str) -> dict[str, tarfile.TarInfo]:
     snap = sn.stat(key)
     parent = sn.stat(snap.parent).id if snap.parent else None
@@ -100,7 +113,7 @@ def test_prepare_gives_a_writable_bind_mount_and_commit_makes_layer_vhd(sn: Snap
     assert set(_tar_names(sn, "ns/2/a")) == {"hello"}
 
 
-def test_a_chain_with_whiteouts_and_opaque_dirs(sn: Snapshotter) -> None:
+def test_a_chain_with_whiteouts_and_opaque_dirs(sn: Snapshotter, tmp_path: Path) -> None:
     base = _commit_base(sn)
     src = Path(sn.prepare("ns/3/extract-top", base)[0].source)
     assert sorted(os.listdir(src)) == ["etc", "gone", "opq"]
@@ -120,12 +133,23 @@ def test_a_chain_with_whiteouts_and_opaque_dirs(sn: Snapshotter) -> None:
 
     (view,) = sn.view("ns/5/view", "ns/4/top")
     assert view.options == ("rbind", "ro")
-    seen = Path(view.source)
-    assert sorted(os.listdir(seen)) == ["etc", "opq"]
-    assert sorted(os.listdir(seen / "opq")) == ["new"]
-    with pytest.raises(OSError):
-        (seen / "x").write_text("no")
+    with _mounted(view, tmp_path / "view") as seen:
+        assert sorted(os.listdir(seen)) == ["etc", "opq"]
+        assert sorted(os.listdir(seen / "opq")) == ["new"]
+        with pytest.raises(OSError, match="Read-only"):
+            (seen / "x").write_text("no")
     assert sn.stat("ns/5/view").kind is Kind.VIEW
+
+
+def test_a_view_of_one_layer_shows_only_its_content(sn: Snapshotter, tmp_path: Path) -> None:
+    base = _commit_base(sn)
+    (view,) = sn.view("ns/3/view", base)
+    with _mounted(view, tmp_path / "view") as seen:
+        assert sorted(os.listdir(seen)) == ["etc", "gone", "opq"]  # no lost+found
+        with pytest.raises(OSError, match="Read-only"):
+            (seen / "x").write_text("no")
+    (empty,) = sn.view("ns/4/empty", None)
+    assert os.listdir(empty.source) == []
 
 
 def test_errors_name_the_snapshot_with_containerd_s_categories(sn: Snapshotter) -> None:
@@ -196,15 +220,15 @@ def test_usage_update_and_walk(sn: Snapshotter) -> None:
 
 def test_remove_releases_views_and_folders(sn: Snapshotter) -> None:
     base = _commit_base(sn)
-    base_id = sn.stat(base).id
     sn.view("ns/3/v", base)
     sn.prepare("ns/4/a", base)
-    active_id = sn.stat("ns/4/a").id
-    assert sn.driver.view_count(base_id) == 1
+    ids = [sn.stat(k).id for k in ("ns/3/v", "ns/4/a")]
+    assert [sn.driver.view_count(i) for i in ids] == [1, 1]
     sn.remove("ns/3/v")
-    assert sn.driver.view_count(base_id) == 0
     sn.remove("ns/4/a")
-    assert not sn.driver.root.layer_dir(active_id).exists()
+    for layer_id in ids:
+        assert sn.driver.view_count(layer_id) == 0
+        assert not sn.driver.root.layer_dir(layer_id).exists()
     sn.remove(base)
     assert sn.walk() == []
     assert sn.driver.root.layer_ids() == []

@@ -5,9 +5,9 @@ library's SQLite. One row per snapshot: its key (containerd's ``<namespace>/<seq
 the layer folder holding its content (a generated layer id), kind, parent key, labels (JSON),
 times in nanoseconds, and the snapshotter's own bookkeeping:
 
-* ``view_id``/``held``/``source``: the layer whose driver view the snapshot's mounts show (its
-  own for an active snapshot, the parent's for a view of one), whether the snapshotter holds a
-  Get of it, and the view's host directory — startup makes the backend's counts match these;
+* ``view_id``/``held``/``source``: the layer whose driver view the snapshot's mounts show (the
+  snapshot's own, for now), whether the snapshotter holds a Get of it, and the view's host
+  directory — startup makes the backend's counts match these;
 * ``pending_name``/``pending_labels``: a Commit under way (the name is reserved; startup
   finishes the commit if the folder already holds ``layer.vhd``, else rolls it back).
 

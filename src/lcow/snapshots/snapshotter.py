@@ -7,8 +7,10 @@ parents, labels and times.
 * **Prepare** (active): ``create_read_write(id, parent)`` — a ``sandbox.vhdx`` over the
   parent's chain — then a Get of the layer; the mounts are one bind mount of the view's host
   directory (``rbind``, ``rw``), which containerd's mount code mounts without help.
-* **View**: a folder without a disk, and a Get of the *parent's* layer (its read-only view),
-  bound ``ro``; a view without a parent gets its own empty layer.
+* **View**: the same, bound ``ro``. A view has a sandbox of its own rather than sharing the
+  parent's read-only view: the host backend mounts a lone read-only layer directly, and its
+  image's ``lost+found`` would then show in the view (and in every diff containerd computes
+  from one); over a sandbox it is an overlay with the mask that hides it.
 * **Commit**: the view is Put, the sandbox's own content exported as a tar with AUFS whiteouts
   (the driver's Diff against the direct parent) and applied into the same id (ApplyDiff writes
   ``layer.vhd`` and removes the sandbox); then the row becomes the committed ``name``.
@@ -208,13 +210,8 @@ class Snapshotter:
                 if tx.name_taken(key):
                     raise AlreadyExists(f"snapshot {key}: already exists", subject=key)
                 parent_id = self._committed_parent(tx, key, parent)
-            layer_id = _new_id()
-            if kind is Kind.ACTIVE:
-                self.driver.create_read_write(layer_id, parent_id)
-                view_id = layer_id
-            else:
-                self.driver.create(layer_id, parent_id)
-                view_id = parent_id or layer_id
+            layer_id = view_id = _new_id()
+            self.driver.create_read_write(layer_id, parent_id)
             try:
                 source = self._get(view_id)
                 try:
@@ -325,9 +322,7 @@ class Snapshotter:
                 if snap.pending_name is not None:
                     raise FailedPrecondition(f"snapshot {key}: is being committed", subject=key)
                 tx.delete(key)
-            if snap.held and snap.view_id is not None and snap.view_id != snap.id:
-                self._put(snap.view_id)  # a view's Get of its parent
-            self._remove_folder(snap.id)
+            self._remove_folder(snap.id)  # its views with it
         log.info("snapshot %s: removed (layer %s)", key, snap.id)
 
     def update(self, key: str, labels: Mapping[str, str], paths: Sequence[str] = ()) -> Snapshot:
