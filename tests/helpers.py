@@ -133,6 +133,25 @@ def _vm_problem() -> str | None:
     return None
 
 
+# What the containerd tests run: Debian's containerd 1.6 with its runc shim and ctr client, and
+# Debian's docker-registry with skopeo to push the images they pull.
+_CONTAINERD_TOOLS = {
+    "containerd": "containerd",
+    "ctr": "containerd",
+    "containerd-shim-runc-v2": "containerd",
+    "runc": "runc",
+}
+_REGISTRY_TOOLS = {"docker-registry": "docker-registry", "skopeo": "skopeo"}
+
+
+def _tools_problem(tools: Mapping[str, str]) -> str | None:
+    """The first of ``tools`` (binary: Debian package) that is not installed."""
+    for binary, package in tools.items():
+        if tool(binary) is None:
+            return f"{binary} not found (Debian: {package})"
+    return None
+
+
 def _problem(need: str) -> str | None:  # noqa: PLR0911 - one answer per kind of requirement, a flat dispatch
     if need == "root":
         return None if os.geteuid() == 0 else "needs root"
@@ -144,6 +163,10 @@ def _problem(need: str) -> str | None:  # noqa: PLR0911 - one answer per kind of
         return _host_problem()
     if need == "vm":
         return _vm_problem()
+    if need == "containerd":
+        return _tools_problem(_CONTAINERD_TOOLS)
+    if need == "registry":
+        return _tools_problem(_REGISTRY_TOOLS)
     if tool(need) is None:
         return f"{need} not found"
     return None
@@ -154,8 +177,10 @@ def requires(*needs: str) -> pytest.MarkDecorator:
 
     ``needs`` are ``"root"``, ``"loop"`` (root and a working loop driver), ``"xattrs"`` (root and
     user/trusted/security xattrs on the temp directory), ``"host"`` (all the host backend
-    needs: root, loop, overlayfs, FUSE, qemu-storage-daemon) or binary names (``"e2fsck"``,
-    ``"qemu-img"``...). Checked in ``conftest.pytest_runtest_setup``: skip, or fail under CI.
+    needs: root, loop, overlayfs, FUSE, qemu-storage-daemon), ``"containerd"`` (containerd, ctr,
+    its runc shim and runc), ``"registry"`` (docker-registry and skopeo) or binary names
+    (``"e2fsck"``, ``"qemu-img"``...). Checked in ``conftest.pytest_runtest_setup``: skip, or
+    fail under CI.
     """
     return pytest.mark.requires(*needs)
 

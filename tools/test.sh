@@ -27,6 +27,10 @@ APT_PACKAGES=(
     gcc libc6-dev  # lcow uvm build compiles the guest agent (gcc -static); the C accelerators
     clang libclang-rt-dev # libFuzzer for the guest agent's frame parser (fuzz/agent)
     python3-venv python3-dev # python3-dev: Python.h for lcow._tarscan and lcow._ext4pack
+    containerd     # containerd 1.6 and ctr: the snapshotter's end-to-end tests (tests/containerd)
+    runc           # the OCI runtime containerd's shim runs those tests' containers with
+    docker-registry # a registry on loopback the containerd tests pull their images from
+    skopeo         # pushes the OCI image layout the containerd tests build to that registry
 )
 
 as_root() {

@@ -42,6 +42,7 @@ __all__ = [
     "mount_id",
     "mounts_below",
     "numbered",
+    "statically_linked",
     "unique_name",
     "unmount_below",
 ]
@@ -106,6 +107,21 @@ def busybox_rootfs(path: Path) -> Path:
         add(tf, "srv/old/a", data=b"a\n")
         add(tf, "srv/old/b", data=b"b\n")
     return path
+
+
+def statically_linked(binary: Path) -> bool:
+    """An ELF64 little-endian executable without a PT_INTERP program header."""
+    data = binary.read_bytes()[:65536]
+    if data[:6] != b"\x7fELF\x02\x01":
+        return False
+    phoff = int.from_bytes(data[0x20:0x28], "little")
+    entsize = int.from_bytes(data[0x36:0x38], "little")
+    count = int.from_bytes(data[0x38:0x3A], "little")
+    types = [
+        int.from_bytes(data[phoff + i * entsize : phoff + i * entsize + 4], "little")
+        for i in range(count)
+    ]
+    return 3 not in types  # PT_INTERP: a dynamic loader is needed
 
 
 def mounts_below(root: Path) -> list[tuple[str, str, str]]:

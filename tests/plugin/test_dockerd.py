@@ -36,6 +36,7 @@ from tests.plugin.dockerd import (
     mount_id,
     mounts_below,
     numbered,
+    statically_linked,
     unique_name,
 )
 
@@ -111,21 +112,6 @@ def overlay2(env: Env) -> Daemon:
     daemon = env.daemon("overlay2", "overlay2")
     daemon.docker("import", str(env.rootfs), BASE)
     return daemon
-
-
-def statically_linked(binary: Path) -> bool:
-    """An ELF64 little-endian executable without a PT_INTERP program header."""
-    data = binary.read_bytes()[:65536]
-    if data[:6] != b"\x7fELF\x02\x01":
-        return False
-    phoff = int.from_bytes(data[0x20:0x28], "little")
-    entsize = int.from_bytes(data[0x36:0x38], "little")
-    count = int.from_bytes(data[0x38:0x3A], "little")
-    types = [
-        int.from_bytes(data[phoff + i * entsize : phoff + i * entsize + 4], "little")
-        for i in range(count)
-    ]
-    return 3 not in types  # PT_INTERP: a dynamic loader is needed
 
 
 def home(plugin: PluginProcess) -> Path:
