@@ -104,6 +104,18 @@ def _snapshots(daemon: Containerd) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _reconnected(daemon: Containerd, timeout: float = 60) -> float:
+    """Wait until containerd's client reaches the restarted snapshotter; the seconds it took.
+
+    containerd's gRPC client fails calls fast (Unavailable) while it backs off from the
+    connection the restart broke (1 s at first); it does not wait for the new server."""
+    start = time.monotonic()
+    while daemon.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "ls", check=False).returncode:
+        assert time.monotonic() - start < timeout, "containerd never reconnected"
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
 def _layer_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("sn"))
 
@@ -168,4 +180,38 @@ def test_images_rm_sync_frees_the_layers(
     daemon.ctr("images", "rm", "--sync", pushed_image.reference)
     assert _snapshots(daemon) == []
     assert _layer_folders(lcow_snapshotter.root) == []
+    assert list(kernel.mounts_below(lcow_snapshotter.root / "mounts")) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_a_snapshotter_restart_under_a_running_container_loses_nothing(
+    lcow_snapshotter: Snapshotter,
+    containerd_with_proxy: ProxyContainerdFactory,
+    pushed_image: PushedImage,
+    sig: int,
+) -> None:
+    daemon = _pulled(containerd_with_proxy, lcow_snapshotter, pushed_image)
+    daemon.ctr("run", "-d", "--snapshotter", SNAPSHOTTER, pushed_image.reference, "bg",
+               "sh", "-c", "echo before > /srv/written && exec sleep 1000")  # fmt: skip
+    mounted = sorted(kernel.mounts_below(lcow_snapshotter.root / "mounts"))
+    assert mounted
+
+    lcow_snapshotter.stop(sig)
+    lcow_snapshotter.start()
+    assert sorted(kernel.mounts_below(lcow_snapshotter.root / "mounts")) == mounted
+    assert _reconnected(daemon) < (5 if sig == signal.SIGKILL else 1)
+    script = "cat /srv/written /srv/keep && echo after >> /srv/written && cat /srv/written"
+    out = daemon.ctr("tasks", "exec", "--exec-id", "e1", "bg", "sh", "-c", script).stdout
+    assert out == "before\nkeep\nbefore\nafter\n"
+    # containerd reaches the new snapshotter: a new container, then removal of both
+    listing = sorted(_run(daemon, pushed_image, "c1", "sh", "-c", LIST_SCRIPT).splitlines())
+    assert listing == pushed_image.listing
+    daemon.ctr("tasks", "kill", "--signal", "SIGKILL", "bg")
+    deadline = time.monotonic() + 30
+    while daemon.ctr("tasks", "delete", "bg", check=False).returncode != 0:
+        assert time.monotonic() < deadline, "the task did not stop"
+        time.sleep(0.1)
+    daemon.ctr("containers", "rm", "bg")
+    layers = len(pushed_image.image.layers)
+    assert len(_settled(lcow_snapshotter.root, layers)) == layers
     assert list(kernel.mounts_below(lcow_snapshotter.root / "mounts")) == []
