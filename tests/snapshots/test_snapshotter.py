@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from lcow.backends.host import kernel
-from lcow.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from lcow.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NoSpace, NotFound
 from lcow.graphdriver.driver import Driver
 from lcow.snapshots.metastore import Kind
 from lcow.snapshots.snapshotter import METASTORE, Mount, Snapshotter
@@ -206,6 +206,9 @@ def test_usage_update_and_walk(sn: Snapshotter) -> None:
     assert info.labels == {"a": "1", "b": "2"}
     info = sn.update("ns/3/a", {"b": "3", "c": "4"}, ["labels.b", "labels.a"])
     assert info.labels == {"b": "3"}
+    info = sn.update("ns/3/a", {"b": "", "d": "5"}, ["labels.b", "labels.d"])
+    assert info.labels == {"d": "5"}
+    info = sn.update("ns/3/a", {"b": "3"})  # no mask: every label replaced
     assert sn.stat("ns/3/a").labels == {"b": "3"}
     with pytest.raises(InvalidArgument, match="parent"):
         sn.update("ns/3/a", {}, ["parent"])
@@ -322,3 +325,28 @@ def test_an_interrupted_commit_is_finished_or_rolled_back(root: Path) -> None:
         assert_e2fsck_clean(again.driver.root.layer_dir(rolled.id) / LAYER_VHD)
     finally:
         again.close()
+
+
+def test_a_failed_commit_leaves_the_snapshot_active_and_mounted(
+    sn: Snapshotter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = _commit_base(sn)
+    sn.prepare("ns/3/a", base)
+    (_source(sn, "ns/3/a") / "kept").write_text("kept\n")
+    layer_id = sn.stat("ns/3/a").id
+
+    def full_disk_apply_diff(*args: object, **kwargs: object) -> int:  # fault injection
+        raise NoSpace(f"{layer_id}: layer.vhd: no space left on device", subject=layer_id)
+
+    monkeypatch.setattr(sn.driver, "apply_diff", full_disk_apply_diff)
+    with pytest.raises(NoSpace):
+        sn.commit("ns/4/a", "ns/3/a")
+    monkeypatch.undo()
+    snap = sn.stat("ns/3/a")
+    assert (snap.kind, snap.pending_name, snap.held) == (Kind.ACTIVE, None, True)
+    with pytest.raises(NotFound):
+        sn.stat("ns/4/a")  # the name is free again
+    assert sn.driver.view_count(layer_id) == 1
+    assert (_source(sn, "ns/3/a") / "kept").read_text() == "kept\n"
+    sn.commit("ns/4/a", "ns/3/a")
+    assert set(_tar_names(sn, "ns/4/a")) == {"kept"}

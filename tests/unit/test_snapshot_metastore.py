@@ -174,6 +174,7 @@ def test_keys_and_labels_are_bounded() -> None:
         with pytest.raises(InvalidArgument):
             check_key(bad)
     assert check_labels({"a": "b"}, "k") == {"a": "b"}
+    assert check_labels({"a": "b", "unset": ""}, "k") == {"a": "b"}  # as containerd stores them
     hostile = [
         {f"l{i}": "" for i in range(MAX_LABELS + 1)},
         {"big": "v" * MAX_LABEL_BYTES},

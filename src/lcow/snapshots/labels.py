@@ -47,7 +47,8 @@ def check_key(key: str, what: str = "key") -> str:
 
 
 def check_labels(labels: Mapping[str, str], subject: str) -> dict[str, str]:
-    """Return ``labels`` as a plain dict if they respect the bounds.
+    """Return ``labels`` as a plain dict if they respect the bounds, without the labels whose
+    value is empty (containerd's metastore drops them: an empty value unsets a label).
 
     Raises:
         InvalidArgument: too many, too large, an empty key or a NUL character (the message
@@ -80,4 +81,4 @@ def check_labels(labels: Mapping[str, str], subject: str) -> dict[str, str]:
             f"snapshot {subject}: labels of {total} bytes, more than {MAX_LABELS_TOTAL}",
             subject=subject,
         )
-    return dict(labels)
+    return {k: v for k, v in labels.items() if v}  # containerd stores no empty value

@@ -329,7 +329,7 @@ class Snapshotter:
         """Change the labels of ``key`` (the only mutable field); returns the new info.
 
         ``paths`` is containerd's field mask: empty or ``labels`` replace every label,
-        ``labels.<k>`` sets (or, absent from ``labels``, removes) one.
+        ``labels.<k>`` sets (or, absent from ``labels`` or empty there, removes) one.
 
         Raises:
             NotFound: no such snapshot.
