@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -96,6 +97,7 @@ def _list(stub: snapshots_pb2_grpc.SnapshotsStub, *filters: str) -> list[pb.Info
 
 def test_the_calls_containerd_makes_for_a_pull_and_a_run(server: Server) -> None:
     stub = server.start()
+    assert stat.S_IMODE(os.stat(server.sock).st_mode) == 0o600  # only root may call it
     ref = {"containerd.io/snapshot.ref": "sha256:base"}
     mounts = stub.Prepare(pb.PrepareSnapshotRequest(key="default/1/extract-1", labels=ref)).mounts
     assert [(m.type, list(m.options)) for m in mounts] == [("bind", ["rbind", "rw"])]
