@@ -350,3 +350,22 @@ def test_a_failed_commit_leaves_the_snapshot_active_and_mounted(
     assert (_source(sn, "ns/3/a") / "kept").read_text() == "kept\n"
     sn.commit("ns/4/a", "ns/3/a")
     assert set(_tar_names(sn, "ns/4/a")) == {"kept"}
+
+
+def test_views_lost_to_a_reboot_are_mounted_again_at_startup(root: Path) -> None:
+    sn = _open(root)
+    base = _commit_base(sn)
+    (Path(sn.prepare("ns/3/a", base)[0].source) / "kept").write_text("kept\n")
+    sn.view("ns/4/v", base)
+    sn.close()
+    Driver(root, ["lcow.backend=host"]).cleanup()  # every mount gone, as after a reboot
+    assert list(kernel.mounts_below(root / "mounts")) == []
+    again = _open(root)
+    try:
+        for key in ("ns/3/a", "ns/4/v"):
+            assert again.driver.view_count(again.stat(key).id) == 1
+        assert (_source(again, "ns/3/a") / "kept").read_text() == "kept\n"
+        assert (_source(again, "ns/3/a") / "etc/os").read_text() == "lcow\n"
+        assert sorted(os.listdir(_source(again, "ns/4/v"))) == ["etc", "gone", "opq"]
+    finally:
+        again.close()
