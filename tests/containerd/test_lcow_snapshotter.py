@@ -215,3 +215,23 @@ def test_a_snapshotter_restart_under_a_running_container_loses_nothing(
     layers = len(pushed_image.image.layers)
     assert len(_settled(lcow_snapshotter.root, layers)) == layers
     assert list(kernel.mounts_below(lcow_snapshotter.root / "mounts")) == []
+
+
+def test_a_containerd_restart_finds_every_snapshot_and_mount(
+    lcow_snapshotter: Snapshotter,
+    containerd_with_proxy: ProxyContainerdFactory,
+    pushed_image: PushedImage,
+) -> None:
+    daemon = _pulled(containerd_with_proxy, lcow_snapshotter, pushed_image)
+    daemon.ctr("run", "-d", "--snapshotter", SNAPSHOTTER, pushed_image.reference, "bg",
+               "sh", "-c", "echo before > /srv/written && exec sleep 1000")  # fmt: skip
+    before = _snapshots(daemon)
+    mounted = sorted(kernel.mounts_below(lcow_snapshotter.root / "mounts"))
+    daemon.stop()
+    daemon.start()
+    assert _snapshots(daemon) == before
+    assert sorted(kernel.mounts_below(lcow_snapshotter.root / "mounts")) == mounted
+    out = daemon.ctr("tasks", "exec", "--exec-id", "e1", "bg", "cat", "/srv/written").stdout
+    assert out == "before\n"
+    listing = sorted(_run(daemon, pushed_image, "c1", "sh", "-c", LIST_SCRIPT).splitlines())
+    assert listing == pushed_image.listing
