@@ -146,6 +146,12 @@ def test_pull_commits_every_layer_as_a_clean_layer_vhd(
         assert_e2fsck_clean(folder / LAYER_VHD)
     # nothing stays mounted for committed layers
     assert list(kernel.mounts_below(lcow_snapshotter.root / "mounts")) == []
+    # Usage reaches the snapshotter through containerd: every layer holds something
+    for key, _, _ in rows:
+        out = daemon.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "usage", key).stdout
+        header, line = out.splitlines()
+        assert header.split() == ["KEY", "SIZE", "INODES"], out
+        assert line.split()[0] == key and int(line.split()[-1]) > 1, out
 
 
 def test_run_sees_the_union_and_writes_into_its_own_snapshot(
