@@ -11,8 +11,10 @@ import contextlib
 import os
 import sqlite3
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -369,3 +371,55 @@ def test_views_lost_to_a_reboot_are_mounted_again_at_startup(root: Path) -> None
         assert sorted(os.listdir(_source(again, "ns/4/v"))) == ["etc", "gone", "opq"]
     finally:
         again.close()
+
+
+def test_other_snapshots_go_on_while_one_is_converted(
+    sn: Snapshotter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = _commit_base(sn)
+    sn.prepare("ns/3/slow", base)
+    (_source(sn, "ns/3/slow") / "f").write_text("slow\n")
+    slow_id = sn.stat("ns/3/slow").id
+    converting, go_on = threading.Event(), threading.Event()
+    real_apply_diff = sn.driver.apply_diff
+
+    def held_apply_diff(layer_id: str, *args: Any, **kwargs: Any) -> int:  # fault injection
+        if layer_id == slow_id:
+            converting.set()
+            assert go_on.wait(60)
+        return real_apply_diff(layer_id, *args, **kwargs)
+
+    monkeypatch.setattr(sn.driver, "apply_diff", held_apply_diff)
+    errors: list[BaseException] = []
+
+    def commit_slow() -> None:
+        try:
+            sn.commit("ns/4/slow", "ns/3/slow")
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=commit_slow)
+    worker.start()
+    try:
+        assert converting.wait(60)
+        # the snapshot being committed is off limits, the rest of the key space is not
+        for call in (sn.mounts, sn.remove):
+            with pytest.raises(FailedPrecondition, match="being committed"):
+                call("ns/3/slow")
+        with pytest.raises(FailedPrecondition, match="being committed"):
+            sn.commit("ns/4/other", "ns/3/slow")
+        with pytest.raises(AlreadyExists):
+            sn.prepare("ns/4/slow", base)
+        with pytest.raises(InvalidArgument):
+            sn.prepare("ns/5/x", "ns/3/slow")
+        sn.prepare("ns/5/fast", base)
+        (_source(sn, "ns/5/fast") / "g").write_text("fast\n")
+        sn.commit("ns/6/fast", "ns/5/fast")
+        assert sn.cleanup() == []
+        assert sn.stat("ns/3/slow").pending_name == "ns/4/slow"
+    finally:
+        go_on.set()
+        worker.join(60)
+    assert errors == []
+    assert set(_tar_names(sn, "ns/4/slow")) == {"f"}
+    assert set(_tar_names(sn, "ns/6/fast")) == {"g"}

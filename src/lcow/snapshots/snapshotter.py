@@ -11,9 +11,11 @@ parents, labels and times.
   parent's read-only view: the host backend mounts a lone read-only layer directly, and its
   image's ``lost+found`` would then show in the view (and in every diff containerd computes
   from one); over a sandbox it is an overlay with the mask that hides it.
-* **Commit**: the view is Put, the sandbox's own content exported as a tar with AUFS whiteouts
-  (the driver's Diff against the direct parent) and applied into the same id (ApplyDiff writes
-  ``layer.vhd`` and removes the sandbox); then the row becomes the committed ``name``.
+* **Commit**: the name is reserved in the row, the view Put, the sandbox's own content exported
+  as a tar with AUFS whiteouts (the driver's Diff against the direct parent) and applied into
+  the same id (ApplyDiff writes ``layer.vhd`` and removes the sandbox); then the row becomes the
+  committed ``name``. The conversion holds the layer's lock, not the snapshotter's: other
+  snapshots are prepared and committed meanwhile.
 * **Remove**: the row first, then the views and the folder (a failure there is only logged:
   Cleanup sweeps folders without a row).
 
@@ -159,6 +161,8 @@ class Snapshotter:
                 f"snapshot {key}: is committed; only active snapshots and views have mounts",
                 subject=key,
             )
+        if snap.pending_name is not None:
+            raise FailedPrecondition(f"snapshot {key}: is being committed", subject=key)
         if not snap.held or snap.source is None:
             with self._mutate:
                 snap = self._hold(key)
@@ -243,26 +247,32 @@ class Snapshotter:
         check_key(name, "name")
         check_key(key)
         labels = check_labels(labels or {}, name)
-        with self._mutate:
-            with self.store.transaction() as tx:
-                snap = tx.require(key)
-                if snap.kind is not Kind.ACTIVE or snap.pending_name is not None:
-                    raise FailedPrecondition(
-                        f"snapshot {key}: is {snap.kind.value}, not active: only an active "
-                        "snapshot can be committed",
-                        subject=key,
-                    )
-                if tx.name_taken(name):
-                    raise AlreadyExists(f"snapshot {name}: already exists", subject=name)
-                parent_id = self._parent_id_in(tx, snap)
-                tx.replace(key, snap.but(pending_name=name, pending_labels=labels))
-            try:
-                self._convert(key, snap, parent_id)
-            except BaseException:
+        with self._mutate, self.store.transaction() as tx:
+            snap = tx.require(key)
+            if snap.pending_name is not None:
+                raise FailedPrecondition(f"snapshot {key}: is being committed", subject=key)
+            if snap.kind is not Kind.ACTIVE:
+                raise FailedPrecondition(
+                    f"snapshot {key}: is {snap.kind.value}, not active: only an active "
+                    "snapshot can be committed",
+                    subject=key,
+                )
+            if tx.name_taken(name):
+                raise AlreadyExists(f"snapshot {name}: already exists", subject=name)
+            parent_id = self._parent_id_in(tx, snap)
+            tx.replace(key, snap.but(pending_name=name, pending_labels=labels))
+        # The conversion runs without the key-space lock: the reserved name and the pending
+        # row keep every other call off this snapshot (Remove, Commit, Mounts refuse it, a
+        # Prepare cannot use it as a parent, Cleanup knows its folder), so other snapshots'
+        # Prepares and Commits go on meanwhile.
+        try:
+            self._convert(key, snap, parent_id)
+        except BaseException:
+            with self._mutate:
                 self._roll_back_commit(key)
-                raise
-            with self.store.transaction() as tx:
-                tx.replace(key, self._committed(tx.require(key)))
+            raise
+        with self._mutate, self.store.transaction() as tx:
+            tx.replace(key, self._committed(tx.require(key)))
         log.info("snapshot %s: committed as %s (layer %s)", key, name, snap.id)
 
     def _convert(self, key: str, snap: Snapshot, parent_id: str | None) -> None:
@@ -492,6 +502,8 @@ class Snapshotter:
             snap = tx.require(key)
         if snap.view_id is None:
             return snap
+        if snap.pending_name is not None:  # its view is being converted
+            raise FailedPrecondition(f"snapshot {key}: is being committed", subject=key)
         source = self._path(snap.view_id) if snap.held else self._get(snap.view_id)
         with self.store.transaction() as tx:
             held = tx.require(key).but(held=True, source=source)
