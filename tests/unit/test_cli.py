@@ -199,8 +199,9 @@ def test_bare_lcow_shows_the_usage_and_the_commands(capsys: pytest.CaptureFixtur
         captured = capsys.readouterr()
         assert captured.out == ""
         assert captured.err.startswith("usage: lcow ")
+        width = max(len(name) for name in COMMANDS)
         for name, info in COMMANDS.items():
-            assert f"\n  {name:<10}  {info.summary}\n" in captured.err
+            assert f"\n  {name:<{width}}  {info.summary}\n" in captured.err
         assert captured.err.endswith("\nlcow: no command given\n")
         assert "args" not in captured.err and "required" not in captured.err
 

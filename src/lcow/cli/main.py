@@ -79,6 +79,9 @@ COMMANDS: dict[str, CommandInfo] = {
     "plugin": CommandInfo(
         "lcow.cli.plugin_cmd", "serve Docker's graph-driver plugin protocol ('plugin serve')"
     ),
+    "snapshotter": _driver(
+        "snapshotter_cmd", "serve containerd's snapshots API on a unix socket ('snapshotter serve')"
+    ),
     "uvm": CommandInfo("lcow.cli.uvm_cmd", "vm backend assets: 'uvm build' (kernel, initramfs)"),
     # the driver's operations (SPEC §3), one per subcommand
     "create": _driver("create_cmd", "Create: a layer folder and its layerchain.json"),

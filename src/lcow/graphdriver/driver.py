@@ -506,18 +506,24 @@ class Driver:
             with self._root_lock.hold():
                 self.root.remove_layer(layer_id)
 
-    def cleanup(self) -> None:
+    def cleanup(self, *, release_views: bool = True) -> None:
         """Release every view, sweep ``-removing`` folders and temporaries; never fails.
 
         A layer (or the sandbox template) whose lock another thread or process holds is being
         written: its folder is left alone, since its temporaries are that writer's work.
+
+        Args:
+            release_views: also close every view (dockerd's Cleanup at shutdown); a front end
+                whose views outlive its calls (the containerd snapshotter, whose mounts running
+                containers use) sweeps without closing them.
         """
         if not self.root.root.exists():
             return
-        try:
-            self.backend.cleanup()
-        except (OSError, LcowError) as exc:
-            log.warning("lcowdriver: cleanup: backend: %s", exc)
+        if release_views:
+            try:
+                self.backend.cleanup()
+            except (OSError, LcowError) as exc:
+                log.warning("lcowdriver: cleanup: backend: %s", exc)
         with self._root_lock.hold():
             self.root.sweep_removing()
             self.root.sweep_root_temporaries()

@@ -1,0 +1,1 @@
+"""containerd 1.6 snapshots API stubs (generated)."""
