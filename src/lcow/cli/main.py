@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn, Protocol, cast
 
 from lcow._util.escape import EscapingFormatter, printable
-from lcow.cli._backend import backend_name
+from lcow.cli._argtypes import backend_name
 from lcow.cli._output import logging_to_stderr, reader_gone
 from lcow.cli.status import ExitStatus, UsageError, error_message, exit_status_for
 from lcow.errors import LcowError

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
-from lcow.cli._backend import backend_name
+from lcow.cli._argtypes import add_log_level, backend_name, positive_int
 from lcow.cli.status import ExitStatus, UsageError
 
 __all__ = ["SUMMARY", "add_arguments", "run"]
@@ -27,7 +27,6 @@ __all__ = ["SUMMARY", "add_arguments", "run"]
 SUMMARY = "serve Docker's graph-driver plugin protocol on /run/docker/plugins/NAME.sock"
 
 _DEFAULT_BACKEND = "host"
-_LEVELS = ("debug", "info", "warning", "error")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,12 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "a '--storage-opt lcow.backend=B' from dockerd overrides it",
     )  # fmt: skip
     serve.add_argument(
-        "--workers", type=_positive, default=64,
+        "--workers", type=positive_int, default=64,
         help="threads for metadata calls (Exists, Status, GetMetadata, Get, Put) and as many "
         "for other calls but ApplyDiff, i.e. such calls served at once (default 64)",
     )  # fmt: skip
     serve.add_argument(
-        "--max-uploads", type=_positive, default=None, metavar="N",
+        "--max-uploads", type=positive_int, default=None, metavar="N",
         help="ApplyDiff conversions at once; more wait without holding a thread (default: "
         "$LCOW_MAX_CONVERSIONS or the CPU count, at least 2)",
     )  # fmt: skip
@@ -80,20 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--shutdown-timeout", type=_seconds, default=30.0, metavar="SECONDS",
         help="how long running calls may finish after SIGTERM (default 30)",
     )  # fmt: skip
-    serve.add_argument(
-        "--log-level", choices=_LEVELS, default=None,
-        help="log level (default info; -v before the command: debug)",
-    )  # fmt: skip
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+    add_log_level(serve)
 
 
 def _seconds(text: str) -> float:

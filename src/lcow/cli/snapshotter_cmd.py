@@ -22,14 +22,13 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from lcow.cli._argtypes import add_log_level, positive_int
 from lcow.cli._driver import root_path
 from lcow.cli.status import ExitStatus
 
 __all__ = ["SUMMARY", "add_arguments", "run"]
 
 SUMMARY = "serve containerd's snapshots API on a unix socket ('snapshotter serve')"
-
-_LEVELS = ("debug", "info", "warning", "error")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,23 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the unix socket to listen on (containerd's proxy_plugins address)",
     )  # fmt: skip
     serve.add_argument(
-        "--workers", type=_positive, default=16,
+        "--workers", type=positive_int, default=16,
         help="calls served at once (default 16)",
     )  # fmt: skip
-    serve.add_argument(
-        "--log-level", choices=_LEVELS, default=None,
-        help="log level (default info; -v before the command: debug)",
-    )  # fmt: skip
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+    add_log_level(serve)
 
 
 def _setup_logging(level_name: str) -> None:
