@@ -48,6 +48,9 @@ __all__ = [
 
 log = logging.getLogger("lcow.plugin")
 
+#: Seconds the driver calls of requests cancelled at the shutdown deadline get to unwind.
+_CANCELLED_CALLS_GRACE = 1.0
+
 PLUGIN_DIR = Path("/run/docker/plugins")
 SOCKET_MODE = 0o660
 _UNIX_PATH_MAX = 107
@@ -210,7 +213,11 @@ async def serve(
             with contextlib.suppress(FileNotFoundError):
                 if os.stat(config.socket_path).st_ino == bound:
                     os.unlink(config.socket_path)
-        while handlers.busy and time.monotonic() < deadline:
+        # Requests still open at the deadline were just cancelled: their driver calls see
+        # their input end only now, and unwind (removing what they staged) in a moment; on a
+        # loaded machine that moment is not zero, so they get a short grace of their own.
+        unwind_until = max(deadline, time.monotonic() + _CANCELLED_CALLS_GRACE)
+        while handlers.busy and time.monotonic() < unwind_until:
             await asyncio.sleep(0.05)  # calls of cancelled requests run to their end
         clean = await _let_go(state, max(1.0, deadline - time.monotonic()))
         if handlers.busy:
