@@ -120,9 +120,17 @@ def _layer_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("sn"))
 
 
-def _settled(root: Path, count: int, timeout: float = 30) -> list[Path]:
-    """The layer folders once there are ``count`` (containerd's garbage collector removes a
-    deleted container's snapshot a moment after ``ctr run --rm`` returns)."""
+def _settled(
+    daemon: Containerd, image: PushedImage, root: Path, count: int, timeout: float = 30
+) -> list[Path]:
+    """The layer folders once there are ``count``, after containerd collected a deleted
+    container's snapshot. containerd collects on its own schedule, rate-limited (a collection
+    that took t waits about 50 t before the next), so on a loaded machine a removal can wait
+    longer than a test should: removing a throwaway tag with ``--sync`` asks for a collection
+    now, as ``ctr images rm --sync`` does."""
+    tag = f"{image.reference}-gc"
+    daemon.ctr("images", "tag", image.reference, tag)
+    daemon.ctr("images", "rm", "--sync", tag)
     deadline = time.monotonic() + timeout
     while len(folders := _layer_folders(root)) != count and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -172,7 +180,7 @@ def test_run_sees_the_union_and_writes_into_its_own_snapshot(
     assert again == pushed_image.listing  # a new container starts from the image again
     # --rm removed each container's snapshot: only the image's layers are left, unmounted
     layers = len(pushed_image.image.layers)
-    assert len(_settled(lcow_snapshotter.root, layers)) == layers
+    assert len(_settled(daemon, pushed_image, lcow_snapshotter.root, layers)) == layers
     assert list(kernel.mounts_below(lcow_snapshotter.root / "mounts")) == []
 
 
@@ -219,7 +227,7 @@ def test_a_snapshotter_restart_under_a_running_container_loses_nothing(
         time.sleep(0.1)
     daemon.ctr("containers", "rm", "bg")
     layers = len(pushed_image.image.layers)
-    assert len(_settled(lcow_snapshotter.root, layers)) == layers
+    assert len(_settled(daemon, pushed_image, lcow_snapshotter.root, layers)) == layers
     assert list(kernel.mounts_below(lcow_snapshotter.root / "mounts")) == []
 
 
