@@ -245,8 +245,12 @@ def _goarch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
-def build_image(workdir: Path, tag: str = "v1") -> BuiltImage:
+def build_image(workdir: Path, tag: str = "v1", base: Path | None = None) -> BuiltImage:
     """Write the image's layer tars and its OCI layout below ``workdir`` (created).
+
+    ``base`` replaces the busybox root filesystem as the first layer (a benchmark's bigger
+    root filesystem, which must still hold ``bin/busybox``); :data:`EXPECTED` then no longer
+    describes ``/bin`` and ``/etc``.
 
     Raises:
         AssertionError: the host's busybox is not statically linked (install busybox-static).
@@ -258,7 +262,7 @@ def build_image(workdir: Path, tag: str = "v1") -> BuiltImage:
     workdir.mkdir(parents=True, exist_ok=True)
     layout = workdir / "layout"
     (layout / "blobs" / "sha256").mkdir(parents=True)
-    tars = [busybox_rootfs(workdir / "layer0.tar")]
+    tars = [base if base is not None else busybox_rootfs(workdir / "layer0.tar")]
     for number, entries in enumerate(_layers(), start=1):
         tars.append(write_tar(workdir / f"layer{number}.tar", entries))
     layers = []

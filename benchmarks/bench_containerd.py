@@ -1,0 +1,457 @@
+#!/usr/bin/env python3
+"""Benchmark the containerd proxy snapshotter (issue 15) against containerd's own overlayfs.
+
+    sudo TMPDIR=/tmp/SHORT .venv/bin/python benchmarks/bench_containerd.py [--runs 5]
+        [--data /var/tmp/lcow-bench-containerd] [--out FILE.json] [--keep]
+
+One run, one containerd 1.6 (Debian's, started as the end-to-end tests start it: own root,
+state and socket, CRI disabled, ``[proxy_plugins.lcow]``), one ``lcow snapshotter serve``
+(host backend, data root in ``--data``), one Debian ``docker-registry`` on loopback. The image
+is the four-layer image of ``tests/containerd/images.py`` with a bigger base: the busybox
+root filesystem plus this machine's ``/usr/lib/python3`` and ``/usr/share/doc`` (Debian
+files; no network is needed), then the three small layers with whiteouts and opaque
+directories. It is pushed once with skopeo.
+
+Row ``pull`` — ``ctr images pull --plain-http --snapshotter S REF`` (fetch and unpack). Before
+each, untimed: ``ctr images rm --sync`` (its content and every snapshot collected; checked)
+and ``sync``. Row ``run`` — ``ctr run --rm --snapshotter S REF ID true`` with the image already
+unpacked for both snapshotters; after each, untimed, containerd's collector is awaited until
+the container's snapshot is gone, then ``sync``.
+
+Per repetition both snapshotters are measured, in an order that alternates (A B, B A, ...).
+Each sample: the wall time of the ``ctr`` process from spawn to exit, its user+sys CPU (from
+``wait4``), and the CPU that containerd and the lcow server spent meanwhile (``/proc/PID/stat``
+utime+stime+cutime+cstime before and after): the unpacking and the snapshotter work happen in
+those processes, not in ``ctr``. Reported per row: medians (min-max) and the median of the
+per-repetition ratios lcow / overlayfs (min-max). Goals of the issue: <= 1.2x for both rows.
+
+Everything started is stopped by its pid, the lcow views are unmounted, and ``--data`` and
+the temporary directories are removed (unless ``--keep``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "src"), str(REPO)]
+
+from tests.containerd.daemons import (  # noqa: E402
+    CTR,
+    Containerd,
+    Registry,
+    processes_naming,
+    short_dir,
+)
+from tests.containerd.images import build_image, push_image  # noqa: E402
+from tests.containerd.test_lcow_snapshotter import Snapshotter  # noqa: E402
+from tests.plugin.dockerd import busybox_rootfs  # noqa: E402
+
+from lcow.backends.host.backend import STATE_FOLDER  # noqa: E402
+from lcow.graphdriver.driver import Driver  # noqa: E402
+
+__all__ = ["main"]
+
+SNAPSHOTTERS = ("overlayfs", "lcow")
+KEYS = ("wall", "ctr_cpu", "containerd_cpu", "lcow_cpu", "qsd_cpu", "shim_cpu", "total_cpu",
+        "machine_busy")  # fmt: skip
+BASE_TREES = ("usr/lib/python3", "usr/share/doc")  # host files below / (no /etc: secrets)
+DEFAULT_DATA = Path("/var/tmp/lcow-bench-containerd")
+TICK = os.sysconf("SC_CLK_TCK")
+ENV = {**os.environ, "PATH": f"/usr/bin:/usr/sbin:/bin:/sbin:{os.environ.get('PATH', '')}"}
+
+
+def log(message: str) -> None:
+    print(f"[bench_containerd {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- the image ---------------------------------------------------------------------------------
+
+
+def base_rootfs(path: Path) -> dict[str, int]:
+    """The busybox root filesystem plus the host trees of :data:`BASE_TREES`, as one tar;
+    its size and entry count."""
+    busybox = busybox_rootfs(path.with_name("busybox.tar"))
+    entries = 0
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        nonlocal entries
+        if not (info.isreg() or info.isdir() or info.issym() or info.islnk()):
+            return None  # sockets, fifos, devices have no place in an image
+        entries += 1
+        return info
+
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as out:
+        with tarfile.open(busybox) as tf:
+            for member in tf:
+                out.addfile(member, tf.extractfile(member) if member.isreg() else None)
+                entries += 1
+        for parent in ("usr", "usr/lib", "usr/share"):
+            info = out.gettarinfo(f"/{parent}", arcname=parent)
+            out.addfile(info)
+            entries += 1
+        for tree in BASE_TREES:
+            out.add(f"/{tree}", arcname=tree, filter=keep)
+    busybox.unlink()
+    return {"bytes": path.stat().st_size, "entries": entries}
+
+
+# -- timing ------------------------------------------------------------------------------------
+
+
+def proc_cpu(pid: int) -> float | None:
+    """CPU seconds of ``pid`` and its waited-for children (utime+stime+cutime+cstime), or
+    None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return sum(int(value) for value in fields[11:15]) / TICK
+
+
+def proc_cpu_pidfile(pidfile: Path) -> int | None:
+    """The pid in ``pidfile`` if there is one."""
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_ctr(pid: int) -> bool:
+    """``pid`` runs ``ctr`` (timed by ``wait4``, not a shim)."""
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+    except OSError:
+        return False
+    return argv0.endswith(b"ctr")
+
+
+def allocated(folder: Path, pattern: str) -> int:
+    """Bytes allocated on disk by the files matching ``pattern`` below ``folder``."""
+    total = 0
+    for path in folder.glob(pattern):
+        info = path.lstat()
+        if path.is_file() and not path.is_symlink():
+            total += info.st_blocks * 512
+    return total
+
+
+def machine_busy() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: all but idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / TICK
+
+
+class CpuWatch(threading.Thread):
+    """CPU of the processes that do a command's work, sampled every ``interval`` seconds.
+
+    ``roles()`` names the pids of each role at a moment; the qemu-storage-daemon of the lcow
+    root and containerd's shims come and go within one command, so the watch keeps the last
+    reading of every pid it saw: a pid not there at the start counts from 0 (it started in
+    the window), what it spent after its last reading (< ``interval``) is lost.
+    """
+
+    def __init__(self, roles: Callable[[], dict[str, list[int]]], interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.roles, self.interval = roles, interval
+        self.first: dict[int, float] = {}
+        self.last: dict[int, tuple[str, float]] = {}
+        self.done = threading.Event()
+        self.busy = machine_busy()
+        self._read(initial=True)
+
+    def _read(self, initial: bool = False) -> None:
+        for role, pids in self.roles().items():
+            for pid in pids:
+                cpu = proc_cpu(pid)
+                if cpu is None:
+                    continue
+                self.first.setdefault(pid, cpu if initial else 0.0)
+                self.last[pid] = (role, cpu)
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            self._read()
+
+    def stop(self) -> tuple[dict[str, float], float]:
+        """Per role, the CPU seconds spent since the start; the machine's busy seconds."""
+        self.done.set()
+        self.join()
+        self._read()
+        spent: dict[str, float] = {}
+        for pid, (role, cpu) in self.last.items():
+            spent[role] = spent.get(role, 0.0) + cpu - self.first[pid]
+        return spent, machine_busy() - self.busy
+
+
+@dataclass
+class Sample:
+    row: str
+    snapshotter: str
+    rep: int
+    wall: float
+    ctr_cpu: float
+    containerd_cpu: float
+    lcow_cpu: float
+    qsd_cpu: float
+    shim_cpu: float
+    machine_busy: float
+    disk_bytes: int = 0
+
+    @property
+    def total_cpu(self) -> float:
+        """The processes' CPU (ctr, containerd, lcow server, storage daemon, shims)."""
+        return self.ctr_cpu + self.containerd_cpu + self.lcow_cpu + self.qsd_cpu + self.shim_cpu
+
+
+class Bench:
+    """The daemons of one run and the timed ``ctr`` commands against them."""
+
+    def __init__(self, daemon: Containerd, snapshotter: Snapshotter, ref: str) -> None:
+        self.daemon, self.snapshotter, self.ref = daemon, snapshotter, ref
+
+    def roles(self) -> dict[str, list[int]]:
+        assert self.daemon.proc is not None and self.snapshotter.proc is not None
+        containerd = self.daemon.proc.pid
+        qsd = proc_cpu_pidfile(self.snapshotter.root / STATE_FOLDER / "qsd.pid")
+        shims = [
+            pid
+            for pid in processes_naming(self.daemon.dir)
+            if pid != containerd and not _is_ctr(pid)
+        ]
+        return {
+            "containerd": [containerd],
+            "lcow": [self.snapshotter.proc.pid],
+            "qsd": [qsd] if qsd is not None else [],
+            "shims": shims,
+        }
+
+    def timed(self, row: str, snapshotter: str, rep: int, *args: str) -> Sample:
+        """Run ``ctr ARGS`` once; its wall and CPU times and the daemons' CPU meanwhile."""
+        argv = [CTR, "--address", str(self.daemon.address), "-n", self.daemon.namespace, *args]
+        errors = self.daemon.dir / "ctr.err"
+        watch = CpuWatch(self.roles)
+        watch.start()
+        with open(errors, "wb") as err:
+            start = time.perf_counter()
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=ENV)
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        spent, busy = watch.stop()
+        if proc.returncode != 0:
+            raise SystemExit(f"ctr {' '.join(args)} exited {proc.returncode}: {errors.read_text()}")
+        sample = Sample(row, snapshotter, rep, wall, usage.ru_utime + usage.ru_stime,
+                        spent.get("containerd", 0.0), spent.get("lcow", 0.0),
+                        spent.get("qsd", 0.0), spent.get("shims", 0.0), busy)  # fmt: skip
+        log(f"{row} {snapshotter} #{rep}: wall {wall:.2f} s, ctr {sample.ctr_cpu:.2f} s, "
+            f"containerd {sample.containerd_cpu:.2f} s, lcow {sample.lcow_cpu:.2f} s, "
+            f"qsd {sample.qsd_cpu:.2f} s, shims {sample.shim_cpu:.2f} s, "
+            f"machine busy {busy:.2f} s")  # fmt: skip
+        return sample
+
+    def snapshots(self, snapshotter: str) -> list[str]:
+        out = self.daemon.ctr("snapshots", "--snapshotter", snapshotter, "ls").stdout
+        return out.splitlines()[1:]
+
+    def remove_image(self) -> None:
+        """``images rm --sync``; then no content and no snapshot may be left."""
+        if self.ref in self.daemon.ids("images", "ls"):
+            self.daemon.ctr("images", "rm", "--sync", self.ref)
+        deadline = time.monotonic() + 60
+        while True:
+            left = self.daemon.ids("content", "ls") + [
+                line for name in SNAPSHOTTERS for line in self.snapshots(name)
+            ]
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                raise SystemExit(f"images rm --sync left: {left}")
+            time.sleep(0.2)
+
+    def await_snapshots(self, snapshotter: str, count: int) -> None:
+        """Wait until ``snapshotter`` holds ``count`` snapshots (the collector removes a
+        deleted container's snapshot a moment after ``ctr run --rm`` returns)."""
+        deadline = time.monotonic() + 60
+        while len(self.snapshots(snapshotter)) != count:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{snapshotter}: {self.snapshots(snapshotter)}")
+            time.sleep(0.1)
+
+    def disk(self, snapshotter: str) -> int:
+        """Bytes the unpacked layers take: the ``layer.vhd`` files of the lcow root, or the
+        files of containerd's overlayfs snapshots."""
+        if snapshotter == "lcow":
+            return allocated(self.snapshotter.root, "*/layer.vhd")
+        overlay = self.daemon.root / "io.containerd.snapshotter.v1.overlayfs" / "snapshots"
+        return allocated(overlay, "**/*")
+
+    def pull(self, snapshotter: str, rep: int) -> Sample:
+        self.remove_image()
+        subprocess.run(["sync"], check=True)
+        sample = self.timed("pull", snapshotter, rep,
+                          "images", "pull", "--plain-http", "--snapshotter", snapshotter,
+                          self.ref)  # fmt: skip
+        sample.disk_bytes = self.disk(snapshotter)
+        log(f"pull {snapshotter} #{rep}: {sample.disk_bytes / 1e6:.1f} MB unpacked")
+        return sample
+
+    def run(self, snapshotter: str, rep: int, layers: int) -> Sample:
+        subprocess.run(["sync"], check=True)
+        fifos = str(self.daemon.dir / "fifo")
+        sample = self.timed("run", snapshotter, rep,
+                            "run", "--fifo-dir", fifos, "--rm", "--snapshotter", snapshotter,
+                            self.ref, f"bench-{snapshotter}-{rep}", "true")  # fmt: skip
+        self.await_snapshots(snapshotter, layers)
+        return sample
+
+
+# -- statistics --------------------------------------------------------------------------------
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize(samples: list[Sample]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for row in ("pull", "run"):
+        by = {name: [s for s in samples if s.row == row and s.snapshotter == name]
+              for name in SNAPSHOTTERS}  # fmt: skip
+        entry: dict[str, Any] = {}
+        for name, chosen in by.items():
+            entry[name] = {key: spread([getattr(s, key) for s in chosen]) for key in KEYS}
+        pairs = list(zip(by["lcow"], by["overlayfs"], strict=True))
+        entry["ratio_wall"] = spread([a.wall / b.wall for a, b in pairs])
+        entry["ratio_total_cpu"] = spread([a.total_cpu / b.total_cpu for a, b in pairs])
+        summary[row] = entry
+    return summary
+
+
+def table(summary: dict[str, Any]) -> str:
+    def cell(value: dict[str, float]) -> str:
+        return f"{value['median']:.2f} ({value['min']:.2f}-{value['max']:.2f})"
+
+    head = ("| row | snapshotter | wall s | ctr CPU s | containerd CPU s | lcow server CPU s "
+            "| qemu-storage-daemon CPU s | shims CPU s | all CPU s | machine busy s |")  # fmt: skip
+    lines = [head, "|" + "---|" * 10]
+    for row, entry in summary.items():
+        for name in SNAPSHOTTERS:
+            v = entry[name]
+            lines.append(f"| {row} | {name} | {cell(v['wall'])} | {cell(v['ctr_cpu'])} | "
+                         f"{cell(v['containerd_cpu'])} | {cell(v['lcow_cpu'])} | "
+                         f"{cell(v['qsd_cpu'])} | {cell(v['shim_cpu'])} | "
+                         f"{cell(v['total_cpu'])} | {cell(v['machine_busy'])} |")  # fmt: skip
+        lines.append(f"| {row} | **lcow / overlayfs** | {cell(entry['ratio_wall'])}x | | | | | "
+                     f"| {cell(entry['ratio_total_cpu'])}x | |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    def out(argv: list[str]) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+        except OSError:
+            return ""
+
+    return {
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "containerd": out(["containerd", "--version"]).strip(),
+        "runc": out(["runc", "--version"]).splitlines()[:1],
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def measure(data: Path, runs: int) -> dict[str, Any]:
+    work = data / "image"
+    work.mkdir(parents=True)
+    log("building the base layer")
+    base = base_rootfs(data / "base.tar")
+    image = build_image(work, base=data / "base.tar")
+    (data / "base.tar").unlink()  # the layout holds it (gzip) from now on
+    registry = Registry(data / "registry").start()
+    sock_dir = short_dir("lcowb-")
+    snapshotter = Snapshotter(data / "lcow-root", sock_dir / "lcow.sock", data / "lcow.log")
+    daemon: Containerd | None = None
+    try:
+        skopeo_tmp = data / "skopeo"
+        skopeo_tmp.mkdir()
+        ref = push_image(image, registry.address, "lcowbench/debian", skopeo_tmp)
+        log(f"pushed {ref}: base {base}, layers {[layer.size for layer in image.layers]}")
+        shutil.rmtree(work)
+        snapshotter.start()
+        daemon = Containerd(short_dir("cdb-"), proxy=snapshotter.socket).start()
+        bench = Bench(daemon, snapshotter, ref)
+        samples: list[Sample] = []
+        for rep in range(runs):
+            order = SNAPSHOTTERS if rep % 2 == 0 else SNAPSHOTTERS[::-1]
+            samples += [bench.pull(name, rep) for name in order]
+        for name in SNAPSHOTTERS:  # unpacked for both (the content is there: unpack only)
+            daemon.ctr("images", "pull", "--plain-http", "--snapshotter", name, ref)
+        layers = len(image.layers)
+        for rep in range(runs):
+            order = SNAPSHOTTERS if rep % 2 == 0 else SNAPSHOTTERS[::-1]
+            samples += [bench.run(name, rep, layers) for name in order]
+        bench.remove_image()
+        return {
+            "image": {"base": base, "base_trees": BASE_TREES,
+                      "gzip_layer_bytes": [layer.size for layer in image.layers]},
+            "samples": [asdict(s) for s in samples],
+            "summary": summarize(samples),
+        }  # fmt: skip
+    finally:
+        if daemon is not None:
+            daemon.close()
+        status = snapshotter.stop()
+        Driver(snapshotter.root, ["lcow.backend=host"]).cleanup()
+        registry.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+        if status != 0:
+            log(f"the lcow snapshotter exited {status}: {snapshotter.log.read_text()[-2000:]}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=5, help="paired repetitions per row")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="work directory (removed)")
+    ap.add_argument("--out", type=Path, help="write every sample and the machine as JSON")
+    ap.add_argument("--keep", action="store_true", help="keep --data afterwards")
+    args = ap.parse_args()
+    if args.data.exists():
+        raise SystemExit(f"{args.data} exists: remove it or choose another --data")
+    started = time.monotonic()
+    try:
+        result = measure(args.data, args.runs)
+    finally:
+        if not args.keep:
+            shutil.rmtree(args.data, ignore_errors=True)
+    result["machine"] = machine()
+    result["seconds"] = time.monotonic() - started
+    print(table(result["summary"]))
+    print(f"image base: {result['image']['base']}; run took {result['seconds']:.0f} s")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
