@@ -2,8 +2,11 @@
 
 Fixtures write layer content through a :class:`LayerBuilder`: :class:`TarBuilder` collects the
 changes as a layer tar and applies it with ApplyDiff (every backend, the userspace one
-included); a writable backend can supply a builder that writes through Get's view instead. The
-checks read back only through the driver's operations and Get's view.
+included); a writable backend can supply a builder that writes through Get's view instead
+(:class:`ViewBuilder`, or any :class:`ViewWriter` over a :class:`ContainerFS`). The checks read
+back only through the driver's operations and Get's view; the content checks need only
+:class:`Views` (a Get and a Put), so views from elsewhere (the containerd snapshotter's mounts)
+are held to the same expected trees.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from lcow.backends.base import ContainerFS
 from lcow.graphdriver.driver import Driver
 from lcow.layerdiff.changes import Change, ChangeKind
 
@@ -26,6 +30,8 @@ __all__ = [
     "LayerBuilder",
     "TarBuilder",
     "ViewBuilder",
+    "ViewWriter",
+    "Views",
     "add_files",
     "add_many_files",
     "add_many_layers",
@@ -44,6 +50,8 @@ __all__ = [
     "test_diff_apply",
     "test_set_quota",
     "verify_base",
+    "write_base",
+    "write_layer",
 ]
 
 
@@ -182,16 +190,23 @@ class TarBuilder:
         self.driver.apply_diff(self.layer_id, self.parent, io.BytesIO(self.tar()))
 
 
-class ViewBuilder:
-    """Writes through the layer's own Get view, as graphtest does (writable backends).
+class Views(Protocol):
+    """Where the checks read a layer's view: a Get and its Put (a :class:`Driver` is one)."""
 
-    The view stays held from construction to :meth:`commit` (its Put).
-    """
+    def get(self, layer_id: str) -> ContainerFS:
+        """The view of ``layer_id``, held until :meth:`put`."""
+        ...
 
-    def __init__(self, driver: Driver, layer_id: str, parent: str | None) -> None:
-        self.driver = driver
-        self.layer_id = layer_id
-        self.view = driver.get(layer_id)
+    def put(self, layer_id: str) -> None:
+        """Release one :meth:`get`."""
+        ...
+
+
+class ViewWriter:
+    """Writes a layer's content through a writable view with graphtest's semantics; a
+    subclass says what :meth:`commit` does."""
+
+    view: ContainerFS
 
     def mkdir(self, path: str, mode: int, uid: int = 0, gid: int = 0) -> None:
         """Create a directory with exactly ``mode`` (no umask) and owners; an existing one is
@@ -215,6 +230,18 @@ class ViewBuilder:
         """Remove a path and everything below it."""
         self.view.remove_all(posixpath.normpath("/" + path))
 
+
+class ViewBuilder(ViewWriter):
+    """Writes through the layer's own Get view, as graphtest does (writable backends).
+
+    The view stays held from construction to :meth:`commit` (its Put).
+    """
+
+    def __init__(self, driver: Driver, layer_id: str, parent: str | None) -> None:
+        self.driver = driver
+        self.layer_id = layer_id
+        self.view = driver.get(layer_id)
+
     def commit(self) -> None:
         """Release the view (Put): the writes are in the layer's sandbox."""
         self.driver.put(self.layer_id)
@@ -223,7 +250,7 @@ class ViewBuilder:
 BuilderFactory = Callable[[Driver, str, str | None], LayerBuilder]
 
 
-def read_dir(driver: Driver, layer_id: str, path: str) -> list[str]:
+def read_dir(driver: Views, layer_id: str, path: str) -> list[str]:
     """Names in a directory of a layer's view (``lost+found`` hidden, as graphtest does)."""
     view = driver.get(layer_id)
     try:
@@ -253,7 +280,7 @@ def add_many_files(builder: LayerBuilder, count: int, seed: int) -> None:
             builder.write(f"directory-{i}/file-{i + j}", random_content(64, seed + i + j), 0o755)
 
 
-def check_many_files(driver: Driver, layer_id: str, count: int, seed: int) -> None:
+def check_many_files(driver: Views, layer_id: str, count: int, seed: int) -> None:
     """``checkManyFiles``: every file of :func:`add_many_files` has the seed's content."""
     view = driver.get(layer_id)
     try:
@@ -303,16 +330,22 @@ def add_many_layers(driver: Driver, make: BuilderFactory, base: str, count: int)
         layer = f"{base}-layer-{k}"
         driver.create(layer, last)
         builder = make(driver, layer, last)
-        builder.write("top-id", layer.encode(), 0o755)
-        builder.mkdir(f"layer-{k}", 0o755)
-        builder.write(f"layer-{k}/layer-id", layer.encode(), 0o755)
-        builder.write(f"layer-{k}/parent-id", last.encode(), 0o755)
+        write_layer(builder, k, layer, last)
         builder.commit()
         last = layer
     return last
 
 
-def check_many_layers(driver: Driver, layer_id: str, count: int) -> None:
+def write_layer(builder: LayerBuilder, k: int, layer: str, parent: str) -> None:
+    """Layer ``k`` of :func:`add_many_layers`: its id at the top and in ``layer-<k>/``, with its
+    parent's id."""
+    builder.write("top-id", layer.encode(), 0o755)
+    builder.mkdir(f"layer-{k}", 0o755)
+    builder.write(f"layer-{k}/layer-id", layer.encode(), 0o755)
+    builder.write(f"layer-{k}/parent-id", parent.encode(), 0o755)
+
+
+def check_many_layers(driver: Views, layer_id: str, count: int) -> None:
     """``checkManyLayers``: follow the ids written by :func:`add_many_layers` down the chain."""
     view = driver.get(layer_id)
     try:
@@ -329,12 +362,17 @@ def create_base(driver: Driver, make: BuilderFactory, name: str) -> None:
     """``createBase``: a subdir 0705+sticky owned 1:2 and a 0222+setuid file."""
     driver.create(name, None)
     builder = make(driver, name, None)
-    builder.mkdir("a subdir", 0o705 | stat.S_ISVTX, 1, 2)
-    builder.write("a file", b"Some data", 0o222 | stat.S_ISUID)
+    write_base(builder)
     builder.commit()
 
 
-def verify_base(driver: Driver, name: str) -> None:
+def write_base(builder: LayerBuilder) -> None:
+    """:func:`create_base`'s content."""
+    builder.mkdir("a subdir", 0o705 | stat.S_ISVTX, 1, 2)
+    builder.write("a file", b"Some data", 0o222 | stat.S_ISUID)
+
+
+def verify_base(driver: Views, name: str) -> None:
     """``verifyBase``: modes and owners of :func:`create_base`'s entries, exactly two entries."""
     view = driver.get(name)
     try:
