@@ -16,6 +16,7 @@ from lcow.errors import InvalidArgument
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "UTILITY_VM_KEYS",
     "bool_option",
     "parse_go_bool",
     "split_options",
@@ -23,6 +24,19 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT = 300
+#: SPEC §2's keys about the utility VM: the vm backend reads them, and the driver accepts them
+#: whatever the backend (LCOW's own table), so both name them from here.
+UTILITY_VM_KEYS = frozenset(
+    {
+        "lcow.globalmode",
+        "lcow.kirdpath",
+        "lcow.kernel",
+        "lcow.initrd",
+        "lcow.vhdx",
+        "lcow.bootparameters",
+        "lcow.timeout",
+    }
+)
 _GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _GO_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 _SIGNED_DIGITS = re.compile(r"[+-]?[0-9]+")

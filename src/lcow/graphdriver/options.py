@@ -18,7 +18,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lcow._util.initopts import DEFAULT_TIMEOUT, bool_option, split_options, timeout_option
+from lcow._util.initopts import (
+    DEFAULT_TIMEOUT,
+    UTILITY_VM_KEYS,
+    bool_option,
+    split_options,
+    timeout_option,
+)
 from lcow.backends.base import BackendOptions
 from lcow.backends.registry import BackendRegistry, installed_backends
 from lcow.errors import InvalidArgument
@@ -36,20 +42,7 @@ __all__ = [
 DEFAULT_BACKEND = "userspace"
 DEFAULT_SANDBOX_GB = 20
 #: The ``lcow.*`` keys InitDriver accepts whatever the backend: SPEC §2's table and lcow's own.
-DRIVER_KEYS = frozenset(
-    {
-        "lcow.globalmode",
-        "lcow.sandboxsize",
-        "lcow.kirdpath",
-        "lcow.kernel",
-        "lcow.initrd",
-        "lcow.vhdx",
-        "lcow.bootparameters",
-        "lcow.timeout",
-        "lcow.backend",
-        "lcow.dmverity",
-    }
-)
+DRIVER_KEYS = UTILITY_VM_KEYS | {"lcow.sandboxsize", "lcow.backend", "lcow.dmverity"}
 
 _DIGITS = re.compile(r"[0-9]+")
 

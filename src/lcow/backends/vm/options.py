@@ -12,21 +12,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from lcow._util.initopts import DEFAULT_TIMEOUT, bool_option, timeout_option
+from lcow._util.initopts import DEFAULT_TIMEOUT, UTILITY_VM_KEYS, bool_option, timeout_option
 
 __all__ = ["VM_KEYS", "VmOptions", "parse_vm_options"]
 
-VM_KEYS = frozenset(
-    {
-        "lcow.globalmode",
-        "lcow.kirdpath",
-        "lcow.kernel",
-        "lcow.initrd",
-        "lcow.vhdx",
-        "lcow.bootparameters",
-        "lcow.timeout",
-    }
-)
+VM_KEYS = UTILITY_VM_KEYS
 
 
 @dataclass(frozen=True, kw_only=True)
