@@ -151,8 +151,18 @@ def test_filters_or_across_strings_and_empty_matches_all() -> None:
     assert matches(parse_filters([]), _lookup())
     assert matches(parse_filters(["name==a", "kind==active"]), _lookup())
     assert not matches(parse_filters(["name==a", "kind==view"]), _lookup())
-    assert not matches(parse_filters(["parent"]), _lookup(parent=None))
+
     assert matches(parse_filters(['name=="default\\x2f1/x"']), _lookup())
+
+
+def test_a_base_layer_s_parent_is_present_and_empty_as_containerd_answers() -> None:
+    # containerd's snapshot adaptors answer (info.Parent, true); its metadata looks up what a
+    # remote snapshotter committed with `labels."containerd.io/snapshot.ref"==T,parent==""`.
+    base = _lookup(labels={"containerd.io/snapshot.ref": "sha256:1"}, parent=None)
+    target = 'labels."containerd.io/snapshot.ref"==sha256:1,parent==""'
+    assert matches(parse_filters([target]), base)
+    assert matches(parse_filters(["parent"]), base)
+    assert not matches(parse_filters(['parent==""']), _lookup(parent="p"))
 
 
 @pytest.mark.parametrize(

@@ -80,8 +80,8 @@ def snapshot_fields(
             return None
         if head == "name":
             return name
-        if head == "parent":
-            return parent
+        if head == "parent":  # always present, "" for none (containerd's metadata asks
+            return parent or ""  # parent=="" when it looks a base layer up by its target)
         return kind
 
     return lookup
