@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -36,15 +36,16 @@ SNAPSHOTTER = "lcow"
 class Snapshotter:
     """``lcow --root ROOT --backend host snapshotter serve --address SOCK`` as a process."""
 
-    def __init__(self, root: Path, socket: Path, log: Path) -> None:
+    def __init__(self, root: Path, socket: Path, log: Path, extra: Sequence[str] = ()) -> None:
         self.root, self.socket, self.log = root, socket, log
+        self.extra = tuple(extra)  # more ``serve`` options
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Snapshotter:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "lcow", "--root", str(self.root), "--backend", "host",
-                 "snapshotter", "serve", "--address", str(self.socket)],
+                 "snapshotter", "serve", "--address", str(self.socket), *self.extra],
                 stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + 30
