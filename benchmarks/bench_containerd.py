@@ -25,6 +25,18 @@ utime+stime+cutime+cstime before and after): the unpacking and the snapshotter w
 those processes, not in ``ctr``. Reported per row: medians (min-max) and the median of the
 per-repetition ratios lcow / overlayfs (min-max). Goals of the issue: <= 1.2x for both rows.
 
+With ``--fastpath``: the content-store fast path against commit-time conversion instead.
+Two lcow snapshotters on one containerd: ``lcow`` with ``--containerd-address`` (the fast
+path) and ``lcowplain`` without; the image's blobs fetched once (``ctr content fetch``), so
+only unpacking is measured. Each sample is one ``sh DATA/unpack.sh S`` process: the previous
+unpack's four snapshots removed (``ctr snapshots rm``, then a synchronous collection, which
+frees their folders), then ``tests/containerd/gopull`` unpacking as CRI does
+(``client.Pull`` + ``WithPullUnpack`` + the layer-digest handler). Removal is the same work
+for both (four committed layers), so it is in both figures. Reported: the processes' wall and
+CPU as for the rows above, the lcow server's CPU, and how many layers took the fast path
+(from the servers' logs: every layer of every ``lcow`` sample must). With ``--hold``, the
+script stops after the set-up and prints the two commands, for an external paired timer.
+
 Everything started is stopped by its pid, the lcow views are unmounted, and ``--data`` and
 the temporary directories are removed (unless ``--keep``).
 """
@@ -32,6 +44,7 @@ the temporary directories are removed (unless ``--keep``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -58,6 +71,7 @@ from tests.containerd.daemons import (  # noqa: E402
     short_dir,
 )
 from tests.containerd.images import build_image, push_image  # noqa: E402
+from tests.containerd.pullprog import build_gopull  # noqa: E402
 from tests.containerd.test_lcow_snapshotter import Snapshotter  # noqa: E402
 from tests.plugin.dockerd import busybox_rootfs  # noqa: E402
 
@@ -132,12 +146,12 @@ def proc_cpu_pidfile(pidfile: Path) -> int | None:
 
 
 def _is_ctr(pid: int) -> bool:
-    """``pid`` runs ``ctr`` (timed by ``wait4``, not a shim)."""
+    """``pid`` runs ``ctr`` or ``gopull`` (timed by ``wait4``, not a shim)."""
     try:
         argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
     except OSError:
         return False
-    return argv0.endswith(b"ctr")
+    return argv0.endswith(b"ctr") or b"/gopull-" in argv0
 
 
 def allocated(folder: Path, pattern: str) -> int:
@@ -243,6 +257,11 @@ class Bench:
     def timed(self, row: str, snapshotter: str, rep: int, *args: str) -> Sample:
         """Run ``ctr ARGS`` once; its wall and CPU times and the daemons' CPU meanwhile."""
         argv = [CTR, "--address", str(self.daemon.address), "-n", self.daemon.namespace, *args]
+        return self.timed_argv(row, snapshotter, rep, argv)
+
+    def timed_argv(self, row: str, snapshotter: str, rep: int, argv: list[str]) -> Sample:
+        """Run ``argv`` once (its children waited for); as :meth:`timed`."""
+        args = argv
         errors = self.daemon.dir / "ctr.err"
         watch = CpuWatch(self.roles)
         watch.start()
@@ -327,22 +346,31 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def summarize(samples: list[Sample]) -> dict[str, Any]:
+def summarize(
+    samples: list[Sample],
+    rows: tuple[str, ...] = ("pull", "run"),
+    names: tuple[str, str] = ("lcow", "overlayfs"),
+) -> dict[str, Any]:
+    """Per row and snapshotter the spreads, and the paired ratios ``names[0] / names[1]``."""
     summary: dict[str, Any] = {}
-    for row in ("pull", "run"):
+    for row in rows:
         by = {name: [s for s in samples if s.row == row and s.snapshotter == name]
-              for name in SNAPSHOTTERS}  # fmt: skip
+              for name in names}  # fmt: skip
         entry: dict[str, Any] = {}
         for name, chosen in by.items():
             entry[name] = {key: spread([getattr(s, key) for s in chosen]) for key in KEYS}
-        pairs = list(zip(by["lcow"], by["overlayfs"], strict=True))
+        pairs = list(zip(by[names[0]], by[names[1]], strict=True))
         entry["ratio_wall"] = spread([a.wall / b.wall for a, b in pairs])
         entry["ratio_total_cpu"] = spread([a.total_cpu / b.total_cpu for a, b in pairs])
         summary[row] = entry
     return summary
 
 
-def table(summary: dict[str, Any]) -> str:
+def table(
+    summary: dict[str, Any],
+    names: tuple[str, ...] = SNAPSHOTTERS,
+    ratio: str = "lcow / overlayfs",
+) -> str:
     def cell(value: dict[str, float]) -> str:
         return f"{value['median']:.2f} ({value['min']:.2f}-{value['max']:.2f})"
 
@@ -350,13 +378,13 @@ def table(summary: dict[str, Any]) -> str:
             "| qemu-storage-daemon CPU s | shims CPU s | all CPU s | machine busy s |")  # fmt: skip
     lines = [head, "|" + "---|" * 10]
     for row, entry in summary.items():
-        for name in SNAPSHOTTERS:
+        for name in names:
             v = entry[name]
             lines.append(f"| {row} | {name} | {cell(v['wall'])} | {cell(v['ctr_cpu'])} | "
                          f"{cell(v['containerd_cpu'])} | {cell(v['lcow_cpu'])} | "
                          f"{cell(v['qsd_cpu'])} | {cell(v['shim_cpu'])} | "
                          f"{cell(v['total_cpu'])} | {cell(v['machine_busy'])} |")  # fmt: skip
-        lines.append(f"| {row} | **lcow / overlayfs** | {cell(entry['ratio_wall'])}x | | | | | "
+        lines.append(f"| {row} | **{ratio}** | {cell(entry['ratio_wall'])}x | | | | | "
                      f"| {cell(entry['ratio_total_cpu'])}x | |")  # fmt: skip
     return "\n".join(lines)
 
@@ -376,6 +404,125 @@ def machine() -> dict[str, Any]:
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
+
+
+# -- the fast path -----------------------------------------------------------------------------
+
+FAST, PLAIN = "lcow", "lcowplain"
+FAST_LINE, COMMIT_LINE = "fast path: committed", ": committed as "
+
+
+class TwoProxies(Containerd):
+    """containerd with a second lcow proxy snapshotter, ``lcowplain``, on ``plain``."""
+
+    def __init__(self, base: Path, *, proxy: Path, plain: Path) -> None:
+        super().__init__(base, proxy=proxy)
+        self.plain = plain
+
+    def config(self) -> str:
+        extra = f'[proxy_plugins.{PLAIN}]\n  type = "snapshot"\n  address = "{self.plain}"\n'
+        return super().config() + extra
+
+
+def unpack_script(daemon: Containerd, gopull: Path, ref: str, keys: list[str]) -> str:
+    """``unpack.sh S``: remove the last unpack's snapshots (top first) and collect them, then
+    unpack the image into S as CRI does."""
+    ctr = f"{CTR} --address {daemon.address} -n {daemon.namespace}"
+    return f"""#!/bin/sh
+set -e
+{ctr} snapshots --snapshotter "$1" rm {" ".join(reversed(keys))} >/dev/null 2>&1 || true
+{ctr} images tag {ref} {ref}-gc$$ >/dev/null
+{ctr} images rm --sync {ref}-gc$$ >/dev/null
+exec {gopull} -address {daemon.address} -namespace {daemon.namespace} -snapshotter "$1" \\
+    -plain-http {ref}
+"""
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """The chain IDs of layers with ``diff_ids`` (containerd's snapshot keys of an image)."""
+    out: list[str] = []
+    for diff_id in diff_ids:
+        text = f"{out[-1]} {diff_id}".encode() if out else b""
+        out.append("sha256:" + hashlib.sha256(text).hexdigest() if out else diff_id)
+    return out
+
+
+def paired_unpacks(
+    bench: Bench,
+    fast: Snapshotter,
+    plain: Snapshotter,
+    commands: dict[str, list[str]],
+    runs: int,
+) -> list[Sample]:
+    """A warm-up pair, then ``runs`` pairs in alternating order; the counted samples."""
+    samples: list[Sample] = []
+    for rep in range(-1, runs):
+        order = (FAST, PLAIN) if rep % 2 == 0 else (PLAIN, FAST)
+        for name in order:
+            bench.snapshotter = fast if name == FAST else plain
+            sample = bench.timed_argv("unpack", name, rep, commands[name])
+            if rep >= 0:
+                samples.append(sample)
+    return samples
+
+
+def measure_fastpath(data: Path, runs: int, hold: bool) -> dict[str, Any]:
+    work = data / "image"
+    work.mkdir(parents=True)
+    log("building the base layer")
+    base = base_rootfs(data / "base.tar")
+    image = build_image(work, base=data / "base.tar")
+    (data / "base.tar").unlink()
+    gopull = build_gopull(data / "go")
+    registry = Registry(data / "registry").start()
+    sock_dir = short_dir("lcowb-")
+    link = sock_dir / "cd.sock"
+    fast = Snapshotter(data / "fast-root", sock_dir / "fast.sock", data / "fast.log",
+                       extra=["--containerd-address", str(link)])  # fmt: skip
+    plain = Snapshotter(data / "plain-root", sock_dir / "plain.sock", data / "plain.log")
+    daemon: Containerd | None = None
+    try:
+        skopeo_tmp = data / "skopeo"
+        skopeo_tmp.mkdir()
+        ref = push_image(image, registry.address, "lcowbench/debian", skopeo_tmp)
+        log(f"pushed {ref}: base {base}, layers {[layer.size for layer in image.layers]}")
+        shutil.rmtree(work)
+        fast.start()
+        plain.start()
+        daemon = TwoProxies(short_dir("cdb-"), proxy=fast.socket, plain=plain.socket).start()
+        link.symlink_to(daemon.address)
+        daemon.ctr("content", "fetch", "--plain-http", ref)
+        script = data / "unpack.sh"
+        keys = chain_ids([layer.diff_id for layer in image.layers])
+        script.write_text(unpack_script(daemon, gopull, ref, keys))
+        commands = {name: ["sh", str(script), name] for name in (FAST, PLAIN)}
+        if hold:
+            for name, argv in commands.items():
+                print(f"{name}: {' '.join(argv)}", flush=True)
+            input("set up; press Enter to tear down\n")
+            return {}
+        samples = paired_unpacks(Bench(daemon, fast, ref), fast, plain, commands, runs)
+        fast_layers = fast.log.read_text().count(FAST_LINE)
+        plain_commits = plain.log.read_text().count(COMMIT_LINE)
+        layers = len(image.layers)
+        return {
+            "image": {"base": base, "gzip_layer_bytes": [la.size for la in image.layers]},
+            "samples": [asdict(s) for s in samples],
+            "fast_path_layers": fast_layers,
+            "plain_commits": plain_commits,
+            "expected_each": layers * (runs + 1),
+            "summary": summarize(samples, rows=("unpack",), names=(FAST, PLAIN)),
+        }
+    finally:
+        if daemon is not None:
+            daemon.close()
+        for running in (fast, plain):
+            status = running.stop()
+            Driver(running.root, ["lcow.backend=host"]).cleanup()
+            if status != 0:
+                log(f"a snapshotter exited {status}: {running.log.read_text()[-2000:]}")
+        registry.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -435,18 +582,41 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="work directory (removed)")
     ap.add_argument("--out", type=Path, help="write every sample and the machine as JSON")
     ap.add_argument("--keep", action="store_true", help="keep --data afterwards")
+    ap.add_argument(
+        "--fastpath",
+        action="store_true",
+        help="measure the content-store fast path against commit-time conversion",
+    )
+    ap.add_argument(
+        "--hold",
+        action="store_true",
+        help="with --fastpath: set up, print the two commands, wait for Enter",
+    )
     args = ap.parse_args()
     if args.data.exists():
         raise SystemExit(f"{args.data} exists: remove it or choose another --data")
     started = time.monotonic()
     try:
-        result = measure(args.data, args.runs)
+        if args.fastpath:
+            result = measure_fastpath(args.data, args.runs, args.hold)
+            if args.hold:
+                return 0
+        else:
+            result = measure(args.data, args.runs)
     finally:
         if not args.keep:
             shutil.rmtree(args.data, ignore_errors=True)
     result["machine"] = machine()
     result["seconds"] = time.monotonic() - started
-    print(table(result["summary"]))
+    if args.fastpath:
+        print(table(result["summary"], (PLAIN, FAST), f"{FAST} / {PLAIN}"))
+        print(
+            f"layers through the fast path: {result['fast_path_layers']} (lcow), "
+            f"committed by the differ: {result['plain_commits']} ({PLAIN}); "
+            f"expected {result['expected_each']} each"
+        )
+    else:
+        print(table(result["summary"]))
     print(f"image base: {result['image']['base']}; run took {result['seconds']:.0f} s")
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
