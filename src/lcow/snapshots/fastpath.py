@@ -235,8 +235,8 @@ class FastPathSnapshotter(Snapshotter):
         request = self._request(key, parent, labels or {})
         if request is not None and self._serve(request):
             raise AlreadyExists(
-                f"snapshot {key}: target {request.target} exists (converted from blob "
-                f"{request.blob})",
+                f"snapshot {key}: target {request.target} is committed (lcow's content-store "
+                f"fast path, blob {request.blob})",
                 subject=request.target,
             )
         return super().prepare(key, parent, labels)
