@@ -11,6 +11,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -193,3 +195,44 @@ def test_cleanup_leaves_a_folder_being_converted(
     (snap,) = fast.walk()
     assert snap.id == converting and _folders(fast) == [converting]
     assert_e2fsck_clean(fast.driver.root.layer_dir(converting) / LAYER_VHD)
+
+
+_CRASHING = """
+import sys, threading
+from pathlib import Path
+from lcow.graphdriver.driver import Driver
+from lcow.snapshots.fastpath import FastPathSnapshotter
+from tests.snapshots.test_fastpath_faults import FaultyContentStore, _digest, _labels, _layer
+
+blob, diff_id = _layer()
+content = FaultyContentStore()
+content.blobs[_digest(blob)] = blob
+content.hold = True
+sn = FastPathSnapshotter(Driver(Path(sys.argv[1]), ["lcow.backend=host"]), content)
+threading.Thread(target=lambda: (content.reading.wait(), print("converting", flush=True)),
+                 daemon=True).start()
+sn.prepare("fault/1/x", None, _labels(diff_id, _digest(blob)))
+"""
+
+
+def test_a_crash_mid_conversion_leaves_a_folder_that_cleanup_removes(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    proc = subprocess.Popen([sys.executable, "-c", _CRASHING, str(root)], stdout=subprocess.PIPE,
+                            cwd=Path(__file__).resolve().parents[2], text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "converting\n"
+        (orphan,) = Driver(root, ["lcow.backend=host"]).root.layer_ids()
+    finally:
+        proc.kill()
+        proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    sn = FastPathSnapshotter(Driver(root, ["lcow.backend=host"]), FaultyContentStore())
+    try:
+        assert sn.walk() == []  # no row: the folder was never visible as a snapshot
+        assert sn.cleanup() == [orphan]
+        assert list(sn.driver.root.layer_ids()) == []
+    finally:
+        sn.close()
+        Driver(root, ["lcow.backend=host"]).cleanup()
+    assert host_leftovers(tmp_path) == []
