@@ -236,3 +236,15 @@ def test_a_crash_mid_conversion_leaves_a_folder_that_cleanup_removes(tmp_path: P
         sn.close()
         Driver(root, ["lcow.backend=host"]).cleanup()
     assert host_leftovers(tmp_path) == []
+
+
+def test_a_key_taken_is_refused_before_any_conversion(
+    fast: FastPathSnapshotter, content: FaultyContentStore
+) -> None:
+    blob, diff_id = _layer()
+    content.blobs[_digest(blob)] = blob
+    fast.prepare(f"{NS}/1/x", None)
+    with pytest.raises(AlreadyExists, match=f"snapshot {NS}/1/x: already exists"):
+        fast.prepare(f"{NS}/1/x", None, _labels(diff_id, _digest(blob)))
+    assert [s.kind for s in fast.walk()] == [Kind.ACTIVE]  # nothing converted meanwhile
+    fast.remove(f"{NS}/1/x")

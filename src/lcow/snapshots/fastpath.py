@@ -265,7 +265,7 @@ class FastPathSnapshotter(Snapshotter):
         ordinary path (the reason is logged)."""
         with self.store.transaction() as tx:
             known, parent_chain = self._parent_chain(tx, req)
-            if not known:
+            if not known or tx.name_taken(req.key):  # the ordinary path's errors
                 return False
             if self._found(tx, req):
                 log.info("snapshot %s: fast path: target %s is committed already",
