@@ -60,7 +60,7 @@ from lcow.graphdriver.driver import Driver
 from lcow.snapshots.content import ContentStore, check_namespace
 from lcow.snapshots.labels import check_key, check_labels
 from lcow.snapshots.metastore import Kind, Snapshot, Transaction
-from lcow.snapshots.snapshotter import Mount, Snapshotter, _new_id, _now
+from lcow.snapshots.snapshotter import Mount, Snapshotter, new_layer_id
 
 __all__ = [
     "FAST_PATH_LABEL",
@@ -284,7 +284,7 @@ class FastPathSnapshotter(Snapshotter):
             return False
         if size is None:
             return False
-        return self._convert_blob(req, _Layer(_new_id(), parent_id, parent_chain, size))
+        return self._convert_blob(req, _Layer(new_layer_id(), parent_id, parent_chain, size))
 
     @staticmethod
     def _parent_chain(tx: Transaction, req: _Request) -> tuple[bool, str | None]:
@@ -446,7 +446,7 @@ class FastPathSnapshotter(Snapshotter):
                     return False
             if tx.name_taken(req.name):
                 return False
-            now = _now()
+            now = time.time_ns()
             tx.insert(Snapshot(req.name, layer_id, Kind.COMMITTED, req.parent, labels, now, now))
         return True
 

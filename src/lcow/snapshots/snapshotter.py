@@ -59,7 +59,7 @@ from lcow.snapshots.labels import check_key, check_labels
 from lcow.snapshots.metastore import Kind, MetaStore, Snapshot, Transaction
 from lcow.storage.dataroot import LAYER_VHD, DataRoot
 
-__all__ = ["METASTORE", "Mount", "Snapshotter", "Usage"]
+__all__ = ["METASTORE", "Mount", "Snapshotter", "Usage", "new_layer_id"]
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ def _now() -> int:
     return time.time_ns()
 
 
-def _new_id() -> str:
+def new_layer_id() -> str:
+    """A fresh folder name for a snapshot: ``sn`` and 32 hex digits."""
     return "sn" + secrets.token_hex(16)
 
 
@@ -214,7 +215,7 @@ class Snapshotter:
                 if tx.name_taken(key):
                     raise AlreadyExists(f"snapshot {key}: already exists", subject=key)
                 parent_id = self._committed_parent(tx, key, parent)
-            layer_id = view_id = _new_id()
+            layer_id = view_id = new_layer_id()
             self.driver.create_read_write(layer_id, parent_id)
             try:
                 source = self._get(view_id)
