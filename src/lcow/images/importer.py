@@ -24,8 +24,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from lcow.errors import (
     AlreadyExists,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from lcow.graphdriver.driver import Driver
 
 __all__ = [
+    "BlobSource",
     "ImportPlan",
     "ImportResult",
     "ImportedImage",
@@ -54,11 +56,31 @@ __all__ = [
     "PlannedLayer",
     "import_image",
     "plan_import",
+    "plan_layers",
     "read_images",
     "run_import",
 ]
 
 log = logging.getLogger(__name__)
+
+
+class BlobSource(Protocol):
+    """Where layer blobs come from: an :class:`ImageArchive`, or a registry
+    (:mod:`lcow.images.pull`); blobs are named by :attr:`LayerRef.member`."""
+
+    name: str
+
+    def size(self, name: str) -> int:
+        """The blob's size as stored."""
+        ...
+
+    def member_range(self, name: str) -> tuple[int, int, int] | None:
+        """``(fd, offset, size)`` of the blob inside a file, when it is in one."""
+        ...
+
+    def open_member(self, name: str) -> AbstractContextManager[BinaryIO]:
+        """The blob as stored, as a stream."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -203,6 +225,18 @@ def plan_import(driver: Driver, archive: ImageArchive) -> ImportPlan:
         FailedPrecondition: an existing layer with the id has another parent.
     """
     fmt, images = read_images(archive)
+    return plan_layers(driver, archive, fmt, images)
+
+
+def plan_layers(
+    driver: Driver, source: BlobSource, fmt: str, images: Sequence[ImageSpec]
+) -> ImportPlan:
+    """:func:`plan_import` for images already read (from an archive or a registry).
+
+    Raises:
+        AlreadyExists: a layer id is taken by a writable layer.
+        FailedPrecondition: an existing layer with the id has another parent.
+    """
     planned: dict[str, PlannedLayer] = {}
     for image in images:
         parent: str | None = None
@@ -217,7 +251,7 @@ def plan_import(driver: Driver, archive: ImageArchive) -> ImportPlan:
                     layer_id=lid,
                     parent=parent,
                     present=_present(driver, lid, parent, diff_id=ref.diff_id, chain=chain),
-                    blob_size=archive.size(ref.member),
+                    blob_size=source.size(ref.member),
                 )
             parent, parent_chain = lid, chain
     return ImportPlan(format=fmt, images=tuple(images), layers=tuple(planned.values()))
@@ -253,7 +287,7 @@ def _present(driver: Driver, lid: str, parent: str | None, *, diff_id: str, chai
 
 def run_import(
     driver: Driver,
-    archive: ImageArchive,
+    archive: BlobSource,
     plan: ImportPlan,
     *,
     progress: Callable[[int], None] | None = None,
@@ -263,8 +297,8 @@ def run_import(
 
     Args:
         driver: the driver of the data root.
-        archive: the archive the plan was made from.
-        plan: from :func:`plan_import`.
+        archive: the archive (or other blob source) the plan was made from.
+        plan: from :func:`plan_import` or :func:`plan_layers`.
         progress: called (from a helper thread) with counts of stored bytes read.
         on_layer: called after each layer, in order, created or skipped.
 
@@ -290,7 +324,7 @@ def run_import(
 
 def _run_locked(
     driver: Driver,
-    archive: ImageArchive,
+    archive: BlobSource,
     plan: ImportPlan,
     progress: Callable[[int], None] | None,
     on_layer: Callable[[ImportedLayer], None] | None,
@@ -340,7 +374,7 @@ def _layer_ids(layers: Sequence[LayerRef]) -> list[str]:
 
 def _apply(
     driver: Driver,
-    archive: ImageArchive,
+    archive: BlobSource,
     planned: PlannedLayer,
     created: list[str],
     progress: Callable[[int], None] | None,
