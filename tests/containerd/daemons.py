@@ -149,18 +149,26 @@ def _log_tail(path: Path, size: int = 6000) -> str:
 class Registry:
     """``docker-registry serve`` on ``127.0.0.1:<free port>``, storage in ``base/data``.
 
-    Plain HTTP by default; ``tls`` (certificate and key PEM files) serves HTTPS, and
-    ``htpasswd`` (a bcrypt htpasswd file) requires Basic auth with its users.
+    Plain HTTP by default; ``tls`` (certificate and key PEM files) serves HTTPS; ``htpasswd``
+    (a bcrypt htpasswd file) requires Basic auth with its users; ``token`` (the ``realm``,
+    ``service``, ``issuer`` and ``rootcertbundle`` of distribution's ``auth.token`` section)
+    requires Bearer tokens from that realm.
     """
 
     def __init__(
-        self, base: Path, *, tls: tuple[Path, Path] | None = None, htpasswd: Path | None = None
+        self,
+        base: Path,
+        *,
+        tls: tuple[Path, Path] | None = None,
+        htpasswd: Path | None = None,
+        token: dict[str, str] | None = None,
     ) -> None:
         self.dir = base
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.tls = tls
         self.htpasswd = htpasswd
+        self.token = token
 
     @property
     def address(self) -> str:
@@ -206,6 +214,8 @@ class Registry:
         }
         if self.htpasswd is not None:
             config["auth"] = {"htpasswd": {"realm": "lcow-tests", "path": str(self.htpasswd)}}
+        elif self.token is not None:
+            config["auth"] = {"token": self.token}
         return config
 
     @property
@@ -236,7 +246,8 @@ class Registry:
             ) as answer:
                 return bool(answer.status == 200)
         except urllib.error.HTTPError as exc:
-            return exc.code == 401 and self.htpasswd is not None  # up, and asking for a login
+            asks_login = self.htpasswd is not None or self.token is not None
+            return exc.code == 401 and asks_login  # up, and asking for a login
         except (OSError, urllib.error.URLError):
             return False
 

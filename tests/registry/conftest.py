@@ -8,6 +8,9 @@
 * ``multi_image`` (session): :class:`MultiImage`, a two-platform image index pushed to the
   secure registry with ``skopeo copy --all``: this machine's architecture with a gzip, a zstd
   and a plain layer, and ``arm64`` (or ``amd64`` on an arm64 machine) with its own two layers.
+* ``token_registry`` (session): :class:`TokenRegistry`, a plain-HTTP registry requiring Bearer
+  tokens from a token server run by the test (:mod:`tests.registry.tokenserver`), with a
+  two-layer gzip image pushed.
 * ``docker_config``: a factory writing ``config.json`` into a new ``DOCKER_CONFIG`` folder.
 
 Daemons are stopped by pid at the end of the session.
@@ -27,11 +30,12 @@ import pytest
 from tests.containerd.daemons import Registry, short_dir
 from tests.containerd.images import BuiltImage, goarch, push_image, write_index, write_manifest
 from tests.helpers import TarEntry, ensure, write_tar
+from tests.registry.tokenserver import TokenServer
 
 USER = "lcowtester"
 PASSWORD = "s3cret-pass"  # a throwaway test password, only in the test registry's htpasswd
 
-__all__ = ["PASSWORD", "USER", "MultiImage", "Pki"]
+__all__ = ["PASSWORD", "USER", "MultiImage", "Pki", "TokenRegistry"]
 
 
 @dataclass(frozen=True)
@@ -189,3 +193,44 @@ def docker_config(tmp_path: Path) -> DockerConfig:
 def basic_auth(user: str, password: str) -> str:
     """The ``auth`` value of a ``config.json`` entry."""
     return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@dataclass(frozen=True)
+class TokenRegistry:
+    """A registry requiring Bearer tokens from :attr:`tokens` (plain HTTP), with an image.
+
+    Attributes:
+        registry: the registry.
+        tokens: its token server (which records what it was asked).
+        reference: the pushed image (``127.0.0.1:PORT/lcowtest/bearer:v1``).
+        tars: its layer tars.
+    """
+
+    registry: Registry
+    tokens: TokenServer
+    reference: str
+    tars: tuple[Path, ...]
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenRegistry]:
+    ensure("registry", "openssl")
+    work = tmp_path_factory.mktemp("bearer")
+    key, cert = work / "token.key", work / "token.pem"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+             "-days", "2", "-subj", "/CN=lcow test token issuer")  # fmt: skip
+    base = short_dir("lcowreg-")
+    with TokenServer(key, cert, (USER, PASSWORD)) as tokens:
+        registry = Registry(base / "registry", token=tokens.registry_config())
+        try:
+            registry.start()
+            tars = layer_tars(work, "bearer", 2)
+            layout = work / "layout"
+            descriptor, _, layers = write_manifest(layout, [t.read_bytes() for t in tars])
+            digest = write_index(layout, [descriptor], "v1")
+            reference = push_image(BuiltImage(layout, "v1", digest, "", layers), registry.address,
+                                   "lcowtest/bearer", work, creds=f"{USER}:{PASSWORD}")  # fmt: skip
+            yield TokenRegistry(registry, tokens, reference, tuple(tars))
+        finally:
+            registry.stop()
+            subprocess.run(["rm", "-rf", str(base)], check=False)

@@ -3,21 +3,25 @@
 :class:`HostileRegistry` answers every ``GET`` the way its ``mode`` says: a manifest that is not
 JSON, one larger than the client's cap (announced by ``Content-Length``, or streamed without
 one), a Docker schema 1 manifest, a redirect to itself, a server that accepts the request and
-never answers, or 503s before a bad answer (to count the client's retries). It serves plain HTTP
+never answers, 503s before a bad answer (to count the client's retries), or a valid one-layer
+image whose layer blob is served longer or shorter than its descriptor says. It serves plain HTTP
 on a free loopback port from a thread and counts the requests it got.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 
-__all__ = ["MODES", "HostileRegistry"]
+__all__ = ["MODES", "HostileRegistry", "layer_digest"]
 
 MODES = ("not-json", "too-big", "too-big-unannounced", "schema1", "redirect-loop", "stall",
-         "flaky")  # fmt: skip
+         "flaky", "long-blob", "short-blob")  # fmt: skip
 _MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 _BIG = 5 << 20  # more than lcow's 4 MiB cap on manifests
 
@@ -62,11 +66,63 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(302, b"", {"Location": self.path, "Content-Length": "0"})
         elif mode == "stall":
             self.server.released.wait(120)  # accepted, never answered
+        elif mode in ("long-blob", "short-blob"):
+            self._image(mode)
         elif mode == "flaky" and count <= 2:
             self._send(503, b"busy", {"Content-Length": "4"})
         else:
             self._send(200, b"still not JSON", {"Content-Type": _MANIFEST_TYPE,
                                                  "Content-Length": "14"})  # fmt: skip
+
+    def _image(self, mode: str) -> None:
+        image = _OneLayerImage.get()
+        if self.path.endswith("/manifests/v1"):
+            body = image.manifest
+            self._send(200, body, {"Content-Type": _MANIFEST_TYPE,
+                                   "Content-Length": str(len(body))})  # fmt: skip
+        elif self.path.endswith(f"/blobs/{image.config_digest}"):
+            self._send(200, image.config, {"Content-Length": str(len(image.config))})
+        elif self.path.endswith(f"/blobs/{image.layer_digest}"):
+            blob = image.layer + b"x" * 4096 if mode == "long-blob" else image.layer[:-4096]
+            self._send(200, blob, {"Content-Length": str(len(blob))})
+        else:
+            self._send(404, b"", {"Content-Length": "0"})
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class _OneLayerImage:
+    """A valid OCI image of one plain tar layer (made once)."""
+
+    _made: _OneLayerImage | None = None
+
+    def __init__(self) -> None:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            data = b"hostile layer\n" * 1000
+            info = tarfile.TarInfo("file.txt")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        self.layer = buffer.getvalue()
+        self.layer_digest = _digest(self.layer)
+        self.config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
+            "type": "layers", "diff_ids": [self.layer_digest]}}).encode()  # fmt: skip
+        self.config_digest = _digest(self.config)
+        self.manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": _MANIFEST_TYPE,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": self.config_digest, "size": len(self.config)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": self.layer_digest, "size": len(self.layer)}],
+        }).encode()  # fmt: skip
+
+    @classmethod
+    def get(cls) -> _OneLayerImage:
+        if cls._made is None:
+            cls._made = cls()
+        return cls._made
 
 
 class _Server(ThreadingHTTPServer):
@@ -109,3 +165,8 @@ class HostileRegistry:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(10)
+
+
+def layer_digest() -> str:
+    """The digest of the one layer the ``long-blob`` and ``short-blob`` modes serve."""
+    return _OneLayerImage.get().layer_digest

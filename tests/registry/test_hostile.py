@@ -18,7 +18,7 @@ from tests.containerd.daemons import Registry
 from tests.containerd.images import BuiltImage, push_image, write_index, write_manifest
 from tests.helpers import requires
 from tests.registry.conftest import layer_tars
-from tests.registry.hostile import HostileRegistry
+from tests.registry.hostile import HostileRegistry, layer_digest
 from tests.registry.test_pull import lcow
 
 
@@ -51,6 +51,21 @@ def test_hostile_registry(mode: str, status: int, message: str, tmp_path: Path) 
         assert elapsed < 30
     if mode == "flaky":  # two 503s retried, then the bad answer
         assert requests == 3
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [("long-blob", "is longer than its descriptor's"), ("short-blob", "the blob ended after")],
+)
+def test_blob_size_is_enforced_while_streaming(mode: str, message: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with HostileRegistry(mode) as server:
+        proc = lcow(root, "pull", "--plain-http", "--timeout", "5",
+                    f"{server.address}/hostile/img:v1", timeout=60)  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert layer_digest() in proc.stderr and message in proc.stderr, proc.stderr
+    assert [e.name for e in root.iterdir() if is_valid_id(e.name)] == []
+    assert not (root / ".images.json").exists()
 
 
 @requires("registry")

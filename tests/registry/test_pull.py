@@ -17,7 +17,14 @@ import pytest
 from lcow.images.chainid import chain_ids, layer_id, sha256
 from tests.containerd.images import goarch
 from tests.helpers import assert_e2fsck_clean, assert_tar_diff_clean, loop_mount, requires
-from tests.registry.conftest import PASSWORD, USER, DockerConfig, MultiImage, basic_auth
+from tests.registry.conftest import (
+    PASSWORD,
+    USER,
+    DockerConfig,
+    MultiImage,
+    TokenRegistry,
+    basic_auth,
+)
 
 pytestmark = [requires("registry", "htpasswd", "openssl", "e2fsck", "loop"), pytest.mark.slow]
 
@@ -129,3 +136,30 @@ def test_tls_is_verified(multi_image: MultiImage, docker_config: DockerConfig,
     assert proc.returncode == 1, proc.stderr
     assert "CERTIFICATE_VERIFY_FAILED" in proc.stderr
     assert not root.exists()
+
+
+def test_pull_with_a_bearer_token(
+    token_registry: TokenRegistry, docker_config: DockerConfig, tmp_path: Path
+) -> None:
+    """The 401's challenge names the token realm; the token is asked for with the service, the
+    repository's pull scope and the config's credentials as Basic auth."""
+    registry = token_registry.registry.address
+    good = docker_config({"auths": {registry: {"auth": basic_auth(USER, PASSWORD)}}})
+    before = len(token_registry.tokens.asked)
+    root = tmp_path / "root"
+    proc = lcow(root, "pull", "--plain-http", token_registry.reference, config=good)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [layer_id(c) for c in chain_ids(diff_ids(token_registry.tars))]
+    check_layers(root, token_registry.tars, tmp_path / "mnt")
+    asked = token_registry.tokens.asked[before:]
+    assert asked == [
+        {"user": USER, "service": "lcow-test-registry", "scope": "repository:lcowtest/bearer:pull"}
+    ]
+
+    bad = docker_config({"auths": {registry: {"auth": basic_auth(USER, "wrong")}}})
+    refused = lcow(tmp_path / "r2", "pull", "--plain-http", token_registry.reference, config=bad)
+    assert refused.returncode == 1, refused.stderr
+    assert f"lcow: {registry}/lcowtest/bearer: manifest v1: access denied (HTTP 401)" in (
+        refused.stderr
+    )
+    assert not (tmp_path / "r2").exists()
