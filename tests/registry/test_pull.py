@@ -6,6 +6,7 @@ GNU ``tar -df`` of each source layer tar against the layer image mounted read-on
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from lcow.cli.main import main
+from lcow.cli.status import ExitStatus
 from lcow.images.chainid import chain_ids, layer_id, sha256
 from tests.containerd.images import goarch
 from tests.helpers import assert_e2fsck_clean, assert_tar_diff_clean, loop_mount, requires
@@ -22,6 +25,7 @@ from tests.registry.conftest import (
     USER,
     DockerConfig,
     MultiImage,
+    Pki,
     TokenRegistry,
     basic_auth,
 )
@@ -59,12 +63,12 @@ def check_layers(root: Path, tars: tuple[Path, ...], mnt: Path) -> None:
 
 
 def test_pull_multi_platform_with_docker_config_credentials(
-    multi_image: MultiImage, docker_config: DockerConfig, pki: object, tmp_path: Path
+    multi_image: MultiImage, docker_config: DockerConfig, pki: Pki, tmp_path: Path
 ) -> None:
     registry = multi_image.registry.address
     config = docker_config({"auths": {f"https://{registry}": {"auth": basic_auth(USER, PASSWORD)}}})
     root = tmp_path / "root"
-    ca = pki.ca  # type: ignore[attr-defined]
+    ca = pki.ca
     proc = lcow(root, "pull", "--ca-file", ca, "--json", multi_image.reference, config=config)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -90,12 +94,12 @@ def test_pull_multi_platform_with_docker_config_credentials(
 
 
 def test_pull_other_platform_with_username_and_password(
-    multi_image: MultiImage, docker_config: DockerConfig, pki: object, tmp_path: Path
+    multi_image: MultiImage, docker_config: DockerConfig, pki: Pki, tmp_path: Path
 ) -> None:
     registry = multi_image.registry.address
     config = docker_config({"auths": {registry: {"username": USER, "password": PASSWORD}}})
     root = tmp_path / "root"
-    ca = pki.ca  # type: ignore[attr-defined]
+    ca = pki.ca
     platform = f"linux/{multi_image.other_arch}"
     proc = lcow(root, "pull", "--ca-file", ca, "--platform", platform, multi_image.reference,
                 config=config)  # fmt: skip
@@ -113,13 +117,13 @@ def test_pull_other_platform_with_username_and_password(
 
 @pytest.mark.parametrize("how", ["wrong password", "no credentials"])
 def test_refused_credentials_create_nothing(
-    how: str, multi_image: MultiImage, docker_config: DockerConfig, pki: object, tmp_path: Path
+    how: str, multi_image: MultiImage, docker_config: DockerConfig, pki: Pki, tmp_path: Path
 ) -> None:
     registry = multi_image.registry.address
     auths = {registry: {"auth": basic_auth(USER, "wrong")}} if how == "wrong password" else {}
     config = docker_config({"auths": auths})
     root = tmp_path / "root"
-    proc = lcow(root, "pull", "--ca-file", pki.ca, multi_image.reference,  # type: ignore[attr-defined]
+    proc = lcow(root, "pull", "--ca-file", pki.ca, multi_image.reference,
                 config=config)  # fmt: skip
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.startswith(f"lcow: {registry}/lcowtest/multi: manifest v1: access denied")
@@ -163,3 +167,27 @@ def test_pull_with_a_bearer_token(
         refused.stderr
     )
     assert not (tmp_path / "r2").exists()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal(
+    multi_image: MultiImage,
+    docker_config: DockerConfig,
+    pki: Pki,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry = multi_image.registry.address
+    config = docker_config({"auths": {registry: {"auth": basic_auth(USER, PASSWORD)}}})
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    root = tmp_path / "root"
+    argv = ["--root", str(root), "pull", "--ca-file", str(pki.ca), multi_image.reference]
+    assert main(argv) == ExitStatus.OK
+    assert "pull" in terminal.getvalue() and "B/s" in terminal.getvalue()
+    assert "3 layers, 3 new" in terminal.getvalue()
