@@ -4,7 +4,9 @@
 JSON, one larger than the client's cap (announced by ``Content-Length``, or streamed without
 one), a Docker schema 1 manifest, a redirect to itself, a server that accepts the request and
 never answers, 503s before a bad answer (to count the client's retries), or a valid one-layer
-image whose layer blob is served longer or shorter than its descriptor says. It serves plain HTTP
+image whose layer blob is served longer or shorter than its descriptor says, or a valid
+three-layer image whose blobs are answered after a pause while the requests in flight are
+counted (``most_in_flight``). It serves plain HTTP
 on a free loopback port from a thread and counts the requests it got.
 """
 
@@ -15,13 +17,15 @@ import io
 import json
 import tarfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from typing import ClassVar
 
 __all__ = ["MODES", "HostileRegistry", "layer_digest"]
 
 MODES = ("not-json", "too-big", "too-big-unannounced", "schema1", "redirect-loop", "stall",
-         "flaky", "long-blob", "short-blob")  # fmt: skip
+         "flaky", "long-blob", "short-blob", "parallel")  # fmt: skip
 _MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 _BIG = 5 << 20  # more than lcow's 4 MiB cap on manifests
 
@@ -66,7 +70,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(302, b"", {"Location": self.path, "Content-Length": "0"})
         elif mode == "stall":
             self.server.released.wait(120)  # accepted, never answered
-        elif mode in ("long-blob", "short-blob"):
+        elif mode in ("long-blob", "short-blob", "parallel"):
             self._image(mode)
         elif mode == "flaky" and count <= 2:
             self._send(503, b"busy", {"Content-Length": "4"})
@@ -75,60 +79,80 @@ class _Handler(BaseHTTPRequestHandler):
                                                  "Content-Length": "14"})  # fmt: skip
 
     def _image(self, mode: str) -> None:
-        image = _OneLayerImage.get()
+        image = _Image.get(3 if mode == "parallel" else 1)
         if self.path.endswith("/manifests/v1"):
             body = image.manifest
             self._send(200, body, {"Content-Type": _MANIFEST_TYPE,
                                    "Content-Length": str(len(body))})  # fmt: skip
         elif self.path.endswith(f"/blobs/{image.config_digest}"):
             self._send(200, image.config, {"Content-Length": str(len(image.config))})
-        elif self.path.endswith(f"/blobs/{image.layer_digest}"):
-            blob = image.layer + b"x" * 4096 if mode == "long-blob" else image.layer[:-4096]
+        elif self.path.rsplit("/", 1)[-1] in image.layers:
+            layer = image.layers[self.path.rsplit("/", 1)[-1]]
+            if mode == "parallel":
+                self._slowly(layer)
+                return
+            blob = layer + b"x" * 4096 if mode == "long-blob" else layer[:-4096]
             self._send(200, blob, {"Content-Length": str(len(blob))})
         else:
             self._send(404, b"", {"Content-Length": "0"})
+
+    def _slowly(self, blob: bytes) -> None:
+        """Answer after a pause, counting the blob requests in flight meanwhile."""
+        with self.server.lock:
+            self.server.in_flight += 1
+            self.server.most_in_flight = max(self.server.most_in_flight, self.server.in_flight)
+        try:
+            time.sleep(1.5)
+            self._send(200, blob, {"Content-Length": str(len(blob))})
+        finally:
+            with self.server.lock:
+                self.server.in_flight -= 1
 
 
 def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-class _OneLayerImage:
-    """A valid OCI image of one plain tar layer (made once)."""
+class _Image:
+    """A valid OCI image of ``count`` plain tar layers (made once per count)."""
 
-    _made: _OneLayerImage | None = None
+    _made: ClassVar[dict[int, _Image]] = {}
 
-    def __init__(self) -> None:
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            data = b"hostile layer\n" * 1000
-            info = tarfile.TarInfo("file.txt")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        self.layer = buffer.getvalue()
-        self.layer_digest = _digest(self.layer)
+    def __init__(self, count: int) -> None:
+        self.layers: dict[str, bytes] = {}
+        for n in range(count):
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                data = f"hostile layer {n}\n".encode() * 1000
+                info = tarfile.TarInfo(f"file{n}.txt")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            self.layers[_digest(buffer.getvalue())] = buffer.getvalue()
         self.config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
-            "type": "layers", "diff_ids": [self.layer_digest]}}).encode()  # fmt: skip
+            "type": "layers", "diff_ids": list(self.layers)}}).encode()  # fmt: skip
         self.config_digest = _digest(self.config)
         self.manifest = json.dumps({
             "schemaVersion": 2, "mediaType": _MANIFEST_TYPE,
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                        "digest": self.config_digest, "size": len(self.config)},
             "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                        "digest": self.layer_digest, "size": len(self.layer)}],
+                        "digest": digest, "size": len(blob)}
+                       for digest, blob in self.layers.items()],
         }).encode()  # fmt: skip
 
     @classmethod
-    def get(cls) -> _OneLayerImage:
-        if cls._made is None:
-            cls._made = cls()
-        return cls._made
+    def get(cls, count: int) -> _Image:
+        if count not in cls._made:
+            cls._made[count] = cls(count)
+        return cls._made[count]
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     mode = ""
     requests = 0
+    in_flight = 0
+    most_in_flight = 0
     lock = threading.Lock()
     released = threading.Event()
 
@@ -150,6 +174,11 @@ class HostileRegistry:
         return f"{host!s}:{port}"
 
     @property
+    def most_in_flight(self) -> int:
+        """The most blob requests that were in flight at once (``parallel`` mode)."""
+        return self._server.most_in_flight
+
+    @property
     def requests(self) -> int:
         """``GET`` requests answered (or accepted) so far."""
         return self._server.requests
@@ -169,4 +198,4 @@ class HostileRegistry:
 
 def layer_digest() -> str:
     """The digest of the one layer the ``long-blob`` and ``short-blob`` modes serve."""
-    return _OneLayerImage.get().layer_digest
+    return next(iter(_Image.get(1).layers))

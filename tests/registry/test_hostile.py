@@ -68,6 +68,21 @@ def test_blob_size_is_enforced_while_streaming(mode: str, message: str, tmp_path
     assert not (root / ".images.json").exists()
 
 
+@pytest.mark.parametrize("parallel", [1, 2, 3])
+def test_layers_download_in_parallel_bounded(parallel: int, tmp_path: Path) -> None:
+    """Three layers, each answered 1.5 s after it is asked for: ``--parallel N`` has exactly
+    N blob requests in flight at once (bounded), and every layer lands."""
+    root = tmp_path / "root"
+    with HostileRegistry("parallel") as server:
+        proc = lcow(root, "pull", "--plain-http", "--parallel", str(parallel),
+                    f"{server.address}/hostile/img:v1", timeout=60)  # fmt: skip
+        most = server.most_in_flight
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.split()) == 3
+    assert all((root / lid / "layer.vhd").is_file() for lid in proc.stdout.split())
+    assert most == parallel
+
+
 @requires("registry")
 @pytest.mark.parametrize("compression", ["none", "gzip"])
 def test_tampered_blob_leaves_no_layer(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lcow.cli._argtypes import positive_int
 from lcow.cli._driver import add_json, emit, open_driver
 from lcow.cli._output import write_lines
 from lcow.cli._progress import byte_progress
@@ -22,7 +23,7 @@ from lcow.cli.import_cmd import result_json
 from lcow.cli.status import ExitStatus, UsageError
 from lcow.errors import InvalidArgument
 from lcow.images.importer import ImportedLayer, ImportPlan
-from lcow.images.pull import PullResult, land_image
+from lcow.images.pull import DEFAULT_PARALLEL, PullResult, land_image
 from lcow.registry.client import ClientOptions, RegistryClient
 from lcow.registry.credentials import find_credentials
 from lcow.registry.reference import parse_reference
@@ -71,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         type=_count,
                         help="further attempts on connection errors, timeouts, 5xx and 429 "
                         "(default 4)")  # fmt: skip
+    parser.add_argument("--parallel", metavar="N", default=DEFAULT_PARALLEL, type=positive_int,
+                        help="layers downloaded and converted at once "
+                        f"(default {DEFAULT_PARALLEL})")  # fmt: skip
     add_json(parser)
 
 
@@ -123,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                 if bar is not None:
                     bar.set_description(f"pull ({applied} layers done)")
 
-            pulled = land_image(driver, client, image,
+            pulled = land_image(driver, client, image, parallel=args.parallel,
                                 progress=None if bar is None else bar.add,
                                 on_plan=on_plan, on_layer=on_layer)  # fmt: skip
     layers = pulled.result.layers

@@ -7,8 +7,8 @@ rest: ids are chain IDs, verified layers already there are reused, each blob str
 registry into the converter (through the same :class:`~lcow.images.blobstream.LayerFeed` as an
 import: gzip, zstd or plain, by magic) while its digest, size and diff ID are checked, and a
 layer is renamed into place only once they match. Any failure removes every layer this pull
-created. Layers are downloaded one after the other (see docs/registry.md for why not yet in
-parallel). The image is then recorded under its name (:mod:`lcow.images.store`).
+created. Up to ``parallel`` layers download and convert at once. The image is then recorded
+under its name (:mod:`lcow.images.store`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from lcow.registry.reference import Reference
 
 __all__ = [
+    "DEFAULT_PARALLEL",
     "REGISTRY_FORMAT",
     "PullResult",
     "RegistryBlobs",
@@ -44,11 +45,13 @@ __all__ = [
 
 #: ``ImageSpec.format`` of an image read from a registry.
 REGISTRY_FORMAT = "registry"
+#: Layers downloaded and converted at once by default.
+DEFAULT_PARALLEL = 3
 
 
 class RegistryBlobs:
     """The layer blobs of one image in a registry, as an importer's blob source (named by
-    digest, sized by descriptor, streamed on demand)."""
+    digest, sized by descriptor, streamed on demand; safe to open from several threads)."""
 
     def __init__(self, client: RegistryClient, image: ResolvedImage) -> None:
         self.client = client
@@ -118,12 +121,13 @@ def image_spec(image: ResolvedImage) -> ImageSpec:
                      tags=(str(image.reference),), layers=tuple(refs))  # fmt: skip
 
 
-def pull_image(  # noqa: PLR0913 - what to pull, then keyword-only callbacks
+def pull_image(  # noqa: PLR0913 - what to pull, then keyword-only callbacks and parallelism
     driver: Driver,
     client: RegistryClient,
     reference: Reference,
     platform: Platform,
     *,
+    parallel: int = DEFAULT_PARALLEL,
     progress: Callable[[int], None] | None = None,
     on_plan: Callable[[ImportPlan], None] | None = None,
     on_layer: Callable[[ImportedLayer], None] | None = None,
@@ -136,7 +140,8 @@ def pull_image(  # noqa: PLR0913 - what to pull, then keyword-only callbacks
         client: a client of the reference's repository.
         reference: what to pull.
         platform: the platform to choose in an index.
-        progress: called (from a helper thread) with counts of blob bytes downloaded.
+        parallel: layers downloaded and converted at once.
+        progress: called (from helper threads) with counts of blob bytes downloaded.
         on_plan: called once the plan is known, before any layer is written.
         on_layer: called after each layer, in order, created or skipped.
 
@@ -147,15 +152,16 @@ def pull_image(  # noqa: PLR0913 - what to pull, then keyword-only callbacks
         Unauthorized, NotFound, Timeout, RegistryUnavailable: from the registry.
     """
     image = resolve(client, reference, platform)
-    return land_image(driver, client, image, progress=progress,
+    return land_image(driver, client, image, parallel=parallel, progress=progress,
                       on_plan=on_plan, on_layer=on_layer)  # fmt: skip
 
 
-def land_image(  # noqa: PLR0913 - what to land, then keyword-only callbacks
+def land_image(  # noqa: PLR0913 - what to land, then keyword-only callbacks and parallelism
     driver: Driver,
     client: RegistryClient,
     image: ResolvedImage,
     *,
+    parallel: int = DEFAULT_PARALLEL,
     progress: Callable[[int], None] | None = None,
     on_plan: Callable[[ImportPlan], None] | None = None,
     on_layer: Callable[[ImportedLayer], None] | None = None,
@@ -167,7 +173,8 @@ def land_image(  # noqa: PLR0913 - what to land, then keyword-only callbacks
     plan = plan_layers(driver, blobs, REGISTRY_FORMAT, [spec])
     if on_plan is not None:
         on_plan(plan)
-    result = run_import(driver, blobs, plan, progress=progress, on_layer=on_layer)
+    result = run_import(driver, blobs, plan, progress=progress, on_layer=on_layer,
+                        parallel=parallel)  # fmt: skip
     record = ImageRecord(
         name=str(image.reference),
         digest=image.digest,
