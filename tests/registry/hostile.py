@@ -4,7 +4,8 @@
 JSON, one larger than the client's cap (announced by ``Content-Length``, or streamed without
 one), a Docker schema 1 manifest, a redirect to itself, a server that accepts the request and
 never answers, 503s before a bad answer (to count the client's retries), or a valid one-layer
-image whose layer blob is served longer or shorter than its descriptor says, or a valid
+image whose layer blob is served longer or shorter than its descriptor says (with or without
+``Content-Length``), or a valid
 three-layer image whose blobs are answered after a pause while the requests in flight are
 counted (``most_in_flight``). It serves plain HTTP
 on a free loopback port from a thread and counts the requests it got.
@@ -25,7 +26,10 @@ from typing import ClassVar
 __all__ = ["MODES", "HostileRegistry", "layer_digest"]
 
 MODES = ("not-json", "too-big", "too-big-unannounced", "schema1", "redirect-loop", "stall",
-         "flaky", "long-blob", "short-blob", "parallel")  # fmt: skip
+         "flaky", "long-blob", "short-blob", "long-blob-unannounced", "short-blob-unannounced",
+         "parallel")  # fmt: skip
+_IMAGE_MODES = ("long-blob", "short-blob", "long-blob-unannounced", "short-blob-unannounced",
+                "parallel")  # fmt: skip
 _MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 _BIG = 5 << 20  # more than lcow's 4 MiB cap on manifests
 
@@ -70,7 +74,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(302, b"", {"Location": self.path, "Content-Length": "0"})
         elif mode == "stall":
             self.server.released.wait(120)  # accepted, never answered
-        elif mode in ("long-blob", "short-blob", "parallel"):
+        elif mode in _IMAGE_MODES:
             self._image(mode)
         elif mode == "flaky" and count <= 2:
             self._send(503, b"busy", {"Content-Length": "4"})
@@ -91,8 +95,13 @@ class _Handler(BaseHTTPRequestHandler):
             if mode == "parallel":
                 self._slowly(layer)
                 return
-            blob = layer + b"x" * 4096 if mode == "long-blob" else layer[:-4096]
-            self._send(200, blob, {"Content-Length": str(len(blob))})
+            blob = layer + b"x" * 4096 if mode.startswith("long") else layer[:-4096]
+            if mode.endswith("-unannounced"):  # HTTP/1.0: the body ends when the connection does
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(blob)
+            else:
+                self._send(200, blob, {"Content-Length": str(len(blob))})
         else:
             self._send(404, b"", {"Content-Length": "0"})
 

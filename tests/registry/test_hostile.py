@@ -55,7 +55,12 @@ def test_hostile_registry(mode: str, status: int, message: str, tmp_path: Path) 
 
 @pytest.mark.parametrize(
     ("mode", "message"),
-    [("long-blob", "is longer than its descriptor's"), ("short-blob", "the blob ended after")],
+    [
+        ("long-blob", "the registry sends 24576 bytes, its descriptor says 20480"),
+        ("short-blob", "the registry sends 16384 bytes, its descriptor says 20480"),
+        ("long-blob-unannounced", "is longer than its descriptor's 20480 bytes"),
+        ("short-blob-unannounced", "the blob ended after 16384 of its 20480 bytes"),
+    ],
 )
 def test_blob_size_is_enforced_while_streaming(mode: str, message: str, tmp_path: Path) -> None:
     root = tmp_path / "root"

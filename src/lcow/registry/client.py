@@ -147,29 +147,35 @@ class BlobReader:
             raise RegistryUnavailable(f"{self._where}: download failed: {exc}",
                                       subject=self.digest) from exc  # fmt: skip
 
-    def read(self, n: int = -1) -> bytes:
-        """Up to ``n`` bytes (all that is left for ``n < 0``); ``b""`` at the end."""
-        while not self._done and (n < 0 or len(self._buffer) < n):
-            chunk = self._next()
-            if not chunk:
-                self._done = True
-                if self.read_so_far < self.size:
-                    raise BlobMismatch(
-                        f"{self._where}: the blob ended after {self.read_so_far} of its "
-                        f"{self.size} bytes",
-                        digest=self.digest,
-                    )
-                break
-            self.read_so_far += len(chunk)
-            if self.read_so_far > self.size:
+    def _fill(self) -> None:
+        """Fetch the next chunk into the buffer, checking the length so far."""
+        chunk = self._next()
+        if not chunk:
+            self._done = True
+            if self.read_so_far < self.size:
                 raise BlobMismatch(
-                    f"{self._where}: the blob is longer than its descriptor's {self.size} bytes",
+                    f"{self._where}: the blob ended after {self.read_so_far} of its "
+                    f"{self.size} bytes",
                     digest=self.digest,
                 )
-            self._buffer += chunk
-            if n < 0:
-                continue
+            return
+        self.read_so_far += len(chunk)
+        if self.read_so_far > self.size:
+            raise BlobMismatch(
+                f"{self._where}: the blob is longer than its descriptor's {self.size} bytes",
+                digest=self.digest,
+            )
+        self._buffer = self._buffer + chunk if self._buffer else chunk
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes as soon as some are there (all that is left for ``n < 0``);
+        ``b""`` at the end."""
         if n < 0:
+            while not self._done:
+                self._fill()
+        elif not self._buffer and not self._done:
+            self._fill()
+        if n < 0 or n >= len(self._buffer):
             data, self._buffer = self._buffer, b""
         else:
             data, self._buffer = self._buffer[:n], self._buffer[n:]
@@ -430,6 +436,10 @@ class RegistryClient:
         where = f"{self.registry}/{self.repository}: blob {digest}"
         response = self._send(f"{self.base}/blobs/{digest}", where, {})
         try:
+            length = response.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) != size:
+                raise BlobMismatch(f"{where}: the registry sends {length} bytes, its descriptor "
+                                   f"says {size}", digest=digest)  # fmt: skip
             yield BlobReader(response, digest=digest, size=size, where=where)
         finally:
             response.close()
