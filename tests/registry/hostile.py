@@ -7,7 +7,8 @@ never answers, 503s before a bad answer (to count the client's retries), or a va
 image whose layer blob is served longer or shorter than its descriptor says (with or without
 ``Content-Length``), or a valid
 three-layer image whose blobs are answered after a pause while the requests in flight are
-counted (``most_in_flight``). It serves plain HTTP
+counted (``most_in_flight``), or one whose first layer ends early while the others stall
+mid-body (``one-fails``). It serves plain HTTP
 on a free loopback port from a thread and counts the requests it got.
 """
 
@@ -23,13 +24,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import ClassVar
 
-__all__ = ["MODES", "HostileRegistry", "layer_digest"]
+__all__ = ["MODES", "HostileRegistry", "hostile_layers", "layer_digest"]
 
 MODES = ("not-json", "too-big", "too-big-unannounced", "schema1", "redirect-loop", "stall",
          "flaky", "long-blob", "short-blob", "long-blob-unannounced", "short-blob-unannounced",
-         "parallel")  # fmt: skip
+         "parallel", "one-fails")  # fmt: skip
 _IMAGE_MODES = ("long-blob", "short-blob", "long-blob-unannounced", "short-blob-unannounced",
-                "parallel")  # fmt: skip
+                "parallel", "one-fails")  # fmt: skip
 _MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 _BIG = 5 << 20  # more than lcow's 4 MiB cap on manifests
 
@@ -83,7 +84,7 @@ class _Handler(BaseHTTPRequestHandler):
                                                  "Content-Length": "14"})  # fmt: skip
 
     def _image(self, mode: str) -> None:
-        image = _Image.get(3 if mode == "parallel" else 1)
+        image = _Image.get(3 if mode in ("parallel", "one-fails") else 1)
         if self.path.endswith("/manifests/v1"):
             body = image.manifest
             self._send(200, body, {"Content-Type": _MANIFEST_TYPE,
@@ -94,6 +95,9 @@ class _Handler(BaseHTTPRequestHandler):
             layer = image.layers[self.path.rsplit("/", 1)[-1]]
             if mode == "parallel":
                 self._slowly(layer)
+                return
+            if mode == "one-fails":
+                self._one_fails(layer, first=layer is next(iter(image.layers.values())))
                 return
             blob = layer + b"x" * 4096 if mode.startswith("long") else layer[:-4096]
             if mode.endswith("-unannounced"):  # HTTP/1.0: the body ends when the connection does
@@ -116,6 +120,19 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with self.server.lock:
                 self.server.in_flight -= 1
+
+    def _one_fails(self, blob: bytes, *, first: bool) -> None:
+        """The first layer ends early; the others send half, then stall until released."""
+        if first:
+            time.sleep(0.5)  # the others are downloading by now
+            self._send(200, blob[:-4096], {"Content-Length": str(len(blob))})
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(blob)))
+        self.end_headers()
+        self.wfile.write(blob[: len(blob) // 2])
+        self.wfile.flush()
+        self.server.released.wait(120)
 
 
 def _digest(data: bytes) -> str:
@@ -203,6 +220,11 @@ class HostileRegistry:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(10)
+
+
+def hostile_layers(count: int) -> list[str]:
+    """The layer digests of the ``count``-layer image the image modes serve, base first."""
+    return list(_Image.get(count).layers)
 
 
 def layer_digest() -> str:

@@ -18,7 +18,7 @@ from tests.containerd.daemons import Registry
 from tests.containerd.images import BuiltImage, push_image, write_index, write_manifest
 from tests.helpers import requires
 from tests.registry.conftest import layer_tars
-from tests.registry.hostile import HostileRegistry, layer_digest
+from tests.registry.hostile import HostileRegistry, hostile_layers, layer_digest
 from tests.registry.test_pull import lcow
 
 
@@ -73,6 +73,10 @@ def test_blob_size_is_enforced_while_streaming(mode: str, message: str, tmp_path
     assert not (root / ".images.json").exists()
 
 
+# Conversion slots, which also bound --parallel (the default is the CPU count).
+_SLOTS = {"LCOW_MAX_CONVERSIONS": "3"}
+
+
 @pytest.mark.parametrize("parallel", [1, 2, 3])
 def test_layers_download_in_parallel_bounded(parallel: int, tmp_path: Path) -> None:
     """Three layers, each answered 1.5 s after it is asked for: ``--parallel N`` has exactly
@@ -80,12 +84,31 @@ def test_layers_download_in_parallel_bounded(parallel: int, tmp_path: Path) -> N
     root = tmp_path / "root"
     with HostileRegistry("parallel") as server:
         proc = lcow(root, "pull", "--plain-http", "--parallel", str(parallel),
-                    f"{server.address}/hostile/img:v1", timeout=60)  # fmt: skip
+                    f"{server.address}/hostile/img:v1", timeout=60, env=_SLOTS)  # fmt: skip
         most = server.most_in_flight
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.split()) == 3
     assert all((root / lid / "layer.vhd").is_file() for lid in proc.stdout.split())
     assert most == parallel
+
+
+def test_a_failed_layer_stops_the_other_downloads(tmp_path: Path) -> None:
+    """Layer 1 of 3 ends before its Content-Length while layers 2 and 3 stall mid-body: the
+    pull fails at once with layer 1's error (not after the stalled downloads' 60 s timeouts),
+    leaving no layer."""
+    root = tmp_path / "root"
+    with HostileRegistry("one-fails") as server:
+        started = time.monotonic()
+        proc = lcow(root, "pull", "--plain-http", "--timeout", "60", "--parallel", "3",
+                    f"{server.address}/hostile/img:v1", timeout=120, env=_SLOTS)  # fmt: skip
+        elapsed = time.monotonic() - started
+    assert proc.returncode == 1, proc.stderr
+    first = next(iter(hostile_layers(3)))
+    assert proc.stderr.startswith(
+        f"lcow: {server.address}/hostile/img: blob {first}: download failed: peer closed"
+    ), proc.stderr
+    assert elapsed < 30, elapsed
+    assert [e.name for e in root.iterdir() if is_valid_id(e.name)] == []
 
 
 @requires("registry")

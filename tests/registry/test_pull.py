@@ -33,16 +33,18 @@ from tests.registry.conftest import (
 pytestmark = [requires("registry", "htpasswd", "openssl", "e2fsck", "loop"), pytest.mark.slow]
 
 
-def lcow(root: Path, *args: str | Path, config: Path | None = None,
-         timeout: float = 300) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    """Run ``lcow --root ROOT ARGS`` in a fresh process, with ``DOCKER_CONFIG=config``."""
-    env = {k: v for k, v in os.environ.items() if k != "DOCKER_CONFIG"}
-    env["HOME"] = str(root.parent / "home")  # never the user's ~/.docker
+def lcow(root: Path, *args: str | Path, config: Path | None = None, timeout: float = 300,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """Run ``lcow --root ROOT ARGS`` in a fresh process, with ``DOCKER_CONFIG=config`` and
+    ``env`` added to the environment."""
+    full = {k: v for k, v in os.environ.items() if k != "DOCKER_CONFIG"}
+    full["HOME"] = str(root.parent / "home")  # never the user's ~/.docker
     if config is not None:
-        env["DOCKER_CONFIG"] = str(config)
+        full["DOCKER_CONFIG"] = str(config)
+    full.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "lcow", "--root", str(root), *map(str, args)],
-        capture_output=True, text=True, env=env, timeout=timeout, check=False,
+        capture_output=True, text=True, env=full, timeout=timeout, check=False,
     )  # fmt: skip
 
 

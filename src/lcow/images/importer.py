@@ -25,12 +25,13 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, wait
+from concurrent.futures import Future, as_completed, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
+from lcow.convert.limits import max_conversions
 from lcow.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BlobSource",
+    "Cancellable",
     "ImportPlan",
     "ImportResult",
     "ImportedImage",
@@ -84,6 +86,15 @@ class BlobSource(Protocol):
 
     def open_member(self, name: str) -> AbstractContextManager[BinaryIO]:
         """The blob as stored, as a stream."""
+        ...
+
+
+@runtime_checkable
+class Cancellable(Protocol):
+    """A blob source whose reads in progress can be stopped (a registry's downloads)."""
+
+    def cancel(self) -> None:
+        """Make every read in progress, and every later open, fail."""
         ...
 
 
@@ -310,9 +321,11 @@ def run_import(  # noqa: PLR0913 - the plan, then keyword-only callbacks and par
         archive: the archive (or other blob source) the plan was made from.
         plan: from :func:`plan_import` or :func:`plan_layers`.
         progress: called (from helper threads) with counts of stored bytes read.
-        on_layer: called after each layer, in order, created or skipped.
-        parallel: how many layers may convert at once (the source must allow concurrent
-            :meth:`BlobSource.open_member` calls when it is more than 1).
+        on_layer: called after each layer, created or skipped: in order when one layer
+            converts at a time, else as each finishes.
+        parallel: how many layers may convert at once, at most the process's conversion
+            slots (:func:`lcow.convert.limits.max_conversions`); the source must allow
+            concurrent :meth:`BlobSource.open_member` calls when it is more than 1.
 
     Returns:
         What was imported.
@@ -322,6 +335,8 @@ def run_import(  # noqa: PLR0913 - the plan, then keyword-only callbacks and par
         ImageError: a layer blob is corrupt or not a valid tar.
     """
     ids = [layer.layer_id for layer in plan.layers]
+    # More at once than the process's conversion slots would leave downloads open and idle.
+    parallel = min(parallel, max_conversions())
     if parallel > 1:
         with holding_each(driver, ids) as holders:
             done = _run_parallel(driver, archive, plan, holders, progress=progress,
@@ -394,27 +409,35 @@ def _run_parallel(  # noqa: PLR0913 - run_import's arguments and the lock holder
                 futures.append(_resolved(item))
                 continue
             slots.acquire()
-            if any(f.done() and f.exception() is not None for f in futures):
+            if _first_failure(futures) is not None:
                 slots.release()
-                break  # an earlier layer failed: its result() below raises
-            future = holders[item.layer_id].submit(
-                partial(_apply, driver, archive, item, progress)
-            )
+                break
+            future = holders[item.layer_id].submit(partial(_apply, driver, archive, item, progress))
             future.add_done_callback(lambda _: slots.release())
             futures.append(future)
-        done: list[ImportedLayer] = []
-        for future in futures:
-            done.append(future.result())
-            if on_layer is not None:
-                on_layer(done[-1])
-        return done
+        for future in as_completed(futures):  # a failure anywhere ends the wait at once
+            if future.exception() is None and on_layer is not None:
+                on_layer(future.result())
+            failed = _first_failure(futures)
+            if failed is not None:
+                raise failed
+        return [future.result() for future in futures]
     except BaseException:
         for future in futures:
             future.cancel()
+        if isinstance(archive, Cancellable):
+            archive.cancel()  # the downloads still running fail now instead of finishing
         wait(futures)  # running conversions end before their layers are removed
         for lid in reversed(created):
             holders[lid].run(partial(_roll_back, driver, [lid]))
         raise
+
+
+def _first_failure(futures: Sequence[Future[ImportedLayer]]) -> BaseException | None:
+    for future in futures:
+        if future.done() and not future.cancelled() and future.exception() is not None:
+            return future.exception()
+    return None
 
 
 def _resolved(layer: ImportedLayer) -> Future[ImportedLayer]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, cast
@@ -26,7 +27,8 @@ from lcow.images.importer import ImportedLayer, ImportPlan, ImportResult, plan_l
 from lcow.images.model import ImageSpec, LayerRef, config_diff_ids
 from lcow.images.oci import LAYER_MEDIA_TYPE
 from lcow.images.store import ImageRecord, record_image
-from lcow.registry.client import RegistryClient
+from lcow.registry.client import BlobReader, RegistryClient
+from lcow.registry.errors import Cancelled
 from lcow.registry.resolve import Platform, ResolvedImage, resolve
 
 if TYPE_CHECKING:
@@ -57,6 +59,18 @@ class RegistryBlobs:
         self.client = client
         self.name = image.reference.name
         self._sizes = {layer.digest: layer.size for layer in image.layers}
+        self._open: set[BlobReader] = set()
+        self._lock = threading.Lock()
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """Stop every download in progress (their readers fail) and refuse new ones: a failed
+        parallel pull does not wait for the other layers to arrive before rolling back."""
+        with self._lock:
+            self._cancelled = True
+            readers = list(self._open)
+        for reader in readers:
+            reader.cancel()
 
     def size(self, name: str) -> int:
         """The descriptor's size of blob ``name`` (a digest)."""
@@ -70,7 +84,15 @@ class RegistryBlobs:
     def open_member(self, name: str) -> Iterator[BinaryIO]:
         """Stream blob ``name`` (a digest); reading past or short of its size fails."""
         with self.client.open_blob(name, self._sizes[name]) as reader:
-            yield cast(BinaryIO, reader)
+            with self._lock:
+                if self._cancelled:
+                    raise Cancelled(f"{self.name}: blob {name}: the pull was cancelled")
+                self._open.add(reader)
+            try:
+                yield cast(BinaryIO, reader)
+            finally:
+                with self._lock:
+                    self._open.discard(reader)
 
 
 @dataclass(frozen=True)

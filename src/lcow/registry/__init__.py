@@ -13,7 +13,13 @@ from __future__ import annotations
 
 from lcow.registry.client import BlobReader, ClientOptions, Document, RegistryClient
 from lcow.registry.credentials import Credentials, config_path, find_credentials
-from lcow.registry.errors import BlobMismatch, RegistryError, RegistryUnavailable, Unauthorized
+from lcow.registry.errors import (
+    BlobMismatch,
+    Cancelled,
+    RegistryError,
+    RegistryUnavailable,
+    Unauthorized,
+)
 from lcow.registry.reference import Reference, parse_reference
 from lcow.registry.resolve import (
     BlobRef,
@@ -28,6 +34,7 @@ __all__ = [
     "BlobMismatch",
     "BlobReader",
     "BlobRef",
+    "Cancelled",
     "ClientOptions",
     "Credentials",
     "Document",

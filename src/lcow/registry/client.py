@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -36,7 +37,13 @@ import httpx
 from lcow.errors import LcowError, NotFound, Timeout
 from lcow.registry.challenge import Challenge, parse_challenges
 from lcow.registry.credentials import Credentials, config_path
-from lcow.registry.errors import BlobMismatch, RegistryError, RegistryUnavailable, Unauthorized
+from lcow.registry.errors import (
+    BlobMismatch,
+    Cancelled,
+    RegistryError,
+    RegistryUnavailable,
+    Unauthorized,
+)
 
 __all__ = ["MAX_DOCUMENT", "BlobReader", "ClientOptions", "Document", "RegistryClient"]
 
@@ -123,6 +130,8 @@ class BlobReader:
     """
 
     def __init__(self, response: httpx.Response, *, digest: str, size: int, where: str) -> None:
+        self._response = response
+        self._cancelled = False
         self._chunks = response.iter_raw(_CHUNK)
         self._buffer = b""
         self._done = False
@@ -135,17 +144,42 @@ class BlobReader:
         """Always true."""
         return True
 
+    def cancel(self) -> None:
+        """Stop the download from another thread: the reader's next (or current) read fails
+        with :class:`Cancelled`."""
+        self._cancelled = True
+        # Closing the response from here would not wake a thread blocked in recv(); shutting
+        # the socket down does (the read then ends, and _next reports the cancellation).
+        stream = self._response.extensions.get("network_stream")
+        sock = None if stream is None else stream.get_extra_info("socket")
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def _next(self) -> bytes:
+        if self._cancelled:
+            raise Cancelled(f"{self._where}: download cancelled", subject=self.digest)
         try:
             return next(self._chunks)
         except StopIteration:
             return b""
-        except httpx.TimeoutException as exc:
-            raise Timeout(f"{self._where}: the registry stopped sending ({exc})",
-                          subject=self.digest) from exc  # fmt: skip
-        except httpx.HTTPError as exc:
-            raise RegistryUnavailable(f"{self._where}: download failed: {exc}",
-                                      subject=self.digest) from exc  # fmt: skip
+        except Exception as exc:
+            error = self._error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    def _error(self, exc: Exception) -> Exception:
+        """What a failed read means (a cancelled download fails however the transport does)."""
+        if self._cancelled:
+            return Cancelled(f"{self._where}: download cancelled", subject=self.digest)
+        if isinstance(exc, httpx.TimeoutException):
+            return Timeout(f"{self._where}: the registry stopped sending ({exc})",
+                           subject=self.digest)  # fmt: skip
+        if isinstance(exc, httpx.HTTPError):
+            return RegistryUnavailable(f"{self._where}: download failed: {exc}",
+                                       subject=self.digest)  # fmt: skip
+        return exc
 
     def _fill(self) -> None:
         """Fetch the next chunk into the buffer, checking the length so far."""

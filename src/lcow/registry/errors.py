@@ -7,6 +7,8 @@
   found): a ``PermissionError``, exit status 1.
 * :class:`RegistryUnavailable` — no usable answer after the retries (connection refused, 5xx):
   a ``ConnectionError``, exit status 1. A stalled server is :class:`~lcow.errors.Timeout`.
+* :class:`Cancelled` — a download stopped because another layer of the same pull failed (the
+  pull reports that layer's error, not this one).
 * A repository, tag or digest the registry does not have is :class:`~lcow.errors.NotFound`.
 
 Every message leads with the registry host (and the repository or digest it is about).
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from lcow.errors import InvalidArgument, LcowError
 
-__all__ = ["BlobMismatch", "RegistryError", "RegistryUnavailable", "Unauthorized"]
+__all__ = ["BlobMismatch", "Cancelled", "RegistryError", "RegistryUnavailable", "Unauthorized"]
 
 
 class RegistryError(InvalidArgument):
@@ -41,3 +43,7 @@ class Unauthorized(LcowError, PermissionError):
 
 class RegistryUnavailable(LcowError, ConnectionError):
     """The registry could not be reached, or kept failing, after every retry."""
+
+
+class Cancelled(LcowError, ConnectionAbortedError):
+    """A download was stopped on purpose (another layer of the pull failed first)."""
