@@ -29,7 +29,9 @@ APT_PACKAGES=(
     python3-venv python3-dev # python3-dev: Python.h for lcow._tarscan and lcow._ext4pack
     containerd     # containerd 1.6 and ctr: the snapshotter's end-to-end tests (tests/containerd)
     runc           # the OCI runtime containerd's shim runs those tests' containers with
-    docker-registry # a registry on loopback the containerd tests pull their images from
+    docker-registry # a registry on loopback the containerd and registry tests pull from
+    apache2-utils  # htpasswd: the registry tests' registry requires a login (bcrypt htpasswd)
+    openssl        # the registry tests make a CA and a server certificate for TLS
     skopeo         # pushes the OCI image layout the containerd tests build to that registry
     golang-go golang-github-containerd-containerd-dev # Go 1.19 and containerd 1.6's Go source:
                    # tests/containerd/gopull, a Pull as CRI does it (the snapshotter's fast path)

@@ -24,6 +24,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -146,12 +147,28 @@ def _log_tail(path: Path, size: int = 6000) -> str:
 
 
 class Registry:
-    """``docker-registry serve`` on ``127.0.0.1:<free port>``, storage in ``base/data``."""
+    """``docker-registry serve`` on ``127.0.0.1:<free port>``, storage in ``base/data``.
 
-    def __init__(self, base: Path) -> None:
+    Plain HTTP by default; ``tls`` (certificate and key PEM files) serves HTTPS; ``htpasswd``
+    (a bcrypt htpasswd file) requires Basic auth with its users; ``token`` (the ``realm``,
+    ``service``, ``issuer`` and ``rootcertbundle`` of distribution's ``auth.token`` section)
+    requires Bearer tokens from that realm.
+    """
+
+    def __init__(
+        self,
+        base: Path,
+        *,
+        tls: tuple[Path, Path] | None = None,
+        htpasswd: Path | None = None,
+        token: dict[str, str] | None = None,
+    ) -> None:
         self.dir = base
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self.tls = tls
+        self.htpasswd = htpasswd
+        self.token = token
 
     @property
     def address(self) -> str:
@@ -169,20 +186,7 @@ class Registry:
             self.port = free_port()
             config = self.dir / "config.yml"
             # JSON is YAML: no YAML writer needed.
-            config.write_text(
-                json.dumps(
-                    {
-                        "version": 0.1,
-                        "log": {"level": "info", "accesslog": {"disabled": True}},
-                        "storage": {
-                            "filesystem": {"rootdirectory": str(self.dir / "data")},
-                            "delete": {"enabled": True},
-                        },
-                        "http": {"addr": self.address},
-                    },
-                    indent=1,
-                )
-            )
+            config.write_text(json.dumps(self._config(), indent=1))
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(
                     [REGISTRY, "serve", str(config)],
@@ -194,6 +198,30 @@ class Registry:
             if self._wait(timeout):
                 return self
         raise AssertionError(f"docker-registry did not start:\n{_log_tail(self.log_path)}")
+
+    def _config(self) -> dict[str, object]:
+        http: dict[str, object] = {"addr": self.address}
+        if self.tls is not None:
+            http["tls"] = {"certificate": str(self.tls[0]), "key": str(self.tls[1])}
+        config: dict[str, object] = {
+            "version": 0.1,
+            "log": {"level": "info", "accesslog": {"disabled": True}},
+            "storage": {
+                "filesystem": {"rootdirectory": str(self.dir / "data")},
+                "delete": {"enabled": True},
+            },
+            "http": http,
+        }
+        if self.htpasswd is not None:
+            config["auth"] = {"htpasswd": {"realm": "lcow-tests", "path": str(self.htpasswd)}}
+        elif self.token is not None:
+            config["auth"] = {"token": self.token}
+        return config
+
+    @property
+    def storage(self) -> Path:
+        """The filesystem driver's root (``docker/registry/v2/blobs/sha256/<2>/<hex>/data``)."""
+        return self.dir / "data"
 
     def _wait(self, timeout: float) -> bool:
         assert self.proc is not None
@@ -209,9 +237,17 @@ class Registry:
         return False
 
     def _answers(self) -> bool:
+        scheme = "http" if self.tls is None else "https"
+        # Readiness only: the test's CA is checked by the clients under test, not here.
+        context = None if self.tls is None else ssl._create_unverified_context()
         try:
-            with urllib.request.urlopen(f"http://{self.address}/v2/", timeout=2) as answer:
+            with urllib.request.urlopen(
+                f"{scheme}://{self.address}/v2/", timeout=2, context=context
+            ) as answer:
                 return bool(answer.status == 200)
+        except urllib.error.HTTPError as exc:
+            asks_login = self.htpasswd is not None or self.token is not None
+            return exc.code == 401 and asks_login  # up, and asking for a login
         except (OSError, urllib.error.URLError):
             return False
 

@@ -22,6 +22,7 @@ import hashlib
 import json
 import platform
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,13 +41,21 @@ __all__ = [
     "PushedImage",
     "build_image",
     "expected_listing",
+    "goarch",
     "push_image",
+    "write_index",
+    "write_manifest",
 ]
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+_LAYER_MEDIA = {
+    "gzip": MEDIA_LAYER,
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+    "none": "application/vnd.oci.image.layer.v1.tar",
+}
 
 BASE_MTIME = 1_700_000_000  # what busybox_rootfs gives every entry
 MTIME = 1_600_000_000  # seconds of TarEntry's default mtime_ns
@@ -236,13 +245,106 @@ def _blob(layout: Path, data: bytes) -> str:
     return digest
 
 
+def _compress(raw: bytes, compression: str) -> bytes:
+    if compression == "gzip":
+        return gzip.compress(raw, mtime=0)
+    if compression == "zstd":
+        return subprocess.run(["zstd", "-q", "-c", "-3"], input=raw, capture_output=True,
+                              check=True).stdout  # fmt: skip
+    assert compression == "none", compression
+    return raw
+
+
 def _json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _goarch() -> str:
+def goarch() -> str:
+    """This machine's architecture as Go (and image configs) name it."""
     machine = platform.machine()
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def write_manifest(
+    layout: Path,
+    tars: list[bytes],
+    *,
+    compression: str | Sequence[str] = "gzip",
+    arch: str | None = None,
+    config: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], str, tuple[Layer, ...]]:
+    """Write one image's layer blobs, config and manifest into the OCI ``layout`` (its
+    ``blobs/sha256`` made if needed).
+
+    Args:
+        layout: the layout directory.
+        tars: the layer tars, base first.
+        compression: ``gzip``, ``zstd`` (the ``zstd`` tool) or ``none``: how layers are stored
+            (one for all, or one per layer).
+        arch: the config's architecture (default: this machine's).
+        config: the config's ``config`` object (default: PATH=/bin, :data:`CMD`).
+
+    Returns:
+        The manifest's descriptor (with its ``platform``), the config digest and the layers.
+    """
+    (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    arch = arch or goarch()
+    kinds = [compression] * len(tars) if isinstance(compression, str) else list(compression)
+    layers = []
+    for raw, kind in zip(tars, kinds, strict=True):
+        packed = _compress(raw, kind)
+        layers.append(Layer(_blob(layout, packed), _sha256(raw), len(packed)))
+    config_blob = _json(
+        {
+            "architecture": arch,
+            "os": "linux",
+            "created": "2023-11-14T22:13:20Z",
+            "config": config or {"Env": ["PATH=/bin"], "Cmd": CMD, "WorkingDir": "/"},
+            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
+            "history": [{"created_by": f"lcow tests: layer {n}"} for n in range(len(layers))],
+        }
+    )
+    config_digest = _blob(layout, config_blob)
+    manifest = _json(
+        {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_MANIFEST,
+            "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest,
+                       "size": len(config_blob)},
+            "layers": [
+                {"mediaType": _LAYER_MEDIA[kind], "digest": layer.digest, "size": layer.size}
+                for layer, kind in zip(layers, kinds, strict=True)
+            ],
+        }
+    )  # fmt: skip
+    descriptor = {
+        "mediaType": MEDIA_MANIFEST,
+        "digest": _blob(layout, manifest),
+        "size": len(manifest),
+        "platform": {"architecture": arch, "os": "linux"},
+    }
+    return descriptor, config_digest, tuple(layers)
+
+
+def write_index(layout: Path, manifests: list[dict[str, Any]], tag: str) -> str:
+    """Finish an OCI layout: ``index.json`` naming ``tag`` and ``oci-layout``.
+
+    One manifest is listed in ``index.json`` itself (skopeo pushes it as a plain manifest);
+    several become a multi-platform image index blob (pushed with ``skopeo copy --all``).
+
+    Returns:
+        The digest the tag names in a registry (the manifest's, or the nested index's).
+    """
+    if len(manifests) == 1:
+        entry = {k: v for k, v in manifests[0].items() if k != "platform"}
+    else:
+        nested = _json({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": manifests})
+        entry = {"mediaType": MEDIA_INDEX, "digest": _blob(layout, nested), "size": len(nested)}
+    entry["annotations"] = {"org.opencontainers.image.ref.name": tag}
+    index = {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": [entry]}
+    (layout / "index.json").write_bytes(_json(index))
+    (layout / "oci-layout").write_bytes(_json({"imageLayoutVersion": "1.0.0"}))
+    return str(entry["digest"])
 
 
 def build_image(workdir: Path, tag: str = "v1", base: Path | None = None) -> BuiltImage:
@@ -261,53 +363,12 @@ def build_image(workdir: Path, tag: str = "v1", base: Path | None = None) -> Bui
     )
     workdir.mkdir(parents=True, exist_ok=True)
     layout = workdir / "layout"
-    (layout / "blobs" / "sha256").mkdir(parents=True)
     tars = [base if base is not None else busybox_rootfs(workdir / "layer0.tar")]
     for number, entries in enumerate(_layers(), start=1):
         tars.append(write_tar(workdir / f"layer{number}.tar", entries))
-    layers = []
-    for tar in tars:
-        raw = tar.read_bytes()
-        packed = gzip.compress(raw, mtime=0)
-        layers.append(Layer(_blob(layout, packed), _sha256(raw), len(packed)))
-    config = _json(
-        {
-            "architecture": _goarch(),
-            "os": "linux",
-            "created": "2023-11-14T22:13:20Z",
-            "config": {"Env": ["PATH=/bin"], "Cmd": CMD, "WorkingDir": "/"},
-            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
-            "history": [{"created_by": f"lcow tests: layer {n}"} for n in range(len(layers))],
-        }
-    )
-    config_digest = _blob(layout, config)
-    manifest = _json(
-        {
-            "schemaVersion": 2,
-            "mediaType": MEDIA_MANIFEST,
-            "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest, "size": len(config)},
-            "layers": [
-                {"mediaType": MEDIA_LAYER, "digest": layer.digest, "size": layer.size}
-                for layer in layers
-            ],
-        }
-    )
-    manifest_digest = _blob(layout, manifest)
-    index = {
-        "schemaVersion": 2,
-        "mediaType": MEDIA_INDEX,
-        "manifests": [
-            {
-                "mediaType": MEDIA_MANIFEST,
-                "digest": manifest_digest,
-                "size": len(manifest),
-                "annotations": {"org.opencontainers.image.ref.name": tag},
-            }
-        ],
-    }
-    (layout / "index.json").write_bytes(_json(index))
-    (layout / "oci-layout").write_bytes(_json({"imageLayoutVersion": "1.0.0"}))
-    return BuiltImage(layout, tag, manifest_digest, config_digest, tuple(layers))
+    descriptor, config_digest, layers = write_manifest(layout, [t.read_bytes() for t in tars])
+    manifest_digest = write_index(layout, [descriptor], tag)
+    return BuiltImage(layout, tag, manifest_digest, config_digest, layers)
 
 
 @dataclass(frozen=True)
@@ -327,21 +388,36 @@ class PushedImage:
     listing: list[str]
 
 
-def push_image(image: BuiltImage, registry: str, name: str, tmpdir: Path) -> str:
-    """Push ``image`` to the plain-HTTP ``registry`` (``host:port``) as ``name:<tag>`` with
-    ``skopeo copy``, digests preserved; the pushed reference.
+def push_image(
+    image: BuiltImage,
+    registry: str,
+    name: str,
+    tmpdir: Path,
+    *,
+    all_platforms: bool = False,
+    creds: str | None = None,
+) -> str:
+    """Push ``image`` to ``registry`` (``host:port``) as ``name:<tag>`` with ``skopeo copy``,
+    digests preserved; the pushed reference.
 
     ``tmpdir`` takes skopeo's temporary files; the trust policy is skipped
-    (``--insecure-policy``), so the host's /etc/containers does not matter.
+    (``--insecure-policy``), so the host's /etc/containers does not matter; TLS is not verified
+    (a test registry's own CA). ``all_platforms`` pushes every manifest of a multi-platform
+    index (``--all``); ``creds`` is ``user:password`` for a registry with htpasswd auth.
     """
     reference = f"{registry}/{name}:{image.tag}"
     argv = ["skopeo", "--insecure-policy", "--tmpdir", str(tmpdir), "copy", "--quiet",
-            "--preserve-digests", "--dest-tls-verify=false",
-            f"oci:{image.layout}:{image.tag}", f"docker://{reference}"]  # fmt: skip
+            "--preserve-digests", "--dest-tls-verify=false"]  # fmt: skip
+    if all_platforms:
+        argv.append("--all")
+    if creds is not None:
+        argv += ["--dest-creds", creds]
+    argv += [f"oci:{image.layout}:{image.tag}", f"docker://{reference}"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     if proc.returncode != 0:
+        shown = ["USER:PASSWORD" if a == creds else a for a in argv]
         raise AssertionError(
-            f"skopeo copy exited {proc.returncode}\n$ {' '.join(argv)}\n"
+            f"skopeo copy exited {proc.returncode}\n$ {' '.join(shown)}\n"
             f"stdout: {proc.stdout[-3000:]}\nstderr: {proc.stderr[-3000:]}"
         )
     return reference

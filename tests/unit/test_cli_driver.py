@@ -125,7 +125,7 @@ def test_help_groups_the_driver_commands(cli: Cli) -> None:
     assert "--backend" in cli.out and "KEY=VALUE" in cli.out
 
 
-_NO_ID = {"cleanup", "status", "ls"}
+_NO_ID = {"cleanup", "status", "ls", "images"}
 _EXTRA = {"cat": ["/etc/motd"], "import": []}
 _WHOLE = {"snapshotter": ["snapshotter", "serve", "--address", "x.sock"]}
 

@@ -100,6 +100,8 @@ COMMANDS: dict[str, CommandInfo] = {
     "status": _driver("status_cmd", "Status: the driver's status pairs (initialises the root)"),
     # images and reading through views
     "import": _driver("import_cmd", "import a docker-save or OCI image tarball, by chain IDs"),
+    "pull": _driver("pull_cmd", "pull an image from a registry, layers by chain IDs"),
+    "images": _driver("images_cmd", "list the images pulled into the data root"),
     "ls": _driver("ls_cmd", "list layers: parent, kind of disk, sizes"),
     "cat": _driver("cat_cmd", "print a file of a layer's view (the union of its chain)"),
     "tree": _driver("tree_cmd", "print the tree of a layer's view under a path"),

@@ -23,10 +23,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, as_completed, wait
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO
+from functools import partial
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
+from lcow.convert.limits import max_conversions
 from lcow.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -39,6 +44,7 @@ from lcow.images.blobstream import FeedResult, FileRange, LayerFeed
 from lcow.images.chainid import chain_id, layer_id
 from lcow.images.dockerarchive import is_docker_archive, read_docker_archive
 from lcow.images.errors import DigestMismatch, ImageError
+from lcow.images.holders import LayerHolder, holding_each
 from lcow.images.model import ImageSpec, LayerRef
 from lcow.images.oci import is_oci_layout, read_oci_layout
 from lcow.storage.dataroot import DataRoot
@@ -47,6 +53,8 @@ if TYPE_CHECKING:
     from lcow.graphdriver.driver import Driver
 
 __all__ = [
+    "BlobSource",
+    "Cancellable",
     "ImportPlan",
     "ImportResult",
     "ImportedImage",
@@ -54,11 +62,40 @@ __all__ = [
     "PlannedLayer",
     "import_image",
     "plan_import",
+    "plan_layers",
     "read_images",
     "run_import",
 ]
 
 log = logging.getLogger(__name__)
+
+
+class BlobSource(Protocol):
+    """Where layer blobs come from: an :class:`ImageArchive`, or a registry
+    (:mod:`lcow.images.pull`); blobs are named by :attr:`LayerRef.member`."""
+
+    name: str
+
+    def size(self, name: str) -> int:
+        """The blob's size as stored."""
+        ...
+
+    def member_range(self, name: str) -> tuple[int, int, int] | None:
+        """``(fd, offset, size)`` of the blob inside a file, when it is in one."""
+        ...
+
+    def open_member(self, name: str) -> AbstractContextManager[BinaryIO]:
+        """The blob as stored, as a stream."""
+        ...
+
+
+@runtime_checkable
+class Cancellable(Protocol):
+    """A blob source whose reads in progress can be stopped (a registry's downloads)."""
+
+    def cancel(self) -> None:
+        """Make every read in progress, and every later open, fail."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -203,6 +240,18 @@ def plan_import(driver: Driver, archive: ImageArchive) -> ImportPlan:
         FailedPrecondition: an existing layer with the id has another parent.
     """
     fmt, images = read_images(archive)
+    return plan_layers(driver, archive, fmt, images)
+
+
+def plan_layers(
+    driver: Driver, source: BlobSource, fmt: str, images: Sequence[ImageSpec]
+) -> ImportPlan:
+    """:func:`plan_import` for images already read (from an archive or a registry).
+
+    Raises:
+        AlreadyExists: a layer id is taken by a writable layer.
+        FailedPrecondition: an existing layer with the id has another parent.
+    """
     planned: dict[str, PlannedLayer] = {}
     for image in images:
         parent: str | None = None
@@ -217,7 +266,7 @@ def plan_import(driver: Driver, archive: ImageArchive) -> ImportPlan:
                     layer_id=lid,
                     parent=parent,
                     present=_present(driver, lid, parent, diff_id=ref.diff_id, chain=chain),
-                    blob_size=archive.size(ref.member),
+                    blob_size=source.size(ref.member),
                 )
             parent, parent_chain = lid, chain
     return ImportPlan(format=fmt, images=tuple(images), layers=tuple(planned.values()))
@@ -251,22 +300,32 @@ def _present(driver: Driver, lid: str, parent: str | None, *, diff_id: str, chai
     return True
 
 
-def run_import(
+def run_import(  # noqa: PLR0913 - the plan, then keyword-only callbacks and parallelism
     driver: Driver,
-    archive: ImageArchive,
+    archive: BlobSource,
     plan: ImportPlan,
     *,
     progress: Callable[[int], None] | None = None,
     on_layer: Callable[[ImportedLayer], None] | None = None,
+    parallel: int = 1,
 ) -> ImportResult:
     """Create and apply the layers of ``plan`` bottom-up; all-or-nothing for new layers.
 
+    With ``parallel`` above 1, the layer folders are still created bottom-up, and then up to
+    ``parallel`` layers convert at once (ApplyDiff does not read the parent), each on the
+    thread that holds its lock (:mod:`lcow.images.holders`); the locks of all the plan's
+    layers are held until the import is decided, as in the sequential case.
+
     Args:
         driver: the driver of the data root.
-        archive: the archive the plan was made from.
-        plan: from :func:`plan_import`.
-        progress: called (from a helper thread) with counts of stored bytes read.
-        on_layer: called after each layer, in order, created or skipped.
+        archive: the archive (or other blob source) the plan was made from.
+        plan: from :func:`plan_import` or :func:`plan_layers`.
+        progress: called (from helper threads) with counts of stored bytes read.
+        on_layer: called after each layer, created or skipped: in order when one layer
+            converts at a time, else as each finishes.
+        parallel: how many layers may convert at once, at most the process's conversion
+            slots (:func:`lcow.convert.limits.max_conversions`); the source must allow
+            concurrent :meth:`BlobSource.open_member` calls when it is more than 1.
 
     Returns:
         What was imported.
@@ -275,8 +334,16 @@ def run_import(
         DigestMismatch: a layer does not hash to its digest or diff ID.
         ImageError: a layer blob is corrupt or not a valid tar.
     """
-    with driver.holding([layer.layer_id for layer in plan.layers]):
-        done = _run_locked(driver, archive, plan, progress, on_layer)
+    ids = [layer.layer_id for layer in plan.layers]
+    # More at once than the process's conversion slots would leave downloads open and idle.
+    parallel = min(parallel, max_conversions())
+    if parallel > 1:
+        with holding_each(driver, ids) as holders:
+            done = _run_parallel(driver, archive, plan, holders, progress=progress,
+                                 on_layer=on_layer, parallel=parallel)  # fmt: skip
+    else:
+        with driver.holding(ids):
+            done = _run_locked(driver, archive, plan, progress, on_layer)
     images = tuple(
         ImportedImage(
             tags=image.tags,
@@ -290,7 +357,7 @@ def run_import(
 
 def _run_locked(
     driver: Driver,
-    archive: ImageArchive,
+    archive: BlobSource,
     plan: ImportPlan,
     progress: Callable[[int], None] | None,
     on_layer: Callable[[ImportedLayer], None] | None,
@@ -301,25 +368,10 @@ def _run_locked(
     done: list[ImportedLayer] = []
     try:
         for planned in plan.layers:
-            if _present(
-                driver,
-                planned.layer_id,
-                planned.parent,
-                diff_id=planned.ref.diff_id,
-                chain=planned.chain_id,
-            ):
-                meta = driver.root.read_meta(planned.layer_id)
-                size = meta.get("content_size")
-                layer = ImportedLayer(
-                    layer_id=planned.layer_id,
-                    parent=planned.parent,
-                    diff_id=planned.ref.diff_id,
-                    chain_id=planned.chain_id,
-                    created=False,
-                    size=size if isinstance(size, int) else None,
-                )
-            else:
-                layer = _apply(driver, archive, planned, created, progress)
+            layer = _existing_layer(driver, planned)
+            if layer is None:
+                _prepare(driver, planned, created)
+                layer = _apply(driver, archive, planned, progress)
             done.append(layer)
             if on_layer is not None:
                 on_layer(layer)
@@ -327,6 +379,89 @@ def _run_locked(
         _roll_back(driver, created)
         raise
     return done
+
+
+def _run_parallel(  # noqa: PLR0913 - run_import's arguments and the lock holders, keyword-only
+    driver: Driver,
+    archive: BlobSource,
+    plan: ImportPlan,
+    holders: Mapping[str, LayerHolder],
+    *,
+    progress: Callable[[int], None] | None,
+    on_layer: Callable[[ImportedLayer], None] | None,
+    parallel: int,
+) -> list[ImportedLayer]:
+    """:func:`_run_locked` with up to ``parallel`` conversions at once, every operation on a
+    layer run by the thread holding its lock."""
+    created: list[str] = []
+    futures: list[Future[ImportedLayer]] = []
+    try:
+        todo: list[PlannedLayer | ImportedLayer] = []
+        for planned in plan.layers:  # presence and folders bottom-up, one at a time
+            holder = holders[planned.layer_id]
+            existing = holder.run(partial(_existing_layer, driver, planned))
+            if existing is None:
+                holder.run(partial(_prepare, driver, planned, created))
+            todo.append(existing or planned)
+        slots = threading.BoundedSemaphore(parallel)
+        for item in todo:
+            if isinstance(item, ImportedLayer):
+                futures.append(_resolved(item))
+                continue
+            slots.acquire()
+            if _first_failure(futures) is not None:
+                slots.release()
+                break
+            future = holders[item.layer_id].submit(partial(_apply, driver, archive, item, progress))
+            future.add_done_callback(lambda _: slots.release())
+            futures.append(future)
+        for future in as_completed(futures):  # a failure anywhere ends the wait at once
+            if future.exception() is None and on_layer is not None:
+                on_layer(future.result())
+            failed = _first_failure(futures)
+            if failed is not None:
+                raise failed
+        return [future.result() for future in futures]
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        if isinstance(archive, Cancellable):
+            archive.cancel()  # the downloads still running fail now instead of finishing
+        wait(futures)  # running conversions end before their layers are removed
+        for lid in reversed(created):
+            holders[lid].run(partial(_roll_back, driver, [lid]))
+        raise
+
+
+def _first_failure(futures: Sequence[Future[ImportedLayer]]) -> BaseException | None:
+    for future in futures:
+        if future.done() and not future.cancelled() and future.exception() is not None:
+            return future.exception()
+    return None
+
+
+def _resolved(layer: ImportedLayer) -> Future[ImportedLayer]:
+    future: Future[ImportedLayer] = Future()
+    future.set_result(layer)
+    return future
+
+
+def _existing_layer(driver: Driver, planned: PlannedLayer) -> ImportedLayer | None:
+    """The layer as the data root already has it, verified; ``None`` if it must be converted."""
+    if not _present(
+        driver, planned.layer_id, planned.parent, diff_id=planned.ref.diff_id,
+        chain=planned.chain_id,
+    ):  # fmt: skip
+        return None
+    size = driver.root.read_meta(planned.layer_id).get("content_size")
+    return ImportedLayer(
+        layer_id=planned.layer_id,
+        parent=planned.parent,
+        diff_id=planned.ref.diff_id,
+        chain_id=planned.chain_id,
+        created=False,
+        size=size if isinstance(size, int) else None,
+    )
 
 
 def _layer_ids(layers: Sequence[LayerRef]) -> list[str]:
@@ -338,19 +473,23 @@ def _layer_ids(layers: Sequence[LayerRef]) -> list[str]:
     return out
 
 
-def _apply(
-    driver: Driver,
-    archive: ImageArchive,
-    planned: PlannedLayer,
-    created: list[str],
-    progress: Callable[[int], None] | None,
-) -> ImportedLayer:
+def _prepare(driver: Driver, planned: PlannedLayer, created: list[str]) -> None:
+    """Create the folder of a layer about to be converted (its parent's exists already)."""
     lid = planned.layer_id
     if not driver.exists(lid):
         driver.create(lid, planned.parent)
         created.append(lid)
     elif DataRoot.layer_file(driver.root.layer_dir(lid)) is None:
         driver.create(lid, planned.parent)  # an empty leftover folder: rewrite its chain
+
+
+def _apply(
+    driver: Driver,
+    archive: BlobSource,
+    planned: PlannedLayer,
+    progress: Callable[[int], None] | None,
+) -> ImportedLayer:
+    lid = planned.layer_id
     name = f"{archive.name}: {planned.ref.member}"
     found = archive.member_range(planned.ref.member)
     where = None if found is None else FileRange(*found)

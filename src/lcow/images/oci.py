@@ -21,7 +21,7 @@ from lcow.images.chainid import digest_hex, parse_digest
 from lcow.images.errors import ImageError
 from lcow.images.model import OCI_LAYOUT, ImageSpec, LayerRef, config_diff_ids, read_verified
 
-__all__ = ["INDEX", "LAYOUT_FILE", "is_oci_layout", "read_oci_layout"]
+__all__ = ["INDEX", "LAYER_MEDIA_TYPE", "LAYOUT_FILE", "is_oci_layout", "read_oci_layout"]
 
 LAYOUT_FILE = "oci-layout"
 INDEX = "index.json"
@@ -33,7 +33,8 @@ _MANIFEST_TYPES = {
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 }
-_LAYER_TYPE = re.compile(
+#: The layer media types lcow converts: tar, gzip or zstd tars, OCI and Docker names.
+LAYER_MEDIA_TYPE = re.compile(
     r"application/vnd\.(?:oci\.image\.layer(?:\.nondistributable)?\.v1\.tar(?:\+gzip|\+zstd)?"
     r"|docker\.image\.rootfs\.(?:foreign\.)?diff\.tar(?:\.gzip)?)"
 )
@@ -206,7 +207,7 @@ def _read_manifest(
         )
     refs = []
     for i, (layer, diff_id) in enumerate(zip(layers, diff_ids, strict=True)):
-        if layer.media_type and not _LAYER_TYPE.fullmatch(layer.media_type):
+        if layer.media_type and not LAYER_MEDIA_TYPE.fullmatch(layer.media_type):
             raise ImageError(
                 f"{what}: layers[{i}]: unsupported layer media type {quoted(layer.media_type)}",
                 subject=layer.member,

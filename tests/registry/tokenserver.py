@@ -1,0 +1,138 @@
+"""A token server for docker-registry's ``auth.token`` mode, as Docker Hub's auth service works.
+
+``GET /token?service=S&scope=repository:NAME:ACTIONS`` with Basic credentials answers
+``{"token": JWT}``: a JSON Web Token signed RS256 (by ``openssl dgst -sha256 -sign``) whose
+header carries the signing certificate (``x5c``), which the registry checks against its
+``rootcertbundle``, granting the asked actions on the asked repository. Wrong or missing
+credentials get 401. Every request's query and user are recorded. Plain HTTP on a free loopback
+port, served from a thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = ["TokenServer"]
+
+ISSUER = "lcow-test-issuer"
+SERVICE = "lcow-test-registry"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet
+        pass
+
+    def _answer(self, status: int, body: dict[str, object]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        query = parse_qs(urlsplit(self.path).query)
+        header = self.headers.get("Authorization", "")
+        user = None
+        if header.startswith("Basic "):
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+            if (user, password) != self.server.login:
+                user = "!wrong"
+        with self.server.lock:
+            self.server.asked.append({"user": user, **{k: v[0] for k, v in query.items()}})
+        if user is None or user == "!wrong":
+            self._answer(401, {"details": "bad or missing credentials"})
+            return
+        access = []
+        for scope in query.get("scope", []):
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        self._answer(200, {"token": self.server.sign(user, access)})
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    login: tuple[str, str] = ("", "")
+    lock = threading.Lock()
+    asked: list[dict[str, str | None]]
+    key: Path
+    cert_der: bytes
+
+    def sign(self, user: str, access: list[dict[str, object]]) -> str:
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self.cert_der).decode()]}
+        claims = {"iss": ISSUER, "sub": user, "aud": SERVICE, "exp": now + 300, "nbf": now - 10,
+                  "iat": now, "jti": uuid.uuid4().hex, "access": access}  # fmt: skip
+        signing_input = (
+            f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        )
+        signature = subprocess.run(
+            ["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+            input=signing_input.encode(), capture_output=True, check=True,
+        ).stdout  # fmt: skip
+        return f"{signing_input}.{_b64url(signature)}"
+
+
+class TokenServer:
+    """The token server, as a context manager.
+
+    Args:
+        key: the PEM private key that signs tokens.
+        cert: its self-signed certificate (PEM; the registry's ``rootcertbundle``).
+        login: the one ``(user, password)`` it accepts.
+    """
+
+    def __init__(self, key: Path, cert: Path, login: tuple[str, str]) -> None:
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.login = login
+        self._server.lock = threading.Lock()
+        self._server.asked = []
+        self._server.key = key
+        self._server.cert_der = subprocess.run(
+            ["openssl", "x509", "-in", str(cert), "-outform", "DER"],
+            capture_output=True, check=True,
+        ).stdout  # fmt: skip
+        self.cert = cert
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def realm(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/token"
+
+    def registry_config(self) -> dict[str, str]:
+        """The registry's ``auth.token`` section for this server."""
+        return {"realm": self.realm, "service": SERVICE, "issuer": ISSUER,
+                "rootcertbundle": str(self.cert)}  # fmt: skip
+
+    @property
+    def asked(self) -> list[dict[str, str | None]]:
+        """Each request's query parameters and user (``None``: no credentials)."""
+        with self._server.lock:
+            return list(self._server.asked)
+
+    def __enter__(self) -> TokenServer:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
