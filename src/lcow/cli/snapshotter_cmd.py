@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         :attr:`ExitStatus.OK` after SIGTERM/SIGINT; failures are raised for the CLI boundary.
     """
-    from lcow.graphdriver.driver import Driver
+    from lcow.graphdriver.driver import SERVER_LINGER, Driver
     from lcow.snapshots.service import serve
     from lcow.snapshots.snapshotter import Snapshotter
 
@@ -93,9 +93,12 @@ def run(args: argparse.Namespace) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
-    snapshotter = Snapshotter(Driver(root_path(args), options))
+    driver = Driver(root_path(args), options)
+    driver.linger(SERVER_LINGER)  # no storage-daemon start and stop per container
+    snapshotter = Snapshotter(driver)
     try:
         serve(snapshotter, args.address, workers=args.workers, stop=stop)
     finally:
         snapshotter.close()
+        driver.stop_lingering()
     return ExitStatus.OK

@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -132,8 +133,73 @@ class HostBackend:
             os.mknod(whiteout, 0o600 | stat.S_IFCHR, os.makedev(0, 0))
         self.table = MountTable(self.home)
         self.daemon = StorageDaemon(self.home, timeout)
+        self.daemon_idle = 0.0  # see linger()
+        self._idle_timer: threading.Timer | None = None
+        self._idle_lock = threading.Lock()
         with self.table.transaction() as state:
             self._reconcile(state)
+
+    # -- the storage daemon's lifetime -----------------------------------------------------
+
+    def linger(self, seconds: float) -> None:
+        """Keep the storage daemon up to ``seconds`` after its last export ends, instead of
+        stopping it at once (0: stop at once, the default).
+
+        For long-running front ends (the plugin, the snapshotter): a container's sandbox
+        then does not pay the daemon's start and stop (issue 17). The wait runs on a timer
+        thread of this process; :meth:`stop_lingering` stops an idle daemon at once, and a process
+        killed meanwhile leaves an idle daemon that the next backend over the data root stops
+        when it reconciles. A daemon with exports is never stopped by the timer.
+        """
+        self.daemon_idle = max(0.0, seconds)
+
+    def stop_lingering(self) -> None:
+        """This process stops using the backend: a lingering, idle storage daemon is stopped;
+        views, their counts and a daemon that still exports stay; never fails."""
+        self._cancel_idle_stop()
+        if self.daemon_idle <= 0:
+            return
+        try:
+            self._stop_daemon_if_idle()
+        except (OSError, LcowError) as exc:
+            log.warning("host backend: stopping the idle storage daemon: %s", exc)
+
+    def _daemon_idle(self) -> None:
+        """The last export ended: stop the daemon now, or after :attr:`daemon_idle`."""
+        if self.daemon_idle <= 0:
+            self.daemon.stop()
+            return
+        with self._idle_lock:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+            timer = threading.Timer(self.daemon_idle, self._idle_expired)
+            timer.daemon = True  # never keeps the process alive
+            timer.name = "lcow-qsd-idle"
+            self._idle_timer = timer
+            timer.start()
+
+    def _cancel_idle_stop(self) -> None:
+        with self._idle_lock:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+
+    def _idle_expired(self) -> None:
+        with self._idle_lock:
+            if self._idle_timer is None or threading.current_thread() is not self._idle_timer:
+                return  # superseded by a later release, or cancelled
+            self._idle_timer = None
+        try:
+            self._stop_daemon_if_idle()
+        except (OSError, LcowError) as exc:
+            log.warning("host backend: stopping the idle storage daemon: %s", exc)
+
+    def _stop_daemon_if_idle(self) -> None:
+        """Under the table's lock (exports are made and recorded under it): stop the daemon
+        when no recorded disk is a sandbox."""
+        with self.table.transaction() as state:
+            if not any(d.writable for d in state.disks.values()):
+                self.daemon.stop()
 
     # -- views -----------------------------------------------------------------------------
 
@@ -213,6 +279,7 @@ class HostBackend:
 
     def cleanup(self) -> None:
         """Unmount everything, release every disk and stop the storage daemon; never fails."""
+        self._cancel_idle_stop()
         with self.table.transaction() as state:
             for layer_id, view in list(state.views.items()):
                 try:
@@ -403,7 +470,7 @@ class HostBackend:
         if exports:
             self._unexport(exports)
             if not any(d.writable for d in state.disks.values()):
-                self.daemon.stop()
+                self._daemon_idle()
         if errors:
             raise errors[0]
 
@@ -428,9 +495,16 @@ class HostBackend:
             if device is not None:
                 _wait_loop_released(device, self.home / "e" / slot)
         self.daemon.unexport([f"x{slot}" for slot, _ in disks])
+        dead = {p for p, _ in kernel.mounts_below(self.home / "e")}
         for slot, _ in disks:
+            export = self.home / "e" / slot
+            if str(export) in dead:  # its daemon was killed: the kernel keeps a dead FUSE mount
+                log.warning("host backend: unmounting %s, left by a storage daemon that died",
+                            export)  # fmt: skip
+                with contextlib.suppress(OSError):
+                    kernel.umount(export, lazy=True)
             with contextlib.suppress(OSError):
-                (self.home / "e" / slot).unlink()
+                export.unlink()
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -475,10 +549,10 @@ class HostBackend:
         """Unmount what is mounted below the home but recorded nowhere."""
         keep = {str(self.home / v.path) for v in state.views.values() if v.overlay}
         keep |= {str(self.home / "d" / d.slot) for d in state.disks.values()}
-        daemon_running = self.daemon.pid() is not None
-        for point, fstype in reversed(list(kernel.mounts_below(self.home))):
-            if fstype.startswith("fuse") and daemon_running:
-                continue  # an export: the daemon unmounts it when the export goes
+        # The running daemon's exports: it unmounts them when they go. Any other FUSE mount
+        # is a dead one, left by a daemon that was killed.
+        keep |= {str(self.home / "e" / name[1:]) for name in self.daemon.exports()}
+        for point, _ in reversed(list(kernel.mounts_below(self.home))):
             if point not in keep and point != str(self.home):
                 log.warning("host backend: unmounting orphan %s", point)
                 with contextlib.suppress(OSError):
