@@ -57,7 +57,7 @@ class StorageDaemon:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return None
-        if BINARY.encode() not in cmdline or os.fsencode(self.socket) not in cmdline:
+        if BINARY.encode() not in cmdline or os.fsencode(self._socket_option()) not in cmdline:
             return None  # the pid was reused
         return pid
 
@@ -76,7 +76,7 @@ class StorageDaemon:
         done = subprocess.run(
             [
                 binary,
-                "--chardev", f"socket,id=qmp,path={self.socket},server=on,wait=off",
+                "--chardev", f"socket,id=qmp,path={self._socket_option()},server=on,wait=off",
                 "--monitor", "chardev=qmp",
                 "--daemonize", "--pidfile", str(self.pidfile),
             ],
@@ -86,6 +86,10 @@ class StorageDaemon:
             raise FailedPrecondition(
                 f"{BINARY} failed to start: {done.stderr.strip()}", subject=BINARY
             )
+
+    def _socket_option(self) -> str:
+        """The socket's path as a value in QEMU's option syntax (a comma is doubled)."""
+        return str(self.socket).replace(",", ",,")
 
     def stop(self) -> None:
         """Stop the daemon (SIGTERM: it flushes and closes its images); kill it if it does not
