@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from lcow.backends.host import STATE_FOLDER
+from lcow.backends.host import STATE_FOLDER, kernel
+from lcow.backends.host.table import MountTable
 from lcow.graphdriver.driver import Driver
 from tests.helpers import host_leftovers, requires
 
@@ -219,7 +220,7 @@ def test_a_daemon_killed_while_it_serves_costs_only_unsynced_writes(
     assert wait_until(lambda: daemon_pid(root) is None, 10)
     use_sandbox(driver, "c2", b"2")  # a new daemon
     driver.put("c1")
-    assert [x for x in host_leftovers(root) if x.startswith("mount")] == []
+    assert [x for x in host_leftovers(root) if "/mounts/e/" in x] == []  # no dead FUSE mount
     again = driver.get("c1")
     try:
         assert Path(again.path, "synced").read_bytes() == b"on disk"
@@ -239,3 +240,61 @@ def test_a_new_backend_unmounts_the_dead_export_of_a_killed_daemon(
     Driver(root, ["lcow.backend=host"])
     exports = [x for x in host_leftovers(root) if x.startswith("mount") and "/e/" in x]
     assert exports == []
+
+
+def disk_mounts(root: Path) -> list[str]:
+    """Mount points of layer disks (``d/<slot>``) below the data root."""
+    return sorted(p for p, _ in kernel.mounts_below(root / STATE_FOLDER / "d"))
+
+
+def test_idle_layer_disks_are_reused_then_unmounted(driver: Driver, root: Path) -> None:
+    driver.linger(1.0)
+    use_sandbox(driver, "c1", b"1")
+    idle = disk_mounts(root)
+    assert len(idle) == 1  # base's image, idle; the sandbox's own disk went
+    devices = {k: d.device for k, d in MountTable(root / STATE_FOLDER).peek().disks.items()}
+    assert driver.view_count("c1") == 0
+    use_sandbox(driver, "c2", b"2")
+    assert disk_mounts(root) == idle  # counted again, not mounted a second time
+    table = MountTable(root / STATE_FOLDER).peek()
+    assert {k: d.device for k, d in table.disks.items()} == devices
+    assert [d.users for d in table.disks.values()] == [0]
+    assert wait_until(lambda: disk_mounts(root) == [] and daemon_pid(root) is None, 10)
+    assert host_leftovers(root) == []
+
+
+def test_an_idle_disk_is_not_in_use_and_goes_with_its_layer(driver: Driver, root: Path) -> None:
+    driver.linger(60)
+    driver.create("solo")
+    driver.apply_diff("solo", None, io.BytesIO(_tar({"old": b"1"})))
+    view = driver.get("solo")  # a lone read-only layer: its disk is the view
+    assert sorted(os.listdir(view.path)) == ["lost+found", "old"]
+    driver.put("solo")
+    assert len(disk_mounts(root)) == 1  # idle
+    # ApplyDiff refuses a layer a view uses; an idle disk is no use: the new image is
+    # written, and the next view shows it, not the idle mount of the old one.
+    driver.apply_diff("solo", None, io.BytesIO(_tar({"new": b"2"})))
+    view = driver.get("solo")
+    try:
+        assert sorted(os.listdir(view.path)) == ["lost+found", "new"]
+    finally:
+        driver.put("solo")
+    driver.remove("solo")  # its idle disks are unmounted with it, the space freed now
+    assert disk_mounts(root) == []
+    assert not driver.exists("solo")
+
+
+def test_letting_go_unmounts_idle_disks_but_not_a_held_view(driver: Driver, root: Path) -> None:
+    driver.linger(60)
+    driver.create("other")
+    driver.apply_diff("other", None, io.BytesIO(_tar({"o": b"o"})))
+    driver.get("other")
+    driver.put("other")  # idle
+    driver.create_read_write("held", "base")
+    view = driver.get("held")
+    before = disk_mounts(root)
+    assert len(before) == 3  # other (idle), base and held's sandbox
+    driver.stop_lingering()
+    assert len(disk_mounts(root)) == 2
+    assert Path(view.path, "a").read_bytes() == b"A"
+    driver.put("held")

@@ -142,33 +142,35 @@ class HostBackend:
     # -- the storage daemon's lifetime -----------------------------------------------------
 
     def linger(self, seconds: float) -> None:
-        """Keep the storage daemon up to ``seconds`` after its last export ends, instead of
-        stopping it at once (0: stop at once, the default).
+        """Keep the storage daemon, and the read-only layer disks of released views, up to
+        ``seconds`` after their last use instead of stopping and unmounting them at once
+        (0: at once, the default).
 
         For long-running front ends (the plugin, the snapshotter): a container's sandbox
-        then does not pay the daemon's start and stop (issue 17). The wait runs on a timer
-        thread of this process; :meth:`stop_lingering` stops an idle daemon at once, and a process
-        killed meanwhile leaves an idle daemon that the next backend over the data root stops
-        when it reconciles. A daemon with exports is never stopped by the timer.
+        then does not pay the daemon's start and stop, nor its image's layers' loop devices
+        and mounts (issue 17). An idle disk stays in the table with no user; the next view
+        over it counts it again. The wait runs on a timer thread of this process, restarted
+        by every release; :meth:`stop_lingering` ends it at once, and a process killed
+        meanwhile leaves idle mounts and an idle daemon that the next backend over the data
+        root releases when it reconciles. A disk a view uses, and a daemon with exports, are
+        never touched by the timer; removing a layer unmounts its idle disk at once.
         """
         self.daemon_idle = max(0.0, seconds)
 
     def stop_lingering(self) -> None:
-        """This process stops using the backend: a lingering, idle storage daemon is stopped;
-        views, their counts and a daemon that still exports stay; never fails."""
+        """This process stops using the backend: idle disks are unmounted and an idle storage
+        daemon is stopped; views, their counts and a daemon that still exports stay; never
+        fails."""
         self._cancel_idle_stop()
         if self.daemon_idle <= 0:
             return
         try:
-            self._stop_daemon_if_idle()
+            self._release_idle()
         except (OSError, LcowError) as exc:
-            log.warning("host backend: stopping the idle storage daemon: %s", exc)
+            log.warning("host backend: releasing idle disks and storage daemon: %s", exc)
 
-    def _daemon_idle(self) -> None:
-        """The last export ended: stop the daemon now, or after :attr:`daemon_idle`."""
-        if self.daemon_idle <= 0:
-            self.daemon.stop()
-            return
+    def _schedule_idle(self) -> None:
+        """Something became idle: release what is idle :attr:`daemon_idle` seconds from now."""
         with self._idle_lock:
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
@@ -190,16 +192,22 @@ class HostBackend:
                 return  # superseded by a later release, or cancelled
             self._idle_timer = None
         try:
-            self._stop_daemon_if_idle()
+            self._release_idle()
         except (OSError, LcowError) as exc:
-            log.warning("host backend: stopping the idle storage daemon: %s", exc)
+            log.warning("host backend: releasing idle disks and storage daemon: %s", exc)
 
-    def _stop_daemon_if_idle(self) -> None:
-        """Under the table's lock (exports are made and recorded under it): stop the daemon
-        when no recorded disk is a sandbox."""
+    def _release_idle(self) -> None:
+        """Under the table's lock (mounts and exports are made and counted under it): unmount
+        the disks no view uses, then stop the daemon when no recorded disk is a sandbox."""
         with self.table.transaction() as state:
+            self._release_unused(state, [k for k, d in state.disks.items() if d.users == 0])
             if not any(d.writable for d in state.disks.values()):
                 self.daemon.stop()
+
+    def _release_unused(self, state: MountState, keys: list[str]) -> None:
+        for key in keys:
+            state.disks[key].users = 1  # the last user, as far as _release_disks is concerned
+        self._release_disks(state, keys, force=True)
 
     # -- views -----------------------------------------------------------------------------
 
@@ -241,6 +249,10 @@ class HostBackend:
             view = state.views.get(layer_id)
             if view is not None:
                 self._teardown(state, layer_id, view, force=True)
+            # The layer goes (Remove): its own disk, idle since its views went, goes too.
+            idle = [k for k, d in state.disks.items()
+                    if d.users == 0 and k.split(":", 1)[0] == layer_id]  # fmt: skip
+            self._release_unused(state, idle)
 
     def count(self, layer_id: str) -> int:
         """Outstanding Gets of ``layer_id``."""
@@ -248,8 +260,10 @@ class HostBackend:
         return 0 if view is None else view.count
 
     def in_use(self, disk: LayerFile) -> bool:
-        """Whether ``disk`` is mounted for some view."""
-        return any(d.image == str(disk.path) for d in self.table.peek().disks.values())
+        """Whether ``disk`` is mounted for some view (an idle disk is not)."""
+        return any(
+            d.image == str(disk.path) and d.users > 0 for d in self.table.peek().disks.values()
+        )
 
     @contextlib.contextmanager
     def reading(self, disk: LayerFile) -> Iterator[Path]:
@@ -351,7 +365,7 @@ class HostBackend:
         with contextlib.suppress(OSError):
             target.rmdir()
         try:
-            self._release_disks(state, view.disks, force=force)
+            self._release_disks(state, view.disks, force=force, linger=self.daemon_idle > 0)
         except (OSError, LcowError) as exc:
             raise FailedPrecondition(
                 f"lcowdriver: put: {layer_id}: releasing its disks: {exc}", subject=layer_id
@@ -443,17 +457,25 @@ class HostBackend:
             slot, str(disk.path), disk.writable, device, _has_lost_found(content, disk.writable)
         )
 
-    def _release_disks(self, state: MountState, keys: list[str], *, force: bool) -> None:
-        """Drop one user of each disk; unmount those left without users, then end their
-        exports in one storage-daemon session (and stop the daemon when none remain)."""
+    def _release_disks(
+        self, state: MountState, keys: list[str], *, force: bool, linger: bool = False
+    ) -> None:
+        """Drop one user of each disk; unmount those left without users (with ``linger``, a
+        read-only one stays mounted, idle), then end their exports in one storage-daemon
+        session (and stop the daemon when none remain, or let it linger)."""
         unmounted: list[DiskEntry] = []
         errors: list[OSError] = []
+        kept = False
         for key in keys:
             entry = state.disks.get(key)
             if entry is None:
                 continue
             if entry.users > 1:
                 entry.users -= 1
+                continue
+            if linger and not entry.writable:
+                entry.users = 0  # idle: the next view over it counts it again
+                kept = True
                 continue
             mountpoint = self.home / "d" / entry.slot
             try:
@@ -469,8 +491,11 @@ class HostBackend:
         exports = [(e.slot, e.device) for e in unmounted if e.writable]
         if exports:
             self._unexport(exports)
-            if not any(d.writable for d in state.disks.values()):
-                self._daemon_idle()
+        daemon_idle = bool(exports) and not any(d.writable for d in state.disks.values())
+        if daemon_idle and self.daemon_idle <= 0:
+            self.daemon.stop()
+        elif daemon_idle or kept:
+            self._schedule_idle()
         if errors:
             raise errors[0]
 
