@@ -9,11 +9,13 @@ Layout of the state folder ``<root>/mounts`` (0700)::
     v/<id>               an overlay view
     mask/lost+found      a whiteout: hides the empty ``lost+found`` every layer image has
 
-Each disk is mounted once and shared by every view that needs it (counted per view). A view is
-an overlay whose lower directories are ``d/<slot>`` (a read-only layer) or
-``d/<slot>/upper`` (a sandbox ancestor), given relative to the state folder so that 128 layers
-fit the one-page option string; a writable view adds its sandbox's ``upper/`` and ``work/``.
-A single read-only layer is its own view, a sandbox without lowers its ``upper/``.
+Each disk is mounted once and shared by every view that needs it (counted per view; under
+:meth:`HostBackend.linger` a read-only disk no view uses stays mounted, idle, for a while). A
+view is an overlay whose lower directories are ``d/<slot>`` (a read-only layer) or
+``d/<slot>/upper`` (a sandbox ancestor), given relative to the state folder when the absolute
+paths would not fit the one-page option string (128 layers); a writable view adds its sandbox's
+``upper/`` and ``work/``. A single read-only layer is its own view, a sandbox without lowers
+its ``upper/``.
 
 Every ext4 image has a ``lost+found`` at its root that is not layer content (Diff, Changes and
 the userspace view leave an empty one out). So that a mounted view shows what overlay2 would,

@@ -5,8 +5,9 @@ raw image over FUSE and a loop device goes on that file. One daemon serves a who
 exports are added and removed through its QMP socket (a few milliseconds each, where a daemon
 per disk would cost a process start and ~20 MB each — a 128-layer chain of sandboxes is
 graphtest's DeepLayerRead). It is started by the first writable attach and stopped when the
-last export goes. It runs detached, so it outlives the process that started it; its pid file
-and socket live in the backend's state folder for the next process to find.
+last export goes (in long-running front ends some time later: ``HostBackend.linger``). It
+runs detached, so it outlives the process that started it; its pid file and socket live in the
+backend's state folder for the next process to find.
 """
 
 from __future__ import annotations
