@@ -2,7 +2,11 @@
 """Benchmark the containerd proxy snapshotter (issue 15) against containerd's own overlayfs.
 
     sudo TMPDIR=/tmp/SHORT .venv/bin/python benchmarks/bench_containerd.py [--runs 5]
-        [--data /var/tmp/lcow-bench-containerd] [--out FILE.json] [--keep]
+        [--rows pull,run] [--data /var/tmp/lcow-bench-containerd] [--out FILE.json] [--keep]
+    sudo TMPDIR=/tmp/SHORT .venv/bin/python benchmarks/bench_containerd.py --serve CMDS &
+        # then time the command lines in CMDS with an outside timer, e.g. in pairs:
+        #   hyperfine -N "$run_lcow" "$run_overlayfs"   (hyperfine is in Debian)
+        # and end it with SIGTERM (everything is stopped and removed)
 
 One run, one containerd 1.6 (Debian's, started as the end-to-end tests start it: own root,
 state and socket, CRI disabled, ``[proxy_plugins.lcow]``), one ``lcow snapshotter serve``
@@ -37,6 +41,13 @@ CPU as for the rows above, the lcow server's CPU, and how many layers took the f
 (from the servers' logs: every layer of every ``lcow`` sample must). With ``--hold``, the
 script stops after the set-up and prints the two commands, for an external paired timer.
 
+``--serve CMDS`` sets the same up (the image unpacked for both snapshotters), writes the
+command lines (``run_lcow=...``, ``run_overlayfs=...``, ``pull_lcow=...``, ``pull_overlayfs=...``,
+``rm=...``: shell words) to CMDS and waits for SIGTERM: containerd and the snapshotter run
+once for any number of outside timings. A pull timed that way should be followed by ``rm``
+in the same timed command for both snapshotters (``sh -c "$pull_lcow && $rm"``), so that each
+pull starts from nothing and each pays for removing its own unpacked layers.
+
 Everything started is stopped by its pid, the lcow views are unmounted, and ``--data`` and
 the temporary directories are removed (unless ``--keep``).
 """
@@ -48,7 +59,9 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -81,6 +94,7 @@ from lcow.graphdriver.driver import Driver  # noqa: E402
 __all__ = ["main"]
 
 SNAPSHOTTERS = ("overlayfs", "lcow")
+ROWS = ("pull", "run")
 KEYS = ("wall", "ctr_cpu", "containerd_cpu", "lcow_cpu", "qsd_cpu", "shim_cpu", "total_cpu",
         "machine_busy")  # fmt: skip
 BASE_TREES = ("usr/lib/python3", "usr/share/doc")  # host files below / (no /etc: secrets)
@@ -348,7 +362,7 @@ def spread(values: list[float]) -> dict[str, float]:
 
 def summarize(
     samples: list[Sample],
-    rows: tuple[str, ...] = ("pull", "run"),
+    rows: tuple[str, ...] = ROWS,
     names: tuple[str, str] = ("lcow", "overlayfs"),
 ) -> dict[str, Any]:
     """Per row and snapshotter the spreads, and the paired ratios ``names[0] / names[1]``."""
@@ -528,7 +542,7 @@ def measure_fastpath(data: Path, runs: int, hold: bool) -> dict[str, Any]:
 # -- main --------------------------------------------------------------------------------------
 
 
-def measure(data: Path, runs: int) -> dict[str, Any]:
+def measure(data: Path, runs: int, rows: tuple[str, ...] = ROWS) -> dict[str, Any]:
     work = data / "image"
     work.mkdir(parents=True)
     log("building the base layer")
@@ -549,13 +563,13 @@ def measure(data: Path, runs: int) -> dict[str, Any]:
         daemon = Containerd(short_dir("cdb-"), proxy=snapshotter.socket).start()
         bench = Bench(daemon, snapshotter, ref)
         samples: list[Sample] = []
-        for rep in range(runs):
+        for rep in range(runs if "pull" in rows else 0):
             order = SNAPSHOTTERS if rep % 2 == 0 else SNAPSHOTTERS[::-1]
             samples += [bench.pull(name, rep) for name in order]
         for name in SNAPSHOTTERS:  # unpacked for both (the content is there: unpack only)
             daemon.ctr("images", "pull", "--plain-http", "--snapshotter", name, ref)
         layers = len(image.layers)
-        for rep in range(runs):
+        for rep in range(runs if "run" in rows else 0):
             order = SNAPSHOTTERS if rep % 2 == 0 else SNAPSHOTTERS[::-1]
             samples += [bench.run(name, rep, layers) for name in order]
         bench.remove_image()
@@ -563,8 +577,60 @@ def measure(data: Path, runs: int) -> dict[str, Any]:
             "image": {"base": base, "base_trees": BASE_TREES,
                       "gzip_layer_bytes": [layer.size for layer in image.layers]},
             "samples": [asdict(s) for s in samples],
-            "summary": summarize(samples),
+            "summary": summarize(samples, rows),
         }  # fmt: skip
+    finally:
+        if daemon is not None:
+            daemon.close()
+        status = snapshotter.stop()
+        Driver(snapshotter.root, ["lcow.backend=host"]).cleanup()
+        registry.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+        if status != 0:
+            log(f"the lcow snapshotter exited {status}: {snapshotter.log.read_text()[-2000:]}")
+
+
+def serve_only(data: Path, commands: Path) -> dict[str, Any]:
+    """Set up as :func:`measure` does, the image unpacked for both snapshotters; write the
+    ``ctr run`` and ``ctr images pull`` command lines of each snapshotter to ``commands``
+    (shell words, one ``NAME=ARGV`` a line) for an outside timer; serve until SIGTERM or
+    SIGINT, then stop everything."""
+    work = data / "image"
+    work.mkdir(parents=True)
+    log("building the base layer")
+    base = base_rootfs(data / "base.tar")
+    image = build_image(work, base=data / "base.tar")
+    (data / "base.tar").unlink()
+    registry = Registry(data / "registry").start()
+    sock_dir = short_dir("lcowb-")
+    snapshotter = Snapshotter(data / "lcow-root", sock_dir / "lcow.sock", data / "lcow.log")
+    daemon: Containerd | None = None
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        skopeo_tmp = data / "skopeo"
+        skopeo_tmp.mkdir()
+        ref = push_image(image, registry.address, "lcowbench/debian", skopeo_tmp)
+        log(f"pushed {ref}: base {base}, layers {[layer.size for layer in image.layers]}")
+        shutil.rmtree(work)
+        snapshotter.start()
+        daemon = Containerd(short_dir("cdb-"), proxy=snapshotter.socket).start()
+        for name in SNAPSHOTTERS:
+            daemon.ctr("images", "pull", "--plain-http", "--snapshotter", name, ref)
+        ctr = [CTR, "--address", str(daemon.address), "-n", daemon.namespace]
+        lines = []
+        for name in SNAPSHOTTERS:
+            run = [*ctr, "run", "--fifo-dir", str(daemon.dir / "fifo"), "--rm",
+                   "--snapshotter", name, ref, f"bench-{name}", "true"]  # fmt: skip
+            pull = [*ctr, "images", "pull", "--plain-http", "--snapshotter", name, ref]
+            lines += [f"run_{name}={shlex.join(run)}", f"pull_{name}={shlex.join(pull)}"]
+        lines += [f"rm={shlex.join([*ctr, 'images', 'rm', '--sync', ref])}",
+                  f"snapshots={shlex.join([*ctr, 'snapshots'])}"]  # fmt: skip
+        commands.write_text("\n".join(lines) + "\n")
+        log(f"serving; commands in {commands}; SIGTERM ends")
+        stop.wait()
+        return {"machine": machine()}
     finally:
         if daemon is not None:
             daemon.close()
@@ -592,9 +658,21 @@ def main() -> int:
         action="store_true",
         help="with --fastpath: set up, print the two commands, wait for Enter",
     )
+    ap.add_argument("--rows", default=",".join(ROWS),
+                    help="comma-separated rows to measure (pull, run; default both)")
+    ap.add_argument("--serve", type=Path, metavar="COMMANDS",
+                    help="set up only: write the timed commands to COMMANDS and serve until "
+                    "SIGTERM, for an outside timer (e.g. hyperfine or /usr/bin/time)")
     args = ap.parse_args()
     if args.data.exists():
         raise SystemExit(f"{args.data} exists: remove it or choose another --data")
+    if args.serve is not None:
+        try:
+            serve_only(args.data, args.serve)
+        finally:
+            if not args.keep:
+                shutil.rmtree(args.data, ignore_errors=True)
+        return 0
     started = time.monotonic()
     try:
         if args.fastpath:
@@ -602,7 +680,8 @@ def main() -> int:
             if args.hold:
                 return 0
         else:
-            result = measure(args.data, args.runs)
+            rows = tuple(r for r in ROWS if r in args.rows.split(","))
+            result = measure(args.data, args.runs, rows)
     finally:
         if not args.keep:
             shutil.rmtree(args.data, ignore_errors=True)

@@ -31,13 +31,23 @@ pytestmark = [
 ]
 
 SNAPSHOTTER = "lcow"
+#: The tests' ``--linger``: short, so that "nothing stays mounted" is checked within a test
+#: (the default, 30 s, keeps the image's layers mounted between containers).
+LINGER = 1.0
 
 
 class Snapshotter:
     """``lcow --root ROOT --backend host snapshotter serve --address SOCK`` as a process."""
 
-    def __init__(self, root: Path, socket: Path, log: Path, extra: Sequence[str] = ()) -> None:
-        self.root, self.socket, self.log = root, socket, log
+    def __init__(
+        self,
+        root: Path,
+        socket: Path,
+        log: Path,
+        extra: Sequence[str] = (),
+        linger: float | None = None,
+    ) -> None:
+        self.root, self.socket, self.log, self.linger = root, socket, log, linger
         self.extra = tuple(extra)  # more ``serve`` options
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -45,7 +55,8 @@ class Snapshotter:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "lcow", "--root", str(self.root), "--backend", "host",
-                 "snapshotter", "serve", "--address", str(self.socket), *self.extra],
+                 "snapshotter", "serve", "--address", str(self.socket), *self.extra,
+                 *([] if self.linger is None else ["--linger", str(self.linger)])],
                 stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + 30
@@ -69,7 +80,9 @@ class Snapshotter:
 def lcow_snapshotter(tmp_path: Path) -> Iterator[Snapshotter]:
     """Started before containerd, so stopped after it (its teardown removes snapshots)."""
     sock_dir = short_dir("lcows-")
-    running = Snapshotter(tmp_path / "root", sock_dir / "lcow.sock", tmp_path / "lcow.log")
+    running = Snapshotter(
+        tmp_path / "root", sock_dir / "lcow.sock", tmp_path / "lcow.log", linger=LINGER
+    )
     running.start()
     try:
         yield running
@@ -117,6 +130,18 @@ def _reconnected(daemon: Containerd, timeout: float = 60) -> float:
     return time.monotonic() - start
 
 
+def _released_when_idle(root: Path, timeout: float = 10 * LINGER + 10) -> list[str]:
+    """What stays mounted below the snapshotter's state folder once :data:`LINGER` seconds
+    passed without use (the image's layer disks stay mounted that long for the next
+    container, and the storage daemon runs)."""
+    deadline = time.monotonic() + timeout
+    while (mounted := [p for p, _ in kernel.mounts_below(root / "mounts")]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    return mounted
+
+
 def _layer_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("sn"))
 
@@ -153,8 +178,9 @@ def test_pull_commits_every_layer_as_a_clean_layer_vhd(
     for folder in folders:
         assert not (folder / SANDBOX_VHDX).exists(), folder
         assert_e2fsck_clean(folder / LAYER_VHD)
-    # nothing stays mounted for committed layers
-    assert list(kernel.mounts_below(lcow_snapshotter.root / "mounts")) == []
+    # nothing stays mounted for committed layers (once idle), no storage daemon runs
+    assert _released_when_idle(lcow_snapshotter.root) == []
+    assert not (lcow_snapshotter.root / "mounts" / "qsd.pid").exists()
     # Usage reaches the snapshotter through containerd: every layer holds something
     for key, _, _ in rows:
         out = daemon.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "usage", key).stdout
@@ -182,7 +208,7 @@ def test_run_sees_the_union_and_writes_into_its_own_snapshot(
     # --rm removed each container's snapshot: only the image's layers are left, unmounted
     layers = len(pushed_image.image.layers)
     assert len(_settled(daemon, pushed_image, lcow_snapshotter.root, layers)) == layers
-    assert list(kernel.mounts_below(lcow_snapshotter.root / "mounts")) == []
+    assert _released_when_idle(lcow_snapshotter.root) == []
 
 
 def test_images_rm_sync_frees_the_layers(
@@ -229,7 +255,7 @@ def test_a_snapshotter_restart_under_a_running_container_loses_nothing(
     daemon.ctr("containers", "rm", "bg")
     layers = len(pushed_image.image.layers)
     assert len(_settled(daemon, pushed_image, lcow_snapshotter.root, layers)) == layers
-    assert list(kernel.mounts_below(lcow_snapshotter.root / "mounts")) == []
+    assert _released_when_idle(lcow_snapshotter.root) == []
 
 
 def test_a_containerd_restart_finds_every_snapshot_and_mount(

@@ -317,3 +317,25 @@ def test_needs_root(tmp_path: Path) -> None:
     assert "driver not supported" in proc.stderr and "root" in proc.stderr
     assert NotSupported.__name__ in proc.stderr
     assert not home.exists()
+
+
+def test_views_under_a_root_whose_path_has_overlay_option_syntax(tmp_path: Path) -> None:
+    """Absolute lower paths go to mount(2) directly; a root holding ``,`` or ``:`` cannot be
+    written in overlay's options, so such views are mounted with relative paths instead."""
+    root = tmp_path / "a,b:c"
+    drv = Driver(root, ["lcow.backend=host"])
+    try:
+        drv.create("base")
+        drv.apply_diff("base", None, io.BytesIO(_tar({"a": b"A"})))
+        drv.create("mid", "base")
+        drv.apply_diff("mid", "base", io.BytesIO(_tar({"b": b"B"})))
+        drv.create_read_write("c", "mid")
+        view = drv.get("c")
+        try:
+            Path(view.path, "w").write_bytes(b"w")
+            assert _names(view.path) == ["a", "b", "w"]
+        finally:
+            drv.put("c")
+    finally:
+        drv.cleanup()
+    assert host_leftovers(tmp_path) == []

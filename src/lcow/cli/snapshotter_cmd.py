@@ -62,7 +62,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=positive_int, default=16,
         help="calls served at once (default 16)",
     )  # fmt: skip
+    serve.add_argument(
+        "--linger", metavar="SECONDS", type=_seconds, default=None,
+        help="how long the storage daemon and the image layers' mounts stay after their last "
+        "use, for the next container (default 30; 0 releases them at once)",
+    )  # fmt: skip
     add_log_level(serve)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: not a number of seconds (0 or more)")
+    return value
 
 
 def _setup_logging(level_name: str) -> None:
@@ -88,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         :attr:`ExitStatus.OK` after SIGTERM/SIGINT; failures are raised for the CLI boundary.
     """
-    from lcow.graphdriver.driver import Driver
+    from lcow.graphdriver.driver import SERVER_LINGER, Driver
     from lcow.snapshots.service import serve
     from lcow.snapshots.snapshotter import Snapshotter
 
@@ -104,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     driver = Driver(root_path(args), options)
+    # No storage-daemon start and stop, no mounts of the image's layers, per container.
+    driver.linger(SERVER_LINGER if args.linger is None else args.linger)
     if args.containerd_address is not None:
         from lcow.snapshots.content import ContentStore
         from lcow.snapshots.fastpath import FastPathSnapshotter
@@ -117,4 +134,5 @@ def run(args: argparse.Namespace) -> int:
         serve(snapshotter, args.address, workers=args.workers, stop=stop)
     finally:
         snapshotter.close()
+        driver.stop_lingering()
     return ExitStatus.OK

@@ -52,12 +52,17 @@ from lcow.sandboxes import copy_sandbox, make_sandbox
 from lcow.storage.dataroot import LAYER_VHD, SANDBOX_VHDX, DataRoot, validate_id
 from lcow.storage.locks import LayerLocks, RootLock
 
-__all__ = ["Driver"]
+__all__ = ["SERVER_LINGER", "Driver"]
 
 log = logging.getLogger(__name__)
 
 # The lock guarding cache/sandbox.vhdx: a name no layer id can take.
 _CACHE_LOCK = "cache"
+
+#: Seconds the long-running front ends keep shared helpers after their last use
+#: (:meth:`Driver.linger`): longer than the pause between a container's layers, short
+#: enough that an idle data root soon holds no process.
+SERVER_LINGER = 30.0
 #: Called by ApplyDiff once the image is converted and before it is renamed into place (an
 #: importer checks the digests there); returns metadata to record with the layer, or raises to
 #: discard the image.
@@ -485,6 +490,21 @@ class Driver:
         validate_id(layer_id)
         with self._locks.hold(layer_id):
             self.backend.release(layer_id)
+
+    def linger(self, seconds: float) -> None:
+        """For a long-running front end (the plugin, the snapshotter): helpers the backend's
+        views share (the host backend's storage daemon) stay up to ``seconds`` after their
+        last use rather than stopping at once; :meth:`stop_lingering` ends that."""
+        linger = getattr(self.backend, "linger", None)
+        if linger is not None:
+            linger(seconds)
+
+    def stop_lingering(self) -> None:
+        """This process stops using the driver: idle helpers kept by :meth:`linger` stop;
+        views and counts stay for their holders. Never fails."""
+        stop = getattr(self.backend, "stop_lingering", None)
+        if stop is not None:
+            stop()
 
     def view_count(self, layer_id: str) -> int:
         """Outstanding Gets of a layer (0 when none)."""

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from lcow._util.atomic import atomic_output
 from lcow.errors import Busy, CorruptImage, FailedPrecondition, InvalidArgument, LcowError
-from lcow.graphdriver.driver import Driver
+from lcow.graphdriver.driver import SERVER_LINGER, Driver
 from lcow.plugin.requests import BadRequest, IdMap, InitRequest, decode_request
 
 __all__ = [
@@ -57,8 +57,11 @@ def open_default_driver(
     uid_maps: tuple[IdMap, ...] | None,
     gid_maps: tuple[IdMap, ...] | None,
 ) -> Driver:
-    """InitDriver: the driver over ``home`` (ID maps are ignored, as in LCOW)."""
-    return Driver(home, list(options), uid_maps, gid_maps)
+    """InitDriver: the driver over ``home`` (ID maps are ignored, as in LCOW); the plugin runs
+    long, so shared helpers linger between containers (:meth:`Driver.linger`)."""
+    driver = Driver(home, list(options), uid_maps, gid_maps)
+    driver.linger(SERVER_LINGER)
+    return driver
 
 
 @dataclass(frozen=True)
@@ -282,6 +285,7 @@ def let_go(driver: Driver, reason: str) -> None:
     backend whose views live in this process cannot outlive it: its Cleanup runs.
     """
     if driver.backend.persistent:
+        driver.stop_lingering()
         log.info("%s: views of %s stay mounted for their holders (dockerd's Cleanup or "
                  "'lcow --root %s --backend %s cleanup' releases them)", reason, driver.root.root,
                  driver.root.root, driver.backend.name)  # fmt: skip

@@ -9,11 +9,13 @@ Layout of the state folder ``<root>/mounts`` (0700)::
     v/<id>               an overlay view
     mask/lost+found      a whiteout: hides the empty ``lost+found`` every layer image has
 
-Each disk is mounted once and shared by every view that needs it (counted per view). A view is
-an overlay whose lower directories are ``d/<slot>`` (a read-only layer) or
-``d/<slot>/upper`` (a sandbox ancestor), given relative to the state folder so that 128 layers
-fit the one-page option string; a writable view adds its sandbox's ``upper/`` and ``work/``.
-A single read-only layer is its own view, a sandbox without lowers its ``upper/``.
+Each disk is mounted once and shared by every view that needs it (counted per view; under
+:meth:`HostBackend.linger` a read-only disk no view uses stays mounted, idle, for a while). A
+view is an overlay whose lower directories are ``d/<slot>`` (a read-only layer) or
+``d/<slot>/upper`` (a sandbox ancestor), given relative to the state folder when the absolute
+paths would not fit the one-page option string (128 layers); a writable view adds its sandbox's
+``upper/`` and ``work/``. A single read-only layer is its own view, a sandbox without lowers
+its ``upper/``.
 
 Every ext4 image has a ``lost+found`` at its root that is not layer content (Diff, Changes and
 the userspace view leave an empty one out). So that a mounted view shows what overlay2 would,
@@ -31,6 +33,7 @@ import logging
 import os
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -132,8 +135,81 @@ class HostBackend:
             os.mknod(whiteout, 0o600 | stat.S_IFCHR, os.makedev(0, 0))
         self.table = MountTable(self.home)
         self.daemon = StorageDaemon(self.home, timeout)
+        self.daemon_idle = 0.0  # see linger()
+        self._idle_timer: threading.Timer | None = None
+        self._idle_lock = threading.Lock()
         with self.table.transaction() as state:
             self._reconcile(state)
+
+    # -- the storage daemon's lifetime -----------------------------------------------------
+
+    def linger(self, seconds: float) -> None:
+        """Keep the storage daemon, and the read-only layer disks of released views, up to
+        ``seconds`` after their last use instead of stopping and unmounting them at once
+        (0: at once, the default).
+
+        For long-running front ends (the plugin, the snapshotter): a container's sandbox
+        then does not pay the daemon's start and stop, nor its image's layers' loop devices
+        and mounts (issue 17). An idle disk stays in the table with no user; the next view
+        over it counts it again. The wait runs on a timer thread of this process, restarted
+        by every release; :meth:`stop_lingering` ends it at once, and a process killed
+        meanwhile leaves idle mounts and an idle daemon that the next backend over the data
+        root releases when it reconciles. A disk a view uses, and a daemon with exports, are
+        never touched by the timer; removing a layer unmounts its idle disk at once.
+        """
+        self.daemon_idle = max(0.0, seconds)
+
+    def stop_lingering(self) -> None:
+        """This process stops using the backend: idle disks are unmounted and an idle storage
+        daemon is stopped; views, their counts and a daemon that still exports stay; never
+        fails."""
+        self._cancel_idle_stop()
+        if self.daemon_idle <= 0:
+            return
+        try:
+            self._release_idle()
+        except (OSError, LcowError) as exc:
+            log.warning("host backend: releasing idle disks and storage daemon: %s", exc)
+
+    def _schedule_idle(self) -> None:
+        """Something became idle: release what is idle :attr:`daemon_idle` seconds from now."""
+        with self._idle_lock:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+            timer = threading.Timer(self.daemon_idle, self._idle_expired)
+            timer.daemon = True  # never keeps the process alive
+            timer.name = "lcow-qsd-idle"
+            self._idle_timer = timer
+            timer.start()
+
+    def _cancel_idle_stop(self) -> None:
+        with self._idle_lock:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+
+    def _idle_expired(self) -> None:
+        with self._idle_lock:
+            if self._idle_timer is None or threading.current_thread() is not self._idle_timer:
+                return  # superseded by a later release, or cancelled
+            self._idle_timer = None
+        try:
+            self._release_idle()
+        except (OSError, LcowError) as exc:
+            log.warning("host backend: releasing idle disks and storage daemon: %s", exc)
+
+    def _release_idle(self) -> None:
+        """Under the table's lock (mounts and exports are made and counted under it): unmount
+        the disks no view uses, then stop the daemon when no recorded disk is a sandbox."""
+        with self.table.transaction() as state:
+            self._release_unused(state, [k for k, d in state.disks.items() if d.users == 0])
+            if not any(d.writable for d in state.disks.values()):
+                self.daemon.stop()
+
+    def _release_unused(self, state: MountState, keys: list[str]) -> None:
+        for key in keys:
+            state.disks[key].users = 1  # the last user, as far as _release_disks is concerned
+        self._release_disks(state, keys, force=True)
 
     # -- views -----------------------------------------------------------------------------
 
@@ -175,6 +251,10 @@ class HostBackend:
             view = state.views.get(layer_id)
             if view is not None:
                 self._teardown(state, layer_id, view, force=True)
+            # The layer goes (Remove): its own disk, idle since its views went, goes too.
+            idle = [k for k, d in state.disks.items()
+                    if d.users == 0 and k.split(":", 1)[0] == layer_id]  # fmt: skip
+            self._release_unused(state, idle)
 
     def count(self, layer_id: str) -> int:
         """Outstanding Gets of ``layer_id``."""
@@ -182,8 +262,10 @@ class HostBackend:
         return 0 if view is None else view.count
 
     def in_use(self, disk: LayerFile) -> bool:
-        """Whether ``disk`` is mounted for some view."""
-        return any(d.image == str(disk.path) for d in self.table.peek().disks.values())
+        """Whether ``disk`` is mounted for some view (an idle disk is not)."""
+        return any(
+            d.image == str(disk.path) and d.users > 0 for d in self.table.peek().disks.values()
+        )
 
     @contextlib.contextmanager
     def reading(self, disk: LayerFile) -> Iterator[Path]:
@@ -213,6 +295,7 @@ class HostBackend:
 
     def cleanup(self) -> None:
         """Unmount everything, release every disk and stop the storage daemon; never fails."""
+        self._cancel_idle_stop()
         with self.table.transaction() as state:
             for layer_id, view in list(state.views.items()):
                 try:
@@ -284,7 +367,7 @@ class HostBackend:
         with contextlib.suppress(OSError):
             target.rmdir()
         try:
-            self._release_disks(state, view.disks, force=force)
+            self._release_disks(state, view.disks, force=force, linger=self.daemon_idle > 0)
         except (OSError, LcowError) as exc:
             raise FailedPrecondition(
                 f"lcowdriver: put: {layer_id}: releasing its disks: {exc}", subject=layer_id
@@ -376,17 +459,25 @@ class HostBackend:
             slot, str(disk.path), disk.writable, device, _has_lost_found(content, disk.writable)
         )
 
-    def _release_disks(self, state: MountState, keys: list[str], *, force: bool) -> None:
-        """Drop one user of each disk; unmount those left without users, then end their
-        exports in one storage-daemon session (and stop the daemon when none remain)."""
+    def _release_disks(
+        self, state: MountState, keys: list[str], *, force: bool, linger: bool = False
+    ) -> None:
+        """Drop one user of each disk; unmount those left without users (with ``linger``, a
+        read-only one stays mounted, idle), then end their exports in one storage-daemon
+        session (and stop the daemon when none remain, or let it linger)."""
         unmounted: list[DiskEntry] = []
         errors: list[OSError] = []
+        kept = False
         for key in keys:
             entry = state.disks.get(key)
             if entry is None:
                 continue
             if entry.users > 1:
                 entry.users -= 1
+                continue
+            if linger and not entry.writable:
+                entry.users = 0  # idle: the next view over it counts it again
+                kept = True
                 continue
             mountpoint = self.home / "d" / entry.slot
             try:
@@ -402,8 +493,11 @@ class HostBackend:
         exports = [(e.slot, e.device) for e in unmounted if e.writable]
         if exports:
             self._unexport(exports)
-            if not any(d.writable for d in state.disks.values()):
-                self.daemon.stop()
+        daemon_idle = bool(exports) and not any(d.writable for d in state.disks.values())
+        if daemon_idle and self.daemon_idle <= 0:
+            self.daemon.stop()
+        elif daemon_idle or kept:
+            self._schedule_idle()
         if errors:
             raise errors[0]
 
@@ -428,9 +522,16 @@ class HostBackend:
             if device is not None:
                 _wait_loop_released(device, self.home / "e" / slot)
         self.daemon.unexport([f"x{slot}" for slot, _ in disks])
+        dead = {p for p, _ in kernel.mounts_below(self.home / "e")}
         for slot, _ in disks:
+            export = self.home / "e" / slot
+            if str(export) in dead:  # its daemon was killed: the kernel keeps a dead FUSE mount
+                log.warning("host backend: unmounting %s, left by a storage daemon that died",
+                            export)  # fmt: skip
+                with contextlib.suppress(OSError):
+                    kernel.umount(export, lazy=True)
             with contextlib.suppress(OSError):
-                (self.home / "e" / slot).unlink()
+                export.unlink()
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -475,10 +576,10 @@ class HostBackend:
         """Unmount what is mounted below the home but recorded nowhere."""
         keep = {str(self.home / v.path) for v in state.views.values() if v.overlay}
         keep |= {str(self.home / "d" / d.slot) for d in state.disks.values()}
-        daemon_running = self.daemon.pid() is not None
-        for point, fstype in reversed(list(kernel.mounts_below(self.home))):
-            if fstype.startswith("fuse") and daemon_running:
-                continue  # an export: the daemon unmounts it when the export goes
+        # The running daemon's exports: it unmounts them when they go. Any other FUSE mount
+        # is a dead one, left by a daemon that was killed.
+        keep |= {str(self.home / "e" / name[1:]) for name in self.daemon.exports()}
+        for point, _ in reversed(list(kernel.mounts_below(self.home))):
             if point not in keep and point != str(self.home):
                 log.warning("host backend: unmounting orphan %s", point)
                 with contextlib.suppress(OSError):

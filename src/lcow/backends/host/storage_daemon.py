@@ -5,13 +5,13 @@ raw image over FUSE and a loop device goes on that file. One daemon serves a who
 exports are added and removed through its QMP socket (a few milliseconds each, where a daemon
 per disk would cost a process start and ~20 MB each — a 128-layer chain of sandboxes is
 graphtest's DeepLayerRead). It is started by the first writable attach and stopped when the
-last export goes. It runs detached, so it outlives the process that started it; its pid file
-and socket live in the backend's state folder for the next process to find.
+last export goes (in long-running front ends some time later: ``HostBackend.linger``). It
+runs detached, so it outlives the process that started it; its pid file and socket live in the
+backend's state folder for the next process to find.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -19,12 +19,11 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from qemu.qmp import QMPClient, QMPError
-
+from lcow.backends.host.qmp import QmpSession
 from lcow.errors import FailedPrecondition, NotSupported
 
 __all__ = ["BINARY", "StorageDaemon"]
@@ -57,7 +56,7 @@ class StorageDaemon:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return None
-        if BINARY.encode() not in cmdline or os.fsencode(self.socket) not in cmdline:
+        if BINARY.encode() not in cmdline or os.fsencode(self._socket_option()) not in cmdline:
             return None  # the pid was reused
         return pid
 
@@ -76,7 +75,7 @@ class StorageDaemon:
         done = subprocess.run(
             [
                 binary,
-                "--chardev", f"socket,id=qmp,path={self.socket},server=on,wait=off",
+                "--chardev", f"socket,id=qmp,path={self._socket_option()},server=on,wait=off",
                 "--monitor", "chardev=qmp",
                 "--daemonize", "--pidfile", str(self.pidfile),
             ],
@@ -86,6 +85,10 @@ class StorageDaemon:
             raise FailedPrecondition(
                 f"{BINARY} failed to start: {done.stderr.strip()}", subject=BINARY
             )
+
+    def _socket_option(self) -> str:
+        """The socket's path as a value in QEMU's option syntax (a comma is doubled)."""
+        return str(self.socket).replace(",", ",,")
 
     def stop(self) -> None:
         """Stop the daemon (SIGTERM: it flushes and closes its images); kill it if it does not
@@ -111,25 +114,25 @@ class StorageDaemon:
         file ``mountpoint`` (which must exist); ``name`` names the node and the export. One
         session for all; on failure, the ones this call added are removed again."""
 
-        async def add(qmp: QMPClient) -> None:
+        def add(qmp: QmpSession) -> None:
             done: list[str] = []
             try:
                 for name, image, mountpoint in disks:
-                    await qmp.execute("blockdev-add", {
+                    qmp.execute("blockdev-add", {
                         "driver": "vhdx", "node-name": name,
                         "file": {"driver": "file", "filename": str(image)},
                     })
                     try:
-                        await qmp.execute("block-export-add", {
+                        qmp.execute("block-export-add", {
                             "type": "fuse", "id": name, "node-name": name,
                             "mountpoint": str(mountpoint), "writable": True,
                         })
-                    except QMPError:
-                        await qmp.execute("blockdev-del", {"node-name": name})
+                    except FailedPrecondition:
+                        qmp.execute("blockdev-del", {"node-name": name})
                         raise
                     done.append(name)
-            except QMPError:
-                await _remove(qmp, done)
+            except FailedPrecondition:
+                _remove(qmp, done)
                 raise
 
         self._run(add, subject=", ".join(str(image) for _, image, _ in disks))
@@ -137,61 +140,48 @@ class StorageDaemon:
     def unexport(self, names: list[str]) -> None:
         """Remove exports and their nodes, waiting for QEMU to finish their I/O; unknown names
         are fine."""
-
-        async def remove(qmp: QMPClient) -> None:
-            await _remove(qmp, names)
-
-        self._run(remove, subject=", ".join(names))
+        self._run(lambda qmp: _remove(qmp, names), subject=", ".join(names))
 
     def exports(self) -> list[str]:
         """Names of the current exports (none when the daemon is not running)."""
         if self.pid() is None:
             return []
 
-        async def query(qmp: QMPClient) -> list[str]:
-            return [str(e["id"]) for e in _list(await qmp.execute("query-block-exports"))]
+        def query(qmp: QmpSession) -> list[str]:
+            return [str(e["id"]) for e in _list(qmp.execute("query-block-exports"))]
 
         return self._run(query)
 
     # -- QMP -------------------------------------------------------------------------------
 
-    def _run(self, work: Callable[[QMPClient], Awaitable[_T]], subject: str = "") -> _T:
-        """Connect, run ``work``, disconnect — in a private event loop, so callers may be
-        any thread of a program that is not itself inside asyncio."""
-
-        async def session() -> _T:
-            qmp = QMPClient(BINARY)
-            await asyncio.wait_for(qmp.connect(str(self.socket)), self.timeout)
-            try:
-                return await asyncio.wait_for(work(qmp), self.timeout)
-            finally:
-                await qmp.disconnect()
-
+    def _run(self, work: Callable[[QmpSession], _T], subject: str = "") -> _T:
+        """Connect, run ``work``, disconnect (a blocking session: any thread may call)."""
         try:
-            return asyncio.run(session())
-        except (TimeoutError, QMPError, OSError) as exc:
+            with QmpSession(self.socket, self.timeout) as qmp:
+                return work(qmp)
+        except (FailedPrecondition, OSError, ValueError) as exc:
             raise FailedPrecondition(
                 f"{BINARY}: {subject + ': ' if subject else ''}{exc or type(exc).__name__}",
                 subject=subject or BINARY,
             ) from exc
 
 
-async def _remove(qmp: QMPClient, names: list[str]) -> None:
+def _remove(qmp: QmpSession, names: list[str]) -> None:
     """Delete the exports called ``names`` (waiting for each to finish) and their nodes."""
-    current = {str(e["id"]) for e in _list(await qmp.execute("query-block-exports"))}
+    current = {str(e["id"]) for e in _list(qmp.execute("query-block-exports"))}
     pending = {n for n in names if n in current}
     for name in sorted(pending):
-        await qmp.execute("block-export-del", {"id": name})
-    while pending:  # the default listener queues every event, so none is missed
-        event = await qmp.events.get()
+        qmp.execute("block-export-del", {"id": name})
+    while pending:
+        event = qmp.wait_event(lambda e: e.get("event") == "BLOCK_EXPORT_DELETED")
         data = event.get("data")
-        if event["event"] == "BLOCK_EXPORT_DELETED" and isinstance(data, dict):
+        if isinstance(data, dict):
             pending.discard(str(data.get("id")))
-    nodes = _list(await qmp.execute("query-named-block-nodes", {"flat": True}))
+    nodes = _list(qmp.execute("query-named-block-nodes", {"flat": True}))
     present = {str(n.get("node-name")) for n in nodes}
     for name in names:
         if name in present:
-            await qmp.execute("blockdev-del", {"node-name": name})
+            qmp.execute("blockdev-del", {"node-name": name})
 
 
 def _list(value: object) -> list[dict[str, Any]]:
