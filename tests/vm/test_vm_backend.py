@@ -7,8 +7,10 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
 import signal
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -309,3 +311,28 @@ def _no_threads_left() -> Iterator[None]:
     yield
     new = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     assert [t for t in new if not t.name.startswith("lcow-vm-spawn")] == []
+
+
+# -- paths in QEMU's option syntax --------------------------------------------------------------
+
+
+def test_commas_in_the_data_root_and_tmpdir(
+    vm_driver: VmDriverFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QEMU reads ``,`` as an option separator: the runtime folder's sockets (under $TMPDIR)
+    and the data root's scratch disk must reach it with their commas doubled, not as options."""
+    runtime_parent = Path(tempfile.mkdtemp(prefix="lcow,vm=", dir="/tmp"))
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(runtime_parent))
+        drv = vm_driver("lcow.globalmode=true", name="root,readonly=on")
+        drv.create("a", None)
+        drv.apply_diff("a", None, layer_tar({"f": b"comma"}))
+        drv.create_read_write("rw", "a")
+        view = drv.get("rw")
+        assert view.readfile("/f") == b"comma"
+        view.write_file("/g", b"written")
+        assert view.readfile("/g") == b"written"
+        drv.put("rw")
+        drv.cleanup()
+    finally:
+        shutil.rmtree(runtime_parent, ignore_errors=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lcow.backends.host.qmp import QmpSession
+from lcow.backends.qemuopts import option_value
 from lcow.errors import FailedPrecondition, NotSupported
 
 __all__ = ["BINARY", "StorageDaemon"]
@@ -88,7 +89,7 @@ class StorageDaemon:
 
     def _socket_option(self) -> str:
         """The socket's path as a value in QEMU's option syntax (a comma is doubled)."""
-        return str(self.socket).replace(",", ",,")
+        return option_value(self.socket)
 
     def stop(self) -> None:
         """Stop the daemon (SIGTERM: it flushes and closes its images); kill it if it does not

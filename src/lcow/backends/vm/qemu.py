@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from qemu.qmp import QMPClient, QMPError
 
+from lcow.backends.qemuopts import option_value
 from lcow.backends.vm.assets import Assets
 from lcow.backends.vm.channel import Channel, ChannelBroken
 from lcow.errors import FailedPrecondition, NotSupported
@@ -191,19 +192,20 @@ class QemuVM:
             "-append", cmdline,
             "-serial", f"file:{self.console}",
             "-pidfile", str(self.runtime / "pid"),
-            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            "-qmp", f"unix:{option_value(self.qmp_path)},server=on,wait=off",
             "-device", f"{serial_bus},id=vser0",
             "-device", f"{scsi},id=scsi0",
         ]  # fmt: skip
         for port in range(PORTS):
             sock = self.runtime / f"c{port}"
             argv += [
-                "-chardev", f"socket,id=c{port},path={sock},server=on,wait=off",
+                "-chardev", f"socket,id=c{port},path={option_value(sock)},server=on,wait=off",
                 "-device", f"virtserialport,bus=vser0.0,chardev=c{port},name=lcow.{port}",
             ]  # fmt: skip
         if self.scratch is not None:
+            scratch = option_value(self.scratch)
             argv += [
-                "-blockdev", f"driver=file,node-name=scratchf,filename={self.scratch}",
+                "-blockdev", f"driver=file,node-name=scratchf,filename={scratch}",
                 "-blockdev", "driver=vhdx,node-name=scratch,file=scratchf",
                 "-device", "scsi-hd,bus=scsi0.0,channel=0,scsi-id=0,lun=0,drive=scratch",
             ]  # fmt: skip
