@@ -21,7 +21,7 @@ from lcow.formats.vhd.footer import (
     parse_footer,
     read_footer,
 )
-from lcow.formats.vhd.identity import unique_id
+from lcow.formats.vhd.identity import unique_id, unique_id_of
 
 UID = bytes(range(16))
 MiB = 1 << 20
@@ -144,6 +144,7 @@ def test_content_id_workers_agree(tmp_path: Path, workers: int) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         assert unique_id(fd, len(data), workers=workers) == _piece_digest_id(data)
+        assert unique_id_of(data) == _piece_digest_id(data)
         with pytest.raises(InvalidArgument, match="past the end"):
             unique_id(fd, len(data) + 512)
     finally:

@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from lcow._util.holes import data_ranges
 from lcow.errors import InvalidArgument
 
-__all__ = ["PIECE_SIZE", "UNIQUE_ID_SIZE", "disk_digest", "unique_id"]
+__all__ = ["PIECE_SIZE", "UNIQUE_ID_SIZE", "disk_digest", "unique_id", "unique_id_of"]
 
 #: Bytes of disk data per hashed piece.
 PIECE_SIZE = 1 << 20
@@ -52,6 +52,15 @@ def unique_id(fd: int, size: int, *, workers: int | None = None) -> bytes:
         OSError: reading failed.
     """
     return disk_digest(fd, size, workers=workers)[:UNIQUE_ID_SIZE]
+
+
+def unique_id_of(data: bytes | bytearray | memoryview) -> bytes:
+    """The footer unique id of disk data held in memory (small images, seeds, checks)."""
+    view = memoryview(data)
+    pieces = (
+        hashlib.sha256(view[i : i + PIECE_SIZE]).digest() for i in range(0, len(view), PIECE_SIZE)
+    )
+    return hashlib.sha256(b"".join(pieces)).digest()[:UNIQUE_ID_SIZE]
 
 
 def disk_digest(fd: int, size: int, *, workers: int | None = None) -> bytes:
