@@ -41,8 +41,9 @@ def check(data: bytes) -> None:
     reset(_FD, data)
     footer = read_footer(_FD)
     if footer is not None and footer.current_size and footer.current_size % 512 == 0:
-        again = parse_footer(build_fixed_footer(footer.current_size))
+        again = parse_footer(build_fixed_footer(footer.current_size, unique_id=footer.unique_id))
         assert again.current_size == footer.current_size
+        assert again.unique_id == footer.unique_id
     detect_container(_FD)
     with open_source(f"/proc/self/fd/{_FD}") as source:
         source.pread(0, min(source.size, 4096))

@@ -32,6 +32,7 @@ from tests.harness.hostile import tarbuild as h  # noqa: E402
 from lcow.convert.options import ConvertOptions  # noqa: E402
 from lcow.convert.tar2ext4 import tar2ext4  # noqa: E402
 from lcow.formats.vhd.footer import build_fixed_footer  # noqa: E402
+from lcow.formats.vhd.identity import unique_id_of  # noqa: E402
 from lcow.formats.vhd.vhdx_writer import create_dynamic_vhdx, raw_to_dynamic_vhdx  # noqa: E402
 
 _SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
@@ -138,8 +139,9 @@ def vhd_seeds(work: Path) -> dict[str, bytes]:
     """Small fixed VHDs (data + footer) and footers of other disk types."""
     seeds = {}
     for size in (512, 4096):
-        seeds[f"fixed-{size}.vhd"] = bytes(size) + build_fixed_footer(size)
-    footer = bytearray(build_fixed_footer(4096))
+        data = bytes(size)
+        seeds[f"fixed-{size}.vhd"] = data + build_fixed_footer(size, unique_id=unique_id_of(data))
+    footer = bytearray(build_fixed_footer(4096, unique_id=unique_id_of(bytes(4096))))
     footer[60:64] = (3).to_bytes(4, "big")  # disk type: dynamic
     footer[64:68] = bytes(4)
     checksum = (~sum(footer)) & 0xFFFFFFFF

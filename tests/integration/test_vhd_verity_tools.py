@@ -110,7 +110,7 @@ def test_qemu_reads_tar2ext4_variant_by_current_size(tmp_path: Path) -> None:
     qemu_img = require_tool("qemu-img")
     image = tmp_path / "layer.vhd"
     _mkext4(image)
-    raw = bytearray(build_fixed_footer(EXT4_SIZE))
+    raw = bytearray(build_fixed_footer(EXT4_SIZE, unique_id=bytes(range(16))))
     for offset in (24, 28, 36, 56, 64):  # timestamp, creator app, host OS, geometry, checksum
         raw[offset : offset + 4] = bytes(4)
     checksum = ~(sum(raw)) & 0xFFFFFFFF

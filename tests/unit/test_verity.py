@@ -124,16 +124,22 @@ def test_superblock_fields(tmp_path: Path) -> None:
     assert parsed.salt == bytes(32)
 
 
-def test_random_uuid(tmp_path: Path) -> None:
+def test_uuid_derived_from_content(tmp_path: Path) -> None:
+    """Two conversions of the same data write the same bytes: the UUID is the root hash's
+    first 16 bytes, not random; different data gets a different UUID."""
     data = _random_blocks(2)
     a = _make(tmp_path, data, "a")
     b = _make(tmp_path, data, "b")
     info_a = _append(a, len(data))
     info_b = _append(b, len(data))
     assert info_a.root_hash == info_b.root_hash
+    assert a.read_bytes() == b.read_bytes()
     uuid_a = read_verity_superblock(a.read_bytes()[len(data) :]).uuid
-    uuid_b = read_verity_superblock(b.read_bytes()[len(data) :]).uuid
-    assert uuid_a != uuid_b
+    assert uuid_a == info_a.root_hash[:16]
+    other = _make(tmp_path, data[:-1] + b"x", "c")
+    info_c = _append(other, len(data))
+    assert read_verity_superblock(other.read_bytes()[len(data) :]).uuid != uuid_a
+    assert info_c.root_hash != info_a.root_hash
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
@@ -203,7 +209,7 @@ def test_superblock_build_and_parse_errors() -> None:
     assert len(sb) == SUPERBLOCK_SIZE
     assert read_verity_superblock(sb[:512]).data_blocks == 10
     with pytest.raises(InvalidArgument):
-        build_verity_superblock(0)
+        build_verity_superblock(0, uuid=UUID)
     with pytest.raises(CorruptImage, match="512"):
         read_verity_superblock(sb[:511])
     with pytest.raises(CorruptImage, match="signature"):

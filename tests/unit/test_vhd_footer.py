@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import time
@@ -11,14 +12,16 @@ import pytest
 
 from lcow.errors import CorruptImage, InvalidArgument
 from lcow.formats.vhd.footer import (
+    FIXED_TIMESTAMP,
     FOOTER_SIZE,
-    VHD_EPOCH,
+    VhdFooter,
     append_fixed_footer,
     build_fixed_footer,
     chs_geometry,
     parse_footer,
     read_footer,
 )
+from lcow.formats.vhd.identity import unique_id, unique_id_of
 
 UID = bytes(range(16))
 MiB = 1 << 20
@@ -87,14 +90,65 @@ def test_round_trip() -> None:
     assert footer.saved_state == 0
 
 
-def test_defaults_now_and_random_id() -> None:
-    before = int(time.time()) - VHD_EPOCH
-    a = parse_footer(build_fixed_footer(4096))
-    b = parse_footer(build_fixed_footer(4096))
-    after = int(time.time()) - VHD_EPOCH
-    assert before <= a.timestamp <= after
-    assert a.unique_id != b.unique_id
-    assert len(a.unique_id) == 16
+def _piece_digest_id(data: bytes) -> bytes:
+    """The unique id rule written out independently: SHA-256 over the SHA-256 digests of the
+    1 MiB pieces of the disk data, first 16 bytes."""
+    pieces = [data[i : i + MiB] for i in range(0, len(data), MiB)]
+    return hashlib.sha256(b"".join(hashlib.sha256(p).digest() for p in pieces)).digest()[:16]
+
+
+def _footed(path: Path, data: bytes, *, sparse_tail: int = 0) -> VhdFooter:
+    with path.open("wb") as f:
+        f.write(data)
+        f.truncate(len(data) + sparse_tail)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        append_fixed_footer(fd, len(data) + sparse_tail)
+    finally:
+        os.close(fd)
+    footer = read_footer(path)
+    assert footer is not None
+    return footer
+
+
+def test_defaults_are_fixed_time_and_content_id(tmp_path: Path) -> None:
+    """Footers lcow appends carry no creation time and no random id: the same disk data
+    gives the same footer, other data another id (the rule of lcow.formats.vhd.identity)."""
+    data = os.urandom(3 * MiB + 4096)  # several pieces and a short last one
+    a = _footed(tmp_path / "a.vhd", data)
+    time.sleep(1.1)  # a wall clock in the footer would now differ
+    b = _footed(tmp_path / "b.vhd", data)
+    assert a.timestamp == b.timestamp == FIXED_TIMESTAMP == 0
+    assert a.unique_id == b.unique_id == _piece_digest_id(data)
+    assert (tmp_path / "a.vhd").read_bytes() == (tmp_path / "b.vhd").read_bytes()
+    other = _footed(tmp_path / "c.vhd", data[:-1] + bytes([data[-1] ^ 1]))
+    assert other.unique_id != a.unique_id
+    assert (a.creator_app, a.creator_version, a.creator_os) == (b"win ", 0x000A0000, b"Wi2k")
+
+
+@pytest.mark.parametrize("tail", [4096, 5 * MiB, 5 * MiB + 4096])
+def test_content_id_of_a_sparse_image_counts_its_holes(tmp_path: Path, tail: int) -> None:
+    """Pieces in holes are not read but hash as the zeros they read as."""
+    data = os.urandom(MiB + 8192)
+    footer = _footed(tmp_path / "s.vhd", data, sparse_tail=tail)
+    assert footer.unique_id == _piece_digest_id(data + bytes(tail))
+    dense = _footed(tmp_path / "d.vhd", data + bytes(tail))
+    assert dense.unique_id == footer.unique_id
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_content_id_workers_agree(tmp_path: Path, workers: int) -> None:
+    path = tmp_path / "w"
+    data = os.urandom(4 * MiB + 512)
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert unique_id(fd, len(data), workers=workers) == _piece_digest_id(data)
+        assert unique_id_of(data) == _piece_digest_id(data)
+        with pytest.raises(InvalidArgument, match="past the end"):
+            unique_id(fd, len(data) + 512)
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize("offset", [0, 8, 24, 40, 56, 64, 67, 68, 100, 511])
@@ -108,7 +162,7 @@ def test_corruption_detected(offset: int) -> None:
 
 
 def test_wrong_length_rejected() -> None:
-    raw = build_fixed_footer(8 * MiB)
+    raw = build_fixed_footer(8 * MiB, unique_id=UID)
     with pytest.raises(CorruptImage, match="512"):
         parse_footer(raw[:-1])
     with pytest.raises(CorruptImage, match="512"):
@@ -164,7 +218,7 @@ def test_chs_geometry_never_exceeds_disk(sectors: int) -> None:
 @pytest.mark.parametrize("size", [0, -512, 1, 511, 513, 1000])
 def test_bad_sizes(size: int) -> None:
     with pytest.raises(InvalidArgument):
-        build_fixed_footer(size)
+        build_fixed_footer(size, unique_id=UID)
     with pytest.raises(ValueError):
         chs_geometry(size)
 
@@ -173,9 +227,9 @@ def test_bad_unique_id_and_timestamp() -> None:
     with pytest.raises(InvalidArgument):
         build_fixed_footer(4096, unique_id=b"short")
     with pytest.raises(InvalidArgument):
-        build_fixed_footer(4096, timestamp=1 << 32)
+        build_fixed_footer(4096, timestamp=1 << 32, unique_id=UID)
     with pytest.raises(InvalidArgument):
-        build_fixed_footer(4096, timestamp=-1)
+        build_fixed_footer(4096, timestamp=-1, unique_id=UID)
 
 
 def test_append_and_read_back(tmp_path: Path) -> None:
@@ -223,7 +277,7 @@ def test_read_footer_unfooted(tmp_path: Path) -> None:
     assert read_footer(plain) is None
 
     bad = tmp_path / "bad"
-    raw = bytearray(build_fixed_footer(4096))
+    raw = bytearray(build_fixed_footer(4096, unique_id=UID))
     raw[200] ^= 0xFF
     bad.write_bytes(bytes(4096) + bytes(raw))
     assert read_footer(bad) is None

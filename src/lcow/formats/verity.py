@@ -13,22 +13,25 @@ where ``veritysetup`` expects them for a superblock at ``--hash-offset``.
 As in hcsshim, there is always at least one tree level, even for a single data block; cryptsetup
 hashes a one-block device without a tree, so the two disagree only for that degenerate size.
 
+The superblock's UUID is derived from the content (the first 16 bytes of the root hash) rather
+than drawn at random, so the same image always gives the same bytes.
+
 Data blocks that lie in holes of a sparse file are not read: their digest is the precomputed
 digest of a zero block.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import struct
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from lcow._util.holes import data_ranges
 from lcow.errors import CorruptImage, InvalidArgument
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "VeritySuperblock",
     "append_hash_tree",
     "build_verity_superblock",
+    "content_uuid",
     "read_verity_superblock",
 ]
 
@@ -140,12 +144,26 @@ class VeritySuperblock:
         return self.data_blocks * self.data_block_size
 
 
-def build_verity_superblock(data_blocks: int, *, uuid: bytes | None = None) -> bytes:
+def content_uuid(root_hash: bytes) -> bytes:
+    """The superblock UUID lcow derives from the content: the first 16 bytes of the root hash.
+
+    The root hash already commits to every data block, so equal images get equal UUIDs and
+    different ones different UUIDs (SPEC §8 note): conversions are byte-for-byte reproducible.
+    """
+    return bytes(root_hash[:16])
+
+
+def _check_uuid(uuid: bytes) -> None:
+    if len(uuid) != 16:
+        raise InvalidArgument(f"verity: uuid must be 16 bytes, got {len(uuid)}")
+
+
+def build_verity_superblock(data_blocks: int, *, uuid: bytes) -> bytes:
     """Build lcow's verity superblock, zero-padded to one 4096-byte block.
 
     Args:
         data_blocks: number of 4096-byte data blocks.
-        uuid: 16 bytes; random when ``None``.
+        uuid: 16 bytes (:func:`content_uuid` of the root hash in what lcow writes).
 
     Returns:
         :data:`SUPERBLOCK_SIZE` bytes.
@@ -155,10 +173,7 @@ def build_verity_superblock(data_blocks: int, *, uuid: bytes | None = None) -> b
     """
     if data_blocks <= 0:
         raise InvalidArgument(f"verity: data blocks must be positive, got {data_blocks}")
-    if uuid is None:
-        uuid = os.urandom(16)
-    if len(uuid) != 16:
-        raise InvalidArgument(f"verity: uuid must be 16 bytes, got {len(uuid)}")
+    _check_uuid(uuid)
     packed = _SUPERBLOCK.pack(
         VERITY_SIGNATURE,
         VERITY_VERSION,
@@ -232,7 +247,8 @@ def append_hash_tree(
     Args:
         fd: file descriptor open for reading and writing.
         data_size: bytes of data to protect; a positive multiple of 4096.
-        uuid: 16-byte superblock UUID; random when ``None``.
+        uuid: 16-byte superblock UUID; ``None``: :func:`content_uuid` of the root hash, so the
+            same data always gives the same bytes.
         workers: hashing threads (SHA-256 releases the GIL); defaults to the CPU count,
             at most 4.
 
@@ -256,12 +272,15 @@ def append_hash_tree(
             subject=str(data_size),
         )
     data_blocks = data_size // BLOCK_SIZE
-    superblock = build_verity_superblock(data_blocks, uuid=uuid)
+    if uuid is not None:
+        _check_uuid(uuid)  # before the long hashing, not after
     if workers is None:
         workers = min(os.cpu_count() or 1, _MAX_WORKERS)
     digests = _hash_data(fd, data_size, max(workers, 1))
     levels = _build_levels(digests)
     root = _block_digest(levels[-1])
+    chosen = content_uuid(root) if uuid is None else uuid
+    superblock = build_verity_superblock(data_blocks, uuid=chosen)
     offset = data_size
     _pwrite_all(fd, superblock, offset)
     offset += len(superblock)
@@ -327,7 +346,7 @@ def _hash_data(fd: int, data_size: int, workers: int) -> bytearray:
         start = pos // BLOCK_SIZE * DIGEST_SIZE
         digests[start : start + len(chunk)] = chunk
 
-    chunks = _chunks(_data_ranges(fd, data_size))
+    chunks = _chunks(data_ranges(fd, data_size, BLOCK_SIZE))
     if workers == 1:
         for pos, length in chunks:
             store(task(pos, length))
@@ -343,51 +362,11 @@ def _hash_data(fd: int, data_size: int, workers: int) -> bytearray:
     return digests
 
 
-def _chunks(ranges: Iterator[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+def _chunks(ranges: Iterable[tuple[int, int]]) -> Iterator[tuple[int, int]]:
     """Split ``(start, end)`` ranges into ``(pos, length)`` pieces of at most one chunk."""
     for start, end in ranges:
         for pos in range(start, end, _CHUNK):
             yield pos, min(_CHUNK, end - pos)
-
-
-def _data_ranges(fd: int, data_size: int) -> Iterator[tuple[int, int]]:
-    """Block-aligned ``(start, end)`` ranges of ``[0, data_size)`` that may hold data.
-
-    Uses ``SEEK_DATA``/``SEEK_HOLE`` where available (restoring the file offset afterwards);
-    otherwise, or if the file system refuses, the whole range is treated as data.
-    """
-    seek_data = getattr(os, "SEEK_DATA", None)
-    seek_hole = getattr(os, "SEEK_HOLE", None)
-    if seek_data is None or seek_hole is None:
-        yield 0, data_size
-        return
-    saved = os.lseek(fd, 0, os.SEEK_CUR)
-    ranges: list[tuple[int, int]] = []
-    try:
-        pos = 0
-        while pos < data_size:
-            try:
-                start = os.lseek(fd, pos, seek_data)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # only a hole remains
-                    break
-                if exc.errno == errno.EINVAL:
-                    ranges = [(0, data_size)]
-                    break
-                raise
-            if start >= data_size:
-                break
-            end = os.lseek(fd, start, seek_hole)
-            start = start // BLOCK_SIZE * BLOCK_SIZE
-            end = min(-(-end // BLOCK_SIZE) * BLOCK_SIZE, data_size)
-            if ranges and ranges[-1][1] >= start:
-                ranges[-1] = (ranges[-1][0], end)
-            else:
-                ranges.append((start, end))
-            pos = end
-    finally:
-        os.lseek(fd, saved, os.SEEK_SET)
-    yield from ranges
 
 
 def _pread_exact(fd: int, view: memoryview, pos: int, data_size: int) -> None:

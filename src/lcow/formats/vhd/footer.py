@@ -1,21 +1,24 @@
 """Fixed VHD footer: build, parse and append (SPEC §7.1).
 
 A fixed VHD is the raw disk data followed by one 512-byte, big-endian footer. lcow writes the
-opengcs (moby v18.02) variant with a real timestamp and reads both that and hcsshim tar2ext4's
-variant (zero timestamp, creator application, host OS and geometry). The CHS geometry follows the
-algorithm in Microsoft's "Virtual Hard Disk Image Format Specification" (appendix: CHS
-calculation). A file is *footed* when its last 512 bytes start with ``conectix`` and the checksum
-holds.
+opengcs (moby v18.02) variant (creator ``win `` 0x000a0000 on ``Wi2k``, CHS geometry) and reads both
+that and hcsshim tar2ext4's variant (zero timestamp, creator application, host OS and geometry).
+What lcow writes is reproducible: the timestamp is the fixed :data:`FIXED_TIMESTAMP` and the
+unique id is derived from the disk data (:mod:`lcow.formats.vhd.identity`), so the same layer
+tar gives the same ``layer.vhd`` bytes on every host and run (SPEC §7.1 note). The CHS geometry
+follows the algorithm in Microsoft's "Virtual Hard Disk Image Format Specification" (appendix:
+CHS calculation). A file is *footed* when its last 512 bytes start with ``conectix`` and the
+checksum holds.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-import time
 from dataclasses import dataclass
 
 from lcow.errors import CorruptImage, InvalidArgument
+from lcow.formats.vhd.identity import unique_id as derived_unique_id
 
 __all__ = [
     "COOKIE",
@@ -25,6 +28,7 @@ __all__ = [
     "DATA_OFFSET_NONE",
     "DISK_TYPE_FIXED",
     "FEATURES_RESERVED",
+    "FIXED_TIMESTAMP",
     "FOOTER_SIZE",
     "FORMAT_VERSION",
     "MAX_CHS_SECTORS",
@@ -52,6 +56,10 @@ DISK_TYPE_FIXED = 2
 
 # Seconds from the Unix epoch to 2000-01-01T00:00:00Z, the VHD timestamp epoch.
 VHD_EPOCH = 946_684_800
+#: The timestamp lcow writes: 0, the VHD epoch itself. A creation time would make every
+#: conversion of the same tar differ; no reader of a fixed disk uses it (qemu ignores it,
+#: hcsshim's tar2ext4 writes 0 as well).
+FIXED_TIMESTAMP = 0
 
 # Largest sector count CHS can describe: 65535 cylinders x 16 heads x 255 sectors per track.
 MAX_CHS_SECTORS = 65535 * 16 * 255
@@ -92,7 +100,7 @@ class VhdFooter:
         features: feature bits (2 = reserved bit only).
         version: file format version (0x00010000).
         data_offset: offset of the dynamic header; all ones for fixed disks.
-        timestamp: seconds since 2000-01-01 UTC (0 in tar2ext4 output).
+        timestamp: seconds since 2000-01-01 UTC (0 in lcow's and tar2ext4's output).
         creator_app: four-byte creator application (``b"win "`` or zeros).
         creator_version: creator version (0x000a0000).
         creator_os: four-byte creator host OS (``b"Wi2k"`` or zeros).
@@ -177,15 +185,13 @@ def _checksum(footer: bytes | bytearray | memoryview) -> int:
     return ~total & 0xFFFFFFFF
 
 
-def build_fixed_footer(
-    size: int, *, timestamp: int | None = None, unique_id: bytes | None = None
-) -> bytes:
+def build_fixed_footer(size: int, *, unique_id: bytes, timestamp: int = FIXED_TIMESTAMP) -> bytes:
     """Build the opengcs-variant footer of a fixed VHD.
 
     Args:
         size: bytes of disk data before the footer; a non-zero multiple of 512.
-        timestamp: seconds since 2000-01-01 UTC; the current time when ``None``.
-        unique_id: 16 bytes; random when ``None``.
+        unique_id: 16 bytes (lcow's own footers: :func:`lcow.formats.vhd.identity.unique_id`).
+        timestamp: seconds since 2000-01-01 UTC.
 
     Returns:
         The 512-byte footer.
@@ -195,14 +201,10 @@ def build_fixed_footer(
             16 bytes.
     """
     _check_size(size)
-    if timestamp is None:
-        timestamp = max(int(time.time()) - VHD_EPOCH, 0) & 0xFFFFFFFF
     if not 0 <= timestamp <= 0xFFFFFFFF:
         raise InvalidArgument(
             f"VHD timestamp {timestamp}: must fit in 32 bits", subject=str(timestamp)
         )
-    if unique_id is None:
-        unique_id = os.urandom(16)
     if len(unique_id) != 16:
         raise InvalidArgument(
             f"VHD unique id: must be 16 bytes, got {len(unique_id)}", subject=unique_id.hex()
@@ -325,7 +327,7 @@ def _read_footer_fd(fd: int) -> VhdFooter | None:
 
 
 def append_fixed_footer(
-    fd: int, size: int, *, timestamp: int | None = None, unique_id: bytes | None = None
+    fd: int, size: int, *, timestamp: int = FIXED_TIMESTAMP, unique_id: bytes | None = None
 ) -> None:
     """Write a fixed-VHD footer after ``size`` bytes of disk data.
 
@@ -333,15 +335,19 @@ def append_fixed_footer(
     ``size + 512`` so the footer is its last 512 bytes.
 
     Args:
-        fd: file descriptor open for writing.
+        fd: file descriptor open for reading and writing.
         size: bytes of disk data before the footer (a non-zero multiple of 512).
         timestamp: see :func:`build_fixed_footer`.
-        unique_id: see :func:`build_fixed_footer`.
+        unique_id: 16 bytes; ``None`` (what lcow's writers pass): derived from the disk data
+            ``[0, size)`` by :func:`lcow.formats.vhd.identity.unique_id`, which reads it back.
 
     Raises:
         InvalidArgument: bad ``size`` (see :func:`build_fixed_footer`).
-        OSError: the write failed.
+        OSError: a read or the write failed.
     """
+    _check_size(size)  # before reading the data back
+    if unique_id is None:
+        unique_id = derived_unique_id(fd, size)
     footer = build_fixed_footer(size, timestamp=timestamp, unique_id=unique_id)
     view = memoryview(footer)
     done = 0
