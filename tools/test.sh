@@ -31,6 +31,8 @@ APT_PACKAGES=(
     runc           # the OCI runtime containerd's shim runs those tests' containers with
     docker-registry # a registry on loopback the containerd tests pull their images from
     skopeo         # pushes the OCI image layout the containerd tests build to that registry
+    golang-go golang-github-containerd-containerd-dev # Go 1.19 and containerd 1.6's sources:
+                   # containerd's snapshotter suite (tests/containerd/gosuite), built in GOPATH mode
 )
 
 as_root() {
