@@ -1,9 +1,10 @@
 """Commit while the client still has the active snapshot mounted keeps what it wrote.
 
 containerd's snapshotter suite commits before unmounting (StatComitted, TransitivityTest,
-PreareViewFailingtest), and a ``ctr snapshots commit`` of a running container's snapshot does
-the same: the client's bind mount then keeps the sandbox's filesystem alive after the
-snapshotter's own unmount, and its writes must still reach the committed layer.
+PreareViewFailingtest, RemoveIntermediateSnapshot), and a ``ctr snapshots commit`` of a
+running container's snapshot does the same: the client's bind mount then keeps the sandbox's
+filesystem alive after the snapshotter's own unmount, and its writes must still reach the
+committed layer.
 """
 
 from __future__ import annotations
