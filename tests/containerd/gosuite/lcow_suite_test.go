@@ -115,8 +115,10 @@ func newSnapshotter(ctx context.Context, root string) (snapshots.Snapshotter, fu
 	closeFn := func() error {
 		once.Do(func() {
 			closeErr = joinErrors(conn.Close(), server.stop())
-			// The server's log, in the case's own output (shown by -test.v and on failure).
-			log.G(ctx).Infof("lcow snapshotter log:\n%s", logs)
+			// The server's log in the case's own output (-test.v), a record per line.
+			for _, line := range strings.Split(strings.TrimRight(logs.String(), "\n"), "\n") {
+				log.G(ctx).Info("lcow snapshotter: " + line)
+			}
 		})
 		return closeErr
 	}
