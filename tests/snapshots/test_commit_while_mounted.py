@@ -9,12 +9,14 @@ committed layer.
 
 from __future__ import annotations
 
+import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from lcow.backends.host import kernel
 from lcow.graphdriver.driver import Driver
 from lcow.snapshots.snapshotter import Snapshotter
 from lcow.storage.dataroot import LAYER_VHD
@@ -58,6 +60,34 @@ def test_commit_under_a_client_s_bind_mount_keeps_its_writes(
         "dir/file": b"written before Commit\n",
         "big": b"x" * 300_000,
     }
+
+
+def test_a_sandbox_unmounted_from_outside_is_not_flushed_through_its_parent_filesystem(
+    sn: Snapshotter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flush before the unmount freezes the sandbox's own mount, never the directory
+    under it (that would freeze the filesystem holding the data root)."""
+    (mount,) = sn.prepare("ns/1/a", None)
+    Path(mount.source, "kept").write_text("kept\n")
+    home = sn.driver.root.root / "mounts"
+    (sandbox,) = [p for p, fstype in kernel.mounts_below(home / "d") if fstype == "ext4"]
+    kernel.umount(sandbox, lazy=True)  # someone unmounts it behind our back; the view holds it
+
+    frozen: list[tuple[str, bool]] = []
+    real_freeze = kernel.freeze
+
+    def freeze_spy(mountpoint: str | os.PathLike[str]) -> None:
+        """Record each freeze; refuse (not freeze) anything that is not a mount point."""
+        is_mount = os.path.ismount(mountpoint)
+        frozen.append((os.fspath(mountpoint), is_mount))
+        if not is_mount:
+            raise OSError("freeze_spy: refused a directory that is not a mount point")
+        real_freeze(mountpoint)
+
+    monkeypatch.setattr(kernel, "freeze", freeze_spy)
+    sn.commit("ns/2/a", "ns/1/a")
+    assert all(is_mount for _, is_mount in frozen), frozen
+    assert _contents(sn, sn.stat("ns/2/a").id) == {"kept": b"kept\n"}
 
 
 def _contents(sn: Snapshotter, layer: str) -> dict[str, bytes]:

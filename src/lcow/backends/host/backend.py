@@ -530,8 +530,12 @@ def _checkpoint(mountpoint: Path) -> None:
 
     The unmount writes them only when it ends the filesystem; when another mount still holds
     it (a client's bind mount of the view), the sandbox would be read or unexported with the
-    client's writes still in memory or in the journal.
+    client's writes still in memory or in the journal. A record whose mount is gone (a reboot,
+    an outside umount) is left alone: freezing the directory would freeze its parent
+    filesystem.
     """
+    if not os.path.ismount(mountpoint):
+        return
     try:
         kernel.freeze(mountpoint)
     except OSError as exc:
