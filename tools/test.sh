@@ -33,8 +33,9 @@ APT_PACKAGES=(
     apache2-utils  # htpasswd: the registry tests' registry requires a login (bcrypt htpasswd)
     openssl        # the registry tests make a CA and a server certificate for TLS
     skopeo         # pushes the OCI image layout the containerd tests build to that registry
-    golang-go golang-github-containerd-containerd-dev # Go 1.19 and containerd 1.6's Go source:
-                   # tests/containerd/gopull, a Pull as CRI does it (the snapshotter's fast path)
+    golang-go golang-github-containerd-containerd-dev # Go 1.19 and containerd 1.6's sources,
+                   # built in GOPATH mode: containerd's snapshotter suite (tests/containerd/gosuite)
+                   # and a Pull as CRI does it (tests/containerd/gopull, the fast path)
 )
 
 as_root() {

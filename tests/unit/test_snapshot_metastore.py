@@ -151,7 +151,8 @@ def test_filters_or_across_strings_and_empty_matches_all() -> None:
     assert matches(parse_filters([]), _lookup())
     assert matches(parse_filters(["name==a", "kind==active"]), _lookup())
     assert not matches(parse_filters(["name==a", "kind==view"]), _lookup())
-
+    # containerd's adaptors answer parent always present ("" without one).
+    assert matches(parse_filters(["parent"]), _lookup(parent=None))
     assert matches(parse_filters(['name=="default\\x2f1/x"']), _lookup())
 
 

@@ -9,8 +9,12 @@ A request carries filters that are OR-ed; each filter is selectors joined by ``,
     quoted    := a Go-style double-quoted string
 
 Fields of a snapshot are ``name``, ``parent``, ``kind`` (``active``, ``view``, ``committed``)
-and ``labels.<key>`` (the rest of the path joined with ``.``). A selector without an operator
-tests that the field is present (a label exists; ``parent`` is set). Everything else —
+and ``labels.<key>`` (the rest of the path joined with ``.``). As in containerd's adaptors
+(``snapshots/storage`` and ``metadata``), ``name``, ``parent`` and ``kind`` are always present
+(``parent`` is ``""`` for a snapshot without one) and a label only when it is set; a selector
+without an operator tests presence, ``==`` needs the field present, and ``!=`` compares the
+value, ``""`` for an absent label (so ``parent!=""`` selects the snapshots with a parent and
+``labels.l!=""`` those with a non-empty label ``l``). Everything else —
 containerd's ``~=`` regular expressions, ``/``/``|`` quoting, unknown fields — is an
 :class:`InvalidArgument`, never a silent "matches all".
 """
@@ -46,7 +50,7 @@ class Selector:
             return found is not None
         if self.op == "==":
             return found is not None and found == self.value
-        return found is None or found != self.value
+        return (found or "") != self.value
 
 
 #: An OR of ANDs of selectors; empty = everything.

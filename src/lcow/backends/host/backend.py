@@ -480,6 +480,8 @@ class HostBackend:
                 kept = True
                 continue
             mountpoint = self.home / "d" / entry.slot
+            if entry.writable:
+                _checkpoint(mountpoint)
             try:
                 kernel.umount(mountpoint)
             except OSError as exc:
@@ -622,6 +624,25 @@ def _has_lost_found(content: Path, writable: bool) -> bool:
         return any(os.scandir(path))
     except OSError:
         return True
+
+
+def _checkpoint(mountpoint: Path) -> None:
+    """Write a mounted sandbox's data and journal home before its unmount (freeze, thaw).
+
+    The unmount writes them only when it ends the filesystem; when another mount still holds
+    it (a client's bind mount of the view), the sandbox would be read or unexported with the
+    client's writes still in memory or in the journal. A record whose mount is gone (a reboot,
+    an outside umount) is left alone: freezing the directory would freeze its parent
+    filesystem.
+    """
+    if not os.path.ismount(mountpoint):
+        return
+    try:
+        kernel.freeze(mountpoint)
+    except OSError as exc:
+        log.warning("host backend: %s: could not flush before unmounting: %s", mountpoint, exc)
+        return
+    kernel.thaw(mountpoint)
 
 
 def _wait_loop_released(device: str, backing: Path) -> None:
