@@ -339,3 +339,26 @@ def test_views_under_a_root_whose_path_has_overlay_option_syntax(tmp_path: Path)
     finally:
         drv.cleanup()
     assert host_leftovers(tmp_path) == []
+
+
+def test_views_under_a_root_too_deep_for_a_unix_socket_path(tmp_path: Path) -> None:
+    """The storage daemon's control socket lives in the data root; under a root deeper than
+    ``sockaddr_un`` holds (108 bytes), QEMU still binds it, and lcow must still reach it
+    (before: "AF_UNIX path too long", and a daemon left running)."""
+    root = tmp_path / ("d" * 60) / ("e" * 60)
+    assert len(os.fsencode(root / STATE_FOLDER / "qsd.sock")) > 108
+    drv = Driver(root, ["lcow.backend=host"])
+    try:
+        drv.create("base")
+        drv.apply_diff("base", None, io.BytesIO(_tar({"a": b"A"})))
+        drv.create_read_write("c", "base")
+        view = drv.get("c")
+        try:
+            Path(view.path, "w").write_bytes(b"w")
+            assert _names(view.path) == ["a", "w"]
+        finally:
+            drv.put("c")
+    finally:
+        drv.cleanup()
+    assert host_leftovers(tmp_path) == []
+    assert not (root / STATE_FOLDER / "qsd.pid").exists()

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from lcow._util.unixsock import connect_unix
 from lcow.errors import FailedPrecondition
 
 __all__ = ["QmpSession"]
@@ -41,7 +42,7 @@ class QmpSession:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             self._sock.settimeout(timeout)
-            self._sock.connect(str(path))
+            connect_unix(self._sock, path)
             self._file = self._sock.makefile("rwb")
             self.events: list[dict[str, Any]] = []
             greeting = self._read()

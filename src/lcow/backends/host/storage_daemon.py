@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lcow._util.unixsock import SUN_PATH_MAX
 from lcow.backends.host.qmp import QmpSession
 from lcow.backends.qemuopts import option_value
 from lcow.errors import FailedPrecondition, NotSupported
@@ -57,7 +58,7 @@ class StorageDaemon:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return None
-        if BINARY.encode() not in cmdline or os.fsencode(self._socket_option()) not in cmdline:
+        if BINARY.encode() not in cmdline or os.fsencode(self.pidfile) not in cmdline:
             return None  # the pid was reused
         return pid
 
@@ -81,6 +82,7 @@ class StorageDaemon:
                 "--daemonize", "--pidfile", str(self.pidfile),
             ],
             capture_output=True, text=True, timeout=self.timeout, check=False,
+            cwd=self.socket.parent,
         )
         if done.returncode != 0:
             raise FailedPrecondition(
@@ -88,8 +90,14 @@ class StorageDaemon:
             )
 
     def _socket_option(self) -> str:
-        """The socket's path as a value in QEMU's option syntax (a comma is doubled)."""
-        return option_value(self.socket)
+        """The socket's path as a value in QEMU's option syntax (a comma is doubled).
+
+        Under a data root too deep for ``sockaddr_un`` the path is relative to the state
+        folder, the daemon's working directory while it binds (it changes to ``/`` only
+        after); lcow connects through the folder's descriptor (:func:`connect_unix`)."""
+        if len(os.fsencode(self.socket)) < SUN_PATH_MAX:
+            return option_value(self.socket)
+        return option_value(self.socket.name)
 
     def stop(self) -> None:
         """Stop the daemon (SIGTERM: it flushes and closes its images); kill it if it does not
