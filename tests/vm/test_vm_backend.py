@@ -336,3 +336,23 @@ def test_commas_in_the_data_root_and_tmpdir(
         drv.cleanup()
     finally:
         shutil.rmtree(runtime_parent, ignore_errors=True)
+
+
+def test_a_tmpdir_too_deep_for_unix_sockets(
+    vm_driver: VmDriverFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The VM's QMP and agent sockets live in its runtime folder; under a ``$TMPDIR`` deeper
+    than ``sockaddr_un`` holds, the folder goes to ``/tmp`` instead of QEMU refusing the path."""
+    deep = Path(tempfile.mkdtemp(prefix="lcow-deep-", dir="/tmp")) / ("t" * 50) / ("u" * 50)
+    deep.mkdir(parents=True)
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(deep))
+        drv = vm_driver("lcow.globalmode=true")
+        drv.create("a", None)
+        drv.apply_diff("a", None, layer_tar({"f": b"deep"}))
+        assert drv.get("a").readfile("/f") == b"deep"
+        drv.put("a")
+        drv.cleanup()
+        assert list(deep.iterdir()) == []
+    finally:
+        shutil.rmtree(deep.parent.parent, ignore_errors=True)

@@ -32,13 +32,15 @@ from typing import Any, TypeVar
 
 from qemu.qmp import QMPClient, QMPError
 
+from lcow._util.unixsock import SUN_PATH_MAX
 from lcow.backends.qemuopts import option_value
 from lcow.backends.vm.assets import Assets
 from lcow.backends.vm.channel import Channel, ChannelBroken
 from lcow.errors import FailedPrecondition, NotSupported
 
 __all__ = [
-    "BINARY", "PORTS", "QemuVM", "VmConfig", "accelerator", "check_qemu", "sweep_stale_runtime",
+    "BINARY", "PORTS", "QemuVM", "VmConfig", "accelerator", "check_qemu", "runtime_parent",
+    "sweep_stale_runtime",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,9 @@ MEMORY_MB = 256
 BASE_CMDLINE = "console=ttyS0 panic=-1 quiet lpj=4000000 tsc_early_khz=2000000 tsc=reliable"
 _READY = b"lcow-agent: ready"
 RUNTIME_PREFIX = "lcow-vm-"
+#: The longest socket path a runtime folder holds (``<folder>/qmp``, ``<folder>/cN``) must fit
+#: ``sockaddr_un`` (108 bytes with its NUL): mkdtemp adds 8 characters to the prefix.
+_RUNTIME_SLACK = len(RUNTIME_PREFIX) + 8 + len("/qmp") + 2
 _STALE_AGE = 120.0
 _T = TypeVar("_T")
 
@@ -109,12 +114,21 @@ def _with_pdeathsig(argv: list[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
 
 
+def runtime_parent() -> Path:
+    """Where VM runtime folders go: ``$TMPDIR``, or ``/tmp`` when ``$TMPDIR`` is too deep for
+    the Unix sockets inside them (QEMU and its QMP client both need the literal path)."""
+    parent = Path(tempfile.gettempdir())
+    if len(os.fsencode(parent)) + 1 + _RUNTIME_SLACK >= SUN_PATH_MAX:
+        return Path("/tmp")
+    return parent
+
+
 def sweep_stale_runtime() -> list[Path]:
     """Remove runtime folders (sockets, console logs) of VMs whose lcow process died without
     cleaning up: the QEMU named by the folder's pid file is gone (it died with its parent), or
     there is no pid file and the folder is older than two minutes. Returns what was removed."""
     removed = []
-    for folder in Path(tempfile.gettempdir()).glob(RUNTIME_PREFIX + "*"):
+    for folder in runtime_parent().glob(RUNTIME_PREFIX + "*"):
         try:
             pid = int((folder / "pid").read_text().strip())
         except (OSError, ValueError):  # no pid file (yet): judge by age
@@ -167,7 +181,7 @@ class QemuVM:
         self.binary = check_qemu()
         self.accel = accelerator()
         self.machine = "microvm" if "microvm" in _machines(self.binary) else "q35"
-        self.runtime = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))
+        self.runtime = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX, dir=runtime_parent()))
         self.qmp_path = self.runtime / "qmp"
         self.console = self.runtime / "console.log"
         self.process: subprocess.Popen[bytes] | None = None
