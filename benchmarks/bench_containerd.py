@@ -65,7 +65,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from collections.abc import Callable
@@ -83,11 +82,10 @@ from tests.containerd.daemons import (  # noqa: E402
     processes_naming,
     short_dir,
 )
-from tests.containerd.images import build_image, push_image  # noqa: E402
 from tests.containerd.pullprog import build_gopull  # noqa: E402
 from tests.containerd.test_lcow_snapshotter import Snapshotter  # noqa: E402
-from tests.plugin.dockerd import busybox_rootfs  # noqa: E402
 
+from debian_image import BASE_TREES, push_debian  # noqa: E402
 from lcow.backends.host.backend import STATE_FOLDER  # noqa: E402
 from lcow.graphdriver.driver import Driver  # noqa: E402
 
@@ -97,7 +95,6 @@ SNAPSHOTTERS = ("overlayfs", "lcow")
 ROWS = ("pull", "run")
 KEYS = ("wall", "ctr_cpu", "containerd_cpu", "lcow_cpu", "qsd_cpu", "shim_cpu", "total_cpu",
         "machine_busy")  # fmt: skip
-BASE_TREES = ("usr/lib/python3", "usr/share/doc")  # host files below / (no /etc: secrets)
 DEFAULT_DATA = Path("/var/tmp/lcow-bench-containerd")
 TICK = os.sysconf("SC_CLK_TCK")
 ENV = {**os.environ, "PATH": f"/usr/bin:/usr/sbin:/bin:/sbin:{os.environ.get('PATH', '')}"}
@@ -105,37 +102,6 @@ ENV = {**os.environ, "PATH": f"/usr/bin:/usr/sbin:/bin:/sbin:{os.environ.get('PA
 
 def log(message: str) -> None:
     print(f"[bench_containerd {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# -- the image ---------------------------------------------------------------------------------
-
-
-def base_rootfs(path: Path) -> dict[str, int]:
-    """The busybox root filesystem plus the host trees of :data:`BASE_TREES`, as one tar;
-    its size and entry count."""
-    busybox = busybox_rootfs(path.with_name("busybox.tar"))
-    entries = 0
-
-    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        nonlocal entries
-        if not (info.isreg() or info.isdir() or info.issym() or info.islnk()):
-            return None  # sockets, fifos, devices have no place in an image
-        entries += 1
-        return info
-
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as out:
-        with tarfile.open(busybox) as tf:
-            for member in tf:
-                out.addfile(member, tf.extractfile(member) if member.isreg() else None)
-                entries += 1
-        for parent in ("usr", "usr/lib", "usr/share"):
-            info = out.gettarinfo(f"/{parent}", arcname=parent)
-            out.addfile(info)
-            entries += 1
-        for tree in BASE_TREES:
-            out.add(f"/{tree}", arcname=tree, filter=keep)
-    busybox.unlink()
-    return {"bytes": path.stat().st_size, "entries": entries}
 
 
 # -- timing ------------------------------------------------------------------------------------
@@ -481,12 +447,6 @@ def paired_unpacks(
 
 
 def measure_fastpath(data: Path, runs: int, hold: bool) -> dict[str, Any]:
-    work = data / "image"
-    work.mkdir(parents=True)
-    log("building the base layer")
-    base = base_rootfs(data / "base.tar")
-    image = build_image(work, base=data / "base.tar")
-    (data / "base.tar").unlink()
     gopull = build_gopull(data / "go")
     registry = Registry(data / "registry").start()
     sock_dir = short_dir("lcowb-")
@@ -496,18 +456,17 @@ def measure_fastpath(data: Path, runs: int, hold: bool) -> dict[str, Any]:
     plain = Snapshotter(data / "plain-root", sock_dir / "plain.sock", data / "plain.log")
     daemon: Containerd | None = None
     try:
-        skopeo_tmp = data / "skopeo"
-        skopeo_tmp.mkdir()
-        ref = push_image(image, registry.address, "lcowbench/debian", skopeo_tmp)
-        log(f"pushed {ref}: base {base}, layers {[layer.size for layer in image.layers]}")
-        shutil.rmtree(work)
+        log("building the image")
+        image = push_debian(data, registry.address)
+        ref = image.reference
+        log(f"pushed {ref}: base {image.base}, layers {image.gzip_layer_bytes}")
         fast.start()
         plain.start()
         daemon = TwoProxies(short_dir("cdb-"), proxy=fast.socket, plain=plain.socket).start()
         link.symlink_to(daemon.address)
         daemon.ctr("content", "fetch", "--plain-http", ref)
         script = data / "unpack.sh"
-        keys = chain_ids([layer.diff_id for layer in image.layers])
+        keys = chain_ids(image.diff_ids)
         script.write_text(unpack_script(daemon, gopull, ref, keys))
         commands = {name: ["sh", str(script), name] for name in (FAST, PLAIN)}
         if hold:
@@ -518,9 +477,9 @@ def measure_fastpath(data: Path, runs: int, hold: bool) -> dict[str, Any]:
         samples = paired_unpacks(Bench(daemon, fast, ref), fast, plain, commands, runs)
         fast_layers = fast.log.read_text().count(FAST_LINE)
         plain_commits = plain.log.read_text().count(COMMIT_LINE)
-        layers = len(image.layers)
+        layers = len(image.diff_ids)
         return {
-            "image": {"base": base, "gzip_layer_bytes": [la.size for la in image.layers]},
+            "image": {"base": image.base, "gzip_layer_bytes": image.gzip_layer_bytes},
             "samples": [asdict(s) for s in samples],
             "fast_path_layers": fast_layers,
             "plain_commits": plain_commits,
@@ -543,22 +502,15 @@ def measure_fastpath(data: Path, runs: int, hold: bool) -> dict[str, Any]:
 
 
 def measure(data: Path, runs: int, rows: tuple[str, ...] = ROWS) -> dict[str, Any]:
-    work = data / "image"
-    work.mkdir(parents=True)
-    log("building the base layer")
-    base = base_rootfs(data / "base.tar")
-    image = build_image(work, base=data / "base.tar")
-    (data / "base.tar").unlink()  # the layout holds it (gzip) from now on
     registry = Registry(data / "registry").start()
     sock_dir = short_dir("lcowb-")
     snapshotter = Snapshotter(data / "lcow-root", sock_dir / "lcow.sock", data / "lcow.log")
     daemon: Containerd | None = None
     try:
-        skopeo_tmp = data / "skopeo"
-        skopeo_tmp.mkdir()
-        ref = push_image(image, registry.address, "lcowbench/debian", skopeo_tmp)
-        log(f"pushed {ref}: base {base}, layers {[layer.size for layer in image.layers]}")
-        shutil.rmtree(work)
+        log("building the image")
+        image = push_debian(data, registry.address)
+        ref = image.reference
+        log(f"pushed {ref}: base {image.base}, layers {image.gzip_layer_bytes}")
         snapshotter.start()
         daemon = Containerd(short_dir("cdb-"), proxy=snapshotter.socket).start()
         bench = Bench(daemon, snapshotter, ref)
@@ -568,14 +520,14 @@ def measure(data: Path, runs: int, rows: tuple[str, ...] = ROWS) -> dict[str, An
             samples += [bench.pull(name, rep) for name in order]
         for name in SNAPSHOTTERS:  # unpacked for both (the content is there: unpack only)
             daemon.ctr("images", "pull", "--plain-http", "--snapshotter", name, ref)
-        layers = len(image.layers)
+        layers = len(image.diff_ids)
         for rep in range(runs if "run" in rows else 0):
             order = SNAPSHOTTERS if rep % 2 == 0 else SNAPSHOTTERS[::-1]
             samples += [bench.run(name, rep, layers) for name in order]
         bench.remove_image()
         return {
-            "image": {"base": base, "base_trees": BASE_TREES,
-                      "gzip_layer_bytes": [layer.size for layer in image.layers]},
+            "image": {"base": image.base, "base_trees": BASE_TREES,
+                      "gzip_layer_bytes": image.gzip_layer_bytes},
             "samples": [asdict(s) for s in samples],
             "summary": summarize(samples, rows),
         }  # fmt: skip
@@ -595,12 +547,6 @@ def serve_only(data: Path, commands: Path) -> dict[str, Any]:
     ``ctr run`` and ``ctr images pull`` command lines of each snapshotter to ``commands``
     (shell words, one ``NAME=ARGV`` a line) for an outside timer; serve until SIGTERM or
     SIGINT, then stop everything."""
-    work = data / "image"
-    work.mkdir(parents=True)
-    log("building the base layer")
-    base = base_rootfs(data / "base.tar")
-    image = build_image(work, base=data / "base.tar")
-    (data / "base.tar").unlink()
     registry = Registry(data / "registry").start()
     sock_dir = short_dir("lcowb-")
     snapshotter = Snapshotter(data / "lcow-root", sock_dir / "lcow.sock", data / "lcow.log")
@@ -609,11 +555,10 @@ def serve_only(data: Path, commands: Path) -> dict[str, Any]:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        skopeo_tmp = data / "skopeo"
-        skopeo_tmp.mkdir()
-        ref = push_image(image, registry.address, "lcowbench/debian", skopeo_tmp)
-        log(f"pushed {ref}: base {base}, layers {[layer.size for layer in image.layers]}")
-        shutil.rmtree(work)
+        log("building the image")
+        image = push_debian(data, registry.address)
+        ref = image.reference
+        log(f"pushed {ref}: base {image.base}, layers {image.gzip_layer_bytes}")
         snapshotter.start()
         daemon = Containerd(short_dir("cdb-"), proxy=snapshotter.socket).start()
         for name in SNAPSHOTTERS:
