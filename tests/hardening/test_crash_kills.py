@@ -11,6 +11,7 @@ Plus kill-at-a-point regressions for what the harness found.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -22,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from lcow.backends.host import STATE_FOLDER, kernel
 from lcow.graphdriver.driver import Driver
 from tests.harness.crash.fixtures import write_layer_tar
 from tests.harness.crash.harness import run_kills
-from tests.harness.crash.rootstate import temporaries
+from tests.harness.crash.rootstate import attached_loops, settled_leftovers, temporaries
 from tests.helpers import host_leftovers, requires
 
 KILLS = int(os.environ.get("LCOW_CRASH_KILLS", "30"))
@@ -140,3 +142,88 @@ def test_kill_after_apply_diff_replaced_a_sandbox_leaves_no_stale_sandbox(tmp_pa
     assert {i.name for i in driver.get("rw").readdir("/")} == {"s1", "opaque"}
     driver.put("rw")
     assert temporaries(root) == []
+
+
+# python -c FROZEN ROOT LAYER: Get the layer and write to its sandbox, then Put it and SIGKILL
+# itself as soon as the Put has frozen the sandbox to flush it (a kill anywhere in the freeze
+# ioctl, the slow part of a Put, ends there too: the ioctl completes first).
+FROZEN = r"""
+import os, signal, sys
+from lcow.backends.host import kernel
+from lcow.graphdriver.driver import Driver
+
+driver = Driver(sys.argv[1], ["lcow.backend=host"])
+view = driver.get(sys.argv[2])
+with open(os.path.join(view.path, "written"), "wb") as f:
+    f.write(b"before the kill")
+real_freeze = kernel.freeze
+
+def freeze(mountpoint):
+    real_freeze(mountpoint)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+kernel.freeze = freeze
+driver.put(sys.argv[2])
+sys.exit(3)
+"""
+
+
+def _frozen(mountpoint: Path) -> bool:
+    """Whether the filesystem mounted at ``mountpoint`` is frozen (the kernel refuses a
+    second freeze); one that is not is left as it was."""
+    try:
+        kernel.freeze(mountpoint)
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            return True
+        raise
+    kernel.thaw(mountpoint)
+    return False
+
+
+def _kill_while_frozen(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    """A data root whose sandbox ``rw`` a killed Put left mounted and frozen; the loop
+    devices then attached below it."""
+    root = tmp_path / "root"
+    Driver(root, ["lcow.backend=host"]).create_read_write("rw", None, None)
+    proc = subprocess.run(
+        [sys.executable, "-c", FROZEN, str(root), "rw"], capture_output=True, check=False
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode(errors="replace")[-2000:]
+    devices = attached_loops(root)
+    assert len(devices) == 1, devices  # the sandbox's, on the storage daemon's export
+    assert _frozen(root / STATE_FOLDER / "d" / "0")
+    return root, devices
+
+
+@requires("host", "mke2fs")
+def test_a_put_killed_while_the_sandbox_is_frozen_leaves_no_superblock(tmp_path: Path) -> None:
+    """Found by the crash campaign (two per run): a Put killed between freezing its sandbox
+    and thawing it left the ext4 frozen; Cleanup unmounted it, but a frozen superblock holds
+    itself alive, so the ext4, its loop device and the dead FUSE export file it sat on stayed
+    for good (``losetup``: backing ``/``). Now the next process thaws it first."""
+    root, devices = _kill_while_frozen(tmp_path)
+    driver = Driver(root, ["lcow.backend=host"])
+    driver.cleanup()
+    left, _ = settled_leftovers(root, devices=devices)
+    assert left == []
+    view = driver.get("rw")
+    try:
+        assert Path(view.path, "written").read_bytes() == b"before the kill"
+    finally:
+        driver.put("rw")
+    assert settled_leftovers(root, devices=devices)[0] == []
+
+
+@requires("host", "mke2fs")
+def test_a_view_adopted_after_a_kill_while_frozen_is_writable(tmp_path: Path) -> None:
+    """The same kill, then a process that adopts the view (its count was still taken): the
+    sandbox is thawed when the table is adopted, or writes to the view would block for good."""
+    root, devices = _kill_while_frozen(tmp_path)
+    driver = Driver(root, ["lcow.backend=host"])
+    try:
+        assert driver.view_count("rw") == 1
+        assert not _frozen(root / STATE_FOLDER / "d" / "0")
+    finally:
+        driver.cleanup()
+    assert settled_leftovers(root, devices=devices)[0] == []

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = [
     "LOOP_GRACE",
+    "LoopWatch",
+    "attached_loops",
     "disk_key",
     "host_leftovers",
     "layer_kind",
+    "loop_leftovers",
     "settled_leftovers",
     "temporaries",
 ]
@@ -58,14 +63,137 @@ def host_leftovers(root: Path) -> list[str]:
     return found
 
 
-def settled_leftovers(root: Path, grace: float = LOOP_GRACE) -> tuple[list[str], float]:
+def _diskseq(device: str) -> int | None:
+    """The attach sequence number of ``device`` (the kernel bumps it at every attach, so a
+    device number reused by someone else is told apart)."""
+    try:
+        return int(Path("/sys/block", device, "diskseq").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def attached_loops(root: Path) -> dict[str, int]:
+    """Loop devices now on files below ``root``: device name (``loop7``) → its diskseq.
+
+    Recorded while they are attached, because a leaked one is unrecognisable later: a
+    sandbox's device sits on the storage daemon's FUSE export, and once that is gone the
+    kernel shows its backing file as ``/``.
+    """
+    prefix = os.fsencode(root.resolve()) + b"/"
+    found: dict[str, int] = {}
+    for device in os.listdir("/sys/block"):  # plain calls: a LoopWatch polls this
+        if not device.startswith("loop"):
+            continue
+        try:
+            with open(f"/sys/block/{device}/loop/backing_file", "rb") as f:
+                backing = f.read()
+        except OSError:
+            continue  # not attached
+        if backing.startswith(prefix):
+            seq = _diskseq(device)
+            if seq is not None:
+                found[device] = seq
+    return found
+
+
+def loop_leftovers(devices: Mapping[str, int]) -> list[str]:
+    """Which of ``devices`` (from :func:`attached_loops`) are still attached, or still carry
+    an ext4 superblock (``/proc/fs/ext4/<device>``): a filesystem unmounted while frozen
+    outlives its mount and keeps its device, whatever its backing file shows now."""
+    found = []
+    for device, seq in sorted(devices.items()):
+        if _diskseq(device) != seq:
+            continue  # detached, and perhaps attached again by someone else since
+        try:
+            backing = Path("/sys/block", device, "loop", "backing_file").read_text().strip()
+        except OSError:
+            backing = None
+        if os.path.exists(f"/proc/fs/ext4/{device}"):
+            found.append(f"ext4 superblock on {device} alive (backing {backing or '?'})")
+        elif backing is not None:
+            found.append(f"loop {device} still attached (backing {backing})")
+    return found
+
+
+class LoopWatch:
+    """Remembers every loop device seen on a file below ``root`` while it runs (a thread
+    polling sysfs, ~2 ms of CPU a poll), so that devices attached and leaked by child
+    processes are checked too; each device is identified by its diskseq, so a number another
+    user of the machine attached since is not mistaken for one of ours.
+
+    Args:
+        root: the tree whose loop devices are watched.
+        interval: seconds between polls (a leaked device was attached for far longer: it
+            was mounted while a process was killed and another recovered).
+    """
+
+    def __init__(self, root: Path, interval: float = 0.5) -> None:
+        self.root = root
+        self.interval = interval
+        self.seen: dict[str, int] = {}
+        self.label = ""  # what runs now (a test's id), for :meth:`leftovers`' report
+        self.where: dict[tuple[str, int], str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loop-watch", daemon=True)
+
+    def start(self) -> LoopWatch:
+        """Start polling; returns the watch."""
+        self._thread.start()
+        return self
+
+    def poll(self) -> dict[str, int]:
+        """Record what is attached now; returns everything seen so far."""
+        now = attached_loops(self.root) if self.root.exists() else {}
+        with self._lock:
+            for device, seq in now.items():
+                self.where.setdefault((device, seq), self.label)
+            self.seen.update(now)
+            return dict(self.seen)
+
+    def leftovers(self, grace: float = LOOP_GRACE) -> list[str]:
+        """Devices seen that are still attached or still carry an ext4 superblock, once
+        auto-clearing ones have had ``grace`` seconds; each names where it was first seen."""
+        deadline = time.monotonic() + grace
+        while True:
+            left = loop_leftovers(self.seen)
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if not left:
+            return []
+        named = []
+        for device, seq in sorted(self.seen.items()):
+            label = self.where.get((device, seq)) or "the session"
+            named += [
+                f"{line}, first seen during {label}" for line in loop_leftovers({device: seq})
+            ]
+        return named
+
+    def stop(self) -> dict[str, int]:
+        """Stop polling; returns everything seen."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        return self.poll()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+
+def settled_leftovers(
+    root: Path, grace: float = LOOP_GRACE, devices: Mapping[str, int] | None = None
+) -> tuple[list[str], float]:
     """:func:`host_leftovers` once auto-clearing loop devices (detached asynchronously by the
-    kernel after the last unmount) have had ``grace`` seconds; also the seconds waited."""
+    kernel after the last unmount) have had ``grace`` seconds; also the seconds waited. With
+    ``devices`` (from :func:`attached_loops`), also those of them still attached or carrying
+    an ext4 superblock (:func:`loop_leftovers`)."""
     started = time.monotonic()
     while True:
-        left = host_leftovers(root)
+        left = host_leftovers(root) + loop_leftovers(devices or {})
         waited = time.monotonic() - started
-        if not left or waited > grace or any(not x.startswith("loop ") for x in left):
+        if not left or waited > grace or any(not x.startswith(("loop ", "ext4 ")) for x in left):
             return left, waited
         time.sleep(0.02)
 

@@ -18,6 +18,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 
 from tests.harness.crash.fixtures import tar_manifest
 from tests.harness.crash.rootstate import (
+    attached_loops,
     disk_key,
     layer_kind,
     settled_leftovers,
@@ -101,6 +102,9 @@ def _recover(args: dict[str, Any]) -> dict[str, Any]:  # noqa: PLR0912, PLR0915 
     problems: list[str] = out["problems"]
     root = Path(args["root"])
     backend = args["backend"]
+    # The loop devices the killed child left: each must be gone after Cleanup, superblock and
+    # all, whatever its backing file looks like by then.
+    devices = attached_loops(root) if backend == "host" else {}
     started = time.monotonic()
     driver = Driver(root, [f"lcow.backend={backend}"])
     out["timings"]["open"] = time.monotonic() - started
@@ -110,7 +114,7 @@ def _recover(args: dict[str, Any]) -> dict[str, Any]:  # noqa: PLR0912, PLR0915 
     driver.cleanup()
     out["timings"]["cleanup"] = time.monotonic() - mark
     if backend == "host":
-        left, waited = settled_leftovers(root)
+        left, waited = settled_leftovers(root, devices=devices)
         out["timings"]["loop_wait"] = waited
         problems += [f"after cleanup: {x}" for x in left]
         counts = {lid: driver.view_count(lid) for lid in driver.root.layer_ids()}
@@ -161,6 +165,8 @@ def _recover(args: dict[str, Any]) -> dict[str, Any]:  # noqa: PLR0912, PLR0915 
                 problems.append(f"{lid}: Diff: {exc!r}")
         try:
             view = driver.get(lid)
+            if backend == "host":
+                devices.update(attached_loops(root))
             try:
                 view.readdir("/")
                 written = args["files"].get(lid, {}) if disk and disk.writable else {}
@@ -176,7 +182,7 @@ def _recover(args: dict[str, Any]) -> dict[str, Any]:  # noqa: PLR0912, PLR0915 
             now = DataRoot.layer_file(folder)
             info["after_get"] = None if now is None else now.path.name
     if backend == "host":
-        left, _ = settled_leftovers(root)
+        left, _ = settled_leftovers(root, devices=devices)
         problems += [f"after Get/Put of every layer: {x}" for x in left]
     out["timings"]["total"] = time.monotonic() - started
     return out

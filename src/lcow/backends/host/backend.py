@@ -283,6 +283,7 @@ class HostBackend:
                 yield disk.path
                 return
             mountpoint = self.home / "d" / entry.slot
+            _thaw_abandoned(mountpoint)
             kernel.freeze(mountpoint)
             try:
                 yield self.home / "e" / entry.slot
@@ -541,9 +542,14 @@ class HostBackend:
         """Adopt what the table records and is still mounted; undo everything else.
 
         A process that died between mounting and saving the table leaves unrecorded mounts
-        and exports; a reboot or an outside ``umount`` leaves records without mounts.
+        and exports; a reboot or an outside ``umount`` leaves records without mounts; one that
+        died between freezing a disk and thawing it (a Put, a read of a mounted sandbox)
+        leaves it frozen, which is undone first: writes to an adopted view would block, and
+        an unmounted frozen disk would never let go of its superblock and loop device.
         """
         self._forget_unmounted(state)
+        for entry in state.disks.values():
+            _thaw_abandoned(self.home / "d" / entry.slot)
         self._recount_users(state)
         self._unmount_orphans(state)
         self._unexport_orphans(state)
@@ -581,9 +587,11 @@ class HostBackend:
         # The running daemon's exports: it unmounts them when they go. Any other FUSE mount
         # is a dead one, left by a daemon that was killed.
         keep |= {str(self.home / "e" / name[1:]) for name in self.daemon.exports()}
-        for point, _ in reversed(list(kernel.mounts_below(self.home))):
+        for point, fstype in reversed(list(kernel.mounts_below(self.home))):
             if point not in keep and point != str(self.home):
                 log.warning("host backend: unmounting orphan %s", point)
+                if fstype == "ext4":
+                    _thaw_abandoned(Path(point))
                 with contextlib.suppress(OSError):
                     kernel.umount(point, lazy=True)
 
@@ -637,12 +645,32 @@ def _checkpoint(mountpoint: Path) -> None:
     """
     if not os.path.ismount(mountpoint):
         return
+    _thaw_abandoned(mountpoint)
     try:
         kernel.freeze(mountpoint)
     except OSError as exc:
         log.warning("host backend: %s: could not flush before unmounting: %s", mountpoint, exc)
         return
     kernel.thaw(mountpoint)
+
+
+def _thaw_abandoned(mountpoint: Path) -> None:
+    """Thaw a disk that a process killed between freezing and thawing it left frozen; never
+    fails.
+
+    Disks are frozen only under the mount table's lock, which the caller holds: a frozen one
+    has no live freezer. Left frozen, its writers would block for good, and an unmount would
+    leave its superblock (the freeze holds a reference), its loop device and, for a sandbox,
+    the storage daemon's export file behind with no mount to thaw them through.
+    """
+    try:
+        thawed = kernel.thaw(mountpoint)
+    except OSError as exc:
+        log.warning("host backend: %s: could not thaw: %s", mountpoint, exc)
+        return
+    if thawed:
+        log.warning("host backend: %s was left frozen by a process that died; thawed it",
+                    mountpoint)  # fmt: skip
 
 
 def _wait_loop_released(device: str, backing: Path) -> None:

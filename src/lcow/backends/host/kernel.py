@@ -148,7 +148,13 @@ def attach_loop(path: str | os.PathLike[str], *, read_only: bool, size: int) -> 
 
 def freeze(mountpoint: str | os.PathLike[str]) -> None:
     """Flush a mounted filesystem and block writers (``FIFREEZE``), for a consistent read of
-    its disk."""
+    its disk.
+
+    The frozen superblock holds a reference of its own until :func:`thaw`: unmounted while
+    frozen, it outlives its mount (ext4 and its loop device stay, with no mount to thaw them
+    through), so whoever finds a filesystem its freezer left frozen must thaw it before the
+    unmount.
+    """
     fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.ioctl(fd, _FIFREEZE, 0)
@@ -156,16 +162,19 @@ def freeze(mountpoint: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def thaw(mountpoint: str | os.PathLike[str]) -> None:
-    """Undo :func:`freeze` (a filesystem that is not frozen is left alone)."""
+def thaw(mountpoint: str | os.PathLike[str]) -> bool:
+    """Undo :func:`freeze`; returns whether the filesystem was frozen (one that is not is
+    left alone)."""
     fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.ioctl(fd, _FITHAW, 0)
     except OSError as exc:
         if exc.errno != errno.EINVAL:
             raise
+        return False
     finally:
         os.close(fd)
+    return True
 
 
 _OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
