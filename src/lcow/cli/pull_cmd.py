@@ -8,6 +8,11 @@ data root opened (created if needed): a refused login or a missing tag creates n
 layers then land as ``lcow import`` lands them (:mod:`lcow.images.pull`). Prints the layer ids
 bottom-up and a summary on stderr; ``--json`` prints the whole result. A progress bar is drawn
 on stderr when it is a terminal.
+
+Converted layers published with ``lcow publish`` are looked for first when the reference is a
+tag (``--no-converted`` turns that off); a reference pinned by digest uses them only with
+``--converted``, since their content is vouched for by the repository's publisher, not by the
+digest (docs/registry.md, "Trust").
 """
 
 from __future__ import annotations
@@ -75,6 +80,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parallel", metavar="N", default=DEFAULT_PARALLEL, type=positive_int,
                         help="layers downloaded and converted at once "
                         f"(default {DEFAULT_PARALLEL})")  # fmt: skip
+    converted = parser.add_mutually_exclusive_group()
+    converted.add_argument("--no-converted", dest="converted", action="store_false",
+                           default=None,
+                           help="ignore published converted layers: convert the tar "
+                           "layers")  # fmt: skip
+    converted.add_argument("--converted", dest="converted", action="store_true",
+                           help="use published converted layers even for a reference pinned "
+                           "by digest (they are trusted as far as the repository's "
+                           "publishers, not the digest)")  # fmt: skip
     add_json(parser)
 
 
@@ -89,7 +103,15 @@ def pull_json(pulled: PullResult) -> dict[str, object]:
         "Platform": record.platform,
         "Config": record.config,
         "Top": record.top,
-        "Layers": result_json(pulled.result)["Layers"],
+        "Artifact": pulled.artifact,
+        "Layers": [
+            {**entry, "Converted": layer.converted}
+            for entry, layer in zip(
+                result_json(pulled.result)["Layers"],  # type: ignore[call-overload]
+                pulled.result.layers,
+                strict=True,
+            )
+        ],
     }
 
 
@@ -127,13 +149,19 @@ def run(args: argparse.Namespace) -> int:
                 if bar is not None:
                     bar.set_description(f"pull ({applied} layers done)")
 
+            converted = args.converted
+            if converted is None:  # the default: a tag, not a digest the user pinned
+                converted = reference.digest is None
             pulled = land_image(driver, client, image, parallel=args.parallel,
                                 progress=None if bar is None else bar.add,
-                                on_plan=on_plan, on_layer=on_layer)  # fmt: skip
+                                on_plan=on_plan, on_layer=on_layer,
+                                converted=converted)  # fmt: skip
     layers = pulled.result.layers
     emit(args, pull_json(pulled), [layer.layer_id for layer in layers])
     if not args.json:
         created = len(pulled.result.created)
+        if pulled.artifact is not None:
+            write_lines([f"converted layers from artifact {pulled.artifact}"], sys.stderr)
         where = f" ({pulled.record.platform})" if pulled.record.platform else ""
         write_lines(
             [
