@@ -21,7 +21,7 @@ import pytest
 from lcow.images.chainid import chain_ids, layer_id
 from tests.containerd.daemons import Registry
 from tests.containerd.images import BuiltImage, push_image, write_index, write_manifest
-from tests.helpers import requires
+from tests.helpers import assert_e2fsck_clean, requires
 from tests.registry.conftest import (
     PASSWORD,
     USER,
@@ -31,6 +31,7 @@ from tests.registry.conftest import (
     basic_auth,
     layer_tars,
 )
+from tests.registry.memregistry import MemoryRegistry, TestImage
 from tests.registry.test_pull import check_layers, diff_ids, lcow
 
 pytestmark = [requires("registry", "skopeo", "e2fsck", "loop"), pytest.mark.slow]
@@ -212,6 +213,13 @@ def _replace_artifact(pub: Published, edit: str) -> str:
     document = original.json()
     if edit == "diff-id":
         document["layers"][1]["annotations"]["io.lcow.layer.diff-id"] = _sha(b"another tar")
+    elif edit == "not-a-vhd":  # a blob of the right size whose digest the artifact names
+        size = document["layers"][0]["size"]
+        blob = (b"not an ext4 image in a VHD " * (size // 27 + 1))[:size]
+        upload = httpx.post(f"{api}/blobs/uploads/")
+        location = httpx.URL(upload.headers["location"]).copy_merge_params({"digest": _sha(blob)})
+        httpx.put(location, content=blob).raise_for_status()
+        document["layers"][0]["digest"] = _sha(blob)
     data = json.dumps(document).encode()
     httpx.put(f"{api}/manifests/{_sha(data)}", content=data,
               headers={"Content-Type": OCI_MANIFEST}).raise_for_status()  # fmt: skip
@@ -244,6 +252,20 @@ def test_artifact_with_other_diff_ids_is_refused(plain_registry: Registry, tmp_p
     assert proc.returncode == 0, proc.stderr
     assert "converted layers refused" in proc.stderr and bad in proc.stderr, proc.stderr
     assert "layers[1]: diff ID annotation" in proc.stderr, proc.stderr
+    _assert_fell_back(proc.stdout, pub, root, tmp_path / "mnt")
+
+
+def test_artifact_layer_that_is_not_a_vhd_is_refused(
+    plain_registry: Registry, tmp_path: Path
+) -> None:
+    """The digests match but the blob is not a layer image: refused before it lands."""
+    pub = _publish(plain_registry, tmp_path)
+    bad = _replace_artifact(pub, "not-a-vhd")
+    root = tmp_path / "fresh"
+    proc = lcow(root, "pull", "--plain-http", "--json", pub.reference)
+    assert proc.returncode == 0, proc.stderr
+    assert f"converted layers refused: artifact {bad}" in proc.stderr, proc.stderr
+    assert "not a VHD: VHD footer: bad cookie" in proc.stderr, proc.stderr
     _assert_fell_back(proc.stdout, pub, root, tmp_path / "mnt")
 
 
@@ -316,3 +338,37 @@ def test_publish_asks_a_push_token(
     repository = ref.split("/", 1)[1].rsplit(":", 1)[0]
     scopes = {asked["scope"] for asked in token_registry.tokens.asked[before:]}
     assert scopes == {f"repository:{repository}:pull,push"}
+
+
+@requires("loop")
+def test_registry_with_the_referrers_api(tmp_path: Path) -> None:
+    """A registry with the referrers API (a fake one: Docker's 2.8 has none) lists the artifact
+    by itself: publish pushes no fallback tag, and a converted pull finds it there."""
+    with MemoryRegistry() as registry:
+        image = TestImage("ref")
+        registry.put_image(image, "v1")
+        ref = f"{registry.address}/lcowtest/refapi:v1"
+        root = tmp_path / "publisher"
+        assert lcow(root, "pull", "--plain-http", ref).returncode == 0
+        published = lcow(root, "publish", "--plain-http", "--json", ref)
+        assert published.returncode == 0, published.stderr
+        result = json.loads(published.stdout)
+        assert result["Index"] == "referrers"
+        assert set(registry.tags) == {"v1"}  # no fallback tag
+        before = len(registry.requests)
+        fresh = tmp_path / "fresh"
+        proc = lcow(fresh, "pull", "--plain-http", "--json", ref)
+        assert proc.returncode == 0, proc.stderr
+        pulled = json.loads(proc.stdout)
+        asked = registry.requests[before:]
+    assert pulled["Artifact"] == result["Artifact"]
+    assert [layer["Converted"] for layer in pulled["Layers"]] == [True, True]
+    tar_blobs = {_sha(t) for t in image.layers}
+    assert not [path for _, path in asked if path.rsplit("/", 1)[-1] in tar_blobs], asked
+    assert ("GET", f"/v2/lcowtest/refapi/referrers/{image.digest}") in asked
+    assert not [path for _, path in asked if "/manifests/sha256-" in path], asked
+    chains = chain_ids([_sha(t) for t in image.layers])
+    for chain in chains:
+        mine = (fresh / layer_id(chain) / "layer.vhd").read_bytes()
+        assert mine == (root / layer_id(chain) / "layer.vhd").read_bytes()
+        assert_e2fsck_clean(fresh / layer_id(chain) / "layer.vhd")
