@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lcow.cli._argtypes import count, positive_seconds
 from lcow.cli._driver import add_json, emit, open_driver
 from lcow.cli._output import write_lines
-from lcow.cli.pull_cmd import _count, _seconds
 from lcow.cli.status import ExitStatus, UsageError
 from lcow.errors import InvalidArgument, NotFound
 from lcow.images.publish import PublishResult, publish_image
@@ -41,10 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="talk HTTP, not HTTPS (a local registry)")  # fmt: skip
     parser.add_argument("--ca-file", metavar="F", default=None,
                         help="PEM file of CAs to trust besides the system's")  # fmt: skip
-    parser.add_argument("--timeout", metavar="SECONDS", default=30.0, type=_seconds,
+    parser.add_argument("--timeout", metavar="SECONDS", default=30.0, type=positive_seconds,
                         help="give up on a connection or a read idle this long "
                         "(default 30)")  # fmt: skip
-    parser.add_argument("--retries", metavar="N", default=4, type=_count,
+    parser.add_argument("--retries", metavar="N", default=4, type=count,
                         help="further attempts on connection errors, timeouts, 5xx and 429 "
                         "(default 4)")  # fmt: skip
     add_json(parser)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lcow.cli._argtypes import positive_int
+from lcow.cli._argtypes import count, positive_int, positive_seconds
 from lcow.cli._driver import add_json, emit, open_driver
 from lcow.cli._output import write_lines
 from lcow.cli._progress import byte_progress
@@ -39,22 +39,6 @@ __all__ = ["SUMMARY", "add_arguments", "pull_json", "run"]
 SUMMARY = "pull an image from a registry; prints the layer ids (chain IDs)"
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"not a count: {text!r}")
-    return int(text)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the arguments of ``lcow pull``.
 
@@ -70,11 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ca-file", metavar="F", default=None,
                         help="PEM file of CAs to trust besides the system's")  # fmt: skip
     parser.add_argument("--timeout", metavar="SECONDS", default=30.0,
-                        type=_seconds,
+                        type=positive_seconds,
                         help="give up on a connection or a read idle this long "
                         "(default 30)")  # fmt: skip
     parser.add_argument("--retries", metavar="N", default=4,
-                        type=_count,
+                        type=count,
                         help="further attempts on connection errors, timeouts, 5xx and 429 "
                         "(default 4)")  # fmt: skip
     parser.add_argument("--parallel", metavar="N", default=DEFAULT_PARALLEL, type=positive_int,
