@@ -1,6 +1,7 @@
 """A fake registry WITH the OCI 1.1 referrers API, for the one path Docker's registry 2.8 cannot
 exercise: a tiny in-memory implementation of the distribution API (manifests by tag or digest,
-blobs, monolithic uploads, ``HEAD``) plus ``GET /v2/<name>/referrers/<digest>``, which answers an
+blobs, monolithic uploads, ``HEAD``; blobs can be answered late, counting the requests in
+flight) plus ``GET /v2/<name>/referrers/<digest>``, which answers an
 OCI image index of the stored manifests whose ``subject`` is that digest (filtered by
 ``artifactType`` when asked). No auth, plain HTTP on a free loopback port, served from a thread;
 every request is recorded as ``(method, path)``.
@@ -13,6 +14,7 @@ import io
 import json
 import tarfile
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -112,9 +114,24 @@ class _Handler(BaseHTTPRequestHandler):
             if digest not in store.blobs:
                 self._send(404, b'{"errors":[{"code":"BLOB_UNKNOWN"}]}')
                 return
+            if self.command == "GET" and digest in store.slow:
+                self._slowly(store.blobs[digest], digest)
+                return
             self._send(200, store.blobs[digest], {"Docker-Content-Digest": digest})
         else:
             self._send(404)
+
+    def _slowly(self, blob: bytes, digest: str) -> None:
+        """Answer after a pause, counting the slow blob requests in flight meanwhile."""
+        with self.server.lock:
+            self.server.in_flight += 1
+            self.server.most_in_flight = max(self.server.most_in_flight, self.server.in_flight)
+        try:
+            time.sleep(1.0)
+            self._send(200, blob, {"Docker-Content-Digest": digest})
+        finally:
+            with self.server.lock:
+                self.server.in_flight -= 1
 
     def do_HEAD(self) -> None:
         self.do_GET()
@@ -161,6 +178,9 @@ class _Server(ThreadingHTTPServer):
     manifests: dict[str, tuple[str, bytes]]
     blobs: dict[str, bytes]
     tags: dict[str, str]
+    slow: set[str]
+    in_flight: int
+    most_in_flight: int
 
 
 class MemoryRegistry:
@@ -173,6 +193,9 @@ class MemoryRegistry:
         self._server.manifests = {}
         self._server.blobs = {}
         self._server.tags = {}
+        self._server.slow = set()
+        self._server.in_flight = 0
+        self._server.most_in_flight = 0
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -190,6 +213,15 @@ class MemoryRegistry:
     def tags(self) -> dict[str, str]:
         """Tag → manifest digest."""
         return dict(self._server.tags)
+
+    def slow_down(self, digests: set[str]) -> None:
+        """Answer ``GET`` of these blobs one second late, counting them (``most_in_flight``)."""
+        self._server.slow = set(digests)
+
+    @property
+    def most_in_flight(self) -> int:
+        """The most slowed-down blob requests that were in flight at once."""
+        return self._server.most_in_flight
 
     def put_image(self, image: TestImage, tag: str) -> None:
         """Store ``image`` under ``tag`` (as a push would)."""

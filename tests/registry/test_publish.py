@@ -372,3 +372,23 @@ def test_registry_with_the_referrers_api(tmp_path: Path) -> None:
         mine = (fresh / layer_id(chain) / "layer.vhd").read_bytes()
         assert mine == (root / layer_id(chain) / "layer.vhd").read_bytes()
         assert_e2fsck_clean(fresh / layer_id(chain) / "layer.vhd")
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_converted_layers_download_in_parallel(parallel: int, tmp_path: Path) -> None:
+    """Both layer.vhd blobs answered a second late: ``--parallel N`` has N in flight."""
+    with MemoryRegistry() as registry:
+        image = TestImage(f"par{parallel}")
+        registry.put_image(image, "v1")
+        ref = f"{registry.address}/lcowtest/parallel:v1"
+        root = tmp_path / "publisher"
+        assert lcow(root, "pull", "--plain-http", ref).returncode == 0
+        published = lcow(root, "publish", "--plain-http", "--json", ref)
+        assert published.returncode == 0, published.stderr
+        registry.slow_down({layer["Digest"] for layer in json.loads(published.stdout)["Layers"]})
+        fresh = tmp_path / "fresh"
+        proc = lcow(fresh, "pull", "--plain-http", "--json", "--parallel", str(parallel), ref)
+        most = registry.most_in_flight
+    assert proc.returncode == 0, proc.stderr
+    assert [layer["Converted"] for layer in json.loads(proc.stdout)["Layers"]] == [True, True]
+    assert most == parallel

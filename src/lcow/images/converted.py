@@ -31,6 +31,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING
 
 from lcow._util.atomic import atomic_output
@@ -210,9 +211,16 @@ def land_converted(  # noqa: PLR0913 - what to land, then keyword-only callbacks
     *,
     progress: Callable[[int], None] | None = None,
     on_layer: Callable[[ImportedLayer], None] | None = None,
+    parallel: int = 1,
 ) -> ImportResult:
-    """Land the image's layers from ``artifact`` (found by :func:`find_artifact`), bottom-up,
-    holding all their locks; all-or-nothing for the layers it creates.
+    """Land the image's layers from ``artifact`` (found by :func:`find_artifact`), holding all
+    their locks; all-or-nothing for the layers it creates.
+
+    Presence is decided and folders are created bottom-up on this thread (which holds the
+    locks); up to ``parallel`` blobs then download at once on helper threads, which only write
+    files inside their own layer's folder. After a failure the downloads still running finish
+    (or time out) before the created layers are removed; ``on_layer`` is called in order once
+    every layer is in place.
 
     Raises:
         BlobMismatch, DigestMismatch: a blob is not what the artifact names.
@@ -224,23 +232,30 @@ def land_converted(  # noqa: PLR0913 - what to land, then keyword-only callbacks
     ids = [layer_id(c) for c in chains]
     origin = f"{client.registry}/{client.repository}@{artifact.digest}"
     created: list[str] = []
-    done: list[ImportedLayer] = []
-    with driver.holding(ids):
+    futures: list[Future[ImportedLayer]] = []
+    with driver.holding(ids), ThreadPoolExecutor(max(1, parallel), "lcow-converted") as pool:
         try:
             parent: str | None = None
             for layer, lid, chain in zip(artifact.layers, ids, chains, strict=True):
-                done.append(_land(driver, client, layer, lid=lid, chain=chain, parent=parent,
-                                  origin=origin, created=created, progress=progress))  # fmt: skip
-                if on_layer is not None:
-                    on_layer(done[-1])
+                futures.append(_land(driver, client, layer, pool, lid=lid, chain=chain,
+                                     parent=parent, origin=origin, created=created,
+                                     progress=progress))  # fmt: skip
                 parent = lid
+            wait(futures, return_when=FIRST_EXCEPTION)
+            done = [future.result() for future in futures]
         except BaseException:
+            for future in futures:
+                future.cancel()
+            wait(futures)  # running downloads end before their folders are removed
             for lid in reversed(created):
                 try:
                     driver.remove(lid)
                 except (OSError, LcowError) as exc:
                     log.warning("pull: could not remove layer %s after a failure: %s", lid, exc)
             raise
+    for item in done:
+        if on_layer is not None:
+            on_layer(item)
     image = ImportedImage(tags=spec.tags, config=spec.config, layer_ids=tuple(ids))
     return ImportResult(format=CONVERTED_FORMAT, images=(image,), layers=tuple(done))
 
@@ -249,6 +264,7 @@ def _land(  # noqa: PLR0913 - one layer of land_converted, with its state
     driver: Driver,
     client: RegistryClient,
     layer: ArtifactLayer,
+    pool: ThreadPoolExecutor,
     *,
     lid: str,
     chain: str,
@@ -256,17 +272,25 @@ def _land(  # noqa: PLR0913 - one layer of land_converted, with its state
     origin: str,
     created: list[str],
     progress: Callable[[int], None] | None,
-) -> ImportedLayer:
+) -> Future[ImportedLayer]:
+    """One layer: reused (a finished future), or its folder made here and its download
+    submitted to ``pool``."""
     if layer_present(driver, lid, parent, diff_id=layer.diff_id, chain=chain,
                      accept_converted=True):  # fmt: skip
         size = driver.root.read_meta(lid).get("content_size")
-        return ImportedLayer(lid, parent, layer.diff_id, chain, created=False,
-                             size=size if isinstance(size, int) else None)  # fmt: skip
+        reused: Future[ImportedLayer] = Future()
+        reused.set_result(ImportedLayer(lid, parent, layer.diff_id, chain, created=False,
+                                        size=size if isinstance(size, int) else None))  # fmt: skip
+        return reused
     if not driver.exists(lid):
         driver.create(lid, parent)
         created.append(lid)
     elif DataRoot.layer_file(driver.root.layer_dir(lid)) is None:
         driver.create(lid, parent)  # an empty leftover folder: rewrite its chain
-    _download(driver, client, lid, layer, origin=origin, progress=progress)
-    return ImportedLayer(lid, parent, layer.diff_id, chain, created=True,
-                         size=layer.content_size, converted=True)  # fmt: skip
+
+    def download() -> ImportedLayer:
+        _download(driver, client, lid, layer, origin=origin, progress=progress)
+        return ImportedLayer(lid, parent, layer.diff_id, chain, created=True,
+                             size=layer.content_size, converted=True)  # fmt: skip
+
+    return pool.submit(download)

@@ -216,7 +216,7 @@ def land_image(  # noqa: PLR0913 - what to land, then keyword-only callbacks and
     if artifact is not None:
         try:
             result = land_converted(driver, client, spec, artifact, progress=progress,
-                                    on_layer=on_layer)  # fmt: skip
+                                    on_layer=on_layer, parallel=parallel)  # fmt: skip
         except LcowError as exc:
             log.warning("converted layers refused: artifact %s: %s; pulling the tar layers",
                         artifact.digest, exc)  # fmt: skip
