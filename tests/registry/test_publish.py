@@ -21,7 +21,7 @@ import pytest
 from lcow.images.chainid import chain_ids, layer_id
 from tests.containerd.daemons import Registry
 from tests.containerd.images import BuiltImage, push_image, write_index, write_manifest
-from tests.helpers import assert_e2fsck_clean, requires
+from tests.helpers import assert_e2fsck_clean, requires, veritysetup_verify
 from tests.registry.conftest import (
     PASSWORD,
     USER,
@@ -392,3 +392,45 @@ def test_converted_layers_download_in_parallel(parallel: int, tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr
     assert [layer["Converted"] for layer in json.loads(proc.stdout)["Layers"]] == [True, True]
     assert most == parallel
+
+
+def test_dm_verity_layers_go_only_to_verity_roots(plain_registry: Registry, tmp_path: Path) -> None:
+    """An artifact converted with dm-verity is refused by a root without it (the option is
+    part of the image's bytes), and used by a root with it; once a plain artifact is published
+    too, the fallback index lists both and each root picks its own."""
+    verity = ["-o", "lcow.dmverity=true"]
+    ref, manifest, tars, _ = _push(plain_registry, tmp_path / "image")
+    publisher = tmp_path / "publisher"
+    assert lcow(publisher, *verity, "pull", "--plain-http", ref).returncode == 0
+    published = lcow(publisher, *verity, "publish", "--plain-http", "--json", ref)
+    assert published.returncode == 0, published.stderr
+    first = json.loads(published.stdout)
+    assert all(re.fullmatch(r"[0-9a-f]{64}", layer["RootHash"]) for layer in first["Layers"])
+
+    with_verity = tmp_path / "verity"
+    proc = lcow(with_verity, *verity, "pull", "--plain-http", "--json", ref)
+    assert proc.returncode == 0, proc.stderr
+    assert [layer["Converted"] for layer in json.loads(proc.stdout)["Layers"]] == [True] * 3
+    assert _layer_bytes(with_verity, tars) == _layer_bytes(publisher, tars)
+    for chain, layer in zip(chain_ids(diff_ids(tars)), first["Layers"], strict=True):
+        meta = json.loads((with_verity / layer_id(chain) / "lcow-layer.json").read_text())
+        assert meta["root_hash"] == layer["RootHash"] and meta["hash_offset"] > 0
+        image = with_verity / layer_id(chain) / "layer.vhd"
+        veritysetup_verify(image, meta["root_hash"], meta["hash_offset"])  # cryptsetup's verdict
+
+    plain = tmp_path / "plain"
+    proc = lcow(plain, "pull", "--plain-http", "--json", ref)
+    assert proc.returncode == 0, proc.stderr
+    assert "layers[0] was converted with dm-verity; this data root does not make" in proc.stderr
+    assert [layer["Converted"] for layer in json.loads(proc.stdout)["Layers"]] == [False] * 3
+    second = lcow(plain, "publish", "--plain-http", "--json", ref)
+    assert second.returncode == 0, second.stderr
+    repository = ref.split("/", 1)[1].rsplit(":", 1)[0]
+    pub = Published(plain_registry, ref, repository, manifest, tars, (), plain, "")
+    listed = [m["digest"] for m in _fallback_index(pub)["manifests"]]  # type: ignore[index]
+    assert listed == [first["Artifact"], json.loads(second.stdout)["Artifact"]]
+    fresh = tmp_path / "fresh"
+    proc = lcow(fresh, "pull", "--plain-http", "--json", ref)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["Artifact"] == listed[1]
+    check_layers(fresh, tars, tmp_path / "mnt")
