@@ -8,8 +8,11 @@ image whose layer blob is served longer or shorter than its descriptor says (wit
 ``Content-Length``), or a valid
 three-layer image whose blobs are answered after a pause while the requests in flight are
 counted (``most_in_flight``), or one whose first layer ends early while the others stall
-mid-body (``one-fails``). It serves plain HTTP
-on a free loopback port from a thread and counts the requests it got.
+mid-body (``one-fails``), or a valid one-layer image whose referrers API answers badly: a
+5 MiB index (``referrers-huge``), not JSON (``referrers-not-json``), a manifest where an index
+belongs (``referrers-wrong-type``); in those modes ``HEAD`` says every blob is there and
+``PUT`` of a manifest succeeds, so that ``lcow publish`` reaches the referrers request. It
+serves plain HTTP on a free loopback port from a thread and counts the ``GET`` requests it got.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ __all__ = ["MODES", "HostileRegistry", "hostile_layers", "layer_digest"]
 
 MODES = ("not-json", "too-big", "too-big-unannounced", "schema1", "redirect-loop", "stall",
          "flaky", "long-blob", "short-blob", "long-blob-unannounced", "short-blob-unannounced",
-         "parallel", "one-fails")  # fmt: skip
+         "parallel", "one-fails", "referrers-huge", "referrers-not-json",
+         "referrers-wrong-type")  # fmt: skip
+_REFERRER_MODES = ("referrers-huge", "referrers-not-json", "referrers-wrong-type")
 _IMAGE_MODES = ("long-blob", "short-blob", "long-blob-unannounced", "short-blob-unannounced",
-                "parallel", "one-fails")  # fmt: skip
+                "parallel", "one-fails", *_REFERRER_MODES)  # fmt: skip
+_INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
 _MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 _BIG = 5 << 20  # more than lcow's 4 MiB cap on manifests
 
@@ -53,7 +59,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.requests += 1
             count = self.server.requests
         mode = self.server.mode
-        if self.path == "/v2/" or mode == "not-json":
+        if mode in _REFERRER_MODES and "/referrers/" in self.path:
+            self._referrers(mode)
+        elif self.path == "/v2/" or mode == "not-json":
             self._send(200, b"<html>this is not a manifest</html>",
                        {"Content-Type": _MANIFEST_TYPE, "Content-Length": "35"})  # fmt: skip
         elif mode == "too-big":
@@ -83,9 +91,36 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"still not JSON", {"Content-Type": _MANIFEST_TYPE,
                                                  "Content-Length": "14"})  # fmt: skip
 
+    def _referrers(self, mode: str) -> None:
+        if mode == "referrers-huge":
+            self.send_response(200)
+            self.send_header("Content-Type", _INDEX_TYPE)
+            self.end_headers()  # no Content-Length: the cap must stop the read
+            self.wfile.write(b'{"manifests": [' + b" " * _BIG + b"]}")
+        elif mode == "referrers-not-json":
+            self._send(200, b"<html>no</html>", {"Content-Type": _INDEX_TYPE,
+                                                  "Content-Length": "15"})  # fmt: skip
+        else:
+            body = _Image.get(1).manifest
+            self._send(200, body, {"Content-Type": _MANIFEST_TYPE,
+                                   "Content-Length": str(len(body))})  # fmt: skip
+
+    def do_HEAD(self) -> None:
+        if self.server.mode in _REFERRER_MODES and "/blobs/" in self.path:
+            self._send(200, b"", {"Content-Length": "0"})  # "the registry has it"
+        else:
+            self._send(404, b"", {"Content-Length": "0"})
+
+    def do_PUT(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.server.mode in _REFERRER_MODES and "/manifests/" in self.path:
+            self._send(201, b"", {"Content-Length": "0"})
+        else:
+            self._send(405, b"", {"Content-Length": "0"})
+
     def _image(self, mode: str) -> None:
         image = _Image.get(3 if mode in ("parallel", "one-fails") else 1)
-        if self.path.endswith("/manifests/v1"):
+        if self.path.endswith(("/manifests/v1", f"/manifests/{_digest(image.manifest)}")):
             body = image.manifest
             self._send(200, body, {"Content-Type": _MANIFEST_TYPE,
                                    "Content-Length": str(len(body))})  # fmt: skip
@@ -98,6 +133,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if mode == "one-fails":
                 self._one_fails(layer, first=layer is next(iter(image.layers.values())))
+                return
+            if mode in _REFERRER_MODES:
+                self._send(200, layer, {"Content-Length": str(len(layer))})
                 return
             blob = layer + b"x" * 4096 if mode.startswith("long") else layer[:-4096]
             if mode.endswith("-unannounced"):  # HTTP/1.0: the body ends when the connection does

@@ -7,6 +7,7 @@ opened only once the manifest and config are verified).
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
@@ -142,3 +143,29 @@ def test_tampered_blob_leaves_no_layer(
     assert not (root / ".images.json").exists()
     listed = lcow(root, "images")
     assert listed.returncode == 0 and listed.stdout.splitlines()[2:] == []  # headers only
+
+
+
+@pytest.mark.parametrize(("mode", "message"), [
+    ("referrers-huge", f"more than the {4 << 20} bytes allowed"),
+    ("referrers-not-json", ": not JSON (Expecting value"),
+    ("referrers-wrong-type", "not an OCI image index (media type "),
+])  # fmt: skip
+def test_hostile_referrers(mode: str, message: str, tmp_path: Path) -> None:
+    """A bad answer of the referrers API: a pull warns naming it and converts the tars; a
+    publish fails with exit 3 naming it."""
+    root = tmp_path / "root"
+    with HostileRegistry(mode) as server:
+        ref = f"{server.address}/hostile/img:v1"
+        pulled = lcow(root, "pull", "--plain-http", "--timeout", "5", "--json", ref, timeout=60)
+        assert pulled.returncode == 0, pulled.stderr
+        assert f"{server.address}/hostile/img: referrers of sha256:" in pulled.stderr
+        assert message in pulled.stderr, pulled.stderr
+        assert "not using converted layers" in pulled.stderr, pulled.stderr
+        layers = json.loads(pulled.stdout)["Layers"]
+        assert [(layer["Converted"], layer["Created"]) for layer in layers] == [(False, True)]
+
+        published = lcow(root, "publish", "--plain-http", "--timeout", "5", ref, timeout=60)
+    assert published.returncode == 3, published.stderr
+    assert published.stderr.startswith(f"lcow: {server.address}/hostile/img: referrers of sha256:")
+    assert message in published.stderr, published.stderr

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_log_level", "backend_name", "positive_int"]
+__all__ = ["add_log_level", "backend_name", "count", "positive_int", "positive_seconds"]
 
 _LEVELS = ("debug", "info", "warning", "error")
 
@@ -40,6 +40,24 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds (``--timeout``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def count(text: str) -> int:
+    """An argparse type: a count, zero or more (``--retries``)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a count: {text!r}")
+    return int(text)
 
 
 def add_log_level(parser: argparse.ArgumentParser) -> None:

@@ -102,6 +102,7 @@ COMMANDS: dict[str, CommandInfo] = {
     "import": _driver("import_cmd", "import a docker-save or OCI image tarball, by chain IDs"),
     "pull": _driver("pull_cmd", "pull an image from a registry, layers by chain IDs"),
     "images": _driver("images_cmd", "list the images pulled into the data root"),
+    "publish": _driver("publish_cmd", "push a pulled image's converted layers to its registry"),
     "ls": _driver("ls_cmd", "list layers: parent, kind of disk, sizes"),
     "cat": _driver("cat_cmd", "print a file of a layer's view (the union of its chain)"),
     "tree": _driver("tree_cmd", "print the tree of a layer's view under a path"),

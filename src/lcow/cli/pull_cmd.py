@@ -8,6 +8,11 @@ data root opened (created if needed): a refused login or a missing tag creates n
 layers then land as ``lcow import`` lands them (:mod:`lcow.images.pull`). Prints the layer ids
 bottom-up and a summary on stderr; ``--json`` prints the whole result. A progress bar is drawn
 on stderr when it is a terminal.
+
+Converted layers published with ``lcow publish`` are looked for first when the reference is a
+tag (``--no-converted`` turns that off); a reference pinned by digest uses them only with
+``--converted``, since their content is vouched for by the repository's publisher, not by the
+digest (docs/registry.md, "Trust").
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lcow.cli._argtypes import positive_int
+from lcow.cli._argtypes import count, positive_int, positive_seconds
 from lcow.cli._driver import add_json, emit, open_driver
 from lcow.cli._output import write_lines
 from lcow.cli._progress import byte_progress
@@ -34,22 +39,6 @@ __all__ = ["SUMMARY", "add_arguments", "pull_json", "run"]
 SUMMARY = "pull an image from a registry; prints the layer ids (chain IDs)"
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"not a count: {text!r}")
-    return int(text)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the arguments of ``lcow pull``.
 
@@ -65,16 +54,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ca-file", metavar="F", default=None,
                         help="PEM file of CAs to trust besides the system's")  # fmt: skip
     parser.add_argument("--timeout", metavar="SECONDS", default=30.0,
-                        type=_seconds,
+                        type=positive_seconds,
                         help="give up on a connection or a read idle this long "
                         "(default 30)")  # fmt: skip
     parser.add_argument("--retries", metavar="N", default=4,
-                        type=_count,
+                        type=count,
                         help="further attempts on connection errors, timeouts, 5xx and 429 "
                         "(default 4)")  # fmt: skip
     parser.add_argument("--parallel", metavar="N", default=DEFAULT_PARALLEL, type=positive_int,
                         help="layers downloaded and converted at once "
                         f"(default {DEFAULT_PARALLEL})")  # fmt: skip
+    converted = parser.add_mutually_exclusive_group()
+    converted.add_argument("--no-converted", dest="converted", action="store_false",
+                           default=None,
+                           help="ignore published converted layers: convert the tar "
+                           "layers")  # fmt: skip
+    converted.add_argument("--converted", dest="converted", action="store_true",
+                           help="use published converted layers even for a reference pinned "
+                           "by digest (they are trusted as far as the repository's "
+                           "publishers, not the digest)")  # fmt: skip
     add_json(parser)
 
 
@@ -89,7 +87,15 @@ def pull_json(pulled: PullResult) -> dict[str, object]:
         "Platform": record.platform,
         "Config": record.config,
         "Top": record.top,
-        "Layers": result_json(pulled.result)["Layers"],
+        "Artifact": pulled.artifact,
+        "Layers": [
+            {**entry, "Converted": layer.converted}
+            for entry, layer in zip(
+                result_json(pulled.result)["Layers"],  # type: ignore[call-overload]
+                pulled.result.layers,
+                strict=True,
+            )
+        ],
     }
 
 
@@ -127,13 +133,19 @@ def run(args: argparse.Namespace) -> int:
                 if bar is not None:
                     bar.set_description(f"pull ({applied} layers done)")
 
+            converted = args.converted
+            if converted is None:  # the default: a tag, not a digest the user pinned
+                converted = reference.digest is None
             pulled = land_image(driver, client, image, parallel=args.parallel,
                                 progress=None if bar is None else bar.add,
-                                on_plan=on_plan, on_layer=on_layer)  # fmt: skip
+                                on_plan=on_plan, on_layer=on_layer,
+                                converted=converted)  # fmt: skip
     layers = pulled.result.layers
     emit(args, pull_json(pulled), [layer.layer_id for layer in layers])
     if not args.json:
         created = len(pulled.result.created)
+        if pulled.artifact is not None:
+            write_lines([f"converted layers from artifact {pulled.artifact}"], sys.stderr)
         where = f" ({pulled.record.platform})" if pulled.record.platform else ""
         write_lines(
             [

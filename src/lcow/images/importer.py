@@ -61,6 +61,7 @@ __all__ = [
     "ImportedLayer",
     "PlannedLayer",
     "import_image",
+    "layer_present",
     "plan_import",
     "plan_layers",
     "read_images",
@@ -128,11 +129,14 @@ class ImportPlan:
         format: ``docker-archive`` or ``oci-layout``.
         images: the images of the archive.
         layers: every distinct layer, bottom-up (parents before children).
+        accept_converted: layers that came converted from a registry artifact count as
+            present (only a pull that allows converted layers says so).
     """
 
     format: str
     images: tuple[ImageSpec, ...]
     layers: tuple[PlannedLayer, ...]
+    accept_converted: bool = False
 
     @property
     def bytes_to_apply(self) -> int:
@@ -153,6 +157,8 @@ class ImportedLayer:
         size: ApplyDiff's size (the tar's unpack size) for created layers; the recorded one for
             existing layers, when known.
         compression: how the blob was stored (``gzip``, ``zstd``, ``none``; ``""`` if skipped).
+        converted: downloaded already converted (a registry artifact's ``layer.vhd``,
+            :mod:`lcow.images.converted`), not converted from its tar here.
     """
 
     layer_id: str
@@ -162,6 +168,7 @@ class ImportedLayer:
     created: bool
     size: int | None
     compression: str = ""
+    converted: bool = False
 
 
 @dataclass(frozen=True)
@@ -244,9 +251,15 @@ def plan_import(driver: Driver, archive: ImageArchive) -> ImportPlan:
 
 
 def plan_layers(
-    driver: Driver, source: BlobSource, fmt: str, images: Sequence[ImageSpec]
+    driver: Driver,
+    source: BlobSource,
+    fmt: str,
+    images: Sequence[ImageSpec],
+    *,
+    accept_converted: bool = False,
 ) -> ImportPlan:
-    """:func:`plan_import` for images already read (from an archive or a registry).
+    """:func:`plan_import` for images already read (from an archive or a registry);
+    ``accept_converted`` as in :class:`ImportPlan`.
 
     Raises:
         AlreadyExists: a layer id is taken by a writable layer.
@@ -265,17 +278,35 @@ def plan_layers(
                     chain_id=chain,
                     layer_id=lid,
                     parent=parent,
-                    present=_present(driver, lid, parent, diff_id=ref.diff_id, chain=chain),
+                    present=layer_present(driver, lid, parent, diff_id=ref.diff_id, chain=chain,
+                                          accept_converted=accept_converted),
                     blob_size=source.size(ref.member),
                 )
             parent, parent_chain = lid, chain
-    return ImportPlan(format=fmt, images=tuple(images), layers=tuple(planned.values()))
+    return ImportPlan(format=fmt, images=tuple(images), layers=tuple(planned.values()),
+                      accept_converted=accept_converted)  # fmt: skip
 
 
-def _present(driver: Driver, lid: str, parent: str | None, *, diff_id: str, chain: str) -> bool:
+def layer_present(  # noqa: PLR0913 - the layer, then keyword-only facts to check
+    driver: Driver,
+    lid: str,
+    parent: str | None,
+    *,
+    diff_id: str,
+    chain: str,
+    accept_converted: bool = False,
+) -> bool:
     """Whether the data root already has the layer, verified by an import: a ``layer.vhd``
     whose metadata records the expected diff ID and chain ID. A folder without content, or a
-    ``layer.vhd`` nobody verified, is not present: it is converted again."""
+    ``layer.vhd`` nobody verified, is not present: it is converted again. So is a layer that
+    came converted from a registry artifact (its metadata names it in ``converted_from``)
+    unless ``accept_converted``: its diff ID is the publisher's claim, not a digest of a tar
+    checked here, and an import or a ``--no-converted`` pull must not inherit that trust.
+
+    Raises:
+        AlreadyExists: the id is a writable layer.
+        FailedPrecondition: the layer has another parent.
+    """
     if not driver.exists(lid):
         return False
     disk = DataRoot.layer_file(driver.root.layer_dir(lid))
@@ -296,6 +327,10 @@ def _present(driver: Driver, lid: str, parent: str | None, *, diff_id: str, chai
     meta = driver.root.read_meta(lid)
     if meta.get("diff_id") != diff_id or meta.get("chain_id") != chain:
         log.warning("import: layer %s has no verified diff ID: converting it again", lid)
+        return False
+    if meta.get("converted_from") and not accept_converted:
+        log.info("import: layer %s came converted from %s: converting its tar again", lid,
+                 meta["converted_from"])  # fmt: skip
         return False
     return True
 
@@ -368,7 +403,7 @@ def _run_locked(
     done: list[ImportedLayer] = []
     try:
         for planned in plan.layers:
-            layer = _existing_layer(driver, planned)
+            layer = _existing_layer(driver, planned, plan.accept_converted)
             if layer is None:
                 _prepare(driver, planned, created)
                 layer = _apply(driver, archive, planned, progress)
@@ -399,7 +434,8 @@ def _run_parallel(  # noqa: PLR0913 - run_import's arguments and the lock holder
         todo: list[PlannedLayer | ImportedLayer] = []
         for planned in plan.layers:  # presence and folders bottom-up, one at a time
             holder = holders[planned.layer_id]
-            existing = holder.run(partial(_existing_layer, driver, planned))
+            existing = holder.run(partial(_existing_layer, driver, planned,
+                                          plan.accept_converted))  # fmt: skip
             if existing is None:
                 holder.run(partial(_prepare, driver, planned, created))
             todo.append(existing or planned)
@@ -446,11 +482,13 @@ def _resolved(layer: ImportedLayer) -> Future[ImportedLayer]:
     return future
 
 
-def _existing_layer(driver: Driver, planned: PlannedLayer) -> ImportedLayer | None:
+def _existing_layer(
+    driver: Driver, planned: PlannedLayer, accept_converted: bool
+) -> ImportedLayer | None:
     """The layer as the data root already has it, verified; ``None`` if it must be converted."""
-    if not _present(
+    if not layer_present(
         driver, planned.layer_id, planned.parent, diff_id=planned.ref.diff_id,
-        chain=planned.chain_id,
+        chain=planned.chain_id, accept_converted=accept_converted,
     ):  # fmt: skip
         return None
     size = driver.root.read_meta(planned.layer_id).get("content_size")

@@ -9,19 +9,27 @@ import: gzip, zstd or plain, by magic) while its digest, size and diff ID are ch
 layer is renamed into place only once they match. Any failure removes every layer this pull
 created. Up to ``parallel`` layers download and convert at once. The image is then recorded
 under its name (:mod:`lcow.images.store`).
+
+Unless told not to, a pull first looks for converted layers published for the image
+(:mod:`lcow.images.converted`): when an artifact matches, its ``layer.vhd`` blobs are
+downloaded instead of the tars; when none matches, or landing them fails for any reason, the
+pull warns and converts the tars as above.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, cast
 
 from lcow._util.escape import quoted
+from lcow.errors import LcowError
 from lcow.images.chainid import chain_ids, layer_id
+from lcow.images.converted import find_artifact, land_converted
 from lcow.images.errors import ImageError
 from lcow.images.importer import ImportedLayer, ImportPlan, ImportResult, plan_layers, run_import
 from lcow.images.model import ImageSpec, LayerRef, config_diff_ids
@@ -44,6 +52,8 @@ __all__ = [
     "land_image",
     "pull_image",
 ]
+
+log = logging.getLogger(__name__)
 
 #: ``ImageSpec.format`` of an image read from a registry.
 REGISTRY_FORMAT = "registry"
@@ -103,11 +113,13 @@ class PullResult:
         image: the resolved image (reference, digests, platform).
         record: what was recorded in the data root.
         result: the layers, as an import reports them.
+        artifact: the digest of the artifact whose converted layers were used, if one was.
     """
 
     image: ResolvedImage
     record: ImageRecord
     result: ImportResult
+    artifact: str | None = None
 
 
 def image_spec(image: ResolvedImage) -> ImageSpec:
@@ -153,6 +165,7 @@ def pull_image(  # noqa: PLR0913 - what to pull, then keyword-only callbacks and
     progress: Callable[[int], None] | None = None,
     on_plan: Callable[[ImportPlan], None] | None = None,
     on_layer: Callable[[ImportedLayer], None] | None = None,
+    converted: bool = True,
 ) -> PullResult:
     """Pull ``reference`` through ``client`` into the driver's data root and record it:
     :func:`~lcow.registry.resolve.resolve`, then :func:`land_image`.
@@ -166,6 +179,7 @@ def pull_image(  # noqa: PLR0913 - what to pull, then keyword-only callbacks and
         progress: called (from helper threads) with counts of blob bytes downloaded.
         on_plan: called once the plan is known, before any layer is written.
         on_layer: called after each layer, in order, created or skipped.
+        converted: look for a published artifact of converted layers first.
 
     Raises:
         RegistryError, ImageError: unusable documents or blobs (a digest or size mismatch:
@@ -175,7 +189,7 @@ def pull_image(  # noqa: PLR0913 - what to pull, then keyword-only callbacks and
     """
     image = resolve(client, reference, platform)
     return land_image(driver, client, image, parallel=parallel, progress=progress,
-                      on_plan=on_plan, on_layer=on_layer)  # fmt: skip
+                      on_plan=on_plan, on_layer=on_layer, converted=converted)  # fmt: skip
 
 
 def land_image(  # noqa: PLR0913 - what to land, then keyword-only callbacks and parallelism
@@ -187,16 +201,33 @@ def land_image(  # noqa: PLR0913 - what to land, then keyword-only callbacks and
     progress: Callable[[int], None] | None = None,
     on_plan: Callable[[ImportPlan], None] | None = None,
     on_layer: Callable[[ImportedLayer], None] | None = None,
+    converted: bool = True,
 ) -> PullResult:
-    """Download and convert the layers of a resolved image, then record it (see
-    :func:`pull_image` for the arguments and errors)."""
+    """Download the layers of a resolved image, converted ones when ``converted`` and an
+    artifact matches, else the tars, converting them; then record it (see :func:`pull_image`
+    for the arguments and errors)."""
     spec = image_spec(image)
-    blobs = RegistryBlobs(client, image)
-    plan = plan_layers(driver, blobs, REGISTRY_FORMAT, [spec])
-    if on_plan is not None:
-        on_plan(plan)
-    result = run_import(driver, blobs, plan, progress=progress, on_layer=on_layer,
-                        parallel=parallel)  # fmt: skip
+    artifact = None
+    result = None
+    if converted:
+        artifact = find_artifact(client, image.manifest_digest,
+                                 [ref.diff_id for ref in spec.layers],
+                                 verity=driver.options.dm_verity)  # fmt: skip
+    if artifact is not None:
+        try:
+            result = land_converted(driver, client, spec, artifact, progress=progress,
+                                    on_layer=on_layer, parallel=parallel)  # fmt: skip
+        except LcowError as exc:
+            log.warning("converted layers refused: artifact %s: %s; pulling the tar layers",
+                        artifact.digest, exc)  # fmt: skip
+            artifact = None
+    if result is None:
+        blobs = RegistryBlobs(client, image)
+        plan = plan_layers(driver, blobs, REGISTRY_FORMAT, [spec], accept_converted=converted)
+        if on_plan is not None:
+            on_plan(plan)
+        result = run_import(driver, blobs, plan, progress=progress, on_layer=on_layer,
+                            parallel=parallel)  # fmt: skip
     record = ImageRecord(
         name=str(image.reference),
         digest=image.digest,
@@ -207,4 +238,5 @@ def land_image(  # noqa: PLR0913 - what to land, then keyword-only callbacks and
         source=REGISTRY_FORMAT,
     )
     record_image(driver.root, record)
-    return PullResult(image=image, record=record, result=result)
+    return PullResult(image=image, record=record, result=result,
+                      artifact=None if artifact is None else artifact.digest)  # fmt: skip

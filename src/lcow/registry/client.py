@@ -27,7 +27,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -45,7 +45,14 @@ from lcow.registry.errors import (
     Unauthorized,
 )
 
-__all__ = ["MAX_DOCUMENT", "BlobReader", "ClientOptions", "Document", "RegistryClient"]
+__all__ = [
+    "MAX_DOCUMENT",
+    "BlobReader",
+    "Body",
+    "ClientOptions",
+    "Document",
+    "RegistryClient",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,9 @@ MAX_DOCUMENT = 4 << 20
 _MAX_TOKEN_ANSWER = 1 << 20
 _CHUNK = 1 << 20
 _MAX_BACKOFF = 8.0
+
+#: A request body: bytes, or a callable giving the chunks afresh for every attempt.
+Body = bytes | Callable[[], Iterable[bytes]]
 
 
 @dataclass(frozen=True)
@@ -227,9 +237,11 @@ class RegistryClient:
         repository: the repository path (``library/busybox``).
         credentials: what to authenticate with, or ``None`` (anonymous).
         options: transport options.
+        push: ask tokens for ``repository:<repository>:pull,push`` (``lcow publish``), not
+            for the scope the challenge names (``pull`` for a pull).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - where, then keyword-only credentials and options
         self,
         host: str,
         registry: str,
@@ -237,8 +249,10 @@ class RegistryClient:
         *,
         credentials: Credentials | None = None,
         options: ClientOptions | None = None,
+        push: bool = False,
     ) -> None:
         self.options = options or ClientOptions()
+        self.push = push
         self.registry = registry
         self.repository = repository
         self.credentials = credentials
@@ -277,8 +291,18 @@ class RegistryClient:
             delay = max(0.0, min(delay, _MAX_BACKOFF))
         time.sleep(delay)
 
-    def _send(self, url: str, what: str, headers: Mapping[str, str]) -> httpx.Response:
-        """GET ``url`` (streamed), authenticating and retrying; a 2xx response.
+    def _send(
+        self,
+        url: str,
+        what: str,
+        headers: Mapping[str, str],
+        *,
+        method: str = "GET",
+        body: Body | None = None,
+    ) -> httpx.Response:
+        """Send ``method url`` (the answer streamed), authenticating and retrying; a 2xx
+        response. ``body`` is bytes, or a callable giving a fresh iterator of chunks for each
+        attempt (a file read again from its start).
 
         Raises:
             Unauthorized: 401/403 after authenticating.
@@ -294,7 +318,7 @@ class RegistryClient:
             if attempt:
                 log.info("%s; retrying", failure)
                 self._pause(attempt - 1, retry_after)
-            response, failure, retry_after = self._try(url, what, headers)
+            response, failure, retry_after = self._try(url, what, headers, method, body)
             if response is None:
                 attempt += 1
                 continue
@@ -313,16 +337,18 @@ class RegistryClient:
         raise failure
 
     def _try(
-        self, url: str, what: str, headers: Mapping[str, str]
+        self, url: str, what: str, headers: Mapping[str, str], method: str, body: Body | None
     ) -> tuple[httpx.Response | None, LcowError | None, str | None]:
         """One attempt: a 2xx or 401 response, or ``(None, why, Retry-After)`` when it is
         worth retrying; raises for answers that are not."""
         request_headers = dict(headers)
         if self._authorization is not None:
             request_headers["Authorization"] = self._authorization
+        content = body() if callable(body) else body
         try:
             response = self._http.send(
-                self._http.build_request("GET", url, headers=request_headers), stream=True
+                self._http.build_request(method, url, headers=request_headers, content=content),
+                stream=True,
             )
         except httpx.TooManyRedirects as exc:
             raise RegistryError(
@@ -372,7 +398,11 @@ class RegistryClient:
 
     def _token(self, challenge: Challenge, what: str) -> str:
         realm = challenge.params["realm"]
-        params = {"scope": challenge.params.get("scope") or f"repository:{self.repository}:pull"}
+        if self.push:  # one token for every request of a publish, pulls and pushes alike
+            scope = f"repository:{self.repository}:pull,push"
+        else:
+            scope = challenge.params.get("scope") or f"repository:{self.repository}:pull"
+        params = {"scope": scope}
         if challenge.params.get("service"):
             params["service"] = challenge.params["service"]
         creds = self.credentials
@@ -477,3 +507,72 @@ class RegistryClient:
             yield BlobReader(response, digest=digest, size=size, where=where)
         finally:
             response.close()
+
+    # -- pushing (lcow publish) and referrers --------------------------------------------------
+
+    def referrers(self, digest: str, accept: str) -> Document | None:
+        """GET ``/referrers/<digest>`` (the OCI 1.1 referrers API): the index it answers, or
+        ``None`` when the registry has no such API (HTTP 404, as Docker's registry 2.8 answers).
+
+        Raises:
+            RegistryError: the answer is larger than ``max_document``.
+        """
+        what = f"{self.registry}/{self.repository}: referrers of {digest}"
+        try:
+            response = self._send(f"{self.base}/referrers/{digest}", what, {"Accept": accept})
+        except NotFound:
+            return None
+        media_type = response.headers.get("content-type", "").split(";", 1)[0].strip()
+        data = self._read_capped(response, what, self.options.max_document)
+        return Document(data, media_type, _sha256(data))
+
+    def blob_exists(self, digest: str) -> bool:
+        """Whether the repository has blob ``digest`` (``HEAD /blobs/<digest>``)."""
+        what = f"{self.registry}/{self.repository}: blob {digest}"
+        try:
+            response = self._send(f"{self.base}/blobs/{digest}", what, {}, method="HEAD")
+        except NotFound:
+            return False
+        response.close()
+        return True
+
+    def push_blob(self, digest: str, size: int, body: Body) -> None:
+        """Upload a blob monolithically: ``POST /blobs/uploads/`` opens the upload, one
+        ``PUT <location>?digest=<digest>`` sends the whole body (streamed, with its length).
+
+        Raises:
+            RegistryError: the registry answered without an upload location, or stored
+                another digest than ``digest``.
+        """
+        what = f"{self.registry}/{self.repository}: upload of blob {digest}"
+        response = self._send(f"{self.base}/blobs/uploads/", what, {"Content-Length": "0"},
+                              method="POST", body=b"")  # fmt: skip
+        response.close()
+        location = response.headers.get("location")
+        if not location:
+            raise RegistryError(f"{what}: the registry gave no upload location", subject=digest)
+        url = httpx.URL(f"{self.base}/").join(location).copy_merge_params({"digest": digest})
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        response = self._send(str(url), what, headers, method="PUT", body=body)
+        response.close()
+        self._check_stored(response, digest, what)
+
+    def put_manifest(self, reference: str, data: bytes, media_type: str) -> str:
+        """``PUT /manifests/<reference>`` (a tag or a digest); returns the digest of ``data``.
+
+        Raises:
+            RegistryError: the registry stored another digest.
+        """
+        digest = _sha256(data)
+        what = f"{self.registry}/{self.repository}: manifest {reference}"
+        response = self._send(f"{self.base}/manifests/{reference}", what,
+                              {"Content-Type": media_type}, method="PUT", body=data)  # fmt: skip
+        response.close()
+        self._check_stored(response, digest, what)
+        return digest
+
+    @staticmethod
+    def _check_stored(response: httpx.Response, digest: str, what: str) -> None:
+        stored = response.headers.get("docker-content-digest")
+        if stored and stored != digest:
+            raise BlobMismatch(f"{what}: the registry stored {stored}", digest=digest)

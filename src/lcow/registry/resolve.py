@@ -29,6 +29,7 @@ __all__ = [
     "BlobRef",
     "Platform",
     "ResolvedImage",
+    "descriptor",
     "host_platform",
     "parse_platform",
     "resolve",
@@ -129,7 +130,12 @@ class ResolvedImage:
     layers: tuple[BlobRef, ...]
 
 
-def _descriptor(value: Any, what: str) -> BlobRef:
+def descriptor(value: Any, what: str) -> BlobRef:
+    """Parse a descriptor (``digest``, ``size``, ``mediaType``) of a manifest or index.
+
+    Raises:
+        RegistryError: not an object, a digest that is not sha256, a bad size or media type.
+    """
     if not isinstance(value, Mapping):
         raise RegistryError(f"{what}: descriptor is not a JSON object", subject=what)
     digest, size, media_type = value.get("digest"), value.get("size"), value.get("mediaType", "")
@@ -179,7 +185,7 @@ def _choose(index: Any, wanted: Platform, what: str) -> BlobRef:
         seen.append(str(Platform(str(found.get("os")), str(found.get("architecture")),
                                  found.get("variant") or None)))  # fmt: skip
         if wanted.matches(found):
-            return _descriptor(entry, f"{what}: manifests[{i}]")
+            return descriptor(entry, f"{what}: manifests[{i}]")
     raise NotFound(
         f"{what}: no manifest for {wanted} (it has: {', '.join(seen) or 'none'})", subject=what
     )
@@ -212,11 +218,11 @@ def resolve(client: RegistryClient, reference: Reference, platform: Platform) ->
         document = client.manifest(expected.digest, ACCEPT)
     else:
         raise RegistryError(f"{name}: indexes nested too deeply", subject=name)
-    config = _descriptor(parsed.get("config"), f"{what}: config")
+    config = descriptor(parsed.get("config"), f"{what}: config")
     layers = parsed.get("layers")
     if not isinstance(layers, list):
         raise RegistryError(f"{what}: 'layers' is not a list", subject=what)
-    refs = tuple(_descriptor(layer, f"{what}: layers[{i}]") for i, layer in enumerate(layers))
+    refs = tuple(descriptor(layer, f"{what}: layers[{i}]") for i, layer in enumerate(layers))
     config_data = client.blob_bytes(config.digest, config.size, "config")
     return ResolvedImage(
         reference=reference,

@@ -1,0 +1,296 @@
+"""Converted pulls: land an image's layers from a published artifact (issue 16 part 4).
+
+:func:`find_artifact` looks for an artifact of lcow's referring to the image manifest being
+pulled (the referrers API, else the fallback tag; a 404 means none) and keeps the first whose
+facts match the image the user asked for:
+
+* its ``subject`` is the manifest's digest;
+* it has as many layers as the image config has diff IDs, and each layer's diff-ID annotation
+  equals the config's at that position, its chain-ID annotation the chain ID computed here;
+* its layers carry a dm-verity hash tree exactly when this data root makes them
+  (``lcow.dmverity``: the option is part of a layer image's bytes).
+
+:func:`land_converted` then downloads each missing layer's ``layer.vhd`` into a temporary file
+in the layer's folder while hashing it, checks the digest and size the artifact names, that the
+file is a lcow layer image (VHD footer of a fixed disk of the right size, an ext4 superblock
+lcow reads, the verity superblock where the annotation says), and only then renames it into
+place with the metadata an import writes (diff ID, chain ID, sizes, verity root hash) plus
+``converted_from`` (``registry/repository@artifact-digest``). Verified layers already there are
+reused; a failure removes the layers this attempt created, and the caller falls back to the
+tar layers.
+
+What this proves and what it does not: the bytes are the ones the artifact names, and the
+artifact is about this image. That ``layer.vhd`` holds the tar whose diff ID it is annotated
+with is the publisher's claim — nothing here can check it without the tar, whose conversion is
+what a converted pull saves. See docs/registry.md, "Trust".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from typing import TYPE_CHECKING
+
+from lcow._util.atomic import atomic_output
+from lcow.errors import CorruptImage, LcowError, NotFound
+from lcow.formats.ext4.read_super import parse_superblock
+from lcow.formats.verity import content_uuid, read_verity_superblock
+from lcow.formats.vhd.footer import DISK_TYPE_FIXED, FOOTER_SIZE, parse_footer
+from lcow.images.chainid import chain_ids, layer_id
+from lcow.images.errors import DigestMismatch
+from lcow.images.importer import ImportedImage, ImportedLayer, ImportResult, layer_present
+from lcow.images.model import ImageSpec
+from lcow.registry.artifact import (
+    Artifact,
+    ArtifactLayer,
+    candidates,
+    fallback_tag,
+    parse_artifact,
+)
+from lcow.registry.client import RegistryClient
+from lcow.registry.errors import BlobMismatch
+from lcow.registry.resolve import OCI_INDEX, OCI_MANIFEST
+from lcow.storage.dataroot import DataRoot
+
+if TYPE_CHECKING:
+    from lcow.graphdriver.driver import Driver
+
+__all__ = ["CONVERTED_FORMAT", "artifact_mismatch", "find_artifact", "land_converted"]
+
+log = logging.getLogger(__name__)
+
+#: ``ImportResult.format`` of a converted pull.
+CONVERTED_FORMAT = "registry-converted"
+_CHUNK = 1 << 20
+_SUPERBLOCK_AT = 1024
+_SUPERBLOCK_SIZE = 1024
+
+
+def artifact_mismatch(
+    artifact: Artifact, manifest_digest: str, diff_ids: Sequence[str], *, verity: bool
+) -> str | None:
+    """Why ``artifact`` does not fit the image (``None`` when it does)."""
+    if artifact.subject != manifest_digest:
+        return f"its subject is {artifact.subject}, not the image manifest {manifest_digest}"
+    if len(artifact.layers) != len(diff_ids):
+        return f"it has {len(artifact.layers)} layers, the image config {len(diff_ids)} diff IDs"
+    for i, (layer, diff_id, chain) in enumerate(
+        zip(artifact.layers, diff_ids, chain_ids(list(diff_ids)), strict=True)
+    ):
+        if layer.diff_id != diff_id:
+            return (f"layers[{i}]: diff ID annotation {layer.diff_id}, the image config says "
+                    f"{diff_id}")  # fmt: skip
+        if layer.chain_id != chain:
+            return f"layers[{i}]: chain ID annotation {layer.chain_id}, computed {chain}"
+        if (layer.root_hash is not None) != verity:
+            made = "with" if layer.root_hash is not None else "without"
+            root = "makes" if verity else "does not make"
+            return (f"layers[{i}] was converted {made} dm-verity; this data root {root} "
+                    "verity layers (lcow.dmverity)")  # fmt: skip
+    return None
+
+
+def find_artifact(
+    client: RegistryClient, manifest_digest: str, diff_ids: Sequence[str], *, verity: bool
+) -> Artifact | None:
+    """The first artifact of lcow's that matches the image, or ``None``.
+
+    Artifacts that do not match, and answers that are not usable (not JSON, too big, not an
+    index), are logged as warnings naming them and skipped: a converted pull is an
+    optimisation, and the tar layers remain.
+    """
+    where = f"{client.registry}/{client.repository}"
+    try:
+        listing = client.referrers(manifest_digest, OCI_INDEX)
+        what = f"{where}: referrers of {manifest_digest}"
+        if listing is None:
+            what = f"{where}: fallback index {fallback_tag(manifest_digest)}"
+            try:
+                listing = client.manifest(fallback_tag(manifest_digest), (OCI_INDEX,))
+            except NotFound:
+                return None
+        refs = candidates(listing, what)
+    except LcowError as exc:
+        log.warning("%s; not using converted layers", exc)
+        return None
+    for ref in refs:
+        what = f"{where}@{ref.digest}"
+        try:
+            document = client.manifest(ref.digest, (OCI_MANIFEST,))
+            if len(document.data) != ref.size:
+                raise BlobMismatch(f"{what}: {len(document.data)} bytes, its descriptor says "
+                                   f"{ref.size}", digest=ref.digest)  # fmt: skip
+            artifact = parse_artifact(document, f"artifact {what}")
+        except LcowError as exc:
+            log.warning("converted layers refused: %s", exc)
+            continue
+        why = artifact_mismatch(artifact, manifest_digest, diff_ids, verity=verity)
+        if why is None:
+            return artifact
+        log.warning("converted layers refused: artifact %s: %s", what, why)
+    return None
+
+
+def _check_image(fd: int, layer: ArtifactLayer, name: str) -> None:
+    """Whether the downloaded file is a lcow layer image: the footer of a fixed VHD whose
+    disk is the rest of the file, an ext4 superblock lcow reads, and the verity superblock
+    at the annotated offset (its UUID derived from the root hash, as lcow writes it).
+
+    Raises:
+        CorruptImage: it is not.
+    """
+    disk = layer.size - FOOTER_SIZE
+    if disk < _SUPERBLOCK_AT + _SUPERBLOCK_SIZE:
+        raise CorruptImage(f"{name}: {layer.size} bytes is too small for a layer image",
+                           subject=layer.digest)  # fmt: skip
+    try:
+        footer = parse_footer(os.pread(fd, FOOTER_SIZE, disk))
+    except CorruptImage as exc:
+        raise CorruptImage(f"{name}: not a VHD: {exc}", subject=layer.digest) from exc
+    if footer.disk_type != DISK_TYPE_FIXED or footer.current_size != disk:
+        raise CorruptImage(f"{name}: not a fixed VHD of {disk} bytes", subject=layer.digest)
+    data = disk if layer.hash_offset is None else layer.hash_offset
+    if data > disk:
+        raise CorruptImage(f"{name}: the verity hash offset is past the disk's end",
+                           subject=layer.digest)  # fmt: skip
+    parse_superblock(os.pread(fd, _SUPERBLOCK_SIZE, _SUPERBLOCK_AT), disk_size=data, name=name,
+                     verify=True)  # fmt: skip
+    if layer.root_hash is not None:
+        verity = read_verity_superblock(os.pread(fd, 512, data))
+        if verity.data_size != data or verity.uuid != content_uuid(bytes.fromhex(layer.root_hash)):
+            raise CorruptImage(f"{name}: its dm-verity superblock does not match the "
+                               "annotations", subject=layer.digest)  # fmt: skip
+
+
+def _download(  # noqa: PLR0913 - the layer and its folder, then keyword-only provenance, progress
+    driver: Driver,
+    client: RegistryClient,
+    lid: str,
+    layer: ArtifactLayer,
+    *,
+    origin: str,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Stream ``layer``'s blob into ``<lid>/layer.vhd``, renamed into place once checked."""
+    name = f"{client.registry}/{client.repository}: layer.vhd {layer.digest}"
+    meta: dict[str, object] = {"content_size": layer.content_size, "vhd_size": layer.size}
+    if layer.root_hash is not None:
+        meta["root_hash"] = layer.root_hash
+        meta["hash_offset"] = layer.hash_offset
+    target = driver.root.layer_dir(lid) / "layer.vhd"
+    with (
+        client.open_blob(layer.digest, layer.size) as reader,
+        atomic_output(target, fsync=True) as fd,
+    ):
+        digest = hashlib.sha256()
+        while chunk := reader.read(_CHUNK):
+            digest.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+            if progress is not None:
+                progress(len(chunk))
+        got = f"sha256:{digest.hexdigest()}"
+        if got != layer.digest:
+            raise DigestMismatch(f"{name}: digest mismatch: got {got}", subject=layer.digest,
+                                 expected=layer.digest, got=got)  # fmt: skip
+        _check_image(fd, layer, name)
+        driver.root.write_meta(lid, meta)  # never an image without its sizes and root hash
+    driver.root.write_meta(lid, {**meta, "diff_id": layer.diff_id, "chain_id": layer.chain_id,
+                                 "converted_from": origin})  # fmt: skip
+
+
+def land_converted(  # noqa: PLR0913 - what to land, then keyword-only callbacks
+    driver: Driver,
+    client: RegistryClient,
+    spec: ImageSpec,
+    artifact: Artifact,
+    *,
+    progress: Callable[[int], None] | None = None,
+    on_layer: Callable[[ImportedLayer], None] | None = None,
+    parallel: int = 1,
+) -> ImportResult:
+    """Land the image's layers from ``artifact`` (found by :func:`find_artifact`), holding all
+    their locks; all-or-nothing for the layers it creates.
+
+    Presence is decided and folders are created bottom-up on this thread (which holds the
+    locks); up to ``parallel`` blobs then download at once on helper threads, which only write
+    files inside their own layer's folder. After a failure the downloads still running finish
+    (or time out) before the created layers are removed; ``on_layer`` is called in order once
+    every layer is in place.
+
+    Raises:
+        BlobMismatch, DigestMismatch: a blob is not what the artifact names.
+        CorruptImage: a blob is not a lcow layer image.
+        Unauthorized, NotFound, Timeout, RegistryUnavailable: from the registry.
+    """
+    diff_ids = [ref.diff_id for ref in spec.layers]
+    chains = chain_ids(diff_ids)
+    ids = [layer_id(c) for c in chains]
+    origin = f"{client.registry}/{client.repository}@{artifact.digest}"
+    created: list[str] = []
+    futures: list[Future[ImportedLayer]] = []
+    with driver.holding(ids), ThreadPoolExecutor(max(1, parallel), "lcow-converted") as pool:
+        try:
+            parent: str | None = None
+            for layer, lid, chain in zip(artifact.layers, ids, chains, strict=True):
+                futures.append(_land(driver, client, layer, pool, lid=lid, chain=chain,
+                                     parent=parent, origin=origin, created=created,
+                                     progress=progress))  # fmt: skip
+                parent = lid
+            wait(futures, return_when=FIRST_EXCEPTION)
+            done = [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            wait(futures)  # running downloads end before their folders are removed
+            for lid in reversed(created):
+                try:
+                    driver.remove(lid)
+                except (OSError, LcowError) as exc:
+                    log.warning("pull: could not remove layer %s after a failure: %s", lid, exc)
+            raise
+    for item in done:
+        if on_layer is not None:
+            on_layer(item)
+    image = ImportedImage(tags=spec.tags, config=spec.config, layer_ids=tuple(ids))
+    return ImportResult(format=CONVERTED_FORMAT, images=(image,), layers=tuple(done))
+
+
+def _land(  # noqa: PLR0913 - one layer of land_converted, with its state
+    driver: Driver,
+    client: RegistryClient,
+    layer: ArtifactLayer,
+    pool: ThreadPoolExecutor,
+    *,
+    lid: str,
+    chain: str,
+    parent: str | None,
+    origin: str,
+    created: list[str],
+    progress: Callable[[int], None] | None,
+) -> Future[ImportedLayer]:
+    """One layer: reused (a finished future), or its folder made here and its download
+    submitted to ``pool``."""
+    if layer_present(driver, lid, parent, diff_id=layer.diff_id, chain=chain,
+                     accept_converted=True):  # fmt: skip
+        size = driver.root.read_meta(lid).get("content_size")
+        reused: Future[ImportedLayer] = Future()
+        reused.set_result(ImportedLayer(lid, parent, layer.diff_id, chain, created=False,
+                                        size=size if isinstance(size, int) else None))  # fmt: skip
+        return reused
+    if not driver.exists(lid):
+        driver.create(lid, parent)
+        created.append(lid)
+    elif DataRoot.layer_file(driver.root.layer_dir(lid)) is None:
+        driver.create(lid, parent)  # an empty leftover folder: rewrite its chain
+
+    def download() -> ImportedLayer:
+        _download(driver, client, lid, layer, origin=origin, progress=progress)
+        return ImportedLayer(lid, parent, layer.diff_id, chain, created=True,
+                             size=layer.content_size, converted=True)  # fmt: skip
+
+    return pool.submit(download)
