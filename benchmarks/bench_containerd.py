@@ -55,6 +55,7 @@ the temporary directories are removed (unless ``--keep``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -68,7 +69,7 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ from tests.containerd.daemons import (  # noqa: E402
     processes_naming,
     short_dir,
 )
-from tests.containerd.images import build_image, push_image  # noqa: E402
+from tests.containerd.images import BuiltImage, build_image, push_image  # noqa: E402
 from tests.containerd.pullprog import build_gopull  # noqa: E402
 from tests.containerd.test_lcow_snapshotter import Snapshotter  # noqa: E402
 from tests.plugin.dockerd import busybox_rootfs  # noqa: E402
@@ -480,20 +481,37 @@ def paired_unpacks(
     return samples
 
 
-def measure_fastpath(data: Path, runs: int, hold: bool) -> dict[str, Any]:
+@dataclass
+class SetUp:
+    """What :func:`set_up` started: containerd over the snapshotters, the pushed image."""
+
+    daemon: Containerd
+    snapshotters: list[Snapshotter]
+    image: BuiltImage
+    ref: str
+    base: dict[str, int]
+    sock_dir: Path
+
+
+@contextlib.contextmanager
+def set_up(
+    data: Path,
+    snapshotters: Callable[[Path], list[Snapshotter]],
+    containerd: Callable[[list[Snapshotter]], Containerd] | None = None,
+) -> Iterator[SetUp]:
+    """Build the image and push it to a fresh registry, start the snapshotters (made by
+    ``snapshotters`` with their socket folder) and containerd (``containerd``; default: the
+    first snapshotter as the ``lcow`` proxy); afterwards stop all of it by pid and release the
+    snapshotters' views."""
     work = data / "image"
     work.mkdir(parents=True)
     log("building the base layer")
     base = base_rootfs(data / "base.tar")
     image = build_image(work, base=data / "base.tar")
-    (data / "base.tar").unlink()
-    gopull = build_gopull(data / "go")
+    (data / "base.tar").unlink()  # the layout holds it (gzip) from now on
     registry = Registry(data / "registry").start()
     sock_dir = short_dir("lcowb-")
-    link = sock_dir / "cd.sock"
-    fast = Snapshotter(data / "fast-root", sock_dir / "fast.sock", data / "fast.log",
-                       extra=["--containerd-address", str(link)])  # fmt: skip
-    plain = Snapshotter(data / "plain-root", sock_dir / "plain.sock", data / "plain.log")
+    started = snapshotters(sock_dir)
     daemon: Containerd | None = None
     try:
         skopeo_tmp = data / "skopeo"
@@ -501,10 +519,40 @@ def measure_fastpath(data: Path, runs: int, hold: bool) -> dict[str, Any]:
         ref = push_image(image, registry.address, "lcowbench/debian", skopeo_tmp)
         log(f"pushed {ref}: base {base}, layers {[layer.size for layer in image.layers]}")
         shutil.rmtree(work)
-        fast.start()
-        plain.start()
-        daemon = TwoProxies(short_dir("cdb-"), proxy=fast.socket, plain=plain.socket).start()
-        link.symlink_to(daemon.address)
+        for snapshotter in started:
+            snapshotter.start()
+        if containerd is None:
+            daemon = Containerd(short_dir("cdb-"), proxy=started[0].socket).start()
+        else:
+            daemon = containerd(started)
+        yield SetUp(daemon, started, image, ref, base, sock_dir)
+    finally:
+        if daemon is not None:
+            daemon.close()
+        for running in started:
+            status = running.stop()
+            Driver(running.root, ["lcow.backend=host"]).cleanup()
+            if status != 0:
+                log(f"a snapshotter exited {status}: {running.log.read_text()[-2000:]}")
+        registry.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def measure_fastpath(data: Path, runs: int, hold: bool) -> dict[str, Any]:
+    gopull = build_gopull(data / "go")
+
+    def snapshotters(sock_dir: Path) -> list[Snapshotter]:
+        fast = Snapshotter(data / "fast-root", sock_dir / "fast.sock", data / "fast.log",
+                           extra=["--containerd-address", str(sock_dir / "cd.sock")])  # fmt: skip
+        return [fast, Snapshotter(data / "plain-root", sock_dir / "plain.sock", data / "plain.log")]
+
+    def two_proxies(started: list[Snapshotter]) -> Containerd:
+        fast, plain = started
+        return TwoProxies(short_dir("cdb-"), proxy=fast.socket, plain=plain.socket).start()
+
+    with set_up(data, snapshotters, two_proxies) as setup:
+        daemon, (fast, plain), image, ref = setup.daemon, setup.snapshotters, setup.image, setup.ref
+        (setup.sock_dir / "cd.sock").symlink_to(daemon.address)
         daemon.ctr("content", "fetch", "--plain-http", ref)
         script = data / "unpack.sh"
         keys = chain_ids([layer.diff_id for layer in image.layers])
@@ -520,48 +568,30 @@ def measure_fastpath(data: Path, runs: int, hold: bool) -> dict[str, Any]:
         plain_commits = plain.log.read_text().count(COMMIT_LINE)
         layers = len(image.layers)
         return {
-            "image": {"base": base, "gzip_layer_bytes": [la.size for la in image.layers]},
+            "image": {"base": setup.base,
+                      "gzip_layer_bytes": [la.size for la in image.layers]},
             "samples": [asdict(s) for s in samples],
             "fast_path_layers": fast_layers,
             "plain_commits": plain_commits,
             "expected_each": layers * (runs + 1),
             "summary": summarize(samples, rows=("unpack",), names=(FAST, PLAIN)),
-        }
-    finally:
-        if daemon is not None:
-            daemon.close()
-        for running in (fast, plain):
-            status = running.stop()
-            Driver(running.root, ["lcow.backend=host"]).cleanup()
-            if status != 0:
-                log(f"a snapshotter exited {status}: {running.log.read_text()[-2000:]}")
-        registry.stop()
-        shutil.rmtree(sock_dir, ignore_errors=True)
+        }  # fmt: skip
+
+
+def one_lcow(data: Path) -> Callable[[Path], list[Snapshotter]]:
+    """The single ``lcow`` snapshotter of :func:`measure` and :func:`serve_only`."""
+    return lambda sock_dir: [
+        Snapshotter(data / "lcow-root", sock_dir / "lcow.sock", data / "lcow.log")
+    ]
 
 
 # -- main --------------------------------------------------------------------------------------
 
 
 def measure(data: Path, runs: int, rows: tuple[str, ...] = ROWS) -> dict[str, Any]:
-    work = data / "image"
-    work.mkdir(parents=True)
-    log("building the base layer")
-    base = base_rootfs(data / "base.tar")
-    image = build_image(work, base=data / "base.tar")
-    (data / "base.tar").unlink()  # the layout holds it (gzip) from now on
-    registry = Registry(data / "registry").start()
-    sock_dir = short_dir("lcowb-")
-    snapshotter = Snapshotter(data / "lcow-root", sock_dir / "lcow.sock", data / "lcow.log")
-    daemon: Containerd | None = None
-    try:
-        skopeo_tmp = data / "skopeo"
-        skopeo_tmp.mkdir()
-        ref = push_image(image, registry.address, "lcowbench/debian", skopeo_tmp)
-        log(f"pushed {ref}: base {base}, layers {[layer.size for layer in image.layers]}")
-        shutil.rmtree(work)
-        snapshotter.start()
-        daemon = Containerd(short_dir("cdb-"), proxy=snapshotter.socket).start()
-        bench = Bench(daemon, snapshotter, ref)
+    with set_up(data, one_lcow(data)) as setup:
+        daemon, ref, image = setup.daemon, setup.ref, setup.image
+        bench = Bench(daemon, setup.snapshotters[0], ref)
         samples: list[Sample] = []
         for rep in range(runs if "pull" in rows else 0):
             order = SNAPSHOTTERS if rep % 2 == 0 else SNAPSHOTTERS[::-1]
@@ -574,20 +604,11 @@ def measure(data: Path, runs: int, rows: tuple[str, ...] = ROWS) -> dict[str, An
             samples += [bench.run(name, rep, layers) for name in order]
         bench.remove_image()
         return {
-            "image": {"base": base, "base_trees": BASE_TREES,
+            "image": {"base": setup.base, "base_trees": BASE_TREES,
                       "gzip_layer_bytes": [layer.size for layer in image.layers]},
             "samples": [asdict(s) for s in samples],
             "summary": summarize(samples, rows),
         }  # fmt: skip
-    finally:
-        if daemon is not None:
-            daemon.close()
-        status = snapshotter.stop()
-        Driver(snapshotter.root, ["lcow.backend=host"]).cleanup()
-        registry.stop()
-        shutil.rmtree(sock_dir, ignore_errors=True)
-        if status != 0:
-            log(f"the lcow snapshotter exited {status}: {snapshotter.log.read_text()[-2000:]}")
 
 
 def serve_only(data: Path, commands: Path) -> dict[str, Any]:
@@ -595,27 +616,11 @@ def serve_only(data: Path, commands: Path) -> dict[str, Any]:
     ``ctr run`` and ``ctr images pull`` command lines of each snapshotter to ``commands``
     (shell words, one ``NAME=ARGV`` a line) for an outside timer; serve until SIGTERM or
     SIGINT, then stop everything."""
-    work = data / "image"
-    work.mkdir(parents=True)
-    log("building the base layer")
-    base = base_rootfs(data / "base.tar")
-    image = build_image(work, base=data / "base.tar")
-    (data / "base.tar").unlink()
-    registry = Registry(data / "registry").start()
-    sock_dir = short_dir("lcowb-")
-    snapshotter = Snapshotter(data / "lcow-root", sock_dir / "lcow.sock", data / "lcow.log")
-    daemon: Containerd | None = None
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    try:
-        skopeo_tmp = data / "skopeo"
-        skopeo_tmp.mkdir()
-        ref = push_image(image, registry.address, "lcowbench/debian", skopeo_tmp)
-        log(f"pushed {ref}: base {base}, layers {[layer.size for layer in image.layers]}")
-        shutil.rmtree(work)
-        snapshotter.start()
-        daemon = Containerd(short_dir("cdb-"), proxy=snapshotter.socket).start()
+    with set_up(data, one_lcow(data)) as setup:
+        daemon, ref = setup.daemon, setup.ref
         for name in SNAPSHOTTERS:
             daemon.ctr("images", "pull", "--plain-http", "--snapshotter", name, ref)
         ctr = [CTR, "--address", str(daemon.address), "-n", daemon.namespace]
@@ -631,15 +636,6 @@ def serve_only(data: Path, commands: Path) -> dict[str, Any]:
         log(f"serving; commands in {commands}; SIGTERM ends")
         stop.wait()
         return {"machine": machine()}
-    finally:
-        if daemon is not None:
-            daemon.close()
-        status = snapshotter.stop()
-        Driver(snapshotter.root, ["lcow.backend=host"]).cleanup()
-        registry.stop()
-        shutil.rmtree(sock_dir, ignore_errors=True)
-        if status != 0:
-            log(f"the lcow snapshotter exited {status}: {snapshotter.log.read_text()[-2000:]}")
 
 
 def main() -> int:
