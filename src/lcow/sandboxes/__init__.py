@@ -20,7 +20,7 @@ from lcow.sandboxes.fsprofile import (
     mke2fs_argv,
     mke2fs_options,
 )
-from lcow.sandboxes.make import MkfsFailed, make_sandbox, make_sandbox_template
+from lcow.sandboxes.make import MkfsFailed, make_raw_sandbox, make_sandbox, make_sandbox_template
 from lcow.sandboxes.sizes import (
     MAX_SANDBOX_GB,
     MIN_EXACT_SIZE,
@@ -40,6 +40,7 @@ __all__ = [
     "MkfsFailed",
     "copy_sandbox",
     "exact_sandbox_size",
+    "make_raw_sandbox",
     "make_sandbox",
     "make_sandbox_template",
     "mke2fs_argv",
