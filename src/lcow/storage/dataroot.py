@@ -4,6 +4,7 @@
 
     <root>/                 0700, made by init
       cache/ scratch/       0700; cache/sandbox.vhdx is the blank sandbox template
+                            (cache/sandbox.img the raw one, made when first needed)
       <id>/                 one folder per layer (0700)
         layer.vhd           read-only layer: ext4 + fixed VHD footer (ApplyDiff)
         sandbox.vhdx        writable layer (CreateReadWrite, or Get on a Create-only layer)
