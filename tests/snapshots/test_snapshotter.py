@@ -445,6 +445,8 @@ def test_an_unpack_snapshot_is_a_raw_sandbox_mounted_without_the_storage_daemon(
         sn = _open(root)
         src = _source(sn, key)
         assert (src / "new").read_text() == "new\n" and not (src / "gone").exists()
+        usage = sn.usage(key)  # read while mounted: frozen, then the raw file itself
+        assert usage.size >= len("changed\nnew\n") and usage.inodes >= 4, usage
 
         sn.commit("ns/4/top", key)
         assert not (folder / SANDBOX_RAW).exists()
