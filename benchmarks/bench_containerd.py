@@ -55,6 +55,7 @@ the temporary directories are removed (unless ``--keep``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -67,7 +68,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ from tests.containerd.daemons import (  # noqa: E402
 from tests.containerd.pullprog import build_gopull  # noqa: E402
 from tests.containerd.test_lcow_snapshotter import Snapshotter  # noqa: E402
 
-from debian_image import BASE_TREES, push_debian  # noqa: E402
+from debian_image import BASE_TREES, PushedDebian, push_debian  # noqa: E402
 from lcow.backends.host.backend import STATE_FOLDER  # noqa: E402
 from lcow.graphdriver.driver import Driver  # noqa: E402
 
@@ -446,24 +447,70 @@ def paired_unpacks(
     return samples
 
 
-def measure_fastpath(data: Path, runs: int, hold: bool) -> dict[str, Any]:
-    gopull = build_gopull(data / "go")
+@dataclass
+class SetUp:
+    """What :func:`set_up` started: containerd over the snapshotters, the pushed image."""
+
+    daemon: Containerd
+    snapshotters: list[Snapshotter]
+    image: PushedDebian
+    ref: str
+    sock_dir: Path
+
+
+@contextlib.contextmanager
+def set_up(
+    data: Path,
+    snapshotters: Callable[[Path], list[Snapshotter]],
+    containerd: Callable[[list[Snapshotter]], Containerd] | None = None,
+) -> Iterator[SetUp]:
+    """Build the image and push it to a fresh registry, start the snapshotters (made by
+    ``snapshotters`` with their socket folder) and containerd (``containerd``; default: the
+    first snapshotter as the ``lcow`` proxy); afterwards stop all of it by pid and release the
+    snapshotters' views."""
     registry = Registry(data / "registry").start()
     sock_dir = short_dir("lcowb-")
-    link = sock_dir / "cd.sock"
-    fast = Snapshotter(data / "fast-root", sock_dir / "fast.sock", data / "fast.log",
-                       extra=["--containerd-address", str(link)])  # fmt: skip
-    plain = Snapshotter(data / "plain-root", sock_dir / "plain.sock", data / "plain.log")
+    started = snapshotters(sock_dir)
     daemon: Containerd | None = None
     try:
         log("building the image")
         image = push_debian(data, registry.address)
         ref = image.reference
         log(f"pushed {ref}: base {image.base}, layers {image.gzip_layer_bytes}")
-        fast.start()
-        plain.start()
-        daemon = TwoProxies(short_dir("cdb-"), proxy=fast.socket, plain=plain.socket).start()
-        link.symlink_to(daemon.address)
+        for snapshotter in started:
+            snapshotter.start()
+        if containerd is None:
+            daemon = Containerd(short_dir("cdb-"), proxy=started[0].socket).start()
+        else:
+            daemon = containerd(started)
+        yield SetUp(daemon, started, image, ref, sock_dir)
+    finally:
+        if daemon is not None:
+            daemon.close()
+        for running in started:
+            status = running.stop()
+            Driver(running.root, ["lcow.backend=host"]).cleanup()
+            if status != 0:
+                log(f"a snapshotter exited {status}: {running.log.read_text()[-2000:]}")
+        registry.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def measure_fastpath(data: Path, runs: int, hold: bool) -> dict[str, Any]:
+    gopull = build_gopull(data / "go")
+
+    def snapshotters(sock_dir: Path) -> list[Snapshotter]:
+        fast = Snapshotter(data / "fast-root", sock_dir / "fast.sock", data / "fast.log",
+                           extra=["--containerd-address", str(sock_dir / "cd.sock")])  # fmt: skip
+        return [fast, Snapshotter(data / "plain-root", sock_dir / "plain.sock", data / "plain.log")]
+
+    def two_proxies(started: list[Snapshotter]) -> Containerd:
+        fast, plain = started
+        return TwoProxies(short_dir("cdb-"), proxy=fast.socket, plain=plain.socket).start()
+
+    with set_up(data, snapshotters, two_proxies) as setup:
+        daemon, (fast, plain), image, ref = setup.daemon, setup.snapshotters, setup.image, setup.ref
+        (setup.sock_dir / "cd.sock").symlink_to(daemon.address)
         daemon.ctr("content", "fetch", "--plain-http", ref)
         script = data / "unpack.sh"
         keys = chain_ids(image.diff_ids)
@@ -485,35 +532,23 @@ def measure_fastpath(data: Path, runs: int, hold: bool) -> dict[str, Any]:
             "plain_commits": plain_commits,
             "expected_each": layers * (runs + 1),
             "summary": summarize(samples, rows=("unpack",), names=(FAST, PLAIN)),
-        }
-    finally:
-        if daemon is not None:
-            daemon.close()
-        for running in (fast, plain):
-            status = running.stop()
-            Driver(running.root, ["lcow.backend=host"]).cleanup()
-            if status != 0:
-                log(f"a snapshotter exited {status}: {running.log.read_text()[-2000:]}")
-        registry.stop()
-        shutil.rmtree(sock_dir, ignore_errors=True)
+        }  # fmt: skip
+
+
+def one_lcow(data: Path) -> Callable[[Path], list[Snapshotter]]:
+    """The single ``lcow`` snapshotter of :func:`measure` and :func:`serve_only`."""
+    return lambda sock_dir: [
+        Snapshotter(data / "lcow-root", sock_dir / "lcow.sock", data / "lcow.log")
+    ]
 
 
 # -- main --------------------------------------------------------------------------------------
 
 
 def measure(data: Path, runs: int, rows: tuple[str, ...] = ROWS) -> dict[str, Any]:
-    registry = Registry(data / "registry").start()
-    sock_dir = short_dir("lcowb-")
-    snapshotter = Snapshotter(data / "lcow-root", sock_dir / "lcow.sock", data / "lcow.log")
-    daemon: Containerd | None = None
-    try:
-        log("building the image")
-        image = push_debian(data, registry.address)
-        ref = image.reference
-        log(f"pushed {ref}: base {image.base}, layers {image.gzip_layer_bytes}")
-        snapshotter.start()
-        daemon = Containerd(short_dir("cdb-"), proxy=snapshotter.socket).start()
-        bench = Bench(daemon, snapshotter, ref)
+    with set_up(data, one_lcow(data)) as setup:
+        daemon, ref, image = setup.daemon, setup.ref, setup.image
+        bench = Bench(daemon, setup.snapshotters[0], ref)
         samples: list[Sample] = []
         for rep in range(runs if "pull" in rows else 0):
             order = SNAPSHOTTERS if rep % 2 == 0 else SNAPSHOTTERS[::-1]
@@ -531,15 +566,6 @@ def measure(data: Path, runs: int, rows: tuple[str, ...] = ROWS) -> dict[str, An
             "samples": [asdict(s) for s in samples],
             "summary": summarize(samples, rows),
         }  # fmt: skip
-    finally:
-        if daemon is not None:
-            daemon.close()
-        status = snapshotter.stop()
-        Driver(snapshotter.root, ["lcow.backend=host"]).cleanup()
-        registry.stop()
-        shutil.rmtree(sock_dir, ignore_errors=True)
-        if status != 0:
-            log(f"the lcow snapshotter exited {status}: {snapshotter.log.read_text()[-2000:]}")
 
 
 def serve_only(data: Path, commands: Path) -> dict[str, Any]:
@@ -547,20 +573,11 @@ def serve_only(data: Path, commands: Path) -> dict[str, Any]:
     ``ctr run`` and ``ctr images pull`` command lines of each snapshotter to ``commands``
     (shell words, one ``NAME=ARGV`` a line) for an outside timer; serve until SIGTERM or
     SIGINT, then stop everything."""
-    registry = Registry(data / "registry").start()
-    sock_dir = short_dir("lcowb-")
-    snapshotter = Snapshotter(data / "lcow-root", sock_dir / "lcow.sock", data / "lcow.log")
-    daemon: Containerd | None = None
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    try:
-        log("building the image")
-        image = push_debian(data, registry.address)
-        ref = image.reference
-        log(f"pushed {ref}: base {image.base}, layers {image.gzip_layer_bytes}")
-        snapshotter.start()
-        daemon = Containerd(short_dir("cdb-"), proxy=snapshotter.socket).start()
+    with set_up(data, one_lcow(data)) as setup:
+        daemon, ref = setup.daemon, setup.ref
         for name in SNAPSHOTTERS:
             daemon.ctr("images", "pull", "--plain-http", "--snapshotter", name, ref)
         ctr = [CTR, "--address", str(daemon.address), "-n", daemon.namespace]
@@ -576,15 +593,6 @@ def serve_only(data: Path, commands: Path) -> dict[str, Any]:
         log(f"serving; commands in {commands}; SIGTERM ends")
         stop.wait()
         return {"machine": machine()}
-    finally:
-        if daemon is not None:
-            daemon.close()
-        status = snapshotter.stop()
-        Driver(snapshotter.root, ["lcow.backend=host"]).cleanup()
-        registry.stop()
-        shutil.rmtree(sock_dir, ignore_errors=True)
-        if status != 0:
-            log(f"the lcow snapshotter exited {status}: {snapshotter.log.read_text()[-2000:]}")
 
 
 def main() -> int:

@@ -23,7 +23,7 @@ from lcow.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NoSp
 from lcow.graphdriver.driver import Driver
 from lcow.snapshots.metastore import Kind
 from lcow.snapshots.snapshotter import METASTORE, Mount, Snapshotter
-from lcow.storage.dataroot import LAYER_VHD, SANDBOX_VHDX
+from lcow.storage.dataroot import LAYER_VHD, SANDBOX_RAW, SANDBOX_VHDX
 from tests.helpers import assert_e2fsck_clean, host_leftovers, requires, run
 
 pytestmark = requires("host", "mke2fs", "e2fsck")
@@ -423,3 +423,49 @@ def test_other_snapshots_go_on_while_one_is_converted(
     assert errors == []
     assert set(_tar_names(sn, "ns/4/slow")) == {"f"}
     assert set(_tar_names(sn, "ns/6/fast")) == {"g"}
+
+
+def test_an_unpack_snapshot_is_a_raw_sandbox_mounted_without_the_storage_daemon(
+    root: Path,
+) -> None:
+    sn = _open(root)
+    try:
+        base = _commit_base(sn)  # prepared as extract-base: raw too
+        key = "ns/3/extract-1234 sha256:" + "c" * 64  # containerd's unpacker's key
+        src = _source_of(sn.prepare(key, base))
+        folder = sn.driver.root.layer_dir(sn.stat(key).id)
+        assert (folder / SANDBOX_RAW).is_file() and not (folder / SANDBOX_VHDX).exists()
+        assert sn.driver.backend.daemon.pid() is None  # nothing exported: no storage daemon
+        (src / "etc/os").write_text("changed\n")
+        (src / "gone").unlink()
+        (src / "new").write_text("new\n")
+
+        sn.close()  # a reboot: every mount gone; the raw sandbox is mounted again at startup
+        Driver(root, ["lcow.backend=host"]).cleanup()
+        sn = _open(root)
+        src = _source(sn, key)
+        assert (src / "new").read_text() == "new\n" and not (src / "gone").exists()
+        usage = sn.usage(key)  # read while mounted: frozen, then the raw file itself
+        assert usage.size >= len("changed\nnew\n") and usage.inodes >= 4, usage
+
+        sn.commit("ns/4/top", key)
+        assert not (folder / SANDBOX_RAW).exists()
+        assert_e2fsck_clean(folder / LAYER_VHD)
+        names = _tar_names(sn, "ns/4/top")
+        assert {"etc/os", "new", ".wh.gone"} <= set(names), sorted(names)
+        assert list(kernel.mounts_below(root / "mounts")) == []
+
+        other = sn.stat(_prepared(sn, "ns/5/c", "ns/4/top")).id  # not an unpack: a VHDX
+        assert (sn.driver.root.layer_dir(other) / SANDBOX_VHDX).is_file()
+    finally:
+        sn.close()
+
+
+def _source_of(mounts: list[Mount]) -> Path:
+    (mount,) = mounts
+    return Path(mount.source)
+
+
+def _prepared(sn: Snapshotter, key: str, parent: str) -> str:
+    sn.prepare(key, parent)
+    return key

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from lcow.errors import AlreadyExists, CorruptImage, InvalidArgument, NotFound
+from lcow.snapshots import metastore
 from lcow.snapshots.filters import matches, parse_filters, snapshot_fields
 from lcow.snapshots.labels import MAX_LABEL_BYTES, MAX_LABELS, check_key, check_labels
-from lcow.snapshots.metastore import Kind, MetaStore, Snapshot
+from lcow.snapshots.metastore import TARGET_LABEL, Kind, MetaStore, Snapshot
 
 
 def _snap(key: str, layer: str, kind: Kind = Kind.ACTIVE, parent: str | None = None) -> Snapshot:
@@ -196,3 +197,45 @@ def test_keys_and_labels_are_bounded() -> None:
     for labels in hostile:
         with pytest.raises(InvalidArgument, match="snapshot k"):
             check_labels(labels, "k")
+
+
+def test_a_committed_target_is_found_by_an_index_lookup(store: MetaStore) -> None:
+    target, other = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+    def row(key: str, layer: str, kind: Kind, parent: str | None, chain: str) -> Snapshot:
+        return Snapshot(key, layer, kind, parent, {TARGET_LABEL: chain, "x": "y"}, 1, 2)
+
+    with store.transaction() as tx:
+        tx.insert(row("ns/1/base", "l0", Kind.COMMITTED, None, other))
+        tx.insert(row("ns/lcow-fastpath/t", "l1", Kind.COMMITTED, "ns/1/base", target))
+        tx.insert(row("ns/2/active", "l2", Kind.ACTIVE, "ns/1/base", target))
+        tx.insert(row("ns2/3/t", "l3", Kind.COMMITTED, "ns/1/base", target))
+        tx.insert(row("ns/4/top", "l4", Kind.COMMITTED, None, target))
+        for n in range(200):  # unrelated rows the lookup must not read
+            tx.insert(row(f"ns/9/{n}", f"m{n}", Kind.COMMITTED, None, f"sha256:{n:064x}"))
+        found = tx.committed_target(target, "ns/1/base", "ns/")
+        assert found is not None and found.key == "ns/lcow-fastpath/t"
+        top = tx.committed_target(target, None, "ns/")
+        assert top is not None and top.key == "ns/4/top"  # a parent of None is matched too
+        assert tx.committed_target(target, "ns/1/base", "ns2/") == tx.require("ns2/3/t")
+        assert tx.committed_target(target, "ns/4/top", "ns/") is None  # another parent
+        assert tx.committed_target(other, "ns/1/base", "ns/") is None  # another target
+        assert tx.committed_target(target, "ns/1/base", "n/") is None  # another namespace
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)  # the lookup's own SQL, values bound
+        tx.committed_target(target, "ns/1/base", "ns/")
+        store._db.set_trace_callback(None)
+    (lookup,) = statements
+    plan = store._db.execute("EXPLAIN QUERY PLAN " + lookup).fetchall()
+    assert any("USING INDEX snapshots_target" in str(step[-1]) for step in plan), plan
+
+
+def test_an_existing_database_gains_the_target_index(tmp_path: Path) -> None:
+    path = tmp_path / "meta.db"
+    old = sqlite3.connect(path)
+    old.executescript(metastore._SCHEMA.split("CREATE INDEX IF NOT EXISTS snapshots_target")[0])
+    old.execute("PRAGMA user_version=1")
+    old.close()
+    MetaStore(path).close()
+    names = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+    assert "snapshots_target" in names

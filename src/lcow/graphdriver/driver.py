@@ -33,7 +33,7 @@ from lcow.convert.input import FileSlice
 from lcow.convert.options import ConvertOptions, ConvertResult
 from lcow.convert.tar2ext4 import tar2ext4
 from lcow.convert.tarwriter import END_OF_ARCHIVE, as_writer
-from lcow.errors import AlreadyExists, Busy, LcowError, NoSpace, NotFound
+from lcow.errors import AlreadyExists, Busy, LcowError, NoSpace, NotFound, NotSupported
 from lcow.formats.ext4.reader import Ext4Reader
 from lcow.formats.source import open_source
 from lcow.graphdriver.diffstream import DiffStream
@@ -48,8 +48,15 @@ from lcow.layerdiff.changes import (
     tree_changes,
 )
 from lcow.layerdiff.export_changes import export_changes
-from lcow.sandboxes import copy_sandbox, make_sandbox
-from lcow.storage.dataroot import LAYER_VHD, SANDBOX_VHDX, DataRoot, validate_id
+from lcow.sandboxes import copy_sandbox, make_raw_sandbox, make_sandbox
+from lcow.storage.dataroot import (
+    LAYER_VHD,
+    SANDBOX_RAW,
+    SANDBOX_VHDX,
+    SANDBOXES,
+    DataRoot,
+    validate_id,
+)
 from lcow.storage.locks import LayerLocks, RootLock
 
 __all__ = ["SERVER_LINGER", "Driver"]
@@ -219,21 +226,36 @@ class Driver:
             self.root.write_chain(layer_id, chain)  # LCOW: an existing folder is fine
 
     def create_read_write(
-        self, layer_id: str, parent: str | None = None, opts: Mapping[str, str] | None = None
+        self,
+        layer_id: str,
+        parent: str | None = None,
+        opts: Mapping[str, str] | None = None,
+        *,
+        raw: bool = False,
     ) -> None:
-        """Create, then give the layer an empty ``sandbox.vhdx``.
+        """Create, then give the layer an empty ``sandbox.vhdx`` (with ``raw``: an empty
+        ``sandbox.img``, for content that is only ever exported; see
+        :attr:`~lcow.storage.dataroot.LayerFile.raw`).
 
         A failure (a bad option, a full disk, a backend that cannot format) leaves no layer
         behind: options are checked before anything is made, and a folder this call made is
         removed again. A Create-only folder that existed before keeps existing.
+
+        Raises:
+            NotSupported: ``raw`` with a backend that cannot mount a raw sandbox.
         """
         validate_id(layer_id)
         size = sandbox_size_bytes(layer_id, opts)
+        if raw:
+            self._check_raw(layer_id)
         with self._locks.hold(layer_id):
             existed = os.path.lexists(self.root.layer_dir(layer_id))
             self.create(layer_id, parent, opts)
             try:
-                self._materialise_sandbox(layer_id, size)
+                if raw:
+                    self._materialise_raw_sandbox(layer_id, size)
+                else:
+                    self._materialise_sandbox(layer_id, size)
             except BaseException:
                 if not existed:
                     with self._root_lock.hold():
@@ -251,6 +273,27 @@ class Driver:
             with self._locks.hold(_CACHE_LOCK):
                 if not template.exists():
                     make_sandbox(template, None)
+            copy_sandbox(template, target)
+
+    def _check_raw(self, layer_id: str) -> None:
+        if not getattr(self.backend, "raw_sandboxes", False):
+            raise NotSupported(
+                f"lcowdriver: {layer_id}: the {self.backend.name} backend cannot mount a raw "
+                f"sandbox ({SANDBOX_RAW})",
+                subject=layer_id,
+            )
+
+    def _materialise_raw_sandbox(self, layer_id: str, size: int | None) -> None:
+        """Write ``<id>/sandbox.img``: a copy of the cached raw template for the default size."""
+        target = self.root.layer_dir(layer_id) / SANDBOX_RAW
+        with _naming_full_disks(layer_id, SANDBOX_RAW):
+            if size is not None:
+                make_raw_sandbox(target, size)
+                return
+            template = self.root.cache / SANDBOX_RAW
+            with self._locks.hold(_CACHE_LOCK):
+                if not template.exists():
+                    make_raw_sandbox(template, None)
             copy_sandbox(template, target)
 
     # -- content -----------------------------------------------------------------------------
@@ -298,8 +341,9 @@ class Driver:
                 # leave the old content beside metadata that vouches for the new one.
                 with _naming_full_disks(layer_id, "lcow-layer.json"):
                     self.root.write_meta(layer_id, meta)
-            with contextlib.suppress(FileNotFoundError):
-                (folder / SANDBOX_VHDX).unlink()
+            for sandbox in SANDBOXES:
+                with contextlib.suppress(FileNotFoundError):
+                    (folder / sandbox).unlink()
             return result.content_size
 
     def _convert(
@@ -483,6 +527,8 @@ class Driver:
             if self.backend.writable and DataRoot.layer_file(folders[0]) is None:
                 self._materialise_sandbox(layer_id, None)
             disks = [LayerDisk(f, DataRoot.layer_file(f)) for f in folders]
+            if any(d.disk is not None and d.disk.raw for d in disks):
+                self._check_raw(layer_id)
             return self.backend.acquire(layer_id, disks)
 
     def put(self, layer_id: str) -> None:

@@ -5,7 +5,8 @@ copies it, a backend makes other sizes (on the host here, or in a VM with the sa
 
 - :mod:`.fsprofile` — the file system: LCOW's ``mke2fs`` features and options, pinned.
 - :mod:`.sizes` — the size policy: LCOW's GB sizes, Docker's exact ones, the VHDX limit.
-- :mod:`.make` — ``mke2fs`` on a sparse raw file, packed into a dynamic VHDX.
+- :mod:`.make` — ``mke2fs`` on a sparse raw file, packed into a dynamic VHDX (or, for a
+  sandbox only ever exported, kept raw: ``sandbox.img``).
 - :mod:`.copies` — a sparse, atomic copy of a template.
 """
 
@@ -20,7 +21,7 @@ from lcow.sandboxes.fsprofile import (
     mke2fs_argv,
     mke2fs_options,
 )
-from lcow.sandboxes.make import MkfsFailed, make_sandbox, make_sandbox_template
+from lcow.sandboxes.make import MkfsFailed, make_raw_sandbox, make_sandbox, make_sandbox_template
 from lcow.sandboxes.sizes import (
     MAX_SANDBOX_GB,
     MIN_EXACT_SIZE,
@@ -40,6 +41,7 @@ __all__ = [
     "MkfsFailed",
     "copy_sandbox",
     "exact_sandbox_size",
+    "make_raw_sandbox",
     "make_sandbox",
     "make_sandbox_template",
     "mke2fs_argv",

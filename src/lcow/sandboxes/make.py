@@ -19,13 +19,13 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
-from lcow._util.atomic import atomic_output
+from lcow._util.atomic import atomic_output, fsync_dir
 from lcow.errors import FailedPrecondition, NotSupported
 from lcow.formats.vhd.vhdx_writer import raw_to_dynamic_vhdx
 from lcow.sandboxes.fsprofile import MKE2FS_CONF, mke2fs_argv
 from lcow.sandboxes.sizes import MIN_SANDBOX_GB, exact_sandbox_size, sandbox_size_bytes
 
-__all__ = ["MkfsFailed", "make_sandbox", "make_sandbox_template"]
+__all__ = ["MkfsFailed", "make_raw_sandbox", "make_sandbox", "make_sandbox_template"]
 
 _SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -150,7 +150,18 @@ def make_sandbox(path: str | os.PathLike[str], size: int | None = None) -> None:
     _make(path, exact_sandbox_size(size))
 
 
-def _make(path: str | os.PathLike[str], size: int) -> None:
+def make_raw_sandbox(path: str | os.PathLike[str], size: int | None = None) -> None:
+    """:func:`make_sandbox`, but the ext4 stays in its sparse raw file, which becomes ``path``
+    (a ``sandbox.img``; see :attr:`lcow.storage.dataroot.LayerFile.raw`).
+
+    Raises:
+        As :func:`make_sandbox`.
+    """
+    _make(path, exact_sandbox_size(size) if size is not None else
+          sandbox_size_bytes(MIN_SANDBOX_GB), vhdx=False)  # fmt: skip
+
+
+def _make(path: str | os.PathLike[str], size: int, *, vhdx: bool = True) -> None:
     target = os.path.abspath(path)  # absolute: never read as an option by mke2fs
     directory = os.path.dirname(target)
     stem = f".{os.path.basename(target)}.tmp-{secrets.token_hex(6)}"  # swept by Cleanup
@@ -161,6 +172,15 @@ def _make(path: str | os.PathLike[str], size: int) -> None:
             f.write(MKE2FS_CONF)
         _sparse_file(raw, size)
         _run_mke2fs(raw, conf, size)
+        if not vhdx:
+            fd = os.open(raw, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(raw, target)
+            fsync_dir(directory)
+            return
         raw_fd = os.open(raw, os.O_RDONLY | os.O_CLOEXEC)
         try:
             with atomic_output(target, fsync=True, mode=0o600) as out_fd:

@@ -59,7 +59,7 @@ from lcow.errors import AlreadyExists, InvalidArgument, LcowError, NoSpace
 from lcow.graphdriver.driver import Driver
 from lcow.snapshots.content import ContentStore, check_namespace
 from lcow.snapshots.labels import check_key, check_labels
-from lcow.snapshots.metastore import Kind, Snapshot, Transaction
+from lcow.snapshots.metastore import TARGET_LABEL, Kind, Snapshot, Transaction
 from lcow.snapshots.snapshotter import Mount, Snapshotter, new_layer_id
 
 __all__ = [
@@ -73,8 +73,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The chain ID of the layer a Prepare is for (containerd's unpacker).
-TARGET_LABEL = "containerd.io/snapshot.ref"
 #: The digest of the layer's blob (CRI's image handler, ``pkg/snapshotters``).
 LAYER_DIGEST_LABEL = "containerd.io/snapshot/cri.layer-digest"
 #: Set by lcow on a snapshot converted from its blob: that blob's digest.
@@ -306,12 +304,7 @@ class FastPathSnapshotter(Snapshotter):
     @staticmethod
     def _found(tx: Transaction, req: _Request) -> bool:
         """Whether this namespace has the target committed over the same parent already."""
-        return any(
-            s.kind is Kind.COMMITTED and s.parent == req.parent
-            and s.labels.get(TARGET_LABEL) == req.target
-            and s.key.startswith(req.namespace + "/")
-            for s in tx.all()
-        )  # fmt: skip
+        return tx.committed_target(req.target, req.parent, req.namespace + "/") is not None
 
     def _blob_size(self, req: _Request) -> int | None:
         """The blob's size once it is committed in the content store; ``None``: it is not,

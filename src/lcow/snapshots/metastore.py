@@ -28,10 +28,16 @@ from pathlib import Path
 
 from lcow.errors import AlreadyExists, CorruptImage, NotFound
 
-__all__ = ["Kind", "MetaStore", "Snapshot", "Transaction"]
+__all__ = ["TARGET_LABEL", "Kind", "MetaStore", "Snapshot", "Transaction"]
+
+#: The chain ID of the layer a snapshot holds, set by containerd's unpacker; indexed, so that
+#: the snapshot of a layer is found without reading every row.
+TARGET_LABEL = "containerd.io/snapshot.ref"
 
 _SCHEMA_VERSION = 1
-_SCHEMA = """
+# The target label's value, as indexed (a query must spell it the same to use the index).
+_TARGET = f"json_extract(labels, '$.\"{TARGET_LABEL}\"')"
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS snapshots (
     key            TEXT PRIMARY KEY,
     id             TEXT NOT NULL UNIQUE,
@@ -47,6 +53,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     pending_labels TEXT
 );
 CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots (parent);
+CREATE INDEX IF NOT EXISTS snapshots_target ON snapshots ({_TARGET});
 """
 _COLUMNS = (
     "key, id, kind, parent, labels, created_ns, updated_ns, view_id, held, source, "
@@ -167,6 +174,16 @@ class Transaction:
         """Keys of the snapshots whose parent is ``key``."""
         rows = self._db.execute("SELECT key FROM snapshots WHERE parent = ?", (key,))
         return [str(r[0]) for r in rows]
+
+    def committed_target(self, target: str, parent: str | None, prefix: str) -> Snapshot | None:
+        """A committed snapshot over ``parent`` whose :data:`TARGET_LABEL` is ``target`` and
+        whose key starts with ``prefix`` (an index lookup), or ``None``."""
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM snapshots WHERE {_TARGET} = ? AND kind = 'committed' "
+            "AND parent IS ? AND substr(key, 1, ?) = ? ORDER BY key LIMIT 1",
+            (target, parent, len(prefix), prefix),
+        ).fetchone()
+        return None if row is None else _row_to_snapshot(row)
 
     def all(self) -> list[Snapshot]:
         """Every snapshot, by key."""

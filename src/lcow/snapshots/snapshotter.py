@@ -7,6 +7,11 @@ parents, labels and times.
 * **Prepare** (active): ``create_read_write(id, parent)`` — a ``sandbox.vhdx`` over the
   parent's chain — then a Get of the layer; the mounts are one bind mount of the view's host
   directory (``rbind``, ``rw``), which containerd's mount code mounts without help.
+  A Prepare for containerd's unpacker (a key named ``extract-...``: the walking differ writes a
+  layer's tar into it, then Commits it) gets a raw sandbox (``sandbox.img``) instead: its
+  content is only ever exported, so no VHDX is needed, and the host backend mounts the file
+  itself — Commit's write-back of the layer's files then goes into the host's page cache
+  rather than through the storage daemon (benchmarks/RESULTS.md, issue 15's pull).
 * **View**: the same, bound ``ro``. A view has a sandbox of its own rather than sharing the
   parent's read-only view: the host backend mounts a lone read-only layer directly, and its
   image's ``lost+found`` would then show in the view (and in every diff containerd computes
@@ -34,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import secrets
 import threading
 import time
@@ -66,6 +72,7 @@ log = logging.getLogger(__name__)
 #: The metastore's file in the data root (a dot name: never a layer id, never swept).
 METASTORE = ".snapshots.db"
 _LOST_FOUND = b"/lost+found"
+_UNPACK_KEY = re.compile(r"(?:[^/]+/[0-9]+/)?extract-")
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,12 @@ class Usage:
 
     size: int
     inodes: int
+
+
+def _is_unpack(key: str) -> bool:
+    """Whether ``key`` is one containerd's unpacker prepares a layer under (``extract-<unique>
+    <chain ID>``, below containerd's ``<namespace>/<number>/``)."""
+    return _UNPACK_KEY.match(key) is not None
 
 
 def _now() -> int:
@@ -216,7 +229,8 @@ class Snapshotter:
                     raise AlreadyExists(f"snapshot {key}: already exists", subject=key)
                 parent_id = self._committed_parent(tx, key, parent)
             layer_id = view_id = new_layer_id()
-            self.driver.create_read_write(layer_id, parent_id)
+            raw = kind is Kind.ACTIVE and _is_unpack(key)
+            self.driver.create_read_write(layer_id, parent_id, raw=raw)
             try:
                 source = self._get(view_id)
                 try:

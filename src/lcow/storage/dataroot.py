@@ -4,9 +4,11 @@
 
     <root>/                 0700, made by init
       cache/ scratch/       0700; cache/sandbox.vhdx is the blank sandbox template
+                            (cache/sandbox.img the raw one, made when first needed)
       <id>/                 one folder per layer (0700)
         layer.vhd           read-only layer: ext4 + fixed VHD footer (ApplyDiff)
         sandbox.vhdx        writable layer (CreateReadWrite, or Get on a Create-only layer)
+        sandbox.img         lcow only: a throwaway writable layer, raw ext4 (see LayerFile)
         layerchain.json     ancestors' folders, nearest first; ``null`` for a base
         lcow-layer.json     lcow's own metadata (content size, verity root); Windows ignores it
       <id>-removing/        transient during Remove; swept by Cleanup
@@ -35,6 +37,8 @@ __all__ = [
     "LAYER_META",
     "LAYER_VHD",
     "REMOVING_SUFFIX",
+    "SANDBOXES",
+    "SANDBOX_RAW",
     "SANDBOX_VHDX",
     "DataRoot",
     "LayerFile",
@@ -46,6 +50,8 @@ log = logging.getLogger(__name__)
 
 LAYER_VHD = "layer.vhd"
 SANDBOX_VHDX = "sandbox.vhdx"
+SANDBOX_RAW = "sandbox.img"
+SANDBOXES = (SANDBOX_VHDX, SANDBOX_RAW)
 LAYER_CHAIN = "layerchain.json"
 LAYER_META = "lcow-layer.json"
 REMOVING_SUFFIX = "-removing"
@@ -103,7 +109,18 @@ class LayerFile:
     """The disk holding a folder's own content."""
 
     path: Path
-    writable: bool  # sandbox.vhdx (True) or layer.vhd (False)
+    writable: bool  # a sandbox (True) or layer.vhd (False)
+
+    @property
+    def raw(self) -> bool:
+        """A ``sandbox.img``: an empty ext4 in a sparse raw file rather than in a VHDX.
+
+        lcow's own, for a writable layer whose content is only ever exported (containerd's
+        unpack snapshots, converted at Commit and discarded): the host backend loop-mounts the
+        file itself, with no storage daemon and no FUSE export between, and nothing needs the
+        VHDX a VM would attach. The file is as durable as the VHDX (the loop device passes the
+        file system's flushes on as ``fsync``)."""
+        return self.path.name == SANDBOX_RAW
 
 
 class DataRoot:
@@ -205,13 +222,14 @@ class DataRoot:
 
     @staticmethod
     def layer_file(folder: Path) -> LayerFile | None:
-        """The folder's ``layer.vhd``, else its ``sandbox.vhdx``, else ``None``."""
+        """The folder's ``layer.vhd``, else its sandbox (``sandbox.vhdx`` or ``sandbox.img``),
+        else ``None``."""
         vhd = folder / LAYER_VHD
         if vhd.exists():
             return LayerFile(vhd, writable=False)
-        vhdx = folder / SANDBOX_VHDX
-        if vhdx.exists():
-            return LayerFile(vhdx, writable=True)
+        for name in SANDBOXES:
+            if (folder / name).exists():
+                return LayerFile(folder / name, writable=True)
         return None
 
     @staticmethod
@@ -298,7 +316,7 @@ class DataRoot:
     @staticmethod
     def sweep_folder(folder: Path) -> None:
         """Delete what interrupted writes left in a layer folder (or ``cache/``): temporary
-        files, and a ``sandbox.vhdx`` beside a ``layer.vhd`` (ApplyDiff renames the new image
+        files, and a sandbox beside a ``layer.vhd`` (ApplyDiff renames the new image
         into place, then deletes the sandbox it replaces; ``layer.vhd`` wins, so the sandbox is
         never read again). Call with the folder's layer lock held."""
         with contextlib.suppress(FileNotFoundError):
@@ -307,5 +325,6 @@ class DataRoot:
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
         if (folder / LAYER_VHD).exists():
-            with contextlib.suppress(OSError):
-                (folder / SANDBOX_VHDX).unlink()
+            for name in SANDBOXES:
+                with contextlib.suppress(OSError):
+                    (folder / name).unlink()

@@ -122,6 +122,7 @@ class HostBackend:
 
     name = "host"
     writable = True
+    raw_sandboxes = True  # a sandbox.img is loop-mounted itself, without the storage daemon
     persistent = True  # views and counts outlive the process (kept in the data root)
     mount_threads = 4
 
@@ -203,7 +204,7 @@ class HostBackend:
         the disks no view uses, then stop the daemon when no recorded disk is a sandbox."""
         with self.table.transaction() as state:
             self._release_unused(state, [k for k, d in state.disks.items() if d.users == 0])
-            if not any(d.writable for d in state.disks.values()):
+            if not any(d.exported for d in state.disks.values()):
                 self.daemon.stop()
 
     def _release_unused(self, state: MountState, keys: list[str]) -> None:
@@ -272,7 +273,7 @@ class HostBackend:
         """A path from which ``disk``'s own content can be read consistently right now.
 
         A mounted sandbox is frozen (its writes flushed and writers held) and read through
-        its raw export; any other disk is its own file.
+        its raw export (a raw sandbox: the file itself); any other disk is its own file.
         """
         if not disk.writable:
             yield disk.path
@@ -286,7 +287,7 @@ class HostBackend:
             _thaw_abandoned(mountpoint)
             kernel.freeze(mountpoint)
             try:
-                yield self.home / "e" / entry.slot
+                yield self.home / "e" / entry.slot if entry.exported else disk.path
             finally:
                 kernel.thaw(mountpoint)
 
@@ -398,14 +399,14 @@ class HostBackend:
                     state.disks[key].users += 1
                 elif key not in fresh:
                     fresh[key] = (disk, next(slots))
-            exports = [(slot, d.path) for d, slot in fresh.values() if d.writable]
+            exports = [(slot, d.path) for d, slot in fresh.values() if _exported(d)]
             if exports:
                 self._export(exports)
             self._mount_disks(state, fresh)
         except BaseException:
             mounted = [k for k in keys if k in state.disks]
             for key, (disk, slot) in fresh.items():
-                if disk.writable and key not in state.disks:
+                if _exported(disk) and key not in state.disks:
                     self._unexport([(slot, None)])
             self._release_disks(state, mounted, force=True)
             raise
@@ -434,11 +435,11 @@ class HostBackend:
             raise failure
 
     def _mount_disk(self, disk: LayerFile, slot: str) -> DiskEntry:
-        """Loop-mount a layer file (a sandbox through its export) at ``d/<slot>``."""
+        """Loop-mount a layer file (a VHDX sandbox through its export) at ``d/<slot>``."""
         mountpoint = self.home / "d" / slot
         mountpoint.mkdir(mode=0o700, exist_ok=True)
         if disk.writable:
-            backing = self.home / "e" / slot
+            backing = self.home / "e" / slot if _exported(disk) else disk.path
             size = backing.stat().st_size
         else:
             backing, size = disk.path, ext4_size(disk.path)
@@ -493,10 +494,10 @@ class HostBackend:
                     continue
             del state.disks[key]
             unmounted.append(entry)
-        exports = [(e.slot, e.device) for e in unmounted if e.writable]
+        exports = [(e.slot, e.device) for e in unmounted if e.exported]
         if exports:
             self._unexport(exports)
-        daemon_idle = bool(exports) and not any(d.writable for d in state.disks.values())
+        daemon_idle = bool(exports) and not any(d.exported for d in state.disks.values())
         if daemon_idle and self.daemon_idle <= 0:
             self.daemon.stop()
         elif daemon_idle or kept:
@@ -598,7 +599,7 @@ class HostBackend:
     def _unexport_orphans(self, state: MountState) -> None:
         """End exports and remove export files that no recorded sandbox disk has; stop the
         daemon when none is left."""
-        exports = {f"x{d.slot}" for d in state.disks.values() if d.writable}
+        exports = {f"x{d.slot}" for d in state.disks.values() if d.exported}
         orphans = [name for name in self.daemon.exports() if name not in exports]
         if orphans:
             log.warning("host backend: removing orphan exports %s", ", ".join(orphans))
@@ -620,6 +621,11 @@ def _disk_key(disk: LayerFile) -> str:
         raise FailedPrecondition(
             f"{disk.path}: the layer file vanished", subject=str(disk.path)
         ) from exc
+
+
+def _exported(disk: LayerFile) -> bool:
+    """Whether the storage daemon exports ``disk`` for its loop device (a VHDX sandbox)."""
+    return disk.writable and not disk.raw
 
 
 def _has_lost_found(content: Path, writable: bool) -> bool:

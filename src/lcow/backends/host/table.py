@@ -23,6 +23,7 @@ from typing import Any
 
 from lcow._util.atomic import atomic_output
 from lcow.errors import CorruptImage
+from lcow.storage.dataroot import SANDBOX_RAW
 
 __all__ = ["DiskEntry", "MountState", "MountTable", "ViewEntry"]
 
@@ -35,11 +36,17 @@ class DiskEntry:
     """One attached disk: a layer file mounted at ``d/<slot>`` through loop ``device``."""
 
     slot: str
-    image: str  # the layer.vhd or sandbox.vhdx path
+    image: str  # the layer.vhd or sandbox path
     writable: bool
     device: str
     lost_found: bool  # its lost+found is layer content (see backend's mask)
     users: int = 1  # views using it
+
+    @property
+    def exported(self) -> bool:
+        """Whether the storage daemon exports it: a VHDX sandbox (a raw one, like a layer,
+        is its loop device's own backing file)."""
+        return self.writable and os.path.basename(self.image) != SANDBOX_RAW
 
 
 @dataclass
