@@ -11,8 +11,9 @@ Layout, in write order (all 4 KiB blocks):
 
 The group count and inodes per group are chosen last, as the smallest that hold everything
 (``flex_bg`` lets every table live anywhere). Blocks of replaced files are freed in the bitmap.
-Features: ext_attr, sparse_super2 (no backups), filetype, extents, flex_bg, large_file,
-huge_file, extra_isize, read-only; inline_data on request. No journal, no checksums.
+Features: ext_attr, dir_index (no directory indexed), sparse_super2 (no backups), filetype,
+extents, flex_bg, large_file, huge_file, extra_isize, read-only; inline_data on request. No
+journal, no checksums.
 
 When the optional C module ``lcow._ext4pack`` is built (and ``LCOW_NATIVE`` is not ``0``), it
 packs the directory blocks and the inode table rows that need no dictionary data; every other
