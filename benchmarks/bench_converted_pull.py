@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from tests.containerd.daemons import Registry  # noqa: E402
 from tests.containerd.images import BuiltImage, push_image, write_index, write_manifest  # noqa: E402
 
-from bench_containerd import base_rootfs  # noqa: E402
+from debian_image import base_rootfs  # noqa: E402
 
 DEFAULT_DATA = Path("/var/tmp/lcow-bench-converted")
 
