@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from lcow._util.atomic import atomic_output
 from lcow._util.decompress import decompress
+from lcow._util.hashwriter import HashingWriter
 from lcow.errors import CorruptImage, InvalidArgument, LcowError, NotFound
 from lcow.formats.ext4.read_super import parse_superblock
 from lcow.formats.verity import content_uuid, read_verity_superblock
@@ -169,12 +170,6 @@ def _check_image(fd: int, layer: ArtifactLayer, name: str) -> None:
                                "annotations", subject=layer.digest)  # fmt: skip
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def _digest_error(name: str, what: str, expected: str, got: str) -> DigestMismatch:
     return DigestMismatch(f"{name}: {what} mismatch: got {got}", subject=expected,
                           expected=expected, got=got)  # fmt: skip
@@ -183,21 +178,20 @@ def _digest_error(name: str, what: str, expected: str, got: str) -> DigestMismat
 def _copy_plain(reader: BlobReader, fd: int, layer: ArtifactLayer, name: str,
                 progress: Callable[[int], None] | None) -> None:  # fmt: skip
     """An uncompressed ``layer.vhd`` blob (the first publishes' media type)."""
-    digest = hashlib.sha256()
-    while chunk := reader.read(_CHUNK):
-        digest.update(chunk)
-        _write_all(fd, chunk)
-        if progress is not None:
-            progress(len(chunk))
-    got = f"sha256:{digest.hexdigest()}"
-    if got != layer.digest:
-        raise _digest_error(name, "digest", layer.digest, got)
+    with HashingWriter(fd, layer.digest) as writer:
+        while chunk := reader.read(_CHUNK):
+            writer.write(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    if writer.digest != layer.digest:
+        raise _digest_error(name, "digest", layer.digest, writer.digest)
 
 
 def _copy_zstd(reader: BlobReader, fd: int, layer: ArtifactLayer, name: str,
                progress: Callable[[int], None] | None) -> None:  # fmt: skip
     """A zstd-compressed blob: the blob's digest (and size, by the reader) checked as it
-    streams, its decompressed bytes' size and digest against the annotations."""
+    streams, its decompressed bytes' size and digest against the annotations. Receiving,
+    hashing and decompressing run here, hashing and writing the output on a helper thread."""
     blob = hashlib.sha256()
 
     def read(n: int) -> bytes:
@@ -207,16 +201,18 @@ def _copy_zstd(reader: BlobReader, fd: int, layer: ArtifactLayer, name: str,
             progress(len(data))
         return data
 
-    image = hashlib.sha256()
     written = 0
     try:
-        for piece in decompress("zstd", read, name=name, chunk=_ZSTD_CHUNK):
-            written += len(piece)
-            if written > layer.image_size:  # a bomb ends here, not when the disk is full
-                raise CorruptImage(f"{name}: decompresses to more than its annotated "
-                                   f"{layer.image_size} bytes", subject=layer.digest)  # fmt: skip
-            image.update(piece)
-            _write_all(fd, piece)
+        with HashingWriter(fd, layer.digest) as writer:
+            for piece in decompress("zstd", read, name=name, chunk=_ZSTD_CHUNK):
+                written += len(piece)
+                if written > layer.image_size:  # a bomb ends here, not when the disk is full
+                    raise CorruptImage(
+                        f"{name}: decompresses to more than its annotated "
+                        f"{layer.image_size} bytes",
+                        subject=layer.digest,
+                    )
+                writer.write(piece)
     except InvalidArgument as exc:
         # Damaged on the way, or published so? Only the rest of the blob can tell.
         got = None
@@ -233,9 +229,8 @@ def _copy_zstd(reader: BlobReader, fd: int, layer: ArtifactLayer, name: str,
     if written != layer.image_size:
         raise CorruptImage(f"{name}: decompresses to {written} bytes, its annotation says "
                            f"{layer.image_size}", subject=layer.digest)  # fmt: skip
-    got = f"sha256:{image.hexdigest()}"
-    if got != layer.image_digest:
-        raise _digest_error(name, "uncompressed digest", layer.image_digest, got)
+    if writer.digest != layer.image_digest:
+        raise _digest_error(name, "uncompressed digest", layer.image_digest, writer.digest)
 
 
 def _download(  # noqa: PLR0913 - the layer and its folder, then keyword-only provenance, progress
