@@ -207,11 +207,9 @@ def _copy_zstd(reader: BlobReader, fd: int, layer: ArtifactLayer, name: str,
             for piece in decompress("zstd", read, name=name, chunk=_ZSTD_CHUNK):
                 written += len(piece)
                 if written > layer.image_size:  # a bomb ends here, not when the disk is full
-                    raise CorruptImage(
-                        f"{name}: decompresses to more than its annotated "
-                        f"{layer.image_size} bytes",
-                        subject=layer.digest,
-                    )
+                    raise CorruptImage(f"{name}: decompresses to more than its annotated "
+                                       f"{layer.image_size} bytes",
+                                       subject=layer.digest)  # fmt: skip
                 writer.write(piece)
     except InvalidArgument as exc:
         # Damaged on the way, or published so? Only the rest of the blob can tell.
