@@ -59,6 +59,7 @@ class Published:
     tar_blobs: tuple[str, ...]
     root: Path
     artifact: str
+    published: list[dict[str, Any]]
 
 
 def _sha(data: bytes) -> str:
@@ -94,7 +95,7 @@ def _publish(registry: Registry, tmp_path: Path) -> Published:
     assert all(layer["Uploaded"] for layer in result["Layers"])
     repository = reference.split("/", 1)[1].rsplit(":", 1)[0]
     return Published(registry, reference, repository, manifest, tars, blobs, root,
-                     result["Artifact"])  # fmt: skip
+                     result["Artifact"], result["Layers"])  # fmt: skip
 
 
 def _log_since(registry: Registry, offset: int) -> str:
@@ -340,6 +341,10 @@ def test_artifact_layers_are_zstd_frames_of_layer_vhd(
     artifact = httpx.get(f"{api}/manifests/{pub.artifact}", headers={"Accept": OCI_MANIFEST})
     for i, layer in enumerate(artifact.json()["layers"]):
         vhd = _vhd_of(pub, i)
+        said = pub.published[i]
+        assert (said["Digest"], said["Size"]) == (layer["digest"], layer["size"])
+        assert (said["MediaType"], said["ImageDigest"], said["ImageSize"]) == (
+            LAYER_VHD_ZSTD, _sha(vhd), len(vhd))  # fmt: skip
         assert layer["mediaType"] == LAYER_VHD_ZSTD
         assert layer["annotations"][UNCOMPRESSED_DIGEST] == _sha(vhd)
         assert layer["annotations"][UNCOMPRESSED_SIZE] == str(len(vhd))
@@ -527,7 +532,7 @@ def test_dm_verity_layers_go_only_to_verity_roots(plain_registry: Registry, tmp_
     second = lcow(plain, "publish", "--plain-http", "--json", ref)
     assert second.returncode == 0, second.stderr
     repository = ref.split("/", 1)[1].rsplit(":", 1)[0]
-    pub = Published(plain_registry, ref, repository, manifest, tars, (), plain, "")
+    pub = Published(plain_registry, ref, repository, manifest, tars, (), plain, "", [])
     listed = [m["digest"] for m in _fallback_index(pub)["manifests"]]  # type: ignore[index]
     assert listed == [first["Artifact"], json.loads(second.stdout)["Artifact"]]
     fresh = tmp_path / "fresh"
