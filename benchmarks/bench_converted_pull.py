@@ -2,7 +2,7 @@
 """Benchmark a converted pull against a converting pull (issue 16 part 4; goal <= 0.5x).
 
     sudo TMPDIR=/tmp/SHORT .venv/bin/python benchmarks/bench_converted_pull.py --serve CMDS \\
-        [--data /var/tmp/lcow-bench-converted] [--keep] &
+        [--data /var/tmp/lcow-bench-converted] [--tar LAYER.tar] [--keep] &
     # then time the two command lines in CMDS from outside, in pairs, e.g.
     #   . CMDS; hyperfine -N -r 11 "$converted" "$converting"      (hyperfine is in Debian)
     # and end the script with SIGTERM (the registry is stopped, --data removed)
@@ -12,7 +12,9 @@ tests start it); a one-layer image whose layer is a Debian-rootfs-sized tree —
 filesystem plus this machine's ``/usr/lib/python3`` and ``/usr/share/doc`` (about 200 MB, the
 base of ``bench_containerd.py``; no network needed) — gzip-compressed as registries store
 layers, pushed with skopeo; a publisher data root that pulls it (converting) and publishes it
-(``lcow publish``). Then the two commands, each a whole process from nothing:
+(``lcow publish``). ``--tar`` takes another tar as the one layer instead (e.g. the D2
+site-packages dataset of ``datasets.py``: many small files, where conversion costs more); it is
+read, never changed. Then the two commands, each a whole process from nothing:
 
 * ``converted`` — ``lcow --root DATA/a pull --plain-http REF``: finds the artifact through the
   fallback tag and downloads the ``layer.vhd`` (no tar fetched, nothing converted);
@@ -34,6 +36,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -44,7 +47,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from tests.containerd.daemons import Registry  # noqa: E402
 from tests.containerd.images import BuiltImage, push_image, write_index, write_manifest  # noqa: E402
 
-from bench_containerd import base_rootfs  # noqa: E402
+from debian_image import base_rootfs  # noqa: E402
 
 DEFAULT_DATA = Path("/var/tmp/lcow-bench-converted")
 
@@ -65,11 +68,17 @@ def run(argv: list[str]) -> str:
     return proc.stdout
 
 
-def set_up(data: Path) -> tuple[Registry, str, dict[str, int]]:
+def tar_facts(tar: Path) -> dict[str, int]:
+    with tarfile.open(tar) as archive:
+        entries = sum(1 for _ in archive)
+    return {"bytes": tar.stat().st_size, "entries": entries}
+
+
+def set_up(data: Path, given: Path | None) -> tuple[Registry, str, dict[str, int]]:
     """The registry, the pushed and published image's reference, the base tar's facts."""
     data.mkdir(parents=True, exist_ok=True)
-    tar = data / "base.tar"
-    facts = base_rootfs(tar)
+    tar = data / "base.tar" if given is None else given
+    facts = base_rootfs(tar) if given is None else tar_facts(tar)
     log(f"base layer: {facts['bytes']} bytes, {facts['entries']} entries")
     registry = Registry(data / "registry").start()
     layout = data / "layout"
@@ -78,7 +87,8 @@ def set_up(data: Path) -> tuple[Registry, str, dict[str, int]]:
     reference = push_image(BuiltImage(layout, "v1", digest, "", layers), registry.address,
                            "bench/debianish", data)  # fmt: skip
     facts["gzip_bytes"] = layers[0].size
-    tar.unlink()
+    if given is None:
+        tar.unlink()
     shutil.rmtree(layout)
     publisher = data / "publisher"
     run(lcow_argv(publisher, "pull", "--plain-http", reference))
@@ -106,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", metavar="CMDS", type=Path, required=True,
                         help="write the command lines here and wait for SIGTERM")  # fmt: skip
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--tar", type=Path, help="the layer's tar (default: the Debian-like tree)")
     parser.add_argument("--keep", action="store_true", help="keep --data at the end")
     args = parser.parse_args(argv)
     registry = None
@@ -118,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     try:
-        registry, reference, facts = set_up(args.data)
+        registry, reference, facts = set_up(args.data, args.tar)
         lines = commands(args.data, reference)
         args.serve.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in lines.items()))
         (args.data / "facts.json").write_text(json.dumps(facts, indent=1))

@@ -14,9 +14,11 @@ import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import zstandard
 
 from lcow.images.chainid import chain_ids, layer_id
 from tests.containerd.daemons import Registry
@@ -39,6 +41,10 @@ pytestmark = [requires("registry", "skopeo", "e2fsck", "loop"), pytest.mark.slow
 ARTIFACT_TYPE = "application/vnd.lcow.layers.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+LAYER_VHD = "application/vnd.lcow.layer.vhd.v1"
+LAYER_VHD_ZSTD = "application/vnd.lcow.layer.vhd.v1+zstd"
+UNCOMPRESSED_DIGEST = "io.lcow.layer.uncompressed-digest"
+UNCOMPRESSED_SIZE = "io.lcow.layer.uncompressed-size"
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class Published:
     tar_blobs: tuple[str, ...]
     root: Path
     artifact: str
+    published: list[dict[str, Any]]
 
 
 def _sha(data: bytes) -> str:
@@ -88,7 +95,7 @@ def _publish(registry: Registry, tmp_path: Path) -> Published:
     assert all(layer["Uploaded"] for layer in result["Layers"])
     repository = reference.split("/", 1)[1].rsplit(":", 1)[0]
     return Published(registry, reference, repository, manifest, tars, blobs, root,
-                     result["Artifact"])  # fmt: skip
+                     result["Artifact"], result["Layers"])  # fmt: skip
 
 
 def _log_since(registry: Registry, offset: int) -> str:
@@ -206,28 +213,64 @@ def test_publish_is_idempotent_and_keeps_foreign_entries(
     assert manifests[0] == entry  # type: ignore[index]
 
 
-def _replace_artifact(pub: Published, edit: str) -> str:
+def _put_blob(api: str, blob: bytes) -> str:
+    upload = httpx.post(f"{api}/blobs/uploads/")
+    location = httpx.URL(upload.headers["location"]).copy_merge_params({"digest": _sha(blob)})
+    httpx.put(location, content=blob).raise_for_status()
+    return _sha(blob)
+
+
+def _vhd_of(pub: Published, index: int) -> bytes:
+    return _layer_bytes(pub.root, pub.tars)[index]
+
+
+def _edit_layer(pub: Published, layer: dict[str, Any], edit: str) -> None:
+    """One layer descriptor of the artifact, changed as ``edit`` says (blobs pushed here)."""
+    api = _api(pub.registry, pub.repository)
+    annotations = layer["annotations"]
+    if edit == "not-a-vhd":  # a zstd blob whose annotations are right: it is just not an image
+        size = int(annotations[UNCOMPRESSED_SIZE])
+        data = (b"not an ext4 image in a VHD " * (size // 27 + 1))[:size]
+        blob = zstandard.ZstdCompressor(level=3).compress(data)
+        layer["digest"], layer["size"] = _put_blob(api, blob), len(blob)
+        annotations[UNCOMPRESSED_DIGEST] = _sha(data)
+    elif edit == "corrupt-zstd":  # the publisher's frame with a byte changed, pushed as is
+        get = httpx.get(f"{api}/blobs/{layer['digest']}", follow_redirects=True)
+        blob = bytearray(get.content)
+        blob[len(blob) // 2] ^= 0x55
+        layer["digest"] = _put_blob(api, bytes(blob))
+    elif edit == "uncompressed-digest":
+        annotations[UNCOMPRESSED_DIGEST] = _sha(b"another layer.vhd")
+    elif edit in ("size-short", "size-long"):
+        size = int(annotations[UNCOMPRESSED_SIZE])
+        annotations[UNCOMPRESSED_SIZE] = str(size - 512 if edit == "size-short" else size + 512)
+    else:
+        raise AssertionError(edit)
+
+
+def _replace_artifact(pub: Published, edit: str, index: int = 0) -> str:
     """Push a manipulated copy of the artifact and make the fallback index list only it."""
     api = _api(pub.registry, pub.repository)
     original = httpx.get(f"{api}/manifests/{pub.artifact}", headers={"Accept": OCI_MANIFEST})
     document = original.json()
     if edit == "diff-id":
         document["layers"][1]["annotations"]["io.lcow.layer.diff-id"] = _sha(b"another tar")
-    elif edit == "not-a-vhd":  # a blob of the right size whose digest the artifact names
-        size = document["layers"][0]["size"]
-        blob = (b"not an ext4 image in a VHD " * (size // 27 + 1))[:size]
-        upload = httpx.post(f"{api}/blobs/uploads/")
-        location = httpx.URL(upload.headers["location"]).copy_merge_params({"digest": _sha(blob)})
-        httpx.put(location, content=blob).raise_for_status()
-        document["layers"][0]["digest"] = _sha(blob)
+    elif edit == "uncompressed":  # as the first publishes pushed them: the layer.vhd itself
+        for i, layer in enumerate(document["layers"]):
+            vhd = _vhd_of(pub, i)
+            assert layer["annotations"].pop(UNCOMPRESSED_DIGEST) == _sha(vhd)
+            assert layer["annotations"].pop(UNCOMPRESSED_SIZE) == str(len(vhd))
+            layer.update(mediaType=LAYER_VHD, digest=_put_blob(api, vhd), size=len(vhd))
+    else:
+        _edit_layer(pub, document["layers"][index], edit)
     data = json.dumps(document).encode()
     httpx.put(f"{api}/manifests/{_sha(data)}", content=data,
               headers={"Content-Type": OCI_MANIFEST}).raise_for_status()  # fmt: skip
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+    index_doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
         {"mediaType": OCI_MANIFEST, "digest": _sha(data), "size": len(data),
          "artifactType": ARTIFACT_TYPE}]}  # fmt: skip
     tag = "sha256-" + pub.manifest.removeprefix("sha256:")
-    httpx.put(f"{api}/manifests/{tag}", content=json.dumps(index).encode(),
+    httpx.put(f"{api}/manifests/{tag}", content=json.dumps(index_doc).encode(),
               headers={"Content-Type": OCI_INDEX}).raise_for_status()  # fmt: skip
     return _sha(data)
 
@@ -285,6 +328,69 @@ def test_tampered_layer_vhd_is_refused(plain_registry: Registry, tmp_path: Path)
     assert proc.returncode == 0, proc.stderr
     assert f"converted layers refused: artifact {pub.artifact}" in proc.stderr, proc.stderr
     assert f"sha256:{vhd}" in proc.stderr and "digest mismatch" in proc.stderr, proc.stderr
+    _assert_fell_back(proc.stdout, pub, root, tmp_path / "mnt")
+
+
+def test_artifact_layers_are_zstd_frames_of_layer_vhd(
+    plain_registry: Registry, tmp_path: Path
+) -> None:
+    """Each blob is one zstd frame (the zstd library as oracle) of the publisher's layer.vhd,
+    whose digest and size the annotations name."""
+    pub = _publish(plain_registry, tmp_path)
+    api = _api(plain_registry, pub.repository)
+    artifact = httpx.get(f"{api}/manifests/{pub.artifact}", headers={"Accept": OCI_MANIFEST})
+    for i, layer in enumerate(artifact.json()["layers"]):
+        vhd = _vhd_of(pub, i)
+        said = pub.published[i]
+        assert (said["Digest"], said["Size"]) == (layer["digest"], layer["size"])
+        assert (said["MediaType"], said["ImageDigest"], said["ImageSize"]) == (
+            LAYER_VHD_ZSTD, _sha(vhd), len(vhd))  # fmt: skip
+        assert layer["mediaType"] == LAYER_VHD_ZSTD
+        assert layer["annotations"][UNCOMPRESSED_DIGEST] == _sha(vhd)
+        assert layer["annotations"][UNCOMPRESSED_SIZE] == str(len(vhd))
+        blob = httpx.get(f"{api}/blobs/{layer['digest']}", follow_redirects=True).content
+        assert _sha(blob) == layer["digest"] and len(blob) == layer["size"] < len(vhd)
+        assert zstandard.ZstdDecompressor().decompress(blob) == vhd
+
+
+def test_uncompressed_artifact_still_lands(plain_registry: Registry, tmp_path: Path) -> None:
+    """Artifacts published before zstd (the layer.vhd as the blob) are still used."""
+    pub = _publish(plain_registry, tmp_path)
+    replaced = _replace_artifact(pub, "uncompressed")
+    root = tmp_path / "fresh"
+    proc = lcow(root, "pull", "--plain-http", "--json", pub.reference)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["Artifact"] == replaced
+    assert [layer["Converted"] for layer in result["Layers"]] == [True] * 3
+    assert _layer_bytes(root, pub.tars) == _layer_bytes(pub.root, pub.tars)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("corrupt-zstd", "corrupt zstd stream"),
+        ("uncompressed-digest", "uncompressed digest mismatch: got "),
+        ("size-short", "decompresses to more than its annotated"),
+        ("size-long", "bytes, its annotation says"),
+    ],
+)
+def test_bad_zstd_layer_is_refused(
+    plain_registry: Registry, tmp_path: Path, edit: str, message: str
+) -> None:
+    """A blob whose digest is right but whose zstd frame, or what it decompresses to, is not
+    what the annotations say: refused naming the blob, the tars converted instead."""
+    pub = _publish(plain_registry, tmp_path)
+    bad = _replace_artifact(pub, edit, index=1)
+    api = _api(plain_registry, pub.repository)
+    layer = httpx.get(f"{api}/manifests/{bad}", headers={"Accept": OCI_MANIFEST}).json()
+    digest = layer["layers"][1]["digest"]
+    root = tmp_path / "fresh"
+    proc = lcow(root, "pull", "--plain-http", "--json", pub.reference)
+    assert proc.returncode == 0, proc.stderr
+    assert f"converted layers refused: artifact {bad}" in proc.stderr, proc.stderr
+    assert message in proc.stderr and digest in proc.stderr, proc.stderr
+    assert "digest mismatch: got" not in proc.stderr or edit == "uncompressed-digest", proc.stderr
     _assert_fell_back(proc.stdout, pub, root, tmp_path / "mnt")
 
 
@@ -426,7 +532,7 @@ def test_dm_verity_layers_go_only_to_verity_roots(plain_registry: Registry, tmp_
     second = lcow(plain, "publish", "--plain-http", "--json", ref)
     assert second.returncode == 0, second.stderr
     repository = ref.split("/", 1)[1].rsplit(":", 1)[0]
-    pub = Published(plain_registry, ref, repository, manifest, tars, (), plain, "")
+    pub = Published(plain_registry, ref, repository, manifest, tars, (), plain, "", [])
     listed = [m["digest"] for m in _fallback_index(pub)["manifests"]]  # type: ignore[index]
     assert listed == [first["Artifact"], json.loads(second.stdout)["Artifact"]]
     fresh = tmp_path / "fresh"

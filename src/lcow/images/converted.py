@@ -10,14 +10,15 @@ facts match the image the user asked for:
 * its layers carry a dm-verity hash tree exactly when this data root makes them
   (``lcow.dmverity``: the option is part of a layer image's bytes).
 
-:func:`land_converted` then downloads each missing layer's ``layer.vhd`` into a temporary file
-in the layer's folder while hashing it, checks the digest and size the artifact names, that the
-file is a lcow layer image (VHD footer of a fixed disk of the right size, an ext4 superblock
-lcow reads, the verity superblock where the annotation says), and only then renames it into
-place with the metadata an import writes (diff ID, chain ID, sizes, verity root hash) plus
-``converted_from`` (``registry/repository@artifact-digest``). Verified layers already there are
-reused; a failure removes the layers this attempt created, and the caller falls back to the
-tar layers.
+:func:`land_converted` then downloads each missing layer's blob into a temporary file in the
+layer's folder while hashing it — decompressing it on the way when it is zstd, whose result
+must have the uncompressed size and digest the annotations name — checks the digest and size
+the artifact names, that the file is a lcow layer image (VHD footer of a fixed disk of the right
+size, an ext4 superblock lcow reads, the verity superblock where the annotation says), and only
+then renames it into place with the metadata an import writes (diff ID, chain ID, sizes, verity
+root hash) plus ``converted_from`` (``registry/repository@artifact-digest``). Verified layers
+already there are reused; a failure removes the layers this attempt created, and the caller
+falls back to the tar layers.
 
 What this proves and what it does not: the bytes are the ones the artifact names, and the
 artifact is about this image. That ``layer.vhd`` holds the tar whose diff ID it is annotated
@@ -27,6 +28,7 @@ what a converted pull saves. See docs/registry.md, "Trust".
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -35,7 +37,9 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING
 
 from lcow._util.atomic import atomic_output
-from lcow.errors import CorruptImage, LcowError, NotFound
+from lcow._util.decompress import decompress
+from lcow._util.hashwriter import HashingWriter
+from lcow.errors import CorruptImage, InvalidArgument, LcowError, NotFound
 from lcow.formats.ext4.read_super import parse_superblock
 from lcow.formats.verity import content_uuid, read_verity_superblock
 from lcow.formats.vhd.footer import DISK_TYPE_FIXED, FOOTER_SIZE, parse_footer
@@ -50,7 +54,7 @@ from lcow.registry.artifact import (
     fallback_tag,
     parse_artifact,
 )
-from lcow.registry.client import RegistryClient
+from lcow.registry.client import BlobReader, RegistryClient
 from lcow.registry.errors import BlobMismatch
 from lcow.registry.resolve import OCI_INDEX, OCI_MANIFEST
 from lcow.storage.dataroot import DataRoot
@@ -65,6 +69,7 @@ log = logging.getLogger(__name__)
 #: ``ImportResult.format`` of a converted pull.
 CONVERTED_FORMAT = "registry-converted"
 _CHUNK = 1 << 20
+_ZSTD_CHUNK = 4 << 20  # decompressed bytes per write: fewer system calls and Python rounds
 _SUPERBLOCK_AT = 1024
 _SUPERBLOCK_SIZE = 1024
 
@@ -142,9 +147,9 @@ def _check_image(fd: int, layer: ArtifactLayer, name: str) -> None:
     Raises:
         CorruptImage: it is not.
     """
-    disk = layer.size - FOOTER_SIZE
+    disk = layer.image_size - FOOTER_SIZE
     if disk < _SUPERBLOCK_AT + _SUPERBLOCK_SIZE:
-        raise CorruptImage(f"{name}: {layer.size} bytes is too small for a layer image",
+        raise CorruptImage(f"{name}: {layer.image_size} bytes is too small for a layer image",
                            subject=layer.digest)  # fmt: skip
     try:
         footer = parse_footer(os.pread(fd, FOOTER_SIZE, disk))
@@ -165,6 +170,67 @@ def _check_image(fd: int, layer: ArtifactLayer, name: str) -> None:
                                "annotations", subject=layer.digest)  # fmt: skip
 
 
+def _digest_error(name: str, what: str, expected: str, got: str) -> DigestMismatch:
+    return DigestMismatch(f"{name}: {what} mismatch: got {got}", subject=expected,
+                          expected=expected, got=got)  # fmt: skip
+
+
+def _copy_plain(reader: BlobReader, fd: int, layer: ArtifactLayer, name: str,
+                progress: Callable[[int], None] | None) -> None:  # fmt: skip
+    """An uncompressed ``layer.vhd`` blob (the first publishes' media type)."""
+    with HashingWriter(fd, layer.digest) as writer:
+        while chunk := reader.read(_CHUNK):
+            writer.write(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    if writer.digest != layer.digest:
+        raise _digest_error(name, "digest", layer.digest, writer.digest)
+
+
+def _copy_zstd(reader: BlobReader, fd: int, layer: ArtifactLayer, name: str,
+               progress: Callable[[int], None] | None) -> None:  # fmt: skip
+    """A zstd-compressed blob: the blob's digest (and size, by the reader) checked as it
+    streams, its decompressed bytes' size and digest against the annotations. Receiving,
+    hashing and decompressing run here, hashing and writing the output on a helper thread."""
+    blob = hashlib.sha256()
+
+    def read(n: int) -> bytes:
+        data = reader.read(n)
+        blob.update(data)
+        if progress is not None:
+            progress(len(data))
+        return data
+
+    written = 0
+    try:
+        with HashingWriter(fd, layer.digest) as writer:
+            for piece in decompress("zstd", read, name=name, chunk=_ZSTD_CHUNK):
+                written += len(piece)
+                if written > layer.image_size:  # a bomb ends here, not when the disk is full
+                    raise CorruptImage(f"{name}: decompresses to more than its annotated "
+                                       f"{layer.image_size} bytes",
+                                       subject=layer.digest)  # fmt: skip
+                writer.write(piece)
+    except InvalidArgument as exc:
+        # Damaged on the way, or published so? Only the rest of the blob can tell.
+        got = None
+        with contextlib.suppress(LcowError, OSError):
+            while read(_CHUNK):
+                pass
+            got = f"sha256:{blob.hexdigest()}"
+        if got is not None and got != layer.digest:
+            raise _digest_error(name, "digest", layer.digest, got) from exc
+        raise CorruptImage(str(exc), subject=layer.digest) from exc
+    got = f"sha256:{blob.hexdigest()}"
+    if got != layer.digest:
+        raise _digest_error(name, "digest", layer.digest, got)
+    if written != layer.image_size:
+        raise CorruptImage(f"{name}: decompresses to {written} bytes, its annotation says "
+                           f"{layer.image_size}", subject=layer.digest)  # fmt: skip
+    if writer.digest != layer.image_digest:
+        raise _digest_error(name, "uncompressed digest", layer.image_digest, writer.digest)
+
+
 def _download(  # noqa: PLR0913 - the layer and its folder, then keyword-only provenance, progress
     driver: Driver,
     client: RegistryClient,
@@ -174,29 +240,20 @@ def _download(  # noqa: PLR0913 - the layer and its folder, then keyword-only pr
     origin: str,
     progress: Callable[[int], None] | None,
 ) -> None:
-    """Stream ``layer``'s blob into ``<lid>/layer.vhd``, renamed into place once checked."""
+    """Stream ``layer``'s blob into ``<lid>/layer.vhd`` (decompressed when it is zstd),
+    renamed into place once checked."""
     name = f"{client.registry}/{client.repository}: layer.vhd {layer.digest}"
-    meta: dict[str, object] = {"content_size": layer.content_size, "vhd_size": layer.size}
+    meta: dict[str, object] = {"content_size": layer.content_size, "vhd_size": layer.image_size}
     if layer.root_hash is not None:
         meta["root_hash"] = layer.root_hash
         meta["hash_offset"] = layer.hash_offset
     target = driver.root.layer_dir(lid) / "layer.vhd"
+    copy = _copy_zstd if layer.compressed else _copy_plain
     with (
         client.open_blob(layer.digest, layer.size) as reader,
         atomic_output(target, fsync=True) as fd,
     ):
-        digest = hashlib.sha256()
-        while chunk := reader.read(_CHUNK):
-            digest.update(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
-            if progress is not None:
-                progress(len(chunk))
-        got = f"sha256:{digest.hexdigest()}"
-        if got != layer.digest:
-            raise DigestMismatch(f"{name}: digest mismatch: got {got}", subject=layer.digest,
-                                 expected=layer.digest, got=got)  # fmt: skip
+        copy(reader, fd, layer, name, progress)
         _check_image(fd, layer, name)
         driver.root.write_meta(lid, meta)  # never an image without its sizes and root hash
     driver.root.write_meta(lid, {**meta, "diff_id": layer.diff_id, "chain_id": layer.chain_id,

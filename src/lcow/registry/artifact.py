@@ -6,9 +6,11 @@
      "mediaType": "application/vnd.oci.image.manifest.v1+json",
      "artifactType": "application/vnd.lcow.layers.v1+json",
      "config": <the OCI empty descriptor: application/vnd.oci.empty.v1+json, "{}">,
-     "layers": [{"mediaType": "application/vnd.lcow.layer.vhd.v1", "digest": ..., "size": ...,
+     "layers": [{"mediaType": "application/vnd.lcow.layer.vhd.v1+zstd", "digest": ..., "size": ...,
                  "annotations": {"io.lcow.layer.diff-id": ..., "io.lcow.layer.chain-id": ...,
                                  "io.lcow.layer.content-size": ...,
+                                 "io.lcow.layer.uncompressed-digest": ...,  (+zstd only)
+                                 "io.lcow.layer.uncompressed-size": ...,    (+zstd only)
                                  "io.lcow.layer.verity-root-hash": ...,      (dm-verity only)
                                  "io.lcow.layer.verity-hash-offset": ...}}, (dm-verity only)
                 ...],                                                    (base layer first)
@@ -20,6 +22,12 @@ OCI image index listing the artifacts that refer to that manifest. Every field i
 for shape; whether an artifact *matches* an image is :mod:`lcow.images.converted`'s question.
 The manifest carries no time and no host fact: publishing the same layers twice gives the same
 bytes, hence the same digest.
+
+A layer blob is either the ``layer.vhd`` itself (:data:`LAYER_VHD_MEDIA_TYPE`, what the first
+publishes pushed; still read) or one zstd frame of it (:data:`LAYER_VHD_ZSTD_MEDIA_TYPE`, what
+``lcow publish`` pushes now), which names the ``layer.vhd``'s own digest and size in two more
+annotations: the blob digest depends on the zstd library's version, the uncompressed digest
+only on the layer image.
 """
 
 from __future__ import annotations
@@ -41,10 +49,13 @@ __all__ = [
     "ANNOTATION_DIFF_ID",
     "ANNOTATION_HASH_OFFSET",
     "ANNOTATION_ROOT_HASH",
+    "ANNOTATION_UNCOMPRESSED_DIGEST",
+    "ANNOTATION_UNCOMPRESSED_SIZE",
     "ARTIFACT_TYPE",
     "EMPTY_CONFIG",
     "EMPTY_MEDIA_TYPE",
     "LAYER_VHD_MEDIA_TYPE",
+    "LAYER_VHD_ZSTD_MEDIA_TYPE",
     "MAX_CANDIDATES",
     "Artifact",
     "ArtifactLayer",
@@ -59,6 +70,8 @@ __all__ = [
 ARTIFACT_TYPE = "application/vnd.lcow.layers.v1+json"
 #: The media type of a ``layer.vhd`` blob (a fixed VHD holding an ext4 image).
 LAYER_VHD_MEDIA_TYPE = "application/vnd.lcow.layer.vhd.v1"
+#: The media type of a zstd-compressed ``layer.vhd`` blob (one zstd frame).
+LAYER_VHD_ZSTD_MEDIA_TYPE = "application/vnd.lcow.layer.vhd.v1+zstd"
 #: OCI 1.1's empty descriptor's media type; the config of an artifact without one.
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
 #: The empty config's bytes.
@@ -70,6 +83,8 @@ ANNOTATION_CHAIN_ID = "io.lcow.layer.chain-id"
 ANNOTATION_CONTENT_SIZE = "io.lcow.layer.content-size"
 ANNOTATION_ROOT_HASH = "io.lcow.layer.verity-root-hash"
 ANNOTATION_HASH_OFFSET = "io.lcow.layer.verity-hash-offset"
+ANNOTATION_UNCOMPRESSED_DIGEST = "io.lcow.layer.uncompressed-digest"
+ANNOTATION_UNCOMPRESSED_SIZE = "io.lcow.layer.uncompressed-size"
 
 #: Artifacts of ours tried per image at most (each costs a manifest request).
 MAX_CANDIDATES = 8
@@ -90,6 +105,8 @@ class ArtifactLayer:
         content_size: ApplyDiff's size of that tar (the unpacked bytes).
         root_hash: the dm-verity root hash (hex) when the image carries a hash tree.
         hash_offset: where the hash tree starts, with ``root_hash``.
+        vhd_digest: the ``layer.vhd``'s digest when the blob is zstd-compressed.
+        vhd_size: its size, likewise (``None`` both: the blob is the ``layer.vhd``).
     """
 
     digest: str
@@ -99,6 +116,28 @@ class ArtifactLayer:
     content_size: int
     root_hash: str | None = None
     hash_offset: int | None = None
+    vhd_digest: str | None = None
+    vhd_size: int | None = None
+
+    @property
+    def compressed(self) -> bool:
+        """Whether the blob is a zstd frame of the ``layer.vhd`` (else the file itself)."""
+        return self.vhd_digest is not None
+
+    @property
+    def media_type(self) -> str:
+        """The blob's media type."""
+        return LAYER_VHD_ZSTD_MEDIA_TYPE if self.compressed else LAYER_VHD_MEDIA_TYPE
+
+    @property
+    def image_digest(self) -> str:
+        """The ``layer.vhd``'s digest."""
+        return self.vhd_digest if self.vhd_digest is not None else self.digest
+
+    @property
+    def image_size(self) -> int:
+        """The ``layer.vhd``'s size."""
+        return self.vhd_size if self.vhd_size is not None else self.size
 
 
 @dataclass(frozen=True)
@@ -142,7 +181,10 @@ def artifact_manifest(subject: BlobRef, layers: Sequence[ArtifactLayer]) -> byte
         if layer.root_hash is not None:
             annotations[ANNOTATION_ROOT_HASH] = layer.root_hash
             annotations[ANNOTATION_HASH_OFFSET] = str(layer.hash_offset)
-        entries.append({"mediaType": LAYER_VHD_MEDIA_TYPE, "digest": layer.digest,
+        if layer.compressed:
+            annotations[ANNOTATION_UNCOMPRESSED_DIGEST] = layer.image_digest
+            annotations[ANNOTATION_UNCOMPRESSED_SIZE] = str(layer.image_size)
+        entries.append({"mediaType": layer.media_type, "digest": layer.digest,
                         "size": layer.size, "annotations": annotations})  # fmt: skip
     document = {
         "schemaVersion": 2,
@@ -226,9 +268,10 @@ def _count(text: str, key: str, what: str) -> int:
 
 def _layer(value: Any, what: str) -> ArtifactLayer:
     ref = descriptor(value, what)
-    if ref.media_type != LAYER_VHD_MEDIA_TYPE:
+    if ref.media_type not in (LAYER_VHD_MEDIA_TYPE, LAYER_VHD_ZSTD_MEDIA_TYPE):
         raise RegistryError(f"{what}: media type {quoted(ref.media_type)}, not "
-                            f"{LAYER_VHD_MEDIA_TYPE}", subject=what)  # fmt: skip
+                            f"{LAYER_VHD_ZSTD_MEDIA_TYPE} or {LAYER_VHD_MEDIA_TYPE}",
+                            subject=what)  # fmt: skip
     annotations = value.get("annotations")
     if not isinstance(annotations, Mapping):
         raise RegistryError(f"{what}: no annotations", subject=what)
@@ -247,7 +290,16 @@ def _layer(value: Any, what: str) -> ArtifactLayer:
                                 subject=what)  # fmt: skip
         offset = _count(_annotation(annotations, ANNOTATION_HASH_OFFSET, what),
                         ANNOTATION_HASH_OFFSET, what)  # fmt: skip
-    return ArtifactLayer(ref.digest, ref.size, diff_id, chain, content, root_hash, offset)
+    vhd_digest = vhd_size = None
+    if ref.media_type == LAYER_VHD_ZSTD_MEDIA_TYPE:
+        vhd_digest = _annotation(annotations, ANNOTATION_UNCOMPRESSED_DIGEST, what)
+        if not _DIGEST.fullmatch(vhd_digest):
+            raise RegistryError(f"{what}: annotation {ANNOTATION_UNCOMPRESSED_DIGEST} is not a "
+                                "sha256 digest", subject=what)  # fmt: skip
+        vhd_size = _count(_annotation(annotations, ANNOTATION_UNCOMPRESSED_SIZE, what),
+                          ANNOTATION_UNCOMPRESSED_SIZE, what)  # fmt: skip
+    return ArtifactLayer(ref.digest, ref.size, diff_id, chain, content, root_hash, offset,
+                         vhd_digest, vhd_size)  # fmt: skip
 
 
 def parse_artifact(document: Document, what: str) -> Artifact:
