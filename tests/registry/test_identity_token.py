@@ -115,3 +115,23 @@ def test_token_server_without_oauth_is_a_clear_error(
     assert "cannot be sent as Basic auth" in proc.stderr
     assert IDENTITY_TOKEN not in proc.stderr + proc.stdout
     assert not root.exists()
+
+
+def test_identity_token_post_is_not_redirected(
+    token_registry: TokenRegistry, docker_config: DockerConfig, tmp_path: Path
+) -> None:
+    """A 307 would re-send the form, refresh token included, wherever it points: refused."""
+    registry = token_registry.registry.address
+    config = docker_config({"auths": {registry: {"identitytoken": IDENTITY_TOKEN}}})
+    root = tmp_path / "root"
+    posted = len(token_registry.tokens.posted)
+    token_registry.tokens.redirect = f"{token_registry.tokens.realm}?redirected=1"
+    try:
+        proc = lcow(root, "-vv", "pull", "--plain-http", token_registry.reference, config=config)
+    finally:
+        token_registry.tokens.redirect = None
+    assert proc.returncode == 3, proc.stderr  # a protocol error, like too many redirects
+    assert "HTTP 307 redirect of the identity-token POST (not followed" in proc.stderr
+    assert len(token_registry.tokens.posted) == posted + 1  # the redirect was not followed
+    assert IDENTITY_TOKEN not in proc.stderr + proc.stdout
+    assert not root.exists()

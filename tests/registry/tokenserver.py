@@ -11,7 +11,8 @@ credentials get 401. Every request's query and user are recorded (:attr:`TokenSe
 ``{"access_token": JWT, "expires_in": 300, "refresh_token": ...}`` when the refresh token is the
 server's identity token (401 ``invalid_grant`` otherwise, 400 for another grant or a missing
 field); every form is recorded (:attr:`TokenServer.posted`). With ``oauth`` off, POST answers 404
-like a token server that only has GET. Plain HTTP on a free loopback port, served from a thread.
+like a token server that only has GET; with ``redirect`` set, a 307 there. Plain HTTP on a
+free loopback port, served from a thread.
 """
 
 from __future__ import annotations
@@ -75,6 +76,12 @@ class _Handler(BaseHTTPRequestHandler):
         form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
         with self.server.lock:
             self.server.posted.append(form)
+        if self.server.redirect is not None:
+            self.send_response(307)
+            self.send_header("Location", self.server.redirect)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if not self.server.oauth:
             self._answer(404, {"details": "no OAuth2 here"})
             return
@@ -100,6 +107,7 @@ class _Server(ThreadingHTTPServer):
     posted: list[dict[str, str]]
     identity_token = ""
     oauth = True
+    redirect: str | None = None
     key: Path
     cert_der: bytes
 
@@ -173,6 +181,15 @@ class TokenServer:
     @oauth.setter
     def oauth(self, value: bool) -> None:
         self._server.oauth = value
+
+    @property
+    def redirect(self) -> str | None:
+        """Where POST is redirected with a 307 (``None``: not redirected)."""
+        return self._server.redirect
+
+    @redirect.setter
+    def redirect(self, value: str | None) -> None:
+        self._server.redirect = value
 
     def __enter__(self) -> TokenServer:
         self._thread.start()
