@@ -9,8 +9,9 @@
   secure registry with ``skopeo copy --all``: this machine's architecture with a gzip, a zstd
   and a plain layer, and ``arm64`` (or ``amd64`` on an arm64 machine) with its own two layers.
 * ``token_registry`` (session): :class:`TokenRegistry`, a plain-HTTP registry requiring Bearer
-  tokens from a token server run by the test (:mod:`tests.registry.tokenserver`), with a
-  two-layer gzip image pushed.
+  tokens from a token server run by the test (:mod:`tests.registry.tokenserver`: GET with
+  Basic credentials, or the OAuth2 POST with :data:`IDENTITY_TOKEN`), with a two-layer gzip
+  image pushed.
 * ``docker_config``: a factory writing ``config.json`` into a new ``DOCKER_CONFIG`` folder.
 
 Daemons are stopped by pid at the end of the session.
@@ -34,8 +35,10 @@ from tests.registry.tokenserver import TokenServer
 
 USER = "lcowtester"
 PASSWORD = "s3cret-pass"  # a throwaway test password, only in the test registry's htpasswd
+#: The refresh token the test token server's OAuth2 POST accepts (a throwaway test value).
+IDENTITY_TOKEN = "lcow-test-refresh-9f3c2e7a"
 
-__all__ = ["PASSWORD", "USER", "MultiImage", "Pki", "TokenRegistry"]
+__all__ = ["IDENTITY_TOKEN", "PASSWORD", "USER", "MultiImage", "Pki", "TokenRegistry"]
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,7 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenRe
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
              "-days", "2", "-subj", "/CN=lcow test token issuer")  # fmt: skip
     base = short_dir("lcowreg-")
-    with TokenServer(key, cert, (USER, PASSWORD)) as tokens:
+    with TokenServer(key, cert, (USER, PASSWORD), IDENTITY_TOKEN) as tokens:
         registry = Registry(base / "registry", token=tokens.registry_config())
         try:
             registry.start()

@@ -25,6 +25,7 @@ from tests.containerd.daemons import Registry
 from tests.containerd.images import BuiltImage, push_image, write_index, write_manifest
 from tests.helpers import assert_e2fsck_clean, requires, veritysetup_verify
 from tests.registry.conftest import (
+    IDENTITY_TOKEN,
     PASSWORD,
     USER,
     DockerConfig,
@@ -444,6 +445,31 @@ def test_publish_asks_a_push_token(
     repository = ref.split("/", 1)[1].rsplit(":", 1)[0]
     scopes = {asked["scope"] for asked in token_registry.tokens.asked[before:]}
     assert scopes == {f"repository:{repository}:pull,push"}
+
+
+def test_publish_with_an_identity_token(
+    token_registry: TokenRegistry, docker_config: DockerConfig, tmp_path: Path
+) -> None:
+    """The push token comes from the OAuth2 POST too, with the scope ``pull,push``."""
+    registry = token_registry.registry.address
+    basic = docker_config({"auths": {registry: {"auth": basic_auth(USER, PASSWORD)}}})
+    identity = docker_config({"auths": {registry: {"identitytoken": IDENTITY_TOKEN}}})
+    root = tmp_path / "root"
+    ref, _, _, _ = _push(token_registry.registry, tmp_path / "image", f"{USER}:{PASSWORD}")
+    pulled = lcow(root, "pull", "--plain-http", ref, config=basic)
+    assert pulled.returncode == 0, pulled.stderr
+    before = len(token_registry.tokens.posted)
+    published = lcow(root, "-vv", "publish", "--plain-http", ref, config=identity)
+    assert published.returncode == 0, published.stderr
+    repository = ref.split("/", 1)[1].rsplit(":", 1)[0]
+    posted = token_registry.tokens.posted[before:]
+    assert posted and all(
+        form == {"grant_type": "refresh_token", "refresh_token": IDENTITY_TOKEN,
+                 "service": "lcow-test-registry", "scope": f"repository:{repository}:pull,push",
+                 "client_id": "lcow"}
+        for form in posted
+    )  # fmt: skip
+    assert IDENTITY_TOKEN not in published.stderr + published.stdout
 
 
 @requires("loop")

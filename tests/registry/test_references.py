@@ -145,3 +145,27 @@ def test_credential_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     fallback = _config(tmp_path, {"credsStore": "empty", "auths": auths})
     found = find_credentials("a.example", fallback)
     assert found is not None and found.username == "a"
+
+
+def test_identity_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``identitytoken`` wins over a password beside it (docker's ``auth`` is then ``user:``);
+    a helper's ``<token>`` user makes its secret the identity token; neither is in repr."""
+    bin_dir = tmp_path / "bin"
+    _fake_helper(bin_dir, "tok", {"Username": "<token>", "Secret": "refresh-from-helper"})
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    config = _config(tmp_path, {
+        "credHelpers": {"helper.example": "tok"},
+        "auths": {
+            "https://t.example/v2/": {"auth": basic_auth("me", ""), "identitytoken": "refresh-1"},
+            "only.example": {"identitytoken": "refresh-2"},
+        },
+    })  # fmt: skip
+    beside = find_credentials("t.example", config)
+    assert beside is not None
+    assert (beside.username, beside.password, beside.identity_token) == ("me", "", "refresh-1")
+    assert "refresh-1" not in repr(beside) and "identity token" in beside.describe()
+    only = find_credentials("only.example", config)
+    assert only is not None and (only.username, only.identity_token) == ("", "refresh-2")
+    helped = find_credentials("helper.example", config)
+    assert helped is not None and helped.identity_token == "refresh-from-helper"
+    assert helped.password == "" and "refresh-from-helper" not in repr(helped)

@@ -4,8 +4,15 @@
 ``{"token": JWT}``: a JSON Web Token signed RS256 (by ``openssl dgst -sha256 -sign``) whose
 header carries the signing certificate (``x5c``), which the registry checks against its
 ``rootcertbundle``, granting the asked actions on the asked repository. Wrong or missing
-credentials get 401. Every request's query and user are recorded. Plain HTTP on a free loopback
-port, served from a thread.
+credentials get 401. Every request's query and user are recorded (:attr:`TokenServer.asked`).
+
+``POST /token`` is the distribution spec's OAuth2 endpoint: a form with
+``grant_type=refresh_token``, ``refresh_token``, ``service``, ``scope`` and ``client_id`` answers
+``{"access_token": JWT, "expires_in": 300, "refresh_token": ...}`` when the refresh token is the
+server's identity token (401 ``invalid_grant`` otherwise, 400 for another grant or a missing
+field); every form is recorded (:attr:`TokenServer.posted`). With ``oauth`` off, POST answers 404
+like a token server that only has GET; with ``redirect`` set, a 307 there. Plain HTTP on a
+free loopback port, served from a thread.
 """
 
 from __future__ import annotations
@@ -64,12 +71,43 @@ class _Handler(BaseHTTPRequestHandler):
             access.append({"type": kind, "name": name, "actions": actions.split(",")})
         self._answer(200, {"token": self.server.sign(user, access)})
 
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+        with self.server.lock:
+            self.server.posted.append(form)
+        if self.server.redirect is not None:
+            self.send_response(307)
+            self.send_header("Location", self.server.redirect)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if not self.server.oauth:
+            self._answer(404, {"details": "no OAuth2 here"})
+            return
+        required = ("refresh_token", "service", "scope", "client_id")
+        if form.get("grant_type") != "refresh_token" or any(k not in form for k in required):
+            self._answer(400, {"error": "invalid_request"})
+            return
+        if form["refresh_token"] != self.server.identity_token:
+            self._answer(401, {"error": "invalid_grant"})
+            return
+        kind, name, actions = form["scope"].split(":")
+        access = [{"type": kind, "name": name, "actions": actions.split(",")}]
+        token = self.server.sign("identity-token-user", access)
+        self._answer(200, {"access_token": token, "expires_in": 300,
+                           "refresh_token": form["refresh_token"]})  # fmt: skip
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     login: tuple[str, str] = ("", "")
     lock = threading.Lock()
     asked: list[dict[str, str | None]]
+    posted: list[dict[str, str]]
+    identity_token = ""
+    oauth = True
+    redirect: str | None = None
     key: Path
     cert_der: bytes
 
@@ -95,13 +133,16 @@ class TokenServer:
         key: the PEM private key that signs tokens.
         cert: its self-signed certificate (PEM; the registry's ``rootcertbundle``).
         login: the one ``(user, password)`` it accepts.
+        identity_token: the one refresh token its OAuth2 POST accepts.
     """
 
-    def __init__(self, key: Path, cert: Path, login: tuple[str, str]) -> None:
+    def __init__(self, key: Path, cert: Path, login: tuple[str, str], identity_token: str) -> None:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.login = login
+        self._server.identity_token = identity_token
         self._server.lock = threading.Lock()
         self._server.asked = []
+        self._server.posted = []
         self._server.key = key
         self._server.cert_der = subprocess.run(
             ["openssl", "x509", "-in", str(cert), "-outform", "DER"],
@@ -125,6 +166,30 @@ class TokenServer:
         """Each request's query parameters and user (``None``: no credentials)."""
         with self._server.lock:
             return list(self._server.asked)
+
+    @property
+    def posted(self) -> list[dict[str, str]]:
+        """Each OAuth2 POST's form fields."""
+        with self._server.lock:
+            return list(self._server.posted)
+
+    @property
+    def oauth(self) -> bool:
+        """Whether POST is served (off: 404, like a token server with GET only)."""
+        return self._server.oauth
+
+    @oauth.setter
+    def oauth(self, value: bool) -> None:
+        self._server.oauth = value
+
+    @property
+    def redirect(self) -> str | None:
+        """Where POST is redirected with a 307 (``None``: not redirected)."""
+        return self._server.redirect
+
+    @redirect.setter
+    def redirect(self, value: str | None) -> None:
+        self._server.redirect = value
 
     def __enter__(self) -> TokenServer:
         self._thread.start()

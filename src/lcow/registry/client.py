@@ -8,7 +8,8 @@ What is written here, because no library does it for registries:
 
 * the token flow: a 401's ``WWW-Authenticate`` (:mod:`lcow.registry.challenge`) names a
   ``Bearer`` realm (asked with ``service`` and ``scope``, with the user's credentials as Basic
-  auth when there are some) or ``Basic`` (the credentials on every request);
+  auth when there are some; an identity token is POSTed instead as the distribution spec's
+  OAuth2 ``refresh_token`` grant) or ``Basic`` (the credentials on every request);
 * retries with exponential backoff (and ``Retry-After``) on connection errors, timeouts, 5xx
   and 429, before a body is read — a body cut short is not resumed: the layer fails and the
   pull is all-or-nothing like an import;
@@ -59,6 +60,9 @@ log = logging.getLogger(__name__)
 #: Largest manifest, index or config accepted (containerd's limit for manifests).
 MAX_DOCUMENT = 4 << 20
 _MAX_TOKEN_ANSWER = 1 << 20
+#: The OAuth2 ``client_id``: the spec asks for a meaningful name (for the token server's
+#: auditing), not a registered one.
+_CLIENT_ID = "lcow"
 _CHUNK = 1 << 20
 _MAX_BACKOFF = 8.0
 
@@ -377,7 +381,7 @@ class RegistryClient:
         if self.credentials is None:
             how = f"without credentials (none for {self.registry} in {config_path()})"
         else:
-            how = f"as {self.credentials.username!r} (credentials from {self.credentials.source})"
+            how = self.credentials.describe()
         return Unauthorized(f"{what}: access denied (HTTP {status}) {how}", subject=self.registry)
 
     def _authenticate(self, challenges: list[Challenge], what: str) -> None:
@@ -390,14 +394,20 @@ class RegistryClient:
             with self._lock:
                 self._authorization = f"Bearer {token}"
         elif "basic" in by_scheme and creds is not None:
+            if creds.identity_token:
+                raise Unauthorized(
+                    f"{what}: {self.registry} asks for Basic auth, which an identity token "
+                    f"(credentials from {creds.source}) cannot answer: it has no password",
+                    subject=self.registry,
+                )
             pair = f"{creds.username}:{creds.password}".encode()
             with self._lock:
                 self._authorization = f"Basic {base64.b64encode(pair).decode('ascii')}"
         else:
             raise self._denied(what, 401)
 
-    def _token(self, challenge: Challenge, what: str) -> str:
-        realm = challenge.params["realm"]
+    def _token_params(self, challenge: Challenge) -> dict[str, str]:
+        """The ``scope`` and ``service`` to ask a token for."""
         if self.push:  # one token for every request of a publish, pulls and pushes alike
             scope = f"repository:{self.repository}:pull,push"
         else:
@@ -405,11 +415,19 @@ class RegistryClient:
         params = {"scope": scope}
         if challenge.params.get("service"):
             params["service"] = challenge.params["service"]
+        return params
+
+    def _token(self, challenge: Challenge, what: str) -> str:
+        realm = challenge.params["realm"]
+        params = self._token_params(challenge)
         creds = self.credentials
-        auth = None if creds is None else httpx.BasicAuth(creds.username, creds.password)
         where = f"{self.registry}: token from {realm}"
         try:
-            response = self._http.get(realm, params=params, auth=auth)
+            if creds is not None and creds.identity_token:
+                response = self._oauth_post(realm, params, creds, where)
+            else:
+                auth = None if creds is None else httpx.BasicAuth(creds.username, creds.password)
+                response = self._http.get(realm, params=params, auth=auth)
         except httpx.TimeoutException as exc:
             raise Timeout(f"{where}: no answer ({exc})", subject=self.registry) from exc
         except httpx.HTTPError as exc:
@@ -430,6 +448,34 @@ class RegistryClient:
         if not isinstance(token, str) or not token:
             raise RegistryError(f"{where}: answer has no token", subject=self.registry)
         return token
+
+    def _oauth_post(
+        self, realm: str, params: dict[str, str], creds: Credentials, where: str
+    ) -> httpx.Response:
+        """The distribution spec's OAuth2 grant: ``POST realm`` with the form
+        ``grant_type=refresh_token``, the token, ``service``, ``scope`` and ``client_id``.
+
+        Not redirected (a 307 would carry the refresh token to wherever it points). A 404 is
+        a realm without OAuth2: docker then asks with GET and Basic auth, which needs a
+        password an identity token does not have, so that is an error here.
+        """
+        form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token or "",
+                "client_id": _CLIENT_ID, **params}  # fmt: skip
+        response = self._http.post(realm, data=form, follow_redirects=False)
+        if response.status_code == 404:
+            raise Unauthorized(
+                f"{where}: the realm has no OAuth2 token endpoint (HTTP 404 to POST), and an "
+                f"identity token (credentials from {creds.source}) cannot be sent "
+                "as Basic auth",
+                subject=self.registry,
+            )
+        if response.is_redirect:
+            raise RegistryError(
+                f"{where}: HTTP {response.status_code} redirect of the identity-token POST "
+                "(not followed: it would carry the token elsewhere)",
+                subject=self.registry,
+            )
+        return response
 
     # -- the API -----------------------------------------------------------------------------
 

@@ -8,9 +8,10 @@ The Docker client's configuration is ``$DOCKER_CONFIG/config.json``, else
 3. ``auths[host]``: ``auth`` (base64 of ``user:password``) or ``username`` and ``password``.
 
 Docker Hub's entries are keyed ``https://index.docker.io/v1/``; ``auths`` keys may carry a
-scheme or a path (``https://host:5000/v2/``), which are ignored when matching. Identity tokens
-(``identitytoken``, a helper's ``<token>`` user) are OAuth refresh tokens this client does not
-use: such an entry is ignored with a warning.
+scheme or a path (``https://host:5000/v2/``), which are ignored when matching. An identity token
+(``auths[host].identitytoken``, or a helper answering the user ``<token>``: its secret is the
+token) is an OAuth2 refresh token, exchanged at the token realm for an access token
+(:mod:`lcow.registry.client`); it has no password to send as Basic auth.
 """
 
 from __future__ import annotations
@@ -40,20 +41,28 @@ _MAX_CONFIG = 4 << 20
 
 @dataclass(frozen=True)
 class Credentials:
-    """A user name and password (or token) for one registry.
+    """A user name and password, or an identity token, for one registry.
 
     Attributes:
-        username: the user.
-        password: the secret (never printed).
+        username: the user (empty for an identity token without one).
+        password: the secret (never printed; empty with an identity token).
         source: where they came from, for messages (``config.json auths``, a helper's name).
+        identity_token: an OAuth2 refresh token (never printed), or ``None``.
     """
 
     username: str
     password: str
     source: str
+    identity_token: str | None = None
 
     def __repr__(self) -> str:
-        return f"Credentials(username={self.username!r}, source={self.source!r})"
+        token = ", identity_token=<redacted>" if self.identity_token else ""
+        return f"Credentials(username={self.username!r}, source={self.source!r}{token})"
+
+    def describe(self) -> str:
+        """Who is authenticating, for messages: ``as 'user'`` or ``with an identity token``."""
+        who = "with an identity token" if self.identity_token else f"as {self.username!r}"
+        return f"{who} (credentials from {self.source})"
 
 
 def config_path() -> Path:
@@ -92,6 +101,26 @@ def _read_config(path: Path) -> Mapping[str, Any]:
     return value
 
 
+def _user_and_password(entry: Mapping[str, Any], where: str) -> tuple[str, str]:
+    """An ``auths`` entry's ``auth`` (base64 of ``user:password``), else its ``username`` and
+    ``password``; ``("", "")`` when it has neither."""
+    encoded = entry.get("auth")
+    if isinstance(encoded, str) and encoded:
+        try:
+            user, sep, secret = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise InvalidArgument(f"{where}: 'auth' is not base64 of user:password",
+                                  subject=where) from exc  # fmt: skip
+        if not sep:
+            raise InvalidArgument(f"{where}: 'auth' has no ':' between user and password",
+                                  subject=where)  # fmt: skip
+        return user, secret
+    name, password = entry.get("username"), entry.get("password")
+    if isinstance(name, str) and isinstance(password, str):
+        return name, password
+    return "", ""
+
+
 def _from_auths(auths: Any, registry: str, path: Path) -> Credentials | None:
     if not isinstance(auths, Mapping):
         return None
@@ -99,22 +128,12 @@ def _from_auths(auths: Any, registry: str, path: Path) -> Credentials | None:
         if not isinstance(key, str) or _host_of(key) != registry or not isinstance(entry, Mapping):
             continue
         where = f"{path}: auths[{key}]"
-        encoded = entry.get("auth")
-        if isinstance(encoded, str) and encoded:
-            try:
-                user, sep, secret = base64.b64decode(encoded, validate=True).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError) as exc:
-                raise InvalidArgument(f"{where}: 'auth' is not base64 of user:password",
-                                      subject=where) from exc  # fmt: skip
-            if not sep:
-                raise InvalidArgument(f"{where}: 'auth' has no ':' between user and password",
-                                      subject=where)  # fmt: skip
+        user, secret = _user_and_password(entry, where)
+        token = entry.get("identitytoken")
+        if isinstance(token, str) and token:  # docker uses it instead of any password beside it
+            return Credentials(user, "", f"{path} auths", token)
+        if user or secret:
             return Credentials(user, secret, f"{path} auths")
-        name, password = entry.get("username"), entry.get("password")
-        if isinstance(name, str) and isinstance(password, str) and name:
-            return Credentials(name, password, f"{path} auths")
-        if entry.get("identitytoken"):
-            log.warning("%s: identity tokens are not supported; pulling without credentials", where)
     return None
 
 
@@ -149,9 +168,8 @@ def _from_helper(helper: str, registry: str) -> Credentials | None:
     secret = answer.get("Secret") if isinstance(answer, Mapping) else None
     if not isinstance(user, str) or not isinstance(secret, str) or not user:
         return None
-    if user == "<token>":
-        log.warning("%s: identity tokens are not supported; pulling without credentials", program)
-        return None
+    if user == "<token>":  # docker's marker: the secret is an identity token
+        return Credentials("", "", program, secret) if secret else None
     return Credentials(user, secret, program)
 
 
