@@ -663,11 +663,14 @@ def _unmount_disk(entry: DiskEntry, mountpoint: Path) -> None:
     if entry.writable and os.path.ismount(mountpoint):
         _thaw_abandoned(mountpoint)  # first: a frozen filesystem outlives its last unmount
     kernel.umount(mountpoint)
-    if entry.writable:
-        _flush_if_held(entry.device, mountpoint)
+    if entry.writable and not _flush_if_held(entry.device, mountpoint) and not entry.exported:
+        # Another holder's last unmount may be ending it right now (the sysfs entry goes
+        # before the journal's final checkpoint); its loop device lets go of the file after.
+        # (An exported sandbox's loop device is waited for before its unexport.)
+        _wait_loop_released(entry.device, Path(entry.image))
 
 
-def _flush_if_held(device: str, mountpoint: Path) -> None:
+def _flush_if_held(device: str, mountpoint: Path) -> bool:
     """After a sandbox's unmount, write its data home if another mount still holds it.
 
     The usual last unmount ends the filesystem, and the kernel syncs it (data, journal,
@@ -676,25 +679,30 @@ def _flush_if_held(device: str, mountpoint: Path) -> None:
     mount namespace), its writes may still be in memory or in the journal: mounting the same
     device again at the same place returns the same live filesystem, which is then
     checkpointed and unmounted again.
+
+    Returns:
+        Whether another mount held it.
     """
     if not _ext4_alive(device):
-        return
+        return False
     try:
         kernel.mount(device, mountpoint, "ext4", 0)  # the options of _mount_disk
     except OSError as exc:
-        if _ext4_alive(device):  # not merely ended (and synced) by its last holder meanwhile
-            log.warning("host backend: %s: could not mount it again to flush it: %s",
-                        device, exc)  # fmt: skip
-        return
+        if not _ext4_alive(device):  # its last holder ended (and synced) it meanwhile
+            return False
+        log.warning("host backend: %s: could not mount it again to flush it: %s",
+                    device, exc)  # fmt: skip
+        return True
     try:
         _checkpoint(mountpoint)
     finally:
         kernel.umount(mountpoint)
+    return True
 
 
 def _ext4_alive(device: str) -> bool:
-    """Whether an ext4 filesystem on ``device`` still exists in the kernel (its superblock
-    is registered in sysfs until the end of its ``put_super``, after the final sync)."""
+    """Whether an ext4 filesystem on ``device`` still exists in the kernel (its sysfs entry
+    goes in its ``put_super``, after the unmount's ``sync_filesystem``)."""
     return os.path.exists(Path("/sys/fs/ext4") / os.path.basename(device))
 
 
