@@ -144,9 +144,10 @@ def test_kill_after_apply_diff_replaced_a_sandbox_leaves_no_stale_sandbox(tmp_pa
     assert temporaries(root) == []
 
 
-# python -c FROZEN ROOT LAYER: Get the layer and write to its sandbox, then Put it and SIGKILL
-# itself as soon as the Put has frozen the sandbox to flush it (a kill anywhere in the freeze
-# ioctl, the slow part of a Put, ends there too: the ioctl completes first).
+# python -c FROZEN ROOT LAYER: Get the layer and write to its sandbox, then read its Changes
+# (a mounted sandbox is frozen while it is read) and SIGKILL itself as soon as the sandbox is
+# frozen (a kill anywhere in the freeze ioctl ends there too: the ioctl completes first). A Put
+# freezes only a sandbox another mount still holds; the same thaw-first rule covers it.
 FROZEN = r"""
 import os, signal, sys
 from lcow.backends.host import kernel
@@ -163,7 +164,7 @@ def freeze(mountpoint):
     os.kill(os.getpid(), signal.SIGKILL)
 
 kernel.freeze = freeze
-driver.put(sys.argv[2])
+driver.changes(sys.argv[2])
 sys.exit(3)
 """
 
@@ -182,7 +183,7 @@ def _frozen(mountpoint: Path) -> bool:
 
 
 def _kill_while_frozen(tmp_path: Path) -> tuple[Path, dict[str, int]]:
-    """A data root whose sandbox ``rw`` a killed Put left mounted and frozen; the loop
+    """A data root whose sandbox ``rw`` a killed reader left mounted and frozen; the loop
     devices then attached below it."""
     root = tmp_path / "root"
     Driver(root, ["lcow.backend=host"]).create_read_write("rw", None, None)
@@ -199,9 +200,10 @@ def _kill_while_frozen(tmp_path: Path) -> tuple[Path, dict[str, int]]:
 @requires("host", "mke2fs")
 def test_a_put_killed_while_the_sandbox_is_frozen_leaves_no_superblock(tmp_path: Path) -> None:
     """Found by the crash campaign (two per run): a Put killed between freezing its sandbox
-    and thawing it left the ext4 frozen; Cleanup unmounted it, but a frozen superblock holds
-    itself alive, so the ext4, its loop device and the dead FUSE export file it sat on stayed
-    for good (``losetup``: backing ``/``). Now the next process thaws it first."""
+    and thawing it left the ext4 frozen (a read of a mounted sandbox freezes it too; a Put
+    now only when another mount holds it); Cleanup unmounted it, but a frozen superblock
+    holds itself alive, so the ext4, its loop device and the dead FUSE export file it sat on
+    stayed for good (``losetup``: backing ``/``). Now the next process thaws it first."""
     root, devices = _kill_while_frozen(tmp_path)
     driver = Driver(root, ["lcow.backend=host"])
     driver.cleanup()

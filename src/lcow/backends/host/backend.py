@@ -482,10 +482,8 @@ class HostBackend:
                 kept = True
                 continue
             mountpoint = self.home / "d" / entry.slot
-            if entry.writable:
-                _checkpoint(mountpoint)
             try:
-                kernel.umount(mountpoint)
+                _unmount_disk(entry, mountpoint)
             except OSError as exc:
                 if exc.errno == errno.EBUSY and force:
                     kernel.umount(mountpoint, lazy=True)
@@ -641,13 +639,12 @@ def _has_lost_found(content: Path, writable: bool) -> bool:
 
 
 def _checkpoint(mountpoint: Path) -> None:
-    """Write a mounted sandbox's data and journal home before its unmount (freeze, thaw).
+    """Write a mounted sandbox's data and journal home (freeze, thaw).
 
-    The unmount writes them only when it ends the filesystem; when another mount still holds
-    it (a client's bind mount of the view), the sandbox would be read or unexported with the
-    client's writes still in memory or in the journal. A record whose mount is gone (a reboot,
-    an outside umount) is left alone: freezing the directory would freeze its parent
-    filesystem.
+    Needed when our unmount will not end the filesystem (see :func:`_flush_if_held`): the
+    sandbox would be read or unexported with a client's writes still in memory or in the
+    journal. A mount point that is no mount (a reboot, an outside umount) is left alone:
+    freezing the directory would freeze its parent filesystem.
     """
     if not os.path.ismount(mountpoint):
         return
@@ -658,6 +655,55 @@ def _checkpoint(mountpoint: Path) -> None:
         log.warning("host backend: %s: could not flush before unmounting: %s", mountpoint, exc)
         return
     kernel.thaw(mountpoint)
+
+
+def _unmount_disk(entry: DiskEntry, mountpoint: Path) -> None:
+    """Unmount a disk; a sandbox's writes reach its file, even when another mount still
+    holds its filesystem."""
+    if entry.writable and os.path.ismount(mountpoint):
+        _thaw_abandoned(mountpoint)  # first: a frozen filesystem outlives its last unmount
+    kernel.umount(mountpoint)
+    if entry.writable and not _flush_if_held(entry.device, mountpoint) and not entry.exported:
+        # Another holder's last unmount may be ending it right now (the sysfs entry goes
+        # before the journal's final checkpoint); its loop device lets go of the file after.
+        # (An exported sandbox's loop device is waited for before its unexport.)
+        _wait_loop_released(entry.device, Path(entry.image))
+
+
+def _flush_if_held(device: str, mountpoint: Path) -> bool:
+    """After a sandbox's unmount, write its data home if another mount still holds it.
+
+    The usual last unmount ends the filesystem, and the kernel syncs it (data, journal,
+    superblock) before ``umount(2)`` returns: nothing left to do, and no freeze (~40 ms each).
+    When another mount keeps it alive (a client's bind mount of the view, even in another
+    mount namespace), its writes may still be in memory or in the journal: mounting the same
+    device again at the same place returns the same live filesystem, which is then
+    checkpointed and unmounted again.
+
+    Returns:
+        Whether another mount held it.
+    """
+    if not _ext4_alive(device):
+        return False
+    try:
+        kernel.mount(device, mountpoint, "ext4", 0)  # the options of _mount_disk
+    except OSError as exc:
+        if not _ext4_alive(device):  # its last holder ended (and synced) it meanwhile
+            return False
+        log.warning("host backend: %s: could not mount it again to flush it: %s",
+                    device, exc)  # fmt: skip
+        return True
+    try:
+        _checkpoint(mountpoint)
+    finally:
+        kernel.umount(mountpoint)
+    return True
+
+
+def _ext4_alive(device: str) -> bool:
+    """Whether an ext4 filesystem on ``device`` still exists in the kernel (its sysfs entry
+    goes in its ``put_super``, after the unmount's ``sync_filesystem``)."""
+    return os.path.exists(Path("/sys/fs/ext4") / os.path.basename(device))
 
 
 def _thaw_abandoned(mountpoint: Path) -> None:
