@@ -93,7 +93,8 @@ echo "== lint-imports (the layer contracts in pyproject.toml)"
 .venv/bin/lint-imports --no-cache || status=1
 echo "== pytest"
 pytest_status=0
-.venv/bin/pytest "$@" || pytest_status=$?
+# The slowest tests are listed at the end: CI should stay under 30 minutes.
+.venv/bin/pytest --durations=30 "$@" || pytest_status=$?
 if [ "$#" -eq 0 ]; then
     echo "== pytest, pure Python (LCOW_NATIVE=0): the converter's and readers' tests"
     LCOW_NATIVE=0 .venv/bin/pytest -q "${PURE_PYTHON_TESTS[@]}" || pytest_status=$?
