@@ -24,8 +24,9 @@ import tarfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import ClassVar
+
+from tests.registry.loopback import LoopbackServer
 
 __all__ = ["MODES", "HostileRegistry", "hostile_layers", "layer_digest"]
 
@@ -221,21 +222,15 @@ class _Server(ThreadingHTTPServer):
     released = threading.Event()
 
 
-class HostileRegistry:
+class HostileRegistry(LoopbackServer[_Server]):
     """The fake registry, as a context manager; ``address`` is ``127.0.0.1:PORT``."""
 
     def __init__(self, mode: str) -> None:
         assert mode in MODES, mode
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        super().__init__(_Server, _Handler)
         self._server.mode = mode
         self._server.lock = threading.Lock()
         self._server.released = threading.Event()
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def address(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"{host!s}:{port}"
 
     @property
     def most_in_flight(self) -> int:
@@ -247,17 +242,8 @@ class HostileRegistry:
         """``GET`` requests answered (or accepted) so far."""
         return self._server.requests
 
-    def __enter__(self) -> HostileRegistry:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._server.released.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
+    def _before_stop(self) -> None:
+        self._server.released.set()  # handlers made to wait let go
 
 
 def hostile_layers(count: int) -> list[str]:

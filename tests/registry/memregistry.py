@@ -17,8 +17,9 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
+
+from tests.registry.loopback import LoopbackServer
 
 __all__ = ["MemoryRegistry", "TestImage"]
 
@@ -183,11 +184,11 @@ class _Server(ThreadingHTTPServer):
     most_in_flight: int
 
 
-class MemoryRegistry:
+class MemoryRegistry(LoopbackServer[_Server]):
     """The fake registry, as a context manager; ``address`` is ``127.0.0.1:PORT``."""
 
     def __init__(self) -> None:
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        super().__init__(_Server, _Handler)
         self._server.lock = threading.Lock()
         self._server.requests = []
         self._server.manifests = {}
@@ -196,12 +197,6 @@ class MemoryRegistry:
         self._server.slow = set()
         self._server.in_flight = 0
         self._server.most_in_flight = 0
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def address(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"{host!s}:{port}"
 
     @property
     def requests(self) -> list[tuple[str, str]]:
@@ -229,14 +224,3 @@ class MemoryRegistry:
             self._server.blobs[_digest(blob)] = blob
         self._server.manifests[image.digest] = (_MANIFEST, image.manifest)
         self._server.tags[tag] = image.digest
-
-    def __enter__(self) -> MemoryRegistry:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)

@@ -25,8 +25,9 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
+
+from tests.registry.loopback import LoopbackServer
 
 __all__ = ["TokenServer"]
 
@@ -126,7 +127,7 @@ class _Server(ThreadingHTTPServer):
         return f"{signing_input}.{_b64url(signature)}"
 
 
-class TokenServer:
+class TokenServer(LoopbackServer[_Server]):
     """The token server, as a context manager.
 
     Args:
@@ -137,7 +138,7 @@ class TokenServer:
     """
 
     def __init__(self, key: Path, cert: Path, login: tuple[str, str], identity_token: str) -> None:
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        super().__init__(_Server, _Handler)
         self._server.login = login
         self._server.identity_token = identity_token
         self._server.lock = threading.Lock()
@@ -149,12 +150,10 @@ class TokenServer:
             capture_output=True, check=True,
         ).stdout  # fmt: skip
         self.cert = cert
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def realm(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/token"
+        return f"http://{self.address}/token"
 
     def registry_config(self) -> dict[str, str]:
         """The registry's ``auth.token`` section for this server."""
@@ -190,14 +189,3 @@ class TokenServer:
     @redirect.setter
     def redirect(self, value: str | None) -> None:
         self._server.redirect = value
-
-    def __enter__(self) -> TokenServer:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
