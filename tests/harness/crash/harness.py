@@ -260,7 +260,9 @@ class Harness:
             raise RuntimeError(f"the child's {plan['op']} did not finish: exit {proc.returncode}")
         phase = "after done" if "done" in kinds else "in flight"
         stamps = {p[1]: float(p[0]) for p in lines}
-        if delay is None:
+        if "done" in stamps and "start" in stamps:
+            # Killed runs that finished first count too: a first, cold calibration run would
+            # otherwise set the kill window for good, and kills would land after the work.
             self.durations.setdefault(plan["key"], []).append(stamps["done"] - stamps["start"])
         return lines, phase
 
