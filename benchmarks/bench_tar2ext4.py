@@ -665,8 +665,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - the 
                     args.timeout,
                     args.lcow,
                     peer,
-                    args.extract_dir,
-                    args.before,
+                    before=args.before,
+                    extract_dir=args.extract_dir,
                 )
                 smp = measure(t, c)
             samples[s][t].append(smp)
