@@ -113,3 +113,25 @@ def test_a_short_copy_source_fails_at_flush(tmp_path: Path, source: tuple[int, b
             out.close()
     finally:
         os.close(fd)
+
+
+def test_write_behind_advises_inside_a_big_copy(
+    tmp_path: Path, source: tuple[int, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body copied as one job is handed to writeback window by window as it is written,
+    not as one window of the whole body at its end (which closing the image then waited for)."""
+    monkeypatch.setattr(outbuf, "_WRITE_BEHIND", 256 << 10)
+    monkeypatch.setattr(outbuf, "background_writeback_threshold", lambda: 512 << 10)
+    advised: list[tuple[int, int]] = []
+    monkeypatch.setattr(outbuf, "_advise", lambda fd, ranges: advised.extend(ranges))
+    src, data = source
+    fd = os.open(tmp_path / "image", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        out = OutputWriter(fd, write_behind=True)
+        out.copy_range(src, 0, 0, SOURCE_SIZE, ShortSource)
+        out.close()
+        assert os.pread(fd, SOURCE_SIZE, 0) == data
+    finally:
+        os.close(fd)
+    assert len(advised) >= 2, advised
+    assert max(length for _, length in advised) < SOURCE_SIZE // 2, advised
