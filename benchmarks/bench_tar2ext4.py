@@ -10,6 +10,8 @@ every run):
 
   cp      ``cp d.tar OUT``                                   the floor
   lcow    ``lcow tar2ext4 -vhd -i d.tar -o OUT``            (.venv/bin/lcow of this repo)
+  before  the same with the lcow executable given by ``--before`` (e.g. another checkout's
+          .venv/bin/lcow): a before/after comparison in the same run
   peer    ``$TAR2EXT4 -vhd -i d.tar -o OUT``                (only when TAR2EXT4 is set)
   mke2fs  ``tar -x`` into a directory, then ``mke2fs -q -t ext4 -d DIR -b 4096 -I 256
           -O ^has_journal,^resize_inode IMG SIZE`` (both steps timed; sizing the image from
@@ -22,7 +24,8 @@ run with PYTHONDONTWRITEBYTECODE would otherwise recompile every module on every
 whether its C accelerators are loaded is recorded. Each data set's tar is read once untimed
 first (warm cache). Then for every repetition the tools run one after another, in an order
 rotated per repetition, each preceded by ``sync``; nothing else (no cache dropping). Reported:
-median wall-clock seconds, its ratio to the median of ``cp``, and peak RSS (ru_maxrss from
+median wall-clock seconds, its ratio to the median of ``cp``, the medians of user and system
+CPU seconds (rusage of the command, its children included), and peak RSS (ru_maxrss from
 os.wait4 of the child; for multi-step tools the largest step; kernel memory is not counted).
 A tool that fails is recorded with its error and not retried on that data set; the run goes
 on. Needs root (tar -x of device nodes, mount).
@@ -52,10 +55,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = Path("/var/tmp/lcow-bench")
 DEFAULT_LCOW = REPO / ".venv" / "bin" / "lcow"
-ALL_TOOLS = ("cp", "lcow", "peer", "mke2fs", "kernel")
+ALL_TOOLS = ("cp", "lcow", "before", "peer", "mke2fs", "kernel")
 LABELS = {
     "cp": "`cp` of the tar (floor)",
     "lcow": "lcow tar2ext4 `-vhd`",
+    "before": "lcow tar2ext4 `-vhd`, before",
     "peer": "hcsshim tar2ext4 `-vhd` (Go)",
     "mke2fs": "`tar -x` + `mke2fs -d`",
     "kernel": "kernel: mkfs + loop mount + `tar -x` + umount",
@@ -88,12 +92,16 @@ class ToolError(Exception):
 class Step:
     seconds: float
     rss_kib: int
+    user_s: float = 0.0
+    sys_s: float = 0.0
 
 
 @dataclass
 class Sample:
     seconds: float | None = None
     rss_kib: int = 0
+    user_s: float = 0.0
+    sys_s: float = 0.0
     out_bytes: int | None = None
     error: str | None = None
     steps: list[float] = field(default_factory=list)
@@ -157,7 +165,7 @@ def timed(cmd: list[str], workdir: Path, timeout: float) -> Step:
             rss = int(rss_path.read_text().split()[-1])
         except (OSError, ValueError, IndexError) as e:
             raise ToolError(f"cannot read GNU time's RSS for {' '.join(cmd)}: {e}") from e
-    return Step(seconds, rss)
+    return Step(seconds, rss, ru.ru_utime, ru.ru_stime)
 
 
 def sync() -> None:
@@ -260,6 +268,7 @@ class Ctx:
     timeout: float
     lcow: Path
     peer: str | None
+    before: Path | None = None  # the "before" lcow executable
     extract_dir: Path | None = None  # where the mke2fs row unpacks; default: inside work
 
 
@@ -271,6 +280,13 @@ def run_cp(c: Ctx) -> tuple[list[Step], Path]:
 def run_lcow(c: Ctx) -> tuple[list[Step], Path]:
     out = c.work / "layer.vhd"
     cmd = [str(c.lcow), "tar2ext4", "-vhd", "-i", str(c.tar), "-o", str(out)]
+    return [timed(cmd, c.work, c.timeout)], out
+
+
+def run_before(c: Ctx) -> tuple[list[Step], Path]:
+    assert c.before
+    out = c.work / "layer.vhd"
+    cmd = [str(c.before), "tar2ext4", "-vhd", "-i", str(c.tar), "-o", str(out)]
     return [timed(cmd, c.work, c.timeout)], out
 
 
@@ -329,6 +345,7 @@ def run_kernel(c: Ctx) -> tuple[list[Step], Path]:
 TOOLS: dict[str, Callable[[Ctx], tuple[list[Step], Path]]] = {
     "cp": run_cp,
     "lcow": run_lcow,
+    "before": run_before,
     "peer": run_peer,
     "mke2fs": run_mke2fs,
     "kernel": run_kernel,
@@ -346,6 +363,8 @@ def measure(tool: str, c: Ctx) -> Sample:
     return Sample(
         seconds=sum(s.seconds for s in steps),
         rss_kib=max(s.rss_kib for s in steps),
+        user_s=sum(s.user_s for s in steps),
+        sys_s=sum(s.sys_s for s in steps),
         out_bytes=out.stat().st_size if out.exists() else None,
         steps=[round(s.seconds, 4) for s in steps],
     )
@@ -435,7 +454,10 @@ def summarize(samples: list[Sample], cp_median: float | None) -> dict[str, objec
     ok = [s.seconds for s in samples if s.seconds is not None]
     errors = [s.error for s in samples if s.error]
     med = statistics.median(ok) if ok else None
+    good = [s for s in samples if s.seconds is not None]
     return {
+        "user_s": statistics.median(s.user_s for s in good) if good else None,
+        "sys_s": statistics.median(s.sys_s for s in good) if good else None,
         "median_s": med,
         "min_s": min(ok) if ok else None,
         "max_s": max(ok) if ok else None,
@@ -458,19 +480,25 @@ def markdown(result: dict[str, object]) -> str:
     tools: list[str] = result["tools"]  # type: ignore[assignment]
     res: dict[str, dict[str, dict[str, object]]] = result["results"]  # type: ignore[assignment]
     ds: dict[str, dict[str, object]] = result["datasets"]  # type: ignore[assignment]
-    head = "| tool | " + " | ".join(f"{SET_NAMES.get(s, s)} s | xcp | RSS MiB" for s in sets) + " |"
-    sep = "|---|" + "---:|---:|---:|" * len(sets)
+    head = (
+        "| tool | "
+        + " | ".join(f"{SET_NAMES.get(s, s)} s | xcp | user s | sys s | RSS MiB" for s in sets)
+        + " |"
+    )
+    sep = "|---|" + "---:|---:|---:|---:|---:|" * len(sets)
     rows = [head, sep]
     for tool in tools:
         cells = []
         for s in sets:
             r = res.get(s, {}).get(tool)
             if not r or r["median_s"] is None:
-                cells += ["error" if r and r["errors"] else "-", "-", "-"]
+                cells += ["error" if r and r["errors"] else "-", "-", "-", "-", "-"]
                 continue
             cells += [
                 f"{r['median_s']:.2f}",
                 f"{r['ratio_cp']:.2f}" if r["ratio_cp"] is not None else "-",
+                f"{r['user_s']:.2f}",
+                f"{r['sys_s']:.2f}",
                 f"{r['peak_rss_mib']:.0f}",
             ]
         rows.append(f"| {LABELS.get(tool, tool)} | " + " | ".join(cells) + " |")
@@ -482,15 +510,16 @@ def markdown(result: dict[str, object]) -> str:
                 cp = res.get(s, {}).get("cp")
                 cp_med: float | None = cp["median_s"] if cp else None  # type: ignore[assignment]
                 if len(steps) <= i:
-                    cells += ["-", "-", "-"]
+                    cells += ["-", "-", "-", "-", "-"]
                     continue
                 ratio = f"{steps[i] / cp_med:.2f}" if cp_med else "-"
-                cells += [f"{steps[i]:.2f}", ratio, ""]
+                cells += [f"{steps[i]:.2f}", ratio, "", "", ""]
             rows.append(f"| ... step: {STEP_NAMES[tool][i]} | " + " | ".join(cells) + " |")
     m: dict[str, object] = result["machine"]  # type: ignore[assignment]
     notes = [
         "",
-        f"Median of {result['runs']} runs, wall clock; xcp = ratio to the `cp` median; RSS = peak "
+        f"Median of {result['runs']} runs, wall clock; xcp = ratio to the `cp` median; user s, "
+        "sys s = medians of the command's CPU seconds (children included); RSS = peak "
         "ru_maxrss of the child (largest step for multi-step rows; kernel memory not counted). "
         "Step rows: median of that step alone. "
         f"The mke2fs row unpacks into {result.get('extract_dir', 'the output directory')}.",
@@ -543,6 +572,12 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - the 
     )
     ap.add_argument("--lcow", type=Path, default=DEFAULT_LCOW, help="lcow executable")
     ap.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="lcow executable of the 'before' build (tool 'before'), e.g. another checkout's",
+    )
+    ap.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -574,13 +609,21 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - the 
     else:
         sets = (args.sets or "d1,d2,d3").split(",")
         tools = (
-            args.tools.split(",") if args.tools else [t for t in ALL_TOOLS if t != "peer" or peer]
+            args.tools.split(",")
+            if args.tools
+            else [
+                t
+                for t in ALL_TOOLS
+                if (t != "peer" or peer) and (t != "before" or args.before is not None)
+            ]
         )
     for t in tools:
         if t not in TOOLS:
             ap.error(f"unknown tool {t!r}")
     if "peer" in tools and not peer:
         ap.error("tool 'peer' needs TAR2EXT4=/path/to/tar2ext4 in the environment")
+    if "before" in tools and args.before is None:
+        ap.error("tool 'before' needs --before /path/to/lcow")
     if args.linearity and set(sets) != {"d2", "d4"}:
         ap.error("--linearity compares d2 and d4")
     if os.geteuid() != 0 and {"mke2fs", "kernel"} & set(tools):
@@ -599,6 +642,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - the 
 
     if "lcow" in tools:
         compile_lcow(args.lcow)
+    if "before" in tools:
+        compile_lcow(args.before)
     stats = {}
     for s in sets:
         log(f"scanning {tars[s]} (untimed)")
@@ -613,14 +658,26 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - the 
             if (s, t) in failed and not args.keep_going:
                 continue
             with run_dir(out_base) as work:
-                c = Ctx(tars[s], stats[s], work, args.timeout, args.lcow, peer, args.extract_dir)
+                c = Ctx(
+                    tars[s],
+                    stats[s],
+                    work,
+                    args.timeout,
+                    args.lcow,
+                    peer,
+                    before=args.before,
+                    extract_dir=args.extract_dir,
+                )
                 smp = measure(t, c)
             samples[s][t].append(smp)
             if smp.error:
                 failed.add((s, t))
                 log(f"{s} run {rep + 1} {t}: ERROR {smp.error.splitlines()[0]}")
             else:
-                log(f"{s} run {rep + 1} {t}: {smp.seconds:.3f} s, {smp.rss_kib / 1024:.0f} MiB")
+                log(
+                    f"{s} run {rep + 1} {t}: {smp.seconds:.3f} s (user {smp.user_s:.2f}, "
+                    f"sys {smp.sys_s:.2f}), {smp.rss_kib / 1024:.0f} MiB"
+                )
 
     def warm(s: str) -> None:
         log(f"warming the page cache with {tars[s]}")

@@ -2,7 +2,8 @@
 
 Whatever the mix of small writes, gaps, large writes and copies from another file, and with
 write-behind advising the kernel as it goes, the file must end up byte for byte as a plain
-model of the same writes says.
+model of the same writes says; and an observer hashing the bytes as they go by (the VHD
+identity's piece digests) must arrive at the id of what is in the file.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from lcow._util import outbuf
 from lcow._util.outbuf import OutputWriter
+from lcow.formats.vhd.identity import PieceDigests, unique_id_of
 
 SOURCE_SIZE = 3 << 20
 
@@ -57,7 +59,6 @@ def _check_writes(
 ) -> None:
     # Small windows and an early start, so write-behind advises many times in a short test.
     monkeypatch.setattr(outbuf, "_WRITE_BEHIND", 256 << 10)
-    monkeypatch.setattr(outbuf, "_SPLIT_COPY", 128 << 10)  # big copies: two threads
     monkeypatch.setattr(outbuf, "background_writeback_threshold", lambda: 512 << 10)
     advised: list[tuple[int, int]] = []
     real_advise = outbuf._advise
@@ -73,7 +74,8 @@ def _check_writes(
     fd = os.open(work / "image", os.O_RDWR | os.O_CREAT, 0o644)
     model = bytearray()
     try:
-        out = OutputWriter(fd, write_behind=write_behind)
+        digests = PieceDigests()
+        out = OutputWriter(fd, write_behind=write_behind, observer=digests)
         cursor = 0  # like the image writer: every range is written once, ascending
         for kind, where, length in ops:
             offset = cursor + where % (64 << 10)  # sometimes a small gap, filled with zeros
@@ -90,6 +92,7 @@ def _check_writes(
         out.close()
         with open(fd, "rb", closefd=False) as f:
             assert f.read() == bytes(model)
+        assert digests.unique_id(fd, len(model)) == unique_id_of(model)
     finally:
         os.close(fd)
         os.close(src)
@@ -110,3 +113,25 @@ def test_a_short_copy_source_fails_at_flush(tmp_path: Path, source: tuple[int, b
             out.close()
     finally:
         os.close(fd)
+
+
+def test_write_behind_advises_inside_a_big_copy(
+    tmp_path: Path, source: tuple[int, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body copied as one job is handed to writeback window by window as it is written,
+    not as one window of the whole body at its end (which closing the image then waited for)."""
+    monkeypatch.setattr(outbuf, "_WRITE_BEHIND", 256 << 10)
+    monkeypatch.setattr(outbuf, "background_writeback_threshold", lambda: 512 << 10)
+    advised: list[tuple[int, int]] = []
+    monkeypatch.setattr(outbuf, "_advise", lambda fd, ranges: advised.extend(ranges))
+    src, data = source
+    fd = os.open(tmp_path / "image", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        out = OutputWriter(fd, write_behind=True)
+        out.copy_range(src, 0, 0, SOURCE_SIZE, ShortSource)
+        out.close()
+        assert os.pread(fd, SOURCE_SIZE, 0) == data
+    finally:
+        os.close(fd)
+    assert len(advised) >= 2, advised
+    assert max(length for _, length in advised) < SOURCE_SIZE // 2, advised

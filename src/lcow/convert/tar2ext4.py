@@ -407,6 +407,12 @@ class _Converter:
 
 def convert_stream(source: TarSource, out_fd: int, options: ConvertOptions) -> ConvertResult:
     """Convert the tar readable from ``source`` into the empty file ``out_fd``."""
+    digests = None
+    if options.vhd_footer and not options.dm_verity and os.fstat(out_fd).st_size == 0:
+        from lcow.formats.vhd.identity import PieceDigests
+
+        # The footer's id hashes the image: hashed on its way out, it is never read back.
+        digests = PieceDigests()
     writer = Ext4Writer(
         out_fd,
         max_size=options.max_size,
@@ -414,6 +420,7 @@ def convert_stream(source: TarSource, out_fd: int, options: ConvertOptions) -> C
         # A layer is stored, not read back now: keep its pages from piling up dirty (which
         # makes writeback throttle big layers). The verity hash reads the image right after.
         write_behind=not options.dm_verity,
+        observer=digests,
     )
     try:
         reader = TarReader(
@@ -437,7 +444,8 @@ def convert_stream(source: TarSource, out_fd: int, options: ConvertOptions) -> C
     if options.vhd_footer:
         from lcow.formats.vhd.footer import FOOTER_SIZE, append_fixed_footer
 
-        append_fixed_footer(out_fd, file_size)
+        unique_id = None if digests is None else digests.unique_id(out_fd, file_size)
+        append_fixed_footer(out_fd, file_size, unique_id=unique_id)
         file_size += FOOTER_SIZE
     return ConvertResult(
         entries=conv.entries,

@@ -417,6 +417,7 @@ class TarReader:
                 done = os.splice(self._fd, out.fd, n, offset_dst=offset)
                 if done == 0:
                     raise self._truncated(entry)
+                out.wrote_elsewhere(offset, done)
                 offset += done
                 n -= done
                 self.consumed += done

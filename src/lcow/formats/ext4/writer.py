@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol, cast
 
 from lcow._util import native
-from lcow._util.outbuf import OutputWriter
+from lcow._util.outbuf import OutputWriter, WriteObserver
 from lcow.errors import FailedPrecondition, InvalidArgument, LimitExceeded
 from lcow.formats.ext4.dirents import pack_directory
 from lcow.formats.ext4.extents import Run, build_extent_tree, split_runs
@@ -143,15 +143,22 @@ class Ext4Writer:
         write_behind: hand written pages to writeback and drop them from the page cache as the
             image grows (see :class:`~lcow._util.outbuf.OutputWriter`); for images not read
             back right away.
+        observer: sees every byte written to ``fd`` (e.g. to hash the image as it is written).
     """
 
     def __init__(
-        self, fd: int, *, max_size: int, inline_data: bool = False, write_behind: bool = False
+        self,
+        fd: int,
+        *,
+        max_size: int,
+        inline_data: bool = False,
+        write_behind: bool = False,
+        observer: WriteObserver | None = None,
     ) -> None:
         max_blocks = min(_round_up(max_size, BLOCK_SIZE) // BLOCK_SIZE, MAX_FS_BLOCKS)
         if max_blocks < 64:
             raise InvalidArgument(f"maximum image size {max_size} is too small (minimum 256 KiB)")
-        self.out = OutputWriter(fd, write_behind=write_behind)
+        self.out = OutputWriter(fd, write_behind=write_behind, observer=observer)
         self.max_blocks = max_blocks
         self.inline_data = inline_data
         max_groups = -(-max_blocks // BLOCKS_PER_GROUP)

@@ -13,7 +13,9 @@ Why XXH3 and not SHA-256: the id is a name, not a proof. Nothing trusts it (laye
 by their diff IDs and dm-verity, never by the footer), and a SHA-256 pass over every image
 doubled tar2ext4's CPU time on big layers, where XXH3 (the kept ``xxhash`` library) costs a few
 hundredths of a second per GiB. Hashing pieces rather than the whole stream lets a piece that
-lies wholly in a hole of a sparse image use the known digest of zeros without being read.
+lies wholly in a hole of a sparse image use the known digest of zeros without being read, and
+lets a writer hash the pieces as it writes them (:class:`PieceDigests`), in whatever order they
+come, so that the image is never read back.
 
 To check a file by hand (``layer.vhd``, footer 512 bytes; ``pip install xxhash``)::
 
@@ -32,12 +34,20 @@ import xxhash
 from lcow._util.holes import data_ranges
 from lcow.errors import InvalidArgument
 
-__all__ = ["PIECE_SIZE", "UNIQUE_ID_SIZE", "disk_digest", "unique_id", "unique_id_of"]
+__all__ = [
+    "PIECE_SIZE",
+    "UNIQUE_ID_SIZE",
+    "PieceDigests",
+    "disk_digest",
+    "unique_id",
+    "unique_id_of",
+]
 
 #: Bytes of disk data per hashed piece.
 PIECE_SIZE = 1 << 20
 UNIQUE_ID_SIZE = 16
-_ZERO_PIECE_DIGEST = xxhash.xxh3_128(bytes(PIECE_SIZE)).digest()
+_ZEROS = bytes(PIECE_SIZE)
+_ZERO_PIECE_DIGEST = xxhash.xxh3_128(_ZEROS).digest()
 
 
 def unique_id(fd: int, size: int) -> bytes:
@@ -106,3 +116,104 @@ def _pread_exact(fd: int, view: memoryview, pos: int, size: int) -> None:
                 subject=str(size),
             )
         done += n
+
+
+class PieceDigests:
+    """The piece digests of a file being written, from the bytes as they are written.
+
+    Made for a file that starts empty and whose every write is reported, in the order the
+    writes happen (an :class:`~lcow._util.outbuf.OutputWriter` observer): :meth:`seen` for
+    bytes passing through memory, :meth:`unseen` for bytes written by other means. A piece is
+    hashed as a stream while its bytes arrive in rising order; a forward gap is hashed as the
+    zeros it reads as (a later write into it makes the piece out of order). A piece written
+    out of order, overwritten or written unseen is read back by :meth:`unique_id`, and only
+    that piece: an image written front to back reads back its first piece (the superblock,
+    written last) and little else.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[int, tuple[xxhash.xxh3_128, int]] = {}  # piece -> (state, bytes fed)
+        self._done: dict[int, bytes] = {}  # whole pieces hashed in order
+        self._reread: set[int] = set()  # pieces to read back
+
+    def seen(self, offset: int, data: memoryview) -> None:
+        """``data`` was written at ``offset``."""
+        n = len(data)
+        pos = 0
+        while pos < n:
+            index, local = divmod(offset + pos, PIECE_SIZE)
+            take = min(n - pos, PIECE_SIZE - local)
+            if index not in self._reread:
+                self._feed(index, local, data[pos : pos + take])
+            pos += take
+
+    def _feed(self, index: int, local: int, chunk: memoryview) -> None:
+        state = self._open.get(index)
+        if state is None:
+            if index in self._done:  # written again
+                del self._done[index]
+                self._reread.add(index)
+                return
+            hasher, fed = xxhash.xxh3_128(), 0
+        else:
+            hasher, fed = state
+        if local < fed:  # overwritten, or out of order
+            self._open.pop(index, None)
+            self._reread.add(index)
+            return
+        if local > fed:
+            hasher.update(_ZEROS[: local - fed])
+        hasher.update(chunk)
+        fed = local + len(chunk)
+        if fed == PIECE_SIZE:
+            self._open.pop(index, None)
+            self._done[index] = hasher.digest()
+        else:
+            self._open[index] = (hasher, fed)
+
+    def unseen(self, offset: int, length: int) -> None:
+        """``length`` bytes at ``offset`` were written by other means: read them back."""
+        for index in range(offset // PIECE_SIZE, -(-(offset + length) // PIECE_SIZE)):
+            self._open.pop(index, None)
+            self._done.pop(index, None)
+            self._reread.add(index)
+
+    def unique_id(self, fd: int, size: int) -> bytes:
+        """The footer unique id of the finished file's first ``size`` bytes (equal to
+        :func:`unique_id` of it), reading back only the pieces not seen in order.
+
+        Args:
+            fd: the file written, readable.
+            size: bytes of disk data; bytes never written read as zeros.
+        """
+        if size < 0:
+            raise InvalidArgument(f"VHD disk data: size {size} is negative", subject=str(size))
+        pieces = -(-size // PIECE_SIZE)
+        digests: list[bytes] = []
+        buf: bytearray | None = None
+        for index in range(pieces):
+            length = min(PIECE_SIZE, size - index * PIECE_SIZE)
+            state = self._open.get(index)
+            done = self._done.get(index)
+            if index in self._reread or (state is not None and state[1] > length):
+                if buf is None:
+                    buf = bytearray(PIECE_SIZE)
+                view = memoryview(buf)[:length]
+                _pread_exact(fd, view, index * PIECE_SIZE, size)
+                digests.append(xxhash.xxh3_128(view).digest())
+            elif done is not None and length == PIECE_SIZE:
+                digests.append(done)
+            elif state is not None:  # the rest was never written: zeros
+                hasher, fed = state
+                hasher.update(_ZEROS[: length - fed])
+                digests.append(hasher.digest())
+            elif done is None and length == PIECE_SIZE:
+                digests.append(_ZERO_PIECE_DIGEST)
+            else:  # a short last piece: never written, or cut by a truncation
+                view = memoryview(_ZEROS)[:length]
+                if done is not None:
+                    buf = buf or bytearray(PIECE_SIZE)
+                    view = memoryview(buf)[:length]
+                    _pread_exact(fd, view, index * PIECE_SIZE, size)
+                digests.append(xxhash.xxh3_128(view).digest())
+        return xxhash.xxh3_128(b"".join(digests)).digest()
