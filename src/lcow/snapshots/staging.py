@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from lcow._util.syncfs import syncfs
 from lcow.errors import LcowError
 from lcow.graphdriver.driver import Driver
 from lcow.snapshots.content import CONFIG_REF_LABEL, ContentStore
@@ -278,8 +279,19 @@ class StagingSnapshotter(FastPathSnapshotter):
             self._in_flight.discard(staging.layer_id)
         log.info("snapshot %s: committed as %s from its staged layer %s (sandbox %s torn down "
                  "in the background)", key, name, staging.layer_id, snap.id)  # fmt: skip
-        self._teardown.submit(self._remove_folder, snap.id)
+        self._teardown.submit(self._tear_down, snap.id, snap.source)
         return True
+
+    def _tear_down(self, layer_id: str, source: str | None) -> None:
+        """Remove a sandbox no row names any more. Its file system's write-back comes first,
+        by ``syncfs`` on the view: the unmount does it otherwise, holding the host backend's
+        mount table, and every Prepare meanwhile (the next layer's) would wait for it."""
+        if source is not None:
+            try:
+                syncfs(source)
+            except OSError as exc:
+                log.warning("snapshotter: layer %s: syncfs before its teardown: %s", layer_id, exc)
+        self._remove_folder(layer_id)
 
     def remove(self, key: str) -> None:
         """As :meth:`Snapshotter.remove`; a conversion staged for ``key`` is cancelled."""
