@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from lcow._util.shutdown import shut_down_image
 from lcow._util.syncfs import syncfs
 from lcow.errors import LcowError
 from lcow.graphdriver.driver import Driver
@@ -51,6 +52,7 @@ from lcow.snapshots.fastpath import FAST_PATH_LABEL, BlobLayer, BlobRequest, Fas
 from lcow.snapshots.labels import check_key, check_labels
 from lcow.snapshots.metastore import TARGET_LABEL, Kind, Snapshot
 from lcow.snapshots.snapshotter import Mount, new_layer_id, unpack_key
+from lcow.storage.dataroot import SANDBOX_RAW
 
 __all__ = ["LAYER_REF_LABEL", "MAX_CONFIG", "StagingSnapshotter"]
 
@@ -283,9 +285,17 @@ class StagingSnapshotter(FastPathSnapshotter):
         return True
 
     def _tear_down(self, layer_id: str, source: str | None) -> None:
-        """Remove a sandbox no row names any more. Its file system's write-back comes first,
-        by ``syncfs`` on the view: the unmount does it otherwise, holding the host backend's
-        mount table, and every Prepare meanwhile (the next layer's) would wait for it."""
+        """Remove a sandbox no row names any more. Its content is garbage: its ext4 is shut
+        down first without writing back (the unmount would write its page cache back into
+        ``sandbox.img``, and on to the disk, holding the host backend's mount table, so that
+        every Prepare meanwhile waited for it); where that is not possible, it is written back
+        by ``syncfs`` on the view, outside the mount table's lock."""
+        image = self.driver.root.layer_dir(layer_id) / SANDBOX_RAW
+        try:
+            if shut_down_image(image):
+                source = None
+        except OSError as exc:
+            log.info("snapshotter: layer %s: cannot shut its sandbox down: %s", layer_id, exc)
         if source is not None:
             try:
                 syncfs(source)
