@@ -63,6 +63,7 @@ LAYER_REF_LABEL = "containerd.io/gc.ref.content.l."
 #: The largest image config read, bytes.
 MAX_CONFIG = 4 << 20
 _CHAIN = re.compile(r"sha256:[0-9a-f]{64}")
+_MAX_CACHED = 256  # image configs whose chain IDs are kept
 
 
 class _Cancelled(LcowError):
@@ -111,6 +112,7 @@ class StagingSnapshotter(FastPathSnapshotter):
         self, driver: Driver, content: ContentStore, *, workers: int = 2, **options: float
     ) -> None:
         self._staged: dict[str, _Staging] = {}
+        self._chains: dict[str, list[str]] = {}  # config digest -> chain IDs (immutable)
         self._converting = ThreadPoolExecutor(workers, thread_name_prefix="lcow-stage")
         self._teardown = ThreadPoolExecutor(1, thread_name_prefix="lcow-teardown")
         super().__init__(driver, content, **options)
@@ -122,9 +124,8 @@ class StagingSnapshotter(FastPathSnapshotter):
             self._staged.clear()
         for staging in staged:
             staging.cancel.set()
-        for staging in staged:
             self._drop(staging)
-        self._converting.shutdown(wait=True)
+        self._converting.shutdown(wait=True)  # the cancelled jobs end, their folders go
         self._teardown.shutdown(wait=True)
         super().close()
 
@@ -144,7 +145,8 @@ class StagingSnapshotter(FastPathSnapshotter):
                 self._staged[key] = staging
             try:
                 self._converting.submit(self._stage, key, parent, target, staging)
-            except RuntimeError:  # shutting down
+            except RuntimeError:  # shutting down: nothing staged, the ordinary commit
+                staging.future.set_result(None)
                 self._forget(key, staging)
         return mounts
 
@@ -219,15 +221,8 @@ class StagingSnapshotter(FastPathSnapshotter):
                 config = labels.get(CONFIG_REF_LABEL)
                 if config is None:
                     continue
-                raw = self.content.read_small(namespace, config, MAX_CONFIG)
-                if raw is None:
-                    continue
-                try:
-                    diff_ids = json.loads(raw)["rootfs"]["diff_ids"]
-                    chains = _chain_ids([str(d) for d in diff_ids])
-                except (ValueError, KeyError, TypeError):
-                    continue
-                if target not in chains:
+                chains = self._config_chains(namespace, config)
+                if chains is None or target not in chains:
                     continue
                 index = chains.index(target)
                 blob = labels.get(f"{LAYER_REF_LABEL}{index}")
@@ -238,6 +233,29 @@ class StagingSnapshotter(FastPathSnapshotter):
                         exc.details() if hasattr(exc, "details") else exc)  # fmt: skip
         return None
 
+    def _config_chains(self, namespace: str, config: str) -> list[str] | None:
+        """The chain IDs of the image config ``config`` (cached: a digest names one content);
+        ``None``: not in the store, too big or not an image config.
+
+        Raises:
+            grpc.RpcError: containerd failed.
+        """
+        chains = self._chains.get(config)
+        if chains is not None:
+            return chains
+        raw = self.content.read_small(namespace, config, MAX_CONFIG)
+        if raw is None:
+            return None
+        try:
+            diff_ids = json.loads(raw)["rootfs"]["diff_ids"]
+            chains = _chain_ids([str(d) for d in diff_ids])
+        except (ValueError, KeyError, TypeError, UnicodeEncodeError):
+            return None
+        if len(self._chains) >= _MAX_CACHED:
+            self._chains.clear()
+        self._chains[config] = chains
+        return chains
+
     # -- Commit and Remove -------------------------------------------------------------------
 
     def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
@@ -247,7 +265,13 @@ class StagingSnapshotter(FastPathSnapshotter):
             staging = self._staged.get(key)
         if staging is None:
             return super().commit(name, key, labels)
-        blob = staging.future.result()
+        try:
+            blob = staging.future.result(timeout=self.max_wait)
+        except TimeoutError:
+            log.warning("snapshot %s: staged conversion still running after %.0f s; cancelled, "
+                        "ordinary commit", key, self.max_wait)  # fmt: skip
+            staging.cancel.set()
+            blob = None
         if blob is not None and self._swap(name, key, labels, staging, blob):
             return None
         self._forget(key, staging)
@@ -310,7 +334,7 @@ class StagingSnapshotter(FastPathSnapshotter):
             staging = self._staged.pop(key, None)
         if staging is not None:
             staging.cancel.set()
-            self._teardown.submit(self._drop, staging)
+            self._drop(staging)
 
     def _forget(self, key: str, staging: _Staging) -> None:
         with self._mutate:
@@ -319,8 +343,12 @@ class StagingSnapshotter(FastPathSnapshotter):
         self._drop(staging)
 
     def _drop(self, staging: _Staging) -> None:
-        """Wait for a staged conversion no one will use and discard its folder."""
-        staging.future.result()
-        self._discard(staging.layer_id)
-        with self._mutate:
-            self._in_flight.discard(staging.layer_id)
+        """Discard the folder of a staged conversion no one will use, once it has ended (on
+        the worker that ends it, or here when it has)."""
+
+        def discard(_: Future[str | None]) -> None:
+            self._discard(staging.layer_id)
+            with self._mutate:
+                self._in_flight.discard(staging.layer_id)
+
+        staging.future.add_done_callback(discard)
