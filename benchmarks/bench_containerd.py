@@ -44,7 +44,9 @@ script stops after the set-up and prints the two commands, for an external paire
 ``--serve CMDS`` sets the same up (the image unpacked for both snapshotters), writes the
 command lines (``run_lcow=...``, ``run_overlayfs=...``, ``pull_lcow=...``, ``pull_overlayfs=...``,
 ``rm=...``: shell words) to CMDS and waits for SIGTERM: containerd and the snapshotter run
-once for any number of outside timings. A pull timed that way should be followed by ``rm``
+once for any number of outside timings (with ``--content-store`` the lcow server gets
+``--containerd-address``, so stock pulls take the staged unpack of docs/containerd.md). A pull
+timed that way should be followed by ``rm``
 in the same timed command for both snapshotters (``sh -c "$pull_lcow && $rm"``), so that each
 pull starts from nothing and each pays for removing its own unpacked layers.
 
@@ -535,11 +537,17 @@ def measure_fastpath(data: Path, runs: int, hold: bool) -> dict[str, Any]:
         }  # fmt: skip
 
 
-def one_lcow(data: Path) -> Callable[[Path], list[Snapshotter]]:
-    """The single ``lcow`` snapshotter of :func:`measure` and :func:`serve_only`."""
-    return lambda sock_dir: [
-        Snapshotter(data / "lcow-root", sock_dir / "lcow.sock", data / "lcow.log")
-    ]
+def one_lcow(data: Path, content_store: bool = False) -> Callable[[Path], list[Snapshotter]]:
+    """The single ``lcow`` snapshotter of :func:`measure` and :func:`serve_only`; with
+    ``content_store``, it reads containerd's content store (``--containerd-address``, a
+    symlink ``cd.sock`` in the socket folder made once containerd runs)."""
+
+    def make(sock_dir: Path) -> list[Snapshotter]:
+        extra = ["--containerd-address", str(sock_dir / "cd.sock")] if content_store else []
+        return [Snapshotter(data / "lcow-root", sock_dir / "lcow.sock", data / "lcow.log",
+                            extra=extra)]  # fmt: skip
+
+    return make
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -568,16 +576,18 @@ def measure(data: Path, runs: int, rows: tuple[str, ...] = ROWS) -> dict[str, An
         }  # fmt: skip
 
 
-def serve_only(data: Path, commands: Path) -> dict[str, Any]:
+def serve_only(data: Path, commands: Path, content_store: bool = False) -> dict[str, Any]:
     """Set up as :func:`measure` does, the image unpacked for both snapshotters; write the
     ``ctr run`` and ``ctr images pull`` command lines of each snapshotter to ``commands``
     (shell words, one ``NAME=ARGV`` a line) for an outside timer; serve until SIGTERM or
-    SIGINT, then stop everything."""
+    SIGINT, then stop everything. ``content_store``: as :func:`one_lcow`."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with set_up(data, one_lcow(data)) as setup:
+    with set_up(data, one_lcow(data, content_store)) as setup:
         daemon, ref = setup.daemon, setup.ref
+        if content_store:
+            (setup.sock_dir / "cd.sock").symlink_to(daemon.address)
         for name in SNAPSHOTTERS:
             daemon.ctr("images", "pull", "--plain-http", "--snapshotter", name, ref)
         ctr = [CTR, "--address", str(daemon.address), "-n", daemon.namespace]
@@ -616,12 +626,15 @@ def main() -> int:
     ap.add_argument("--serve", type=Path, metavar="COMMANDS",
                     help="set up only: write the timed commands to COMMANDS and serve until "
                     "SIGTERM, for an outside timer (e.g. hyperfine or /usr/bin/time)")
+    ap.add_argument("--content-store", action="store_true",
+                    help="with --serve: the lcow server reads containerd's content store "
+                    "(--containerd-address: the fast path and staged unpacks)")
     args = ap.parse_args()
     if args.data.exists():
         raise SystemExit(f"{args.data} exists: remove it or choose another --data")
     if args.serve is not None:
         try:
-            serve_only(args.data, args.serve)
+            serve_only(args.data, args.serve, args.content_store)
         finally:
             if not args.keep:
                 shutil.rmtree(args.data, ignore_errors=True)

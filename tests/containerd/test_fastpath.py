@@ -177,17 +177,6 @@ def test_a_fresh_cri_pull_takes_the_fast_path_where_the_blob_is_being_fetched(
     _rm_frees_everything(fast_path, pushed_image)
 
 
-def test_ctr_images_pull_names_no_layer_and_takes_the_ordinary_path(
-    fast_path: FastPath, pushed_image: PushedImage
-) -> None:
-    fast_path.daemon.ctr("images", "pull", "--plain-http", "--snapshotter", SNAPSHOTTER,
-                         pushed_image.reference)  # fmt: skip
-    assert "fast path" not in fast_path.log()
-    assert fast_path.commits() == len(pushed_image.image.layers)
-    _check_layers(fast_path, pushed_image)
-    _rm_frees_everything(fast_path, pushed_image)
-
-
 def _prepare(
     stub: snapshots_pb2_grpc.SnapshotsStub, key: str, labels: dict[str, str], parent: str = ""
 ) -> pb.PrepareSnapshotResponse:

@@ -39,6 +39,9 @@ LINGER = 1.0
 class Snapshotter:
     """``lcow --root ROOT --backend host snapshotter serve --address SOCK`` as a process."""
 
+    #: How Python runs lcow (a test may run it under a fault-injecting wrapper instead).
+    program: tuple[str, ...] = ("-m", "lcow")
+
     def __init__(
         self,
         root: Path,
@@ -54,7 +57,7 @@ class Snapshotter:
     def start(self) -> Snapshotter:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "lcow", "--root", str(self.root), "--backend", "host",
+                [sys.executable, *self.program, "--root", str(self.root), "--backend", "host",
                  "snapshotter", "serve", "--address", str(self.socket), *self.extra,
                  *([] if self.linger is None else ["--linger", str(self.linger)])],
                 stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,

@@ -14,7 +14,10 @@ the next snapshotter, which adopts them. Logs go to stderr, escaped.
 With ``--containerd-address SOCK`` (containerd's own gRPC socket), a Prepare that names its
 layer (the ``containerd.io/snapshot.ref`` target and the ``containerd.io/snapshot/cri.layer-digest``
 labels CRI's pulls send) is served from the layer's blob in containerd's content store: the
-blob converted in one pass and committed, answered AlreadyExists (docs/containerd.md).
+blob converted in one pass and committed, answered AlreadyExists; and a Prepare for containerd's
+unpacker without those labels (``ctr images pull``) has its layer converted from the blob the
+image's manifest names while the differ unpacks, committed in the sandbox's place
+(docs/containerd.md).
 """
 
 from __future__ import annotations
@@ -123,11 +126,9 @@ def run(args: argparse.Namespace) -> int:
     driver.linger(SERVER_LINGER if args.linger is None else args.linger)
     if args.containerd_address is not None:
         from lcow.snapshots.content import ContentStore
-        from lcow.snapshots.fastpath import FastPathSnapshotter
+        from lcow.snapshots.staging import StagingSnapshotter
 
-        snapshotter: Snapshotter = FastPathSnapshotter(
-            driver, ContentStore(args.containerd_address)
-        )
+        snapshotter: Snapshotter = StagingSnapshotter(driver, ContentStore(args.containerd_address))
     else:
         snapshotter = Snapshotter(driver)
     try:

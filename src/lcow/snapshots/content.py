@@ -18,7 +18,10 @@ import grpc
 from lcow.errors import InvalidArgument, NotFound
 from lcow.snapshots._proto import content_pb2, content_pb2_grpc
 
-__all__ = ["NAMESPACE_HEADER", "ContentStore", "Ingest", "check_namespace"]
+__all__ = ["CONFIG_REF_LABEL", "NAMESPACE_HEADER", "ContentStore", "Ingest", "check_namespace"]
+
+#: The label containerd's fetch handlers put on a manifest naming its config blob.
+CONFIG_REF_LABEL = "containerd.io/gc.ref.content.config"
 
 #: The gRPC metadata header containerd reads the namespace of a call from.
 NAMESPACE_HEADER = "containerd-namespace"
@@ -116,6 +119,34 @@ class ContentStore:
                     status.updated_at.ToNanoseconds(),
                 )  # fmt: skip
         return None
+
+    def manifests(self, namespace: str) -> list[tuple[str, dict[str, str]]]:
+        """The digests and labels of the blobs labelled with a config reference (the image
+        manifests containerd fetched in ``namespace``).
+
+        Raises:
+            grpc.RpcError: containerd failed.
+        """
+        request = content_pb2.ListContentRequest(filters=[f'labels."{CONFIG_REF_LABEL}"'])
+        found: list[tuple[str, dict[str, str]]] = []
+        for reply in self._stub.List(request, metadata=self._metadata(namespace),
+                                     timeout=self.timeout):  # fmt: skip
+            found.extend((info.digest, dict(info.labels)) for info in reply.info)
+        return found
+
+    def read_small(self, namespace: str, digest: str, limit: int) -> bytes | None:
+        """The whole blob ``digest`` if it is in the store and at most ``limit`` bytes long.
+
+        Raises:
+            grpc.RpcError: containerd failed.
+        """
+        size = self.size(namespace, digest)
+        if size is None or size > limit:
+            return None
+        try:
+            return b"".join(self.read(namespace, digest))
+        except NotFound:
+            return None
 
     def read(self, namespace: str, digest: str) -> Iterator[bytes]:
         """The bytes of blob ``digest``, in the chunks containerd sends.

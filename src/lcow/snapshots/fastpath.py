@@ -68,6 +68,8 @@ __all__ = [
     "MAX_WAIT",
     "STALL",
     "TARGET_LABEL",
+    "BlobLayer",
+    "BlobRequest",
     "FastPathSnapshotter",
 ]
 
@@ -88,7 +90,7 @@ _CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
-class _Request:
+class BlobRequest:
     """A Prepare the fast path may serve."""
 
     key: str
@@ -104,7 +106,7 @@ class _Request:
 
 
 @dataclass(frozen=True)
-class _Layer:
+class BlobLayer:
     """The folder the fast path converts a blob into, and what the blob must prove."""
 
     id: str
@@ -242,7 +244,7 @@ class FastPathSnapshotter(Snapshotter):
     # -- deciding ----------------------------------------------------------------------------
 
     @staticmethod
-    def _request(key: str, parent: str | None, labels: Mapping[str, str]) -> _Request | None:
+    def _request(key: str, parent: str | None, labels: Mapping[str, str]) -> BlobRequest | None:
         """The fast path's view of a Prepare, or ``None`` when it does not apply."""
         target, blob = labels.get(TARGET_LABEL), labels.get(LAYER_DIGEST_LABEL)
         if not target or not blob:
@@ -256,9 +258,9 @@ class FastPathSnapshotter(Snapshotter):
         if "/" not in key:  # not a key containerd's metadata made: no namespace to read in
             return None
         namespace = check_namespace(key.split("/", 1)[0])
-        return _Request(key, parent, checked, namespace, target, blob)
+        return BlobRequest(key, parent, checked, namespace, target, blob)
 
-    def _serve(self, req: _Request) -> bool:
+    def _serve(self, req: BlobRequest) -> bool:
         """Whether the target is committed now (converted here, or found); ``False``: take the
         ordinary path (the reason is logged)."""
         with self.store.transaction() as tx:
@@ -282,10 +284,10 @@ class FastPathSnapshotter(Snapshotter):
             return False
         if size is None:
             return False
-        return self._convert_blob(req, _Layer(new_layer_id(), parent_id, parent_chain, size))
+        return self._convert_blob(req, BlobLayer(new_layer_id(), parent_id, parent_chain, size))
 
     @staticmethod
-    def _parent_chain(tx: Transaction, req: _Request) -> tuple[bool, str | None]:
+    def _parent_chain(tx: Transaction, req: BlobRequest) -> tuple[bool, str | None]:
         """Whether the parent's chain ID is known, and it (``None``: no parent). Unknown for a
         missing or uncommitted parent (the ordinary path gives the usual errors) and for a
         parent without a chain ID label."""
@@ -302,11 +304,11 @@ class FastPathSnapshotter(Snapshotter):
         return True, chain
 
     @staticmethod
-    def _found(tx: Transaction, req: _Request) -> bool:
+    def _found(tx: Transaction, req: BlobRequest) -> bool:
         """Whether this namespace has the target committed over the same parent already."""
         return tx.committed_target(req.target, req.parent, req.namespace + "/") is not None
 
-    def _blob_size(self, req: _Request) -> int | None:
+    def _blob_size(self, req: BlobRequest) -> int | None:
         """The blob's size once it is committed in the content store; ``None``: it is not,
         and no fetch of it is under way, or that fetch stalled or took too long."""
         start = last_move = time.monotonic()
@@ -349,7 +351,7 @@ class FastPathSnapshotter(Snapshotter):
 
     # -- converting --------------------------------------------------------------------------
 
-    def _convert_blob(self, req: _Request, layer: _Layer) -> bool:
+    def _convert_blob(self, req: BlobRequest, layer: BlobLayer) -> bool:
         with self._mutate:  # Cleanup lists folders under this lock: it sees the id first
             self._in_flight.add(layer.id)
         try:
@@ -358,7 +360,7 @@ class FastPathSnapshotter(Snapshotter):
             with self._mutate:
                 self._in_flight.discard(layer.id)
 
-    def _convert_into(self, req: _Request, layer: _Layer) -> bool:
+    def _convert_into(self, req: BlobRequest, layer: BlobLayer) -> bool:
         started = time.monotonic()
         layer_id = layer.id
         name = f"blob {req.blob}"
@@ -386,11 +388,18 @@ class FastPathSnapshotter(Snapshotter):
                  layer.size, layer_id, time.monotonic() - started)  # fmt: skip
         return True
 
-    def _apply(self, req: _Request, layer: _Layer, name: str) -> str:
+    def _apply(
+        self,
+        req: BlobRequest,
+        layer: BlobLayer,
+        name: str,
+        wrap: Callable[[Iterator[bytes]], Iterator[bytes]] | None = None,
+    ) -> str:
         """Convert the blob into ``layer_id``'s ``layer.vhd``, verified before it is in place;
-        returns the blob's compression."""
+        returns the blob's compression. ``wrap`` sees the blob's chunks on their way (it may
+        stop the conversion by raising)."""
         chunks = self.content.read(req.namespace, req.blob)
-        feed = _BlobFeed(chunks, name)
+        feed = _BlobFeed(chunks if wrap is None else wrap(chunks), name)
         finished: list[str] = []
 
         def verify() -> dict[str, object]:
@@ -426,7 +435,7 @@ class FastPathSnapshotter(Snapshotter):
                 close()
         return feed.compression
 
-    def _record(self, req: _Request, layer_id: str) -> bool:
+    def _record(self, req: BlobRequest, layer_id: str) -> bool:
         """Write the committed row; ``False`` when the parent went or the name was taken
         meanwhile."""
         labels = check_labels({**req.labels, FAST_PATH_LABEL: req.blob}, req.name)

@@ -65,7 +65,7 @@ from lcow.snapshots.labels import check_key, check_labels
 from lcow.snapshots.metastore import Kind, MetaStore, Snapshot, Transaction
 from lcow.storage.dataroot import LAYER_VHD, DataRoot
 
-__all__ = ["METASTORE", "Mount", "Snapshotter", "Usage", "new_layer_id"]
+__all__ = ["METASTORE", "Mount", "Snapshotter", "Usage", "new_layer_id", "unpack_key"]
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Usage:
     inodes: int
 
 
-def _is_unpack(key: str) -> bool:
+def unpack_key(key: str) -> bool:
     """Whether ``key`` is one containerd's unpacker prepares a layer under (``extract-<unique>
     <chain ID>``, below containerd's ``<namespace>/<number>/``)."""
     return _UNPACK_KEY.match(key) is not None
@@ -229,7 +229,7 @@ class Snapshotter:
                     raise AlreadyExists(f"snapshot {key}: already exists", subject=key)
                 parent_id = self._committed_parent(tx, key, parent)
             layer_id = view_id = new_layer_id()
-            raw = kind is Kind.ACTIVE and _is_unpack(key)
+            raw = kind is Kind.ACTIVE and unpack_key(key)
             self.driver.create_read_write(layer_id, parent_id, raw=raw)
             try:
                 source = self._get(view_id)

@@ -652,7 +652,10 @@ def _checkpoint(mountpoint: Path) -> None:
     try:
         kernel.freeze(mountpoint)
     except OSError as exc:
-        log.warning("host backend: %s: could not flush before unmounting: %s", mountpoint, exc)
+        # EIO: the file system was shut down (a staged unpack's sandbox, discarded on purpose:
+        # lcow.snapshots.staging) or its disk fails, which the unmount reports again.
+        level = logging.INFO if exc.errno == errno.EIO else logging.WARNING
+        log.log(level, "host backend: %s: could not flush before unmounting: %s", mountpoint, exc)
         return
     kernel.thaw(mountpoint)
 
