@@ -55,11 +55,18 @@ def shut_down_image(image: Path) -> bool:
         OSError: the kernel refused (not ext4, no ``CAP_SYS_ADMIN``).
     """
     device = _device_of(image)
-    mountpoint = None if device is None else _ext4_mount(device)
+    if device is None:
+        return False
+    mountpoint = _ext4_mount(device)
     if mountpoint is None:
         return False
     fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        # The descriptor pins what is mounted there now: if that is no longer this device's
+        # file system (unmounted, the slot reused meanwhile), shut nothing down.
+        major, minor = (int(part) for part in device.split(":"))
+        if os.fstat(fd).st_dev != os.makedev(major, minor):
+            return False
         fcntl.ioctl(fd, _EXT4_IOC_SHUTDOWN, struct.pack("I", _NOLOGFLUSH))
     finally:
         os.close(fd)
