@@ -196,11 +196,18 @@ def test_an_idle_daemon_killed_is_replaced_on_demand(driver: Driver, root: Path)
     assert wait_until(lambda: daemon_pid(root) is None, 10)
     use_sandbox(driver, "c2", b"2")
     assert daemon_pid(root) not in (None, pid)
-    view = driver.get("c1")
+    view = driver.get("c1")  # its idle sandbox sat on the dead export: mounted afresh
     try:
+        (disk,) = [d for k, d in MountTable(root / STATE_FOLDER).peek().disks.items()
+                   if k.startswith("c1:")]  # fmt: skip
+        assert (root / STATE_FOLDER / "e" / disk.slot).stat().st_size > 0  # a live export
         assert Path(view.path, "w").read_bytes() == b"1"
+        Path(view.path, "later").write_bytes(b"ok")
+        os.sync()
     finally:
         driver.put("c1")
+    driver.stop_lingering()  # written home on the new daemon
+    assert diff_files(driver, "c1", "base") == {"w": b"1", "later": b"ok"}
 
 
 def test_a_daemon_killed_while_it_serves_costs_only_unsynced_writes(
@@ -219,8 +226,17 @@ def test_a_daemon_killed_while_it_serves_costs_only_unsynced_writes(
     os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: daemon_pid(root) is None, 10)
     use_sandbox(driver, "c2", b"2")  # a new daemon
-    driver.put("c1")
-    assert [x for x in host_leftovers(root) if "/mounts/e/" in x] == []  # no dead FUSE mount
+    driver.put("c1")  # its sandbox, on a dead export, does not idle: unmounted
+    assert own_disks(root, "c1") == {}
+    live = [f"{root / STATE_FOLDER}/e/{d.slot}" for d in MountTable(root / STATE_FOLDER)
+            .peek().disks.values() if d.exported]  # fmt: skip
+    assert len(live) == 1  # c2's, idle on the new daemon
+    dead = [
+        x
+        for x in host_leftovers(root)
+        if "/mounts/e/" in x and not any(x.endswith(p) for p in live)
+    ]
+    assert dead == []  # no dead FUSE mount
     again = driver.get("c1")
     try:
         assert Path(again.path, "synced").read_bytes() == b"on disk"
@@ -251,15 +267,132 @@ def test_idle_layer_disks_are_reused_then_unmounted(driver: Driver, root: Path) 
     driver.linger(1.0)
     use_sandbox(driver, "c1", b"1")
     idle = disk_mounts(root)
-    assert len(idle) == 1  # base's image, idle; the sandbox's own disk went
+    assert len(idle) == 2  # base's image and c1's sandbox, idle
     devices = {k: d.device for k, d in MountTable(root / STATE_FOLDER).peek().disks.items()}
     assert driver.view_count("c1") == 0
     use_sandbox(driver, "c2", b"2")
-    assert disk_mounts(root) == idle  # counted again, not mounted a second time
+    assert set(idle) < set(disk_mounts(root))  # base counted again, not mounted a second time
     table = MountTable(root / STATE_FOLDER).peek()
-    assert {k: d.device for k, d in table.disks.items()} == devices
-    assert [d.users for d in table.disks.values()] == [0]
+    assert {k: d.device for k, d in table.disks.items() if k in devices} == devices
+    assert [d.users for d in table.disks.values()] == [0, 0, 0]
     assert wait_until(lambda: disk_mounts(root) == [] and daemon_pid(root) is None, 10)
+    assert host_leftovers(root) == []
+    view = driver.get("c2")  # the idle stop's unmount wrote the sandboxes home
+    try:
+        assert Path(view.path, "w").read_bytes() == b"2"
+    finally:
+        driver.put("c2")
+
+
+def own_disks(root: Path, layer_id: str) -> dict[str, tuple[str, int]]:
+    """The table's disks of ``layer_id``'s folder: key -> (loop device, users)."""
+    table = MountTable(root / STATE_FOLDER).peek()
+    return {k: (d.device, d.users) for k, d in table.disks.items()
+            if k.split(":", 1)[0] == layer_id}  # fmt: skip
+
+
+def exports(root: Path) -> list[str]:
+    """The storage daemon's exports right now."""
+    from lcow.backends.host.storage_daemon import StorageDaemon
+
+    return sorted(StorageDaemon(root / STATE_FOLDER, 30.0).exports())
+
+
+def diff_files(driver: Driver, layer: str, parent: str) -> dict[str, bytes]:
+    """The regular files of ``layer``'s Diff against ``parent``: name -> bytes."""
+    with driver.diff(layer, parent) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        found = {}
+        for member in tar:
+            data = tar.extractfile(member) if member.isfile() else None
+            if data is not None:
+                found[member.name] = data.read()
+        return found
+
+
+def test_a_released_sandbox_lingers_mounted_and_exported_for_the_next_get(
+    driver: Driver, root: Path
+) -> None:
+    """dockerd's container start: the ``-init`` layer is Got and Put, then is the lower of the
+    container layer's view, which is Got, Put and Got again. Each sandbox is exported and
+    mounted once: a released one stays, idle, and the next view counts it again."""
+    driver.linger(60)
+    driver.create_read_write("c-init", "base")
+    view = driver.get("c-init")
+    Path(view.path, "hosts").write_bytes(b"127.0.0.1 c\n")
+    driver.put("c-init")
+    (init_key,) = own_disks(root, "c-init")
+    device, users = own_disks(root, "c-init")[init_key]
+    assert users == 0 and exports(root) == ["x" + MountTable(root / STATE_FOLDER).peek()
+                                            .disks[init_key].slot]  # fmt: skip
+    driver.create_read_write("c", "c-init")
+    for round_ in range(2):
+        view = driver.get("c")
+        assert own_disks(root, "c-init") == {init_key: (device, 1)}  # the same mount
+        assert Path(view.path, "hosts").read_bytes() == b"127.0.0.1 c\n"
+        Path(view.path, f"w{round_}").write_bytes(b"x" * 200_000)
+        driver.put("c")
+        if round_ == 0:
+            first = own_disks(root, "c")
+    assert own_disks(root, "c") == first  # the container's own sandbox was kept too
+    assert len(exports(root)) == 2
+    # What the views wrote is read consistently while they idle (Diff freezes them) ...
+    assert diff_files(driver, "c", "c-init") == {"w0": b"x" * 200_000, "w1": b"x" * 200_000}
+    assert diff_files(driver, "c-init", "base") == {"hosts": b"127.0.0.1 c\n"}
+    # ... and Remove unmounts and unexports a layer's idle sandbox at once.
+    driver.remove("c")
+    assert own_disks(root, "c") == {} and len(exports(root)) == 1
+    driver.remove("c-init")
+    assert own_disks(root, "c-init") == {} and exports(root) == []
+    (left,) = MountTable(root / STATE_FOLDER).peek().disks.values()
+    assert left.users == 0 and not left.writable  # base's image, idle
+    assert disk_mounts(root) == [f"{root / STATE_FOLDER}/d/{left.slot}"]
+
+
+def test_apply_diff_over_a_lingering_sandbox_unmounts_it_first(driver: Driver, root: Path) -> None:
+    """A snapshotter's Commit: the view Put, the sandbox's Diff ApplyDiffed into the same layer,
+    which deletes the sandbox. No mount or export may keep the deleted file alive."""
+    driver.linger(60)
+    use_sandbox(driver, "c1", b"1")
+    assert len(own_disks(root, "c1")) == 1 and len(exports(root)) == 1
+    with driver.diff("c1") as stream:
+        tar = stream.read()
+    driver.apply_diff("c1", None, io.BytesIO(tar))
+    assert own_disks(root, "c1") == {} and exports(root) == []
+    assert [x for x in host_leftovers(root) if "sandbox" in x] == []
+    view = driver.get("c1")
+    try:
+        assert Path(view.path, "w").read_bytes() == b"1"
+    finally:
+        driver.put("c1")
+
+
+def test_a_killed_front_end_leaves_an_idle_sandbox_whose_writes_the_next_backend_keeps(
+    root: Path,
+) -> None:
+    """SIGKILL right after a Put: the sandbox idles, mounted, its writes maybe only in memory.
+    The next backend over the root unmounts it (which writes them home) and unexports it."""
+    drv = Driver(root, ["lcow.backend=host"])
+    drv.create("base")
+    drv.apply_diff("base", None, io.BytesIO(_tar({"a": b"A"})))
+    script = (
+        "import os, signal\n"
+        "from pathlib import Path\n"
+        "from lcow.graphdriver.driver import Driver\n"
+        f"d = Driver({str(root)!r}, ['lcow.backend=host'])\n"
+        "d.linger(600)\n"
+        "d.create_read_write('c1', 'base')\n"
+        "Path(d.get('c1').path, 'w').write_bytes(b'z' * 300000)\n"
+        "d.put('c1')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert len(own_disks(root, "c1")) == 1 and len(exports(root)) == 1  # idle, left behind
+    restarted = Driver(root, ["lcow.backend=host"])
+    assert own_disks(root, "c1") == {} and daemon_pid(root) is None
+    assert host_leftovers(root) == []
+    assert diff_files(restarted, "c1", "base") == {"w": b"z" * 300_000}
     assert host_leftovers(root) == []
 
 

@@ -329,6 +329,11 @@ class Driver:
                     f"lcowdriver: applydiff: {layer_id}: its content is mounted; Put it first",
                     subject=layer_id,
                 )
+            # A disk of it that the backend keeps mounted, idle (linger), goes now: its sandbox
+            # is about to be deleted, and no mount may keep the old file alive.
+            release_idle = getattr(self.backend, "release_idle", None)
+            if own is not None and release_idle is not None:
+                release_idle(layer_id)
             # Converted under one temporary name, verified, the metadata written, then synced and
             # renamed into place: an image is never visible without its metadata (a verity
             # layer's root hash is what the vm backend mounts it with, an imported layer's diff

@@ -10,7 +10,8 @@ Layout of the state folder ``<root>/mounts`` (0700)::
     mask/lost+found      a whiteout: hides the empty ``lost+found`` every layer image has
 
 Each disk is mounted once and shared by every view that needs it (counted per view; under
-:meth:`HostBackend.linger` a read-only disk no view uses stays mounted, idle, for a while). A
+:meth:`HostBackend.linger` a disk no view uses, a sandbox too, stays mounted, idle, for a
+while). A
 view is an overlay whose lower directories are ``d/<slot>`` (a read-only layer) or
 ``d/<slot>/upper`` (a sandbox ancestor), given relative to the state folder when the absolute
 paths would not fit the one-page option string (128 layers); a writable view adds its sandbox's
@@ -145,18 +146,25 @@ class HostBackend:
     # -- the storage daemon's lifetime -----------------------------------------------------
 
     def linger(self, seconds: float) -> None:
-        """Keep the storage daemon, and the read-only layer disks of released views, up to
-        ``seconds`` after their last use instead of stopping and unmounting them at once
-        (0: at once, the default).
+        """Keep the storage daemon, and the disks of released views, up to ``seconds`` after
+        their last use instead of stopping and unmounting them at once (0: at once, the
+        default).
 
         For long-running front ends (the plugin, the snapshotter): a container's sandbox
         then does not pay the daemon's start and stop, nor its image's layers' loop devices
-        and mounts (issue 17). An idle disk stays in the table with no user; the next view
-        over it counts it again. The wait runs on a timer thread of this process, restarted
-        by every release; :meth:`stop_lingering` ends it at once, and a process killed
-        meanwhile leaves idle mounts and an idle daemon that the next backend over the data
-        root releases when it reconciles. A disk a view uses, and a daemon with exports, are
-        never touched by the timer; removing a layer unmounts its idle disk at once.
+        and mounts (issue 17), nor its own export and mount again at each Get (dockerd Gets
+        a container layer again right after the Put that follows its creation, and the
+        ``-init`` layer's sandbox is the lower of the container's view right after its own
+        Put). An idle disk stays in the table with no user; the next view over it counts it
+        again. An idle sandbox stays mounted read-write and exported: what its views wrote
+        reaches its file when it is read (:meth:`reading` freezes it), when its layer is
+        removed or replaced, at the idle stop, or when the next backend over the data root
+        releases it (each an unmount: see :func:`_unmount_disk`). The wait runs on a timer
+        thread of this process, restarted by every release; :meth:`stop_lingering` ends it
+        at once, and a process killed meanwhile leaves idle mounts and an idle daemon that
+        the next backend over the data root releases when it reconciles. A disk a view
+        uses, and a daemon with exports, are never touched by the timer; removing a layer
+        unmounts its idle disks at once.
         """
         self.daemon_idle = max(0.0, seconds)
 
@@ -252,10 +260,20 @@ class HostBackend:
             view = state.views.get(layer_id)
             if view is not None:
                 self._teardown(state, layer_id, view, force=True)
-            # The layer goes (Remove): its own disk, idle since its views went, goes too.
-            idle = [k for k, d in state.disks.items()
-                    if d.users == 0 and k.split(":", 1)[0] == layer_id]  # fmt: skip
-            self._release_unused(state, idle)
+            self._release_idle_of(state, layer_id)
+
+    def release_idle(self, layer_id: str) -> None:
+        """Unmount (and unexport) the disks of ``layer_id``'s folder that no view uses: its
+        file is about to be replaced or deleted, and a sandbox's writes must reach it first."""
+        with self.table.transaction() as state:
+            self._release_idle_of(state, layer_id)
+
+    def _release_idle_of(self, state: MountState, layer_id: str) -> None:
+        # The layer goes or changes (Remove, ApplyDiff): its own disks, idle since their views
+        # went, go too (the unmount writes a sandbox's data home: _unmount_disk).
+        idle = [k for k, d in state.disks.items()
+                if d.users == 0 and k.split(":", 1)[0] == layer_id]  # fmt: skip
+        self._release_unused(state, idle)
 
     def count(self, layer_id: str) -> int:
         """Outstanding Gets of ``layer_id``."""
@@ -395,9 +413,12 @@ class HostBackend:
             for disk in files:
                 key = _disk_key(disk)
                 keys.append(key)
-                if key in state.disks:
+                if key in state.disks and not self._dead_idle(state.disks[key]):
                     state.disks[key].users += 1
-                elif key not in fresh:
+                    continue
+                if key in state.disks:  # idle on the export of a daemon that died: afresh
+                    self._release_unused(state, [key])
+                if key not in fresh:
                     fresh[key] = (disk, next(slots))
             exports = [(slot, d.path) for d, slot in fresh.values() if _exported(d)]
             if exports:
@@ -464,9 +485,9 @@ class HostBackend:
     def _release_disks(
         self, state: MountState, keys: list[str], *, force: bool, linger: bool = False
     ) -> None:
-        """Drop one user of each disk; unmount those left without users (with ``linger``, a
-        read-only one stays mounted, idle), then end their exports in one storage-daemon
-        session (and stop the daemon when none remain, or let it linger)."""
+        """Drop one user of each disk; unmount those left without users (with ``linger``, one
+        stays mounted, idle, a sandbox's export too), then end their exports in one
+        storage-daemon session (and stop the daemon when none remain, or let it linger)."""
         unmounted: list[DiskEntry] = []
         errors: list[OSError] = []
         kept = False
@@ -477,7 +498,7 @@ class HostBackend:
             if entry.users > 1:
                 entry.users -= 1
                 continue
-            if linger and not entry.writable:
+            if linger and not (entry.exported and not self._export_alive(entry)):
                 entry.users = 0  # idle: the next view over it counts it again
                 kept = True
                 continue
@@ -503,6 +524,20 @@ class HostBackend:
         if errors:
             raise errors[0]
 
+    def _export_alive(self, entry: DiskEntry) -> bool:
+        """Whether a sandbox's export still answers (a killed storage daemon leaves a dead
+        FUSE mount: its loop device and filesystem only fail from then on). ``statfs``, not
+        ``stat``: the kernel answers the latter from cached attributes, a dead mount too."""
+        try:
+            os.statvfs(self.home / "e" / entry.slot)
+        except OSError:
+            return False
+        return True
+
+    def _dead_idle(self, entry: DiskEntry) -> bool:
+        """Whether an idle sandbox disk sits on a dead export: no view may count it again."""
+        return entry.users == 0 and entry.exported and not self._export_alive(entry)
+
     def _export(self, disks: list[tuple[str, Path]]) -> None:
         """Export sandboxes as the raw files ``e/<slot>``."""
         self.daemon.start()
@@ -523,7 +558,8 @@ class HostBackend:
         for slot, device in disks:
             if device is not None:
                 _wait_loop_released(device, self.home / "e" / slot)
-        self.daemon.unexport([f"x{slot}" for slot, _ in disks])
+        if self.daemon.pid() is not None:  # a daemon that died exports nothing any more
+            self.daemon.unexport([f"x{slot}" for slot, _ in disks])
         dead = {p for p, _ in kernel.mounts_below(self.home / "e")}
         for slot, _ in disks:
             export = self.home / "e" / slot
