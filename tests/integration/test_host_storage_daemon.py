@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -431,3 +432,62 @@ def test_letting_go_unmounts_idle_disks_but_not_a_held_view(driver: Driver, root
     assert len(disk_mounts(root)) == 2
     assert Path(view.path, "a").read_bytes() == b"A"
     driver.put("held")
+
+
+def removing_folders(root: Path) -> list[str]:
+    """``-removing`` folders in the data root."""
+    return sorted(p.name for p in root.iterdir() if p.name.endswith("-removing"))
+
+
+def test_a_lingering_driver_deletes_a_removed_layer_after_remove_answers(
+    driver: Driver, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Remove's commit point is the rename: the layer is absent at once (even for a Create of
+    the same id), its files go on a background thread that letting go waits for."""
+    from lcow.graphdriver import deferred
+
+    gate = threading.Event()
+    real_delete = deferred._delete
+
+    def gated_delete(folder: Path) -> None:  # holds the deletions back until the gate opens
+        gate.wait(30)
+        real_delete(folder)
+
+    monkeypatch.setattr(deferred, "_delete", gated_delete)
+    driver.linger(60)
+    use_sandbox(driver, "c0", b"0")
+    driver.remove("c0")
+    (retired,) = removing_folders(root)  # Remove answered before the deletion ran
+    assert (root / retired / "sandbox.vhdx").exists() and not driver.exists("c0")
+    gate.set()
+    for round_ in range(3):  # the same id removed again while an earlier deletion may run
+        use_sandbox(driver, "c1", str(round_).encode())
+        driver.remove("c1")
+        assert not driver.exists("c1") and "c1" not in driver.root.layer_ids()
+        assert own_disks(root, "c1") == {}  # its idle sandbox went first
+    driver.stop_lingering()
+    assert removing_folders(root) == []
+    assert host_leftovers(root) == []
+
+
+def test_a_deletion_a_kill_interrupts_is_swept_by_cleanup(root: Path) -> None:
+    Driver(root, ["lcow.backend=host"]).create("base")
+    script = (
+        "import os, signal\n"
+        "from lcow.graphdriver.driver import Driver\n"
+        f"d = Driver({str(root)!r}, ['lcow.backend=host'])\n"
+        "d.linger(600)\n"
+        "d._deletions.submit = lambda folder: None  # a fault: the kill lands before it runs\n"
+        "d.create_read_write('c1', 'base')\n"
+        "d.remove('c1')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    (left,) = removing_folders(root)
+    assert left.startswith("c1.")
+    again = Driver(root, ["lcow.backend=host"])
+    assert not again.exists("c1") and again.root.layer_ids() == ["base"]
+    again.cleanup()
+    assert removing_folders(root) == []

@@ -36,6 +36,7 @@ from lcow.convert.tarwriter import END_OF_ARCHIVE, as_writer
 from lcow.errors import AlreadyExists, Busy, LcowError, NoSpace, NotFound, NotSupported
 from lcow.formats.ext4.reader import Ext4Reader
 from lcow.formats.source import open_source
+from lcow.graphdriver.deferred import DeferredDeletions
 from lcow.graphdriver.diffstream import DiffStream
 from lcow.graphdriver.options import parse_driver_options, sandbox_size_bytes
 from lcow.layerdiff.changes import (
@@ -138,6 +139,7 @@ class Driver:
         self.backend = backend
         self._locks = LayerLocks(self.root.root)
         self._root_lock = RootLock(self.root.root)
+        self._deletions: DeferredDeletions | None = None  # see linger()
 
     def __str__(self) -> str:
         return "lcow"
@@ -549,10 +551,16 @@ class Driver:
         linger = getattr(self.backend, "linger", None)
         if linger is not None:
             linger(seconds)
+        # Removed layers' folders are deleted after Remove answers, on a thread of this process.
+        if seconds > 0 and self._deletions is None:
+            self._deletions = DeferredDeletions()
 
     def stop_lingering(self) -> None:
         """This process stops using the driver: idle helpers kept by :meth:`linger` stop;
         views and counts stay for their holders. Never fails."""
+        deletions, self._deletions = self._deletions, None
+        if deletions is not None:
+            deletions.close()
         stop = getattr(self.backend, "stop_lingering", None)
         if stop is not None:
             stop()
@@ -570,12 +578,23 @@ class Driver:
     # -- removal -----------------------------------------------------------------------------
 
     def remove(self, layer_id: str) -> None:
-        """Tear down the layer's views and delete its folder (unknown ids succeed)."""
+        """Tear down the layer's views and delete its folder (unknown ids succeed).
+
+        Under :meth:`linger` the folder is renamed away (the layer is absent from then on) and
+        deleted on a background thread, which :meth:`stop_lingering` and :meth:`cleanup` wait
+        for; a crash meanwhile leaves a ``-removing`` folder that Cleanup sweeps.
+        """
         validate_id(layer_id)
+        deletions = self._deletions
         with self._locks.hold(layer_id):
             self._drop_views(layer_id)
             with self._root_lock.hold():
-                self.root.remove_layer(layer_id)
+                if deletions is None:
+                    self.root.remove_layer(layer_id)
+                    return
+                retired = self.root.retire_layer(layer_id)
+        if retired is not None:  # absent from here on; its files go in the background
+            deletions.submit(retired)
 
     def cleanup(self, *, release_views: bool = True) -> None:
         """Release every view, sweep ``-removing`` folders and temporaries; never fails.
@@ -590,6 +609,8 @@ class Driver:
         """
         if not self.root.root.exists():
             return
+        if self._deletions is not None:
+            self._deletions.drain()  # the sweep below would race its deletions
         if release_views:
             try:
                 self.backend.cleanup()
