@@ -339,14 +339,13 @@ def test_a_released_sandbox_lingers_mounted_and_exported_for_the_next_get(
     # What the views wrote is read consistently while they idle (Diff freezes them) ...
     assert diff_files(driver, "c", "c-init") == {"w0": b"x" * 200_000, "w1": b"x" * 200_000}
     assert diff_files(driver, "c-init", "base") == {"hosts": b"127.0.0.1 c\n"}
-    # ... and Remove unmounts and unexports a layer's idle sandbox at once.
+    # ... and Remove unmounts and unexports a layer's idle sandbox (after it answered: the
+    # front end's letting go waits for that).
     driver.remove("c")
-    assert own_disks(root, "c") == {} and len(exports(root)) == 1
     driver.remove("c-init")
-    assert own_disks(root, "c-init") == {} and exports(root) == []
-    (left,) = MountTable(root / STATE_FOLDER).peek().disks.values()
-    assert left.users == 0 and not left.writable  # base's image, idle
-    assert disk_mounts(root) == [f"{root / STATE_FOLDER}/d/{left.slot}"]
+    driver.stop_lingering()
+    assert own_disks(root, "c") == {} and own_disks(root, "c-init") == {}
+    assert exports(root) == [] and disk_mounts(root) == []
 
 
 def test_apply_diff_over_a_lingering_sandbox_unmounts_it_first(driver: Driver, root: Path) -> None:
@@ -413,9 +412,9 @@ def test_an_idle_disk_is_not_in_use_and_goes_with_its_layer(driver: Driver, root
         assert sorted(os.listdir(view.path)) == ["lost+found", "new"]
     finally:
         driver.put("solo")
-    driver.remove("solo")  # its idle disks are unmounted with it, the space freed now
-    assert disk_mounts(root) == []
+    driver.remove("solo")  # its idle disks are unmounted with it, right after it answered
     assert not driver.exists("solo")
+    assert wait_until(lambda: disk_mounts(root) == [], 10)
 
 
 def test_letting_go_unmounts_idle_disks_but_not_a_held_view(driver: Driver, root: Path) -> None:
@@ -443,30 +442,39 @@ def test_a_lingering_driver_deletes_a_removed_layer_after_remove_answers(
     driver: Driver, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Remove's commit point is the rename: the layer is absent at once (even for a Create of
-    the same id), its files go on a background thread that letting go waits for."""
+    the same id); its idle sandbox is released and its files deleted on a background thread,
+    which letting go waits for. Meanwhile a new layer of the same id is read as itself."""
     from lcow.graphdriver import deferred
 
     gate = threading.Event()
-    real_delete = deferred._delete
+    real_retire = deferred._retire
 
-    def gated_delete(folder: Path) -> None:  # holds the deletions back until the gate opens
+    def gated_retire(*args: object) -> None:  # holds the deletions back until the gate opens
         gate.wait(30)
-        real_delete(folder)
+        real_retire(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(deferred, "_delete", gated_delete)
+    monkeypatch.setattr(deferred, "_retire", gated_retire)
     driver.linger(60)
-    use_sandbox(driver, "c0", b"0")
+    use_sandbox(driver, "c0", b"old")
+    (old_key,) = own_disks(root, "c0")
     driver.remove("c0")
     (retired,) = removing_folders(root)  # Remove answered before the deletion ran
     assert (root / retired / "sandbox.vhdx").exists() and not driver.exists("c0")
+    assert list(own_disks(root, "c0")) == [old_key]  # still idle, released in the background
+    use_sandbox(driver, "c0", b"new")  # the same id again, the same path, another file
+    assert diff_files(driver, "c0", "base") == {"w": b"new"}  # not the idle old one's
     gate.set()
+    driver.stop_lingering()
+    assert removing_folders(root) == [] and host_leftovers(root) == []
+    assert diff_files(driver, "c0", "base") == {"w": b"new"}
+    driver.remove("c0")
+    driver.linger(60)
     for round_ in range(3):  # the same id removed again while an earlier deletion may run
         use_sandbox(driver, "c1", str(round_).encode())
         driver.remove("c1")
         assert not driver.exists("c1") and "c1" not in driver.root.layer_ids()
-        assert own_disks(root, "c1") == {}  # its idle sandbox went first
     driver.stop_lingering()
-    assert removing_folders(root) == []
+    assert own_disks(root, "c1") == {} and removing_folders(root) == []
     assert host_leftovers(root) == []
 
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
+
+from lcow.errors import LcowError
 
 __all__ = ["DeferredDeletions"]
 
@@ -29,9 +32,10 @@ class DeferredDeletions:
         self._pending: set[Future[None]] = set()
         self._lock = threading.Lock()
 
-    def submit(self, folder: Path) -> None:
-        """Delete ``folder`` (a retired ``-removing`` folder) soon; never fails."""
-        future = self._pool.submit(_delete, folder)
+    def submit(self, folder: Path | None, first: Callable[[], None] | None = None) -> None:
+        """Run ``first`` (releasing what still holds the folder's files), then delete
+        ``folder`` (a retired ``-removing`` folder), soon; never fails."""
+        future = self._pool.submit(_retire, folder, first)
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._done)
@@ -50,6 +54,16 @@ class DeferredDeletions:
     def _done(self, future: Future[None]) -> None:
         with self._lock:
             self._pending.discard(future)
+
+
+def _retire(folder: Path | None, first: Callable[[], None] | None) -> None:
+    if first is not None:
+        try:
+            first()
+        except (OSError, LcowError) as exc:  # the idle stop or the next Cleanup retries
+            log.warning("lcowdriver: releasing %s: %s", folder, exc)
+    if folder is not None:
+        _delete(folder)
 
 
 def _delete(folder: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -569,11 +570,17 @@ class Driver:
         """Outstanding Gets of a layer (0 when none)."""
         return self.backend.count(layer_id)
 
-    def _drop_views(self, layer_id: str) -> None:
+    def _drop_views(self, layer_id: str, *, keep_idle: bool = False) -> list[str]:
+        """Close the layer's view whatever its count; its disks go too, or with ``keep_idle``
+        (a backend that keeps disks idle) stay idle: returns those to release later."""
+        release_view = getattr(self.backend, "release_view", None) if keep_idle else None
         try:
+            if release_view is not None:
+                return list(release_view(layer_id))
             self.backend.release_all(layer_id)
         except (OSError, LcowError) as exc:
             log.warning("lcowdriver: %s: closing its view failed: %s", layer_id, exc)
+        return []
 
     # -- removal -----------------------------------------------------------------------------
 
@@ -587,13 +594,18 @@ class Driver:
         validate_id(layer_id)
         deletions = self._deletions
         with self._locks.hold(layer_id):
-            self._drop_views(layer_id)
+            idle = self._drop_views(layer_id, keep_idle=deletions is not None)
             with self._root_lock.hold():
                 if deletions is None:
                     self.root.remove_layer(layer_id)
                     return
                 retired = self.root.retire_layer(layer_id)
-        if retired is not None:  # absent from here on; its files go in the background
+        # Absent from here on. In the background: its idle disks are released (a sandbox's
+        # unmount writes it home first), then its files deleted.
+        release_idle = getattr(self.backend, "release_idle", None)
+        if idle and release_idle is not None:
+            deletions.submit(retired, functools.partial(release_idle, layer_id, idle))
+        elif retired is not None:
             deletions.submit(retired)
 
     def cleanup(self, *, release_views: bool = True) -> None:

@@ -262,18 +262,33 @@ class HostBackend:
                 self._teardown(state, layer_id, view, force=True)
             self._release_idle_of(state, layer_id)
 
-    def release_idle(self, layer_id: str) -> None:
-        """Unmount (and unexport) the disks of ``layer_id``'s folder that no view uses: its
-        file is about to be replaced or deleted, and a sandbox's writes must reach it first."""
+    def release_view(self, layer_id: str) -> list[str]:
+        """Tear the view down whatever its count, like :meth:`release_all`, but leave the
+        layer's disks idle: returns their table keys, for :meth:`release_idle` once the layer's
+        folder is renamed away (a Remove that answers first)."""
         with self.table.transaction() as state:
-            self._release_idle_of(state, layer_id)
+            view = state.views.get(layer_id)
+            if view is not None:
+                self._teardown(state, layer_id, view, force=True)
+            return self._idle_of(state, layer_id)
+
+    def release_idle(self, layer_id: str, keys: Sequence[str] | None = None) -> None:
+        """Unmount (and unexport) the disks of ``layer_id``'s folder that no view uses (only
+        those of ``keys`` if given): its file is about to be replaced or deleted, and a
+        sandbox's writes must reach it first."""
+        with self.table.transaction() as state:
+            idle = self._idle_of(state, layer_id)
+            self._release_unused(state, idle if keys is None else [k for k in idle if k in keys])
 
     def _release_idle_of(self, state: MountState, layer_id: str) -> None:
         # The layer goes or changes (Remove, ApplyDiff): its own disks, idle since their views
         # went, go too (the unmount writes a sandbox's data home: _unmount_disk).
-        idle = [k for k, d in state.disks.items()
+        self._release_unused(state, self._idle_of(state, layer_id))
+
+    @staticmethod
+    def _idle_of(state: MountState, layer_id: str) -> list[str]:
+        return [k for k, d in state.disks.items()
                 if d.users == 0 and k.split(":", 1)[0] == layer_id]  # fmt: skip
-        self._release_unused(state, idle)
 
     def count(self, layer_id: str) -> int:
         """Outstanding Gets of ``layer_id``."""
@@ -282,9 +297,9 @@ class HostBackend:
 
     def in_use(self, disk: LayerFile) -> bool:
         """Whether ``disk`` is mounted for some view (an idle disk is not)."""
-        return any(
-            d.image == str(disk.path) and d.users > 0 for d in self.table.peek().disks.values()
-        )
+        key = _disk_key_if_present(disk)
+        entry = None if key is None else self.table.peek().disks.get(key)
+        return entry is not None and entry.users > 0
 
     @contextlib.contextmanager
     def reading(self, disk: LayerFile) -> Iterator[Path]:
@@ -297,7 +312,10 @@ class HostBackend:
             yield disk.path
             return
         with self.table.transaction() as state:
-            entry = next((d for d in state.disks.values() if d.image == str(disk.path)), None)
+            # By key (folder and inode), not path: a removed layer's disk may idle on, under
+            # the same path as a new layer of the same id, until its release (release_view).
+            key = _disk_key_if_present(disk)
+            entry = None if key is None else state.disks.get(key)
             if entry is None:
                 yield disk.path
                 return
@@ -655,6 +673,14 @@ def _disk_key(disk: LayerFile) -> str:
         raise FailedPrecondition(
             f"{disk.path}: the layer file vanished", subject=str(disk.path)
         ) from exc
+
+
+def _disk_key_if_present(disk: LayerFile) -> str | None:
+    """:func:`_disk_key`, or None when the file is gone."""
+    try:
+        return _disk_key(disk)
+    except FailedPrecondition:
+        return None
 
 
 def _exported(disk: LayerFile) -> bool:
