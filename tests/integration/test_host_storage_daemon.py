@@ -366,6 +366,39 @@ def test_apply_diff_over_a_lingering_sandbox_unmounts_it_first(driver: Driver, r
         driver.put("c1")
 
 
+def test_apply_diff_of_a_lingering_sandboxs_own_diff_finishes(root: Path) -> None:
+    """A snapshotter's Commit streams a layer's Diff straight into its ApplyDiff. The Diff's
+    producer reads the idle sandbox under the backend's lock until its last byte: releasing
+    the idle disk before the conversion had read the tar deadlocked once the tar outgrew the
+    pipe (run in a process of its own, bounded, so that a regression fails rather than hangs)."""
+    Driver(root, ["lcow.backend=host"]).create("base")
+    script = (
+        "from pathlib import Path\n"
+        "from lcow.graphdriver.driver import Driver\n"
+        f"d = Driver({str(root)!r}, ['lcow.backend=host'])\n"
+        "d.linger(600)\n"
+        "d.create_read_write('c1', 'base')\n"
+        "Path(d.get('c1').path, 'big').write_bytes(bytes(range(256)) * 4096)\n"
+        "d.put('c1')\n"
+        "with d.diff('c1', 'base') as stream:\n"
+        "    d.apply_diff('c1', 'base', stream)\n"
+        "d.stop_lingering()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        Driver(root, ["lcow.backend=host"]).cleanup()
+        pytest.fail("ApplyDiff of the layer's own Diff deadlocked")
+    assert proc.returncode == 0, stderr
+    again = Driver(root, ["lcow.backend=host"])
+    assert diff_files(again, "c1", "base") == {"big": bytes(range(256)) * 4096}
+    assert own_disks(root, "c1") == {} and exports(root) == []
+    assert not (root / "c1" / "sandbox.vhdx").exists()
+
+
 def test_a_killed_front_end_leaves_an_idle_sandbox_whose_writes_the_next_backend_keeps(
     root: Path,
 ) -> None:

@@ -332,11 +332,6 @@ class Driver:
                     f"lcowdriver: applydiff: {layer_id}: its content is mounted; Put it first",
                     subject=layer_id,
                 )
-            # A disk of it that the backend keeps mounted, idle (linger), goes now: its sandbox
-            # is about to be deleted, and no mount may keep the old file alive.
-            release_idle = getattr(self.backend, "release_idle", None)
-            if own is not None and release_idle is not None:
-                release_idle(layer_id)
             # Converted under one temporary name, verified, the metadata written, then synced and
             # renamed into place: an image is never visible without its metadata (a verity
             # layer's root hash is what the vm backend mounts it with, an imported layer's diff
@@ -349,10 +344,29 @@ class Driver:
                 # leave the old content beside metadata that vouches for the new one.
                 with _naming_full_disks(layer_id, "lcow-layer.json"):
                     self.root.write_meta(layer_id, meta)
+            if own is not None:
+                self._release_idle(layer_id)
             for sandbox in SANDBOXES:
                 with contextlib.suppress(FileNotFoundError):
                     (folder / sandbox).unlink()
             return result.content_size
+
+    def _release_idle(self, layer_id: str) -> None:
+        """Release the layer's disks that the backend keeps mounted, idle (linger): its sandbox
+        is about to be deleted, and no mount may keep the old file alive.
+
+        Only after the conversion has read the whole tar: that tar may be this very layer's
+        Diff (a snapshotter's Commit), whose producer reads the sandbox under the backend's
+        lock until it has written its last byte. Never fails: an idle disk left behind is
+        released at the idle stop.
+        """
+        release_idle = getattr(self.backend, "release_idle", None)
+        if release_idle is None:
+            return
+        try:
+            release_idle(layer_id)
+        except (OSError, LcowError) as exc:
+            log.warning("lcowdriver: applydiff: %s: releasing its idle disks: %s", layer_id, exc)
 
     def _convert(
         self,
