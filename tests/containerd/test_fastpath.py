@@ -85,7 +85,10 @@ class FastPath:
 
     def folders(self) -> list[Path]:
         root = self.snapshotter.root
-        return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("sn"))
+        return sorted(  # not a removed layer's folder, still being deleted
+            p for p in root.iterdir()
+            if p.is_dir() and p.name.startswith("sn") and not p.name.endswith("-removing")
+        )  # fmt: skip
 
     def snapshot_labels(self, key: str) -> dict[str, str]:
         out = self.daemon.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "info", key).stdout

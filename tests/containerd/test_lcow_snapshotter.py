@@ -146,7 +146,11 @@ def _released_when_idle(root: Path, timeout: float = 10 * LINGER + 10) -> list[s
 
 
 def _layer_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("sn"))
+    """Layer folders (not a removed layer's that the snapshotter is still deleting)."""
+    return sorted(
+        p for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("sn") and not p.name.endswith("-removing")
+    )  # fmt: skip
 
 
 def _settled(

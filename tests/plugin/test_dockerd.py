@@ -119,7 +119,17 @@ def home(plugin: PluginProcess) -> Path:
 
 
 def layer_folders(plugin: PluginProcess) -> set[str]:
-    return {p.parent.name for p in home(plugin).glob("*/layerchain.json")}
+    """The layers' folders (not those of removed layers the plugin is still deleting, renamed
+    to ``-removing`` names: see ``Driver.remove``)."""
+    return {
+        p.parent.name
+        for p in home(plugin).glob("*/layerchain.json")
+        if not p.parent.name.endswith("-removing")
+    }
+
+
+def removing_folders(plugin: PluginProcess) -> list[str]:
+    return [p.name for p in home(plugin).iterdir() if p.name.endswith("-removing")]
 
 
 def test_info_shows_the_plugin(lcow: tuple[PluginProcess, Daemon]) -> None:
@@ -203,6 +213,10 @@ def test_rmi_removes_the_layers(lcow: tuple[PluginProcess, Daemon]) -> None:
     assert len(layer_folders(plugin) - before) == 1
     daemon.docker("rmi", "lcowe2e/doomed:1")
     assert layer_folders(plugin) == before
+    deadline = time.monotonic() + 30  # their files go right after each Remove answered
+    while removing_folders(plugin) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert removing_folders(plugin) == []
 
 
 def test_export_and_cp(env: Env, lcow: tuple[PluginProcess, Daemon]) -> None:

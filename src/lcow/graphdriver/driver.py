@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -36,6 +37,7 @@ from lcow.convert.tarwriter import END_OF_ARCHIVE, as_writer
 from lcow.errors import AlreadyExists, Busy, LcowError, NoSpace, NotFound, NotSupported
 from lcow.formats.ext4.reader import Ext4Reader
 from lcow.formats.source import open_source
+from lcow.graphdriver.deferred import DeferredDeletions
 from lcow.graphdriver.diffstream import DiffStream
 from lcow.graphdriver.options import parse_driver_options, sandbox_size_bytes
 from lcow.layerdiff.changes import (
@@ -138,6 +140,7 @@ class Driver:
         self.backend = backend
         self._locks = LayerLocks(self.root.root)
         self._root_lock = RootLock(self.root.root)
+        self._deletions: DeferredDeletions | None = None  # see linger()
 
     def __str__(self) -> str:
         return "lcow"
@@ -341,10 +344,29 @@ class Driver:
                 # leave the old content beside metadata that vouches for the new one.
                 with _naming_full_disks(layer_id, "lcow-layer.json"):
                     self.root.write_meta(layer_id, meta)
+            if own is not None:
+                self._release_idle(layer_id)
             for sandbox in SANDBOXES:
                 with contextlib.suppress(FileNotFoundError):
                     (folder / sandbox).unlink()
             return result.content_size
+
+    def _release_idle(self, layer_id: str) -> None:
+        """Release the layer's disks that the backend keeps mounted, idle (linger): its sandbox
+        is about to be deleted, and no mount may keep the old file alive.
+
+        Only after the conversion has read the whole tar: that tar may be this very layer's
+        Diff (a snapshotter's Commit), whose producer reads the sandbox under the backend's
+        lock until it has written its last byte. Never fails: an idle disk left behind is
+        released at the idle stop.
+        """
+        release_idle = getattr(self.backend, "release_idle", None)
+        if release_idle is None:
+            return
+        try:
+            release_idle(layer_id)
+        except (OSError, LcowError) as exc:
+            log.warning("lcowdriver: applydiff: %s: releasing its idle disks: %s", layer_id, exc)
 
     def _convert(
         self,
@@ -544,10 +566,16 @@ class Driver:
         linger = getattr(self.backend, "linger", None)
         if linger is not None:
             linger(seconds)
+        # Removed layers' folders are deleted after Remove answers, on a thread of this process.
+        if seconds > 0 and self._deletions is None:
+            self._deletions = DeferredDeletions()
 
     def stop_lingering(self) -> None:
         """This process stops using the driver: idle helpers kept by :meth:`linger` stop;
         views and counts stay for their holders. Never fails."""
+        deletions, self._deletions = self._deletions, None
+        if deletions is not None:
+            deletions.close()
         stop = getattr(self.backend, "stop_lingering", None)
         if stop is not None:
             stop()
@@ -556,21 +584,43 @@ class Driver:
         """Outstanding Gets of a layer (0 when none)."""
         return self.backend.count(layer_id)
 
-    def _drop_views(self, layer_id: str) -> None:
+    def _drop_views(self, layer_id: str, *, keep_idle: bool = False) -> list[str]:
+        """Close the layer's view whatever its count; its disks go too, or with ``keep_idle``
+        (a backend that keeps disks idle) stay idle: returns those to release later."""
+        release_view = getattr(self.backend, "release_view", None) if keep_idle else None
         try:
+            if release_view is not None:
+                return list(release_view(layer_id))
             self.backend.release_all(layer_id)
         except (OSError, LcowError) as exc:
             log.warning("lcowdriver: %s: closing its view failed: %s", layer_id, exc)
+        return []
 
     # -- removal -----------------------------------------------------------------------------
 
     def remove(self, layer_id: str) -> None:
-        """Tear down the layer's views and delete its folder (unknown ids succeed)."""
+        """Tear down the layer's views and delete its folder (unknown ids succeed).
+
+        Under :meth:`linger` the folder is renamed away (the layer is absent from then on) and
+        deleted on a background thread, which :meth:`stop_lingering` and :meth:`cleanup` wait
+        for; a crash meanwhile leaves a ``-removing`` folder that Cleanup sweeps.
+        """
         validate_id(layer_id)
+        deletions = self._deletions
         with self._locks.hold(layer_id):
-            self._drop_views(layer_id)
+            idle = self._drop_views(layer_id, keep_idle=deletions is not None)
             with self._root_lock.hold():
-                self.root.remove_layer(layer_id)
+                if deletions is None:
+                    self.root.remove_layer(layer_id)
+                    return
+                retired = self.root.retire_layer(layer_id)
+        # Absent from here on. In the background: its idle disks are released (a sandbox's
+        # unmount writes it home first), then its files deleted.
+        release_idle = getattr(self.backend, "release_idle", None)
+        if idle and release_idle is not None:
+            deletions.submit(retired, functools.partial(release_idle, layer_id, idle))
+        elif retired is not None:
+            deletions.submit(retired)
 
     def cleanup(self, *, release_views: bool = True) -> None:
         """Release every view, sweep ``-removing`` folders and temporaries; never fails.
@@ -585,6 +635,8 @@ class Driver:
         """
         if not self.root.root.exists():
             return
+        if self._deletions is not None:
+            self._deletions.drain()  # the sweep below would race its deletions
         if release_views:
             try:
                 self.backend.cleanup()

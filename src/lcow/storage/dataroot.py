@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,6 +275,20 @@ class DataRoot:
                     f"lcowdriver: remove: {layer_id}: {exc}", subject=layer_id
                 ) from exc
         shutil.rmtree(removing)
+
+    def retire_layer(self, layer_id: str) -> Path | None:
+        """Remove's commit point without the deletion: rename the folder to a ``-removing``
+        name of its own, which the caller deletes later (:meth:`sweep_removing` deletes what a
+        crash leaves). Returns that name; None when there was no folder (an interrupted
+        removal's ``<id>-removing`` is then finished as :meth:`remove_layer` does)."""
+        folder = self.layer_dir(layer_id)
+        retired = self.root / f"{layer_id}.{secrets.token_hex(6)}{REMOVING_SUFFIX}"
+        try:
+            os.rename(folder, retired)
+        except OSError:
+            self.remove_layer(layer_id)  # missing, or an error it reports with its subject
+            return None
+        return retired
 
     def sweep_removing(self) -> list[str]:
         """Delete every ``*-removing`` directory; returns the names that could not be removed."""

@@ -10,7 +10,8 @@ Layout of the state folder ``<root>/mounts`` (0700)::
     mask/lost+found      a whiteout: hides the empty ``lost+found`` every layer image has
 
 Each disk is mounted once and shared by every view that needs it (counted per view; under
-:meth:`HostBackend.linger` a read-only disk no view uses stays mounted, idle, for a while). A
+:meth:`HostBackend.linger` a disk no view uses, a sandbox too, stays mounted, idle, for a
+while). A
 view is an overlay whose lower directories are ``d/<slot>`` (a read-only layer) or
 ``d/<slot>/upper`` (a sandbox ancestor), given relative to the state folder when the absolute
 paths would not fit the one-page option string (128 layers); a writable view adds its sandbox's
@@ -145,18 +146,25 @@ class HostBackend:
     # -- the storage daemon's lifetime -----------------------------------------------------
 
     def linger(self, seconds: float) -> None:
-        """Keep the storage daemon, and the read-only layer disks of released views, up to
-        ``seconds`` after their last use instead of stopping and unmounting them at once
-        (0: at once, the default).
+        """Keep the storage daemon, and the disks of released views, up to ``seconds`` after
+        their last use instead of stopping and unmounting them at once (0: at once, the
+        default).
 
         For long-running front ends (the plugin, the snapshotter): a container's sandbox
         then does not pay the daemon's start and stop, nor its image's layers' loop devices
-        and mounts (issue 17). An idle disk stays in the table with no user; the next view
-        over it counts it again. The wait runs on a timer thread of this process, restarted
-        by every release; :meth:`stop_lingering` ends it at once, and a process killed
-        meanwhile leaves idle mounts and an idle daemon that the next backend over the data
-        root releases when it reconciles. A disk a view uses, and a daemon with exports, are
-        never touched by the timer; removing a layer unmounts its idle disk at once.
+        and mounts (issue 17), nor its own export and mount again at each Get (dockerd Gets
+        a container layer again right after the Put that follows its creation, and the
+        ``-init`` layer's sandbox is the lower of the container's view right after its own
+        Put). An idle disk stays in the table with no user; the next view over it counts it
+        again. An idle sandbox stays mounted read-write and exported: what its views wrote
+        reaches its file when it is read (:meth:`reading` freezes it), when its layer is
+        removed or replaced, at the idle stop, or when the next backend over the data root
+        releases it (each an unmount: see :func:`_unmount_disk`). The wait runs on a timer
+        thread of this process, restarted by every release; :meth:`stop_lingering` ends it
+        at once, and a process killed meanwhile leaves idle mounts and an idle daemon that
+        the next backend over the data root releases when it reconciles. A disk a view
+        uses, and a daemon with exports, are never touched by the timer; removing a layer
+        unmounts its idle disks at once.
         """
         self.daemon_idle = max(0.0, seconds)
 
@@ -252,10 +260,35 @@ class HostBackend:
             view = state.views.get(layer_id)
             if view is not None:
                 self._teardown(state, layer_id, view, force=True)
-            # The layer goes (Remove): its own disk, idle since its views went, goes too.
-            idle = [k for k, d in state.disks.items()
-                    if d.users == 0 and k.split(":", 1)[0] == layer_id]  # fmt: skip
-            self._release_unused(state, idle)
+            self._release_idle_of(state, layer_id)
+
+    def release_view(self, layer_id: str) -> list[str]:
+        """Tear the view down whatever its count, like :meth:`release_all`, but leave the
+        layer's disks idle: returns their table keys, for :meth:`release_idle` once the layer's
+        folder is renamed away (a Remove that answers first)."""
+        with self.table.transaction() as state:
+            view = state.views.get(layer_id)
+            if view is not None:
+                self._teardown(state, layer_id, view, force=True)
+            return self._idle_of(state, layer_id)
+
+    def release_idle(self, layer_id: str, keys: Sequence[str] | None = None) -> None:
+        """Unmount (and unexport) the disks of ``layer_id``'s folder that no view uses (only
+        those of ``keys`` if given): its file is about to be replaced or deleted, and a
+        sandbox's writes must reach it first."""
+        with self.table.transaction() as state:
+            idle = self._idle_of(state, layer_id)
+            self._release_unused(state, idle if keys is None else [k for k in idle if k in keys])
+
+    def _release_idle_of(self, state: MountState, layer_id: str) -> None:
+        # The layer goes or changes (Remove, ApplyDiff): its own disks, idle since their views
+        # went, go too (the unmount writes a sandbox's data home: _unmount_disk).
+        self._release_unused(state, self._idle_of(state, layer_id))
+
+    @staticmethod
+    def _idle_of(state: MountState, layer_id: str) -> list[str]:
+        return [k for k, d in state.disks.items()
+                if d.users == 0 and k.split(":", 1)[0] == layer_id]  # fmt: skip
 
     def count(self, layer_id: str) -> int:
         """Outstanding Gets of ``layer_id``."""
@@ -264,9 +297,9 @@ class HostBackend:
 
     def in_use(self, disk: LayerFile) -> bool:
         """Whether ``disk`` is mounted for some view (an idle disk is not)."""
-        return any(
-            d.image == str(disk.path) and d.users > 0 for d in self.table.peek().disks.values()
-        )
+        key = _disk_key_if_present(disk)
+        entry = None if key is None else self.table.peek().disks.get(key)
+        return entry is not None and entry.users > 0
 
     @contextlib.contextmanager
     def reading(self, disk: LayerFile) -> Iterator[Path]:
@@ -279,7 +312,10 @@ class HostBackend:
             yield disk.path
             return
         with self.table.transaction() as state:
-            entry = next((d for d in state.disks.values() if d.image == str(disk.path)), None)
+            # By key (folder and inode), not path: a removed layer's disk may idle on, under
+            # the same path as a new layer of the same id, until its release (release_view).
+            key = _disk_key_if_present(disk)
+            entry = None if key is None else state.disks.get(key)
             if entry is None:
                 yield disk.path
                 return
@@ -395,9 +431,12 @@ class HostBackend:
             for disk in files:
                 key = _disk_key(disk)
                 keys.append(key)
-                if key in state.disks:
+                if key in state.disks and not self._dead_idle(state.disks[key]):
                     state.disks[key].users += 1
-                elif key not in fresh:
+                    continue
+                if key in state.disks:  # idle on the export of a daemon that died: afresh
+                    self._release_unused(state, [key])
+                if key not in fresh:
                     fresh[key] = (disk, next(slots))
             exports = [(slot, d.path) for d, slot in fresh.values() if _exported(d)]
             if exports:
@@ -464,9 +503,9 @@ class HostBackend:
     def _release_disks(
         self, state: MountState, keys: list[str], *, force: bool, linger: bool = False
     ) -> None:
-        """Drop one user of each disk; unmount those left without users (with ``linger``, a
-        read-only one stays mounted, idle), then end their exports in one storage-daemon
-        session (and stop the daemon when none remain, or let it linger)."""
+        """Drop one user of each disk; unmount those left without users (with ``linger``, one
+        stays mounted, idle, a sandbox's export too), then end their exports in one
+        storage-daemon session (and stop the daemon when none remain, or let it linger)."""
         unmounted: list[DiskEntry] = []
         errors: list[OSError] = []
         kept = False
@@ -477,7 +516,7 @@ class HostBackend:
             if entry.users > 1:
                 entry.users -= 1
                 continue
-            if linger and not entry.writable:
+            if linger and not (entry.exported and not self._export_alive(entry)):
                 entry.users = 0  # idle: the next view over it counts it again
                 kept = True
                 continue
@@ -503,6 +542,20 @@ class HostBackend:
         if errors:
             raise errors[0]
 
+    def _export_alive(self, entry: DiskEntry) -> bool:
+        """Whether a sandbox's export still answers (a killed storage daemon leaves a dead
+        FUSE mount: its loop device and filesystem only fail from then on). ``statfs``, not
+        ``stat``: the kernel answers the latter from cached attributes, a dead mount too."""
+        try:
+            os.statvfs(self.home / "e" / entry.slot)
+        except OSError:
+            return False
+        return True
+
+    def _dead_idle(self, entry: DiskEntry) -> bool:
+        """Whether an idle sandbox disk sits on a dead export: no view may count it again."""
+        return entry.users == 0 and entry.exported and not self._export_alive(entry)
+
     def _export(self, disks: list[tuple[str, Path]]) -> None:
         """Export sandboxes as the raw files ``e/<slot>``."""
         self.daemon.start()
@@ -523,7 +576,8 @@ class HostBackend:
         for slot, device in disks:
             if device is not None:
                 _wait_loop_released(device, self.home / "e" / slot)
-        self.daemon.unexport([f"x{slot}" for slot, _ in disks])
+        if self.daemon.pid() is not None:  # a daemon that died exports nothing any more
+            self.daemon.unexport([f"x{slot}" for slot, _ in disks])
         dead = {p for p, _ in kernel.mounts_below(self.home / "e")}
         for slot, _ in disks:
             export = self.home / "e" / slot
@@ -619,6 +673,14 @@ def _disk_key(disk: LayerFile) -> str:
         raise FailedPrecondition(
             f"{disk.path}: the layer file vanished", subject=str(disk.path)
         ) from exc
+
+
+def _disk_key_if_present(disk: LayerFile) -> str | None:
+    """:func:`_disk_key`, or None when the file is gone."""
+    try:
+        return _disk_key(disk)
+    except FailedPrecondition:
+        return None
 
 
 def _exported(disk: LayerFile) -> bool:
