@@ -317,6 +317,7 @@ class StagingSnapshotter(FastPathSnapshotter):
         image = self.driver.root.layer_dir(layer_id) / SANDBOX_RAW
         try:
             if shut_down_image(image):
+                log.info("snapshotter: layer %s: sandbox shut down, not written back", layer_id)
                 source = None
         except OSError as exc:
             log.info("snapshotter: layer %s: cannot shut its sandbox down: %s", layer_id, exc)
