@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -463,3 +464,14 @@ def veritysetup_run(
     """Run ``veritysetup verify`` on an image whose hash area starts at ``hash_offset``."""
     ensure("veritysetup")
     return run(["veritysetup", "verify", image, image, root_hash, f"--hash-offset={hash_offset}"])
+
+
+def settled_mounts(below: Path, timeout: float = 30) -> list[tuple[str, str]]:
+    """The mounts below ``below`` once none is left or ``timeout`` seconds passed: a removed
+    layer's idle disks are released in the background after Remove answers."""
+    from lcow.backends.host import kernel
+
+    deadline = time.monotonic() + timeout
+    while (left := list(kernel.mounts_below(below))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left

@@ -25,7 +25,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from lcow.backends.host import kernel
 from lcow.graphdriver.driver import Driver
 from lcow.snapshots._proto import snapshots_pb2 as pb
 from lcow.snapshots._proto import snapshots_pb2_grpc
@@ -34,7 +33,7 @@ from tests.containerd.daemons import Containerd, ProxyContainerdFactory, short_d
 from tests.containerd.images import LIST_SCRIPT, PushedImage
 from tests.containerd.pullprog import build_gopull
 from tests.containerd.test_lcow_snapshotter import Snapshotter
-from tests.helpers import assert_e2fsck_clean, ensure, host_leftovers, requires
+from tests.helpers import assert_e2fsck_clean, ensure, host_leftovers, requires, settled_mounts
 
 pytestmark = [
     requires("root", "containerd", "registry", "busybox", "host", "e2fsck", "go"),
@@ -149,7 +148,7 @@ def _rm_frees_everything(fp: FastPath, image: PushedImage) -> None:
     fp.daemon.ctr("images", "rm", "--sync", image.reference)
     assert fp.snapshot_keys() == []
     assert fp.folders() == []
-    assert list(kernel.mounts_below(fp.snapshotter.root / "mounts")) == []
+    assert settled_mounts(fp.snapshotter.root / "mounts") == []
 
 
 def test_prefetched_blobs_all_take_the_fast_path(

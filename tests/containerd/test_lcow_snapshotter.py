@@ -23,7 +23,7 @@ from lcow.graphdriver.driver import Driver
 from lcow.storage.dataroot import LAYER_VHD, SANDBOX_VHDX
 from tests.containerd.daemons import Containerd, ProxyContainerdFactory, short_dir
 from tests.containerd.images import CMD_OUTPUT, LIST_SCRIPT, PushedImage
-from tests.helpers import assert_e2fsck_clean, host_leftovers, requires
+from tests.helpers import assert_e2fsck_clean, host_leftovers, requires, settled_mounts
 
 pytestmark = [
     requires("root", "containerd", "registry", "busybox", "host", "e2fsck"),
@@ -228,7 +228,7 @@ def test_images_rm_sync_frees_the_layers(
     daemon.ctr("images", "rm", "--sync", pushed_image.reference)
     assert _snapshots(daemon) == []
     assert _layer_folders(lcow_snapshotter.root) == []
-    assert list(kernel.mounts_below(lcow_snapshotter.root / "mounts")) == []
+    assert settled_mounts(lcow_snapshotter.root / "mounts") == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])

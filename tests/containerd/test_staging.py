@@ -26,7 +26,6 @@ from pathlib import Path
 
 import pytest
 
-from lcow.backends.host import kernel
 from lcow.graphdriver.driver import Driver
 from lcow.snapshots._proto import snapshots_pb2 as pb
 from lcow.storage.dataroot import LAYER_VHD
@@ -41,7 +40,7 @@ from tests.containerd.test_fastpath import (
     fast_path,
 )
 from tests.containerd.test_lcow_snapshotter import Snapshotter
-from tests.helpers import assert_e2fsck_clean, host_leftovers, requires
+from tests.helpers import assert_e2fsck_clean, host_leftovers, requires, settled_mounts
 
 pytestmark = [
     requires("root", "containerd", "registry", "busybox", "host", "e2fsck"),
@@ -201,7 +200,7 @@ def test_a_remove_during_the_staged_conversion_leaves_nothing(
     time.sleep(delay)
     stub.Remove(pb.RemoveSnapshotRequest(key=key))
     _wait(lambda: fast_path.folders() == [])
-    assert list(kernel.mounts_below(fast_path.snapshotter.root / "mounts")) == []
+    assert settled_mounts(fast_path.snapshotter.root / "mounts") == []
     # The conversion either ended before the Remove or was cancelled; nothing was committed.
     assert _rows(fast_path) == []
     assert STAGED_LINE not in fast_path.log()
@@ -276,7 +275,7 @@ def test_a_kill_in_a_staged_pull_leaves_only_garbage_cleanup_removes(
         daemon.ctr("images", "rm", "--sync", pushed_image.reference)
         _wait(lambda: fp.folders() == [])
         assert _rows(fp) == []
-        assert list(kernel.mounts_below(running.root / "mounts")) == []
+        assert settled_mounts(running.root / "mounts") == []
         daemon.close()
     finally:
         for proc in (killed, running):
