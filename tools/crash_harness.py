@@ -89,6 +89,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/lcow-crash"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--linger", type=float, default=0,
+                        help="seconds: each child lingers as the plugin does (Driver.linger)")
     args = parser.parse_args()
     if args.work.exists():
         shutil.rmtree(args.work)
@@ -101,6 +103,7 @@ def main() -> int:
         scale=args.scale,
         calibration_runs=args.calibration_runs,
         progress=_progress,
+        linger=args.linger,
     )
     report = {"machine": _machine(), **campaign.to_json()}
     if args.out:

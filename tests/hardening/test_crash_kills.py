@@ -54,6 +54,21 @@ def test_sigkills_leave_layers_whole_or_absent(tmp_path: Path) -> None:
     assert temporaries(tmp_path) == []
 
 
+@requires("host", "mke2fs", "e2fsck", "qemu-img")
+@pytest.mark.slow
+def test_sigkills_of_a_lingering_front_end_leave_layers_whole_or_absent(tmp_path: Path) -> None:
+    """The host operations again, each child lingering as the plugin and the snapshotter do:
+    a killed front end leaves idle sandboxes mounted and deletions half done."""
+    kills = max(6, KILLS // 2)
+    campaign = run_kills(tmp_path / "crash", kills, backends=("host",), seed=SEED + 1,
+                         scale=0.5, calibration_runs=1, linger=60)  # fmt: skip
+    assert not campaign.problems, "\n".join(campaign.problems)
+    assert len(campaign.kills) == kills
+    assert len(campaign.table()) == 6
+    assert host_leftovers(tmp_path) == []
+    assert temporaries(tmp_path) == []
+
+
 # -- kills at chosen points --------------------------------------------------------------------
 
 # python -c AT_POINT ROOT LAYER: SIGKILL itself when the host backend renames its mount table

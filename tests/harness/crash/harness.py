@@ -62,8 +62,10 @@ class Harness:
         fixtures: Fixtures,
         rng: random.Random,
         calibration_runs: int = CALIBRATION_RUNS,
+        linger: float = 0,
     ) -> None:
         self.work = work
+        self.linger = linger  # > 0: the child is a lingering front end (Driver.linger)
         self.root = work / f"root-{backend}"
         self.backend = backend
         self.fixtures = fixtures
@@ -220,6 +222,7 @@ class Harness:
             "root": str(self.root),
             "backend": self.backend,
             "log": str(log),
+            "linger": self.linger,
             **{k: plan[k] for k in ("op", "layer", "parent", "tar", "image", "write") if k in plan},
         }
         with open(self.work / "child.err", "wb") as err:
@@ -418,6 +421,7 @@ def run_kills(
     scale: float = 1.0,
     calibration_runs: int = CALIBRATION_RUNS,
     progress: Callable[[KillRecord], None] | None = None,
+    linger: float = 0,
 ) -> Campaign:
     """Run ``kills`` kills spread round robin over every (backend, operation) pair.
 
@@ -431,13 +435,18 @@ def run_kills(
         scale: size of the fixtures (see :func:`make_fixtures`).
         calibration_runs: unkilled runs per operation variant, to learn its duration.
         progress: called after each kill.
+        linger: > 0: each child first calls ``Driver.linger(linger)``, as the plugin and the
+            snapshotter do, so that released sandboxes stay mounted idle and Remove deletes in
+            the background — what a kill then leaves behind.
     """
     rng = random.Random(seed)
     started = time.monotonic()
     campaign = Campaign(seed, load=list(os.getloadavg()))
     fixtures = make_fixtures(work / "fixtures", scale=scale)
     harnesses = {
-        b: Harness(work, b, fixtures, random.Random(rng.getrandbits(32)), calibration_runs)
+        b: Harness(
+            work, b, fixtures, random.Random(rng.getrandbits(32)), calibration_runs, linger
+        )
         for b in backends
     }
     pairs = [

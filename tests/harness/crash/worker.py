@@ -55,6 +55,8 @@ def _child(args: dict[str, Any]) -> int:
             note("done")
             return 0
         driver = Driver(root, options)
+        if args.get("linger"):
+            driver.linger(float(args["linger"]))
         layer: str = args.get("layer") or ""
         note("start")
         if op == "apply_diff":
