@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "src")]
 
 from lcow.backends.host import backend as host_backend  # noqa: E402
-from lcow.backends.host import kernel, storage_daemon, table  # noqa: E402
+from lcow.backends.host import diskflush, kernel, storage_daemon, table  # noqa: E402
 from lcow.graphdriver import driver as graph_driver  # noqa: E402
 from lcow.graphdriver.driver import Driver  # noqa: E402
 from lcow.snapshots import metastore  # noqa: E402
@@ -92,7 +92,7 @@ STEPS = [
     (kernel, "mount_overlay", "get: . overlay mount"),
     (Driver, "remove", "remove: driver remove"),
     (kernel, "umount", "remove: . umount (each)"),
-    (host_backend, "_wait_loop_released", "remove: . wait for the loop device"),
+    (diskflush, "wait_loop_released", "remove: . wait for the loop device"),
     (storage_daemon.StorageDaemon, "unexport", "remove: . QMP unexport"),
     (storage_daemon.StorageDaemon, "stop", "remove: . storage daemon stop"),
     (dataroot.DataRoot, "remove_layer", "remove: . folder delete"),

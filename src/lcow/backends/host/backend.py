@@ -35,13 +35,12 @@ import os
 import shutil
 import stat
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lcow.backends.base import LayerDisk
-from lcow.backends.host import kernel
+from lcow.backends.host import diskflush, kernel
 from lcow.backends.host.hostfs import HostFS
 from lcow.backends.host.storage_daemon import BINARY, StorageDaemon
 from lcow.backends.host.table import DiskEntry, MountState, MountTable, ViewEntry
@@ -56,7 +55,6 @@ log = logging.getLogger(__name__)
 
 STATE_FOLDER = "mounts"
 _SUPERBLOCK = 1024
-_LOOP_RELEASE_WAIT = 10.0
 _SLOT_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
@@ -159,8 +157,8 @@ class HostBackend:
         again. An idle sandbox stays mounted read-write and exported: what its views wrote
         reaches its file when it is read (:meth:`reading` freezes it), when its layer is
         removed or replaced, at the idle stop, or when the next backend over the data root
-        releases it (each an unmount: see :func:`_unmount_disk`). The wait runs on a timer
-        thread of this process, restarted by every release; :meth:`stop_lingering` ends it
+        releases it (each an unmount: see :func:`diskflush.unmount_disk`). The wait runs on a
+        timer thread of this process, restarted by every release; :meth:`stop_lingering` ends it
         at once, and a process killed meanwhile leaves idle mounts and an idle daemon that
         the next backend over the data root releases when it reconciles. A disk a view
         uses, and a daemon with exports, are never touched by the timer; removing a layer
@@ -282,7 +280,7 @@ class HostBackend:
 
     def _release_idle_of(self, state: MountState, layer_id: str) -> None:
         # The layer goes or changes (Remove, ApplyDiff): its own disks, idle since their views
-        # went, go too (the unmount writes a sandbox's data home: _unmount_disk).
+        # went, go too (the unmount writes a sandbox's data home: diskflush.unmount_disk).
         self._release_unused(state, self._idle_of(state, layer_id))
 
     @staticmethod
@@ -320,7 +318,7 @@ class HostBackend:
                 yield disk.path
                 return
             mountpoint = self.home / "d" / entry.slot
-            _thaw_abandoned(mountpoint)
+            diskflush.thaw_abandoned(mountpoint)
             kernel.freeze(mountpoint)
             try:
                 yield self.home / "e" / entry.slot if entry.exported else disk.path
@@ -522,7 +520,7 @@ class HostBackend:
                 continue
             mountpoint = self.home / "d" / entry.slot
             try:
-                _unmount_disk(entry, mountpoint)
+                diskflush.unmount_disk(entry, mountpoint)
             except OSError as exc:
                 if exc.errno == errno.EBUSY and force:
                     kernel.umount(mountpoint, lazy=True)
@@ -575,7 +573,7 @@ class HostBackend:
         """End sandboxes' exports once their loop devices have let go of them."""
         for slot, device in disks:
             if device is not None:
-                _wait_loop_released(device, self.home / "e" / slot)
+                diskflush.wait_loop_released(device, self.home / "e" / slot)
         if self.daemon.pid() is not None:  # a daemon that died exports nothing any more
             self.daemon.unexport([f"x{slot}" for slot, _ in disks])
         dead = {p for p, _ in kernel.mounts_below(self.home / "e")}
@@ -602,7 +600,7 @@ class HostBackend:
         """
         self._forget_unmounted(state)
         for entry in state.disks.values():
-            _thaw_abandoned(self.home / "d" / entry.slot)
+            diskflush.thaw_abandoned(self.home / "d" / entry.slot)
         self._recount_users(state)
         self._unmount_orphans(state)
         self._unexport_orphans(state)
@@ -644,7 +642,7 @@ class HostBackend:
             if point not in keep and point != str(self.home):
                 log.warning("host backend: unmounting orphan %s", point)
                 if fstype == "ext4":
-                    _thaw_abandoned(Path(point))
+                    diskflush.thaw_abandoned(Path(point))
                 with contextlib.suppress(OSError):
                     kernel.umount(point, lazy=True)
 
@@ -698,114 +696,6 @@ def _has_lost_found(content: Path, writable: bool) -> bool:
         return any(os.scandir(path))
     except OSError:
         return True
-
-
-def _checkpoint(mountpoint: Path) -> None:
-    """Write a mounted sandbox's data and journal home (freeze, thaw).
-
-    Needed when our unmount will not end the filesystem (see :func:`_flush_if_held`): the
-    sandbox would be read or unexported with a client's writes still in memory or in the
-    journal. A mount point that is no mount (a reboot, an outside umount) is left alone:
-    freezing the directory would freeze its parent filesystem.
-    """
-    if not os.path.ismount(mountpoint):
-        return
-    _thaw_abandoned(mountpoint)
-    try:
-        kernel.freeze(mountpoint)
-    except OSError as exc:
-        # EIO: the file system was shut down (a staged unpack's sandbox, discarded on purpose:
-        # lcow.snapshots.staging) or its disk fails, which the unmount reports again.
-        level = logging.INFO if exc.errno == errno.EIO else logging.WARNING
-        log.log(level, "host backend: %s: could not flush before unmounting: %s", mountpoint, exc)
-        return
-    kernel.thaw(mountpoint)
-
-
-def _unmount_disk(entry: DiskEntry, mountpoint: Path) -> None:
-    """Unmount a disk; a sandbox's writes reach its file, even when another mount still
-    holds its filesystem."""
-    if entry.writable and os.path.ismount(mountpoint):
-        _thaw_abandoned(mountpoint)  # first: a frozen filesystem outlives its last unmount
-    kernel.umount(mountpoint)
-    if entry.writable and not _flush_if_held(entry.device, mountpoint) and not entry.exported:
-        # Another holder's last unmount may be ending it right now (the sysfs entry goes
-        # before the journal's final checkpoint); its loop device lets go of the file after.
-        # (An exported sandbox's loop device is waited for before its unexport.)
-        _wait_loop_released(entry.device, Path(entry.image))
-
-
-def _flush_if_held(device: str, mountpoint: Path) -> bool:
-    """After a sandbox's unmount, write its data home if another mount still holds it.
-
-    The usual last unmount ends the filesystem, and the kernel syncs it (data, journal,
-    superblock) before ``umount(2)`` returns: nothing left to do, and no freeze (~40 ms each).
-    When another mount keeps it alive (a client's bind mount of the view, even in another
-    mount namespace), its writes may still be in memory or in the journal: mounting the same
-    device again at the same place returns the same live filesystem, which is then
-    checkpointed and unmounted again.
-
-    Returns:
-        Whether another mount held it.
-    """
-    if not _ext4_alive(device):
-        return False
-    try:
-        kernel.mount(device, mountpoint, "ext4", 0)  # the options of _mount_disk
-    except OSError as exc:
-        if not _ext4_alive(device):  # its last holder ended (and synced) it meanwhile
-            return False
-        log.warning("host backend: %s: could not mount it again to flush it: %s",
-                    device, exc)  # fmt: skip
-        return True
-    try:
-        _checkpoint(mountpoint)
-    finally:
-        kernel.umount(mountpoint)
-    return True
-
-
-def _ext4_alive(device: str) -> bool:
-    """Whether an ext4 filesystem on ``device`` still exists in the kernel (its sysfs entry
-    goes in its ``put_super``, after the unmount's ``sync_filesystem``)."""
-    return os.path.exists(Path("/sys/fs/ext4") / os.path.basename(device))
-
-
-def _thaw_abandoned(mountpoint: Path) -> None:
-    """Thaw a disk that a process killed between freezing and thawing it left frozen; never
-    fails.
-
-    Disks are frozen only under the mount table's lock, which the caller holds: a frozen one
-    has no live freezer. Left frozen, its writers would block for good, and an unmount would
-    leave its superblock (the freeze holds a reference), its loop device and, for a sandbox,
-    the storage daemon's export file behind with no mount to thaw them through.
-    """
-    try:
-        thawed = kernel.thaw(mountpoint)
-    except OSError as exc:
-        log.warning("host backend: %s: could not thaw: %s", mountpoint, exc)
-        return
-    if thawed:
-        log.warning("host backend: %s was left frozen by a process that died; thawed it",
-                    mountpoint)  # fmt: skip
-
-
-def _wait_loop_released(device: str, backing: Path) -> None:
-    """Wait for an auto-clearing loop device to let go of ``backing`` after its last
-    unmount (the kernel detaches it asynchronously)."""
-    record = Path("/sys/block") / os.path.basename(device) / "loop" / "backing_file"
-
-    def attached() -> bool:
-        try:
-            return record.read_text().rstrip("\n") == str(backing)
-        except OSError:
-            return False
-
-    deadline = time.monotonic() + _LOOP_RELEASE_WAIT
-    while attached() and time.monotonic() < deadline:
-        time.sleep(0.001)
-    if attached():
-        log.warning("host backend: %s still attached after %.0f s", device, _LOOP_RELEASE_WAIT)
 
 
 __all__ += ["BINARY", "check_prerequisites", "ext4_size"]
