@@ -8,6 +8,7 @@ layers, quotas and verity images. Every test ends with nothing mounted, attached
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import signal
@@ -438,3 +439,23 @@ def test_put_of_a_sandbox_nothing_else_holds_freezes_nothing(
     assert frozen == []
     assert not os.path.exists(f"/sys/fs/ext4/{device}")
     assert _layer_files(driver, "alone")["f"] == b"z" * 300_000
+
+
+def test_discard_shuts_down_that_layer_s_sandbox_and_no_other(driver: Driver) -> None:
+    """A staged unpack's sandbox is garbage: Discard drops its unwritten data (its file system
+    shut down, every later access EIO), leaves the other sandboxes alone, and Remove still
+    cleans everything up."""
+    driver.create_read_write("garbage", "mid")
+    driver.create_read_write("kept", "mid")
+    assert driver.discard("garbage") is False  # nothing mounted: nothing done
+    garbage, kept = driver.get("garbage"), driver.get("kept")
+    Path(garbage.path, "f").write_bytes(b"x" * 65536)
+    assert driver.discard("garbage") is True
+    with pytest.raises(OSError) as info:
+        Path(garbage.path, "g").write_bytes(b"y")
+    assert info.value.errno == errno.EIO
+    Path(kept.path, "f").write_bytes(b"still writable")
+    driver.put("kept")
+    assert _layer_files(driver, "kept")["f"] == b"still writable"
+    driver.remove("garbage")  # its views and disks go; the fixture checks nothing is left
+    assert not driver.exists("garbage")

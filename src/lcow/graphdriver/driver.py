@@ -559,6 +559,13 @@ class Driver:
         with self._locks.hold(layer_id):
             self.backend.release(layer_id)
 
+    def discard(self, layer_id: str) -> bool:
+        """Drop the unwritten data of ``layer_id``'s mounted sandbox, whose content is garbage
+        (it is removed next): the host backend shuts its file system down rather than let
+        the unmount write it back. Returns whether that was done (other backends: never)."""
+        discard = getattr(self.backend, "discard", None)
+        return bool(discard(layer_id)) if discard is not None else False
+
     def linger(self, seconds: float) -> None:
         """For a long-running front end (the plugin, the snapshotter): helpers the backend's
         views share (the host backend's storage daemon) stay up to ``seconds`` after their

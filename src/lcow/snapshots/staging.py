@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from lcow._util.shutdown import shut_down_image
 from lcow._util.syncfs import syncfs
 from lcow.errors import LcowError
 from lcow.graphdriver.driver import Driver
@@ -52,7 +51,6 @@ from lcow.snapshots.fastpath import FAST_PATH_LABEL, BlobLayer, BlobRequest, Fas
 from lcow.snapshots.labels import check_key, check_labels
 from lcow.snapshots.metastore import TARGET_LABEL, Kind, Snapshot
 from lcow.snapshots.snapshotter import Mount, new_layer_id, unpack_key
-from lcow.storage.dataroot import SANDBOX_RAW
 
 __all__ = ["LAYER_REF_LABEL", "MAX_CONFIG", "StagingSnapshotter"]
 
@@ -314,9 +312,8 @@ class StagingSnapshotter(FastPathSnapshotter):
         ``sandbox.img``, and on to the disk, holding the host backend's mount table, so that
         every Prepare meanwhile waited for it); where that is not possible, it is written back
         by ``syncfs`` on the view, outside the mount table's lock."""
-        image = self.driver.root.layer_dir(layer_id) / SANDBOX_RAW
         try:
-            if shut_down_image(image):
+            if self.driver.discard(layer_id):
                 log.info("snapshotter: layer %s: sandbox shut down, not written back", layer_id)
                 source = None
         except OSError as exc:

@@ -37,8 +37,8 @@ def checkpoint(mountpoint: Path) -> None:
     try:
         kernel.freeze(mountpoint)
     except OSError as exc:
-        # EIO: the file system was shut down (a staged unpack's sandbox, discarded on purpose:
-        # lcow.snapshots.staging) or its disk fails, which the unmount reports again.
+        # EIO: the file system was shut down (a sandbox discarded on purpose, see
+        # HostBackend.discard) or its disk fails, which the unmount reports again.
         level = logging.INFO if exc.errno == errno.EIO else logging.WARNING
         log.log(level, "host backend: %s: could not flush before unmounting: %s", mountpoint, exc)
         return
