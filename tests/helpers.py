@@ -26,11 +26,14 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, NoReturn, cast
+from typing import IO, TYPE_CHECKING, NoReturn, cast
 
 import pytest
 
 from tests.harness.crash.rootstate import host_leftovers
+
+if TYPE_CHECKING:
+    from lcow.graphdriver.driver import Driver
 
 __all__ = [
     "SBIN_PATH",
@@ -475,3 +478,14 @@ def settled_mounts(below: Path, timeout: float = 30) -> list[tuple[str, str]]:
     while (left := list(kernel.mounts_below(below))) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
+
+
+def diff_files(driver: Driver, layer: str, parent: str | None = None) -> dict[str, bytes]:
+    """The regular files of ``layer``'s Diff (against ``parent``): name -> bytes."""
+    with driver.diff(layer, parent) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        found = {}
+        for member in tar:
+            data = tar.extractfile(member) if member.isfile() else None
+            if data is not None:
+                found[member.name] = data.read()
+        return found

@@ -25,7 +25,7 @@ from lcow.backends.host import STATE_FOLDER, kernel
 from lcow.errors import Busy, NotSupported
 from lcow.graphdriver.driver import Driver
 from lcow.layerdiff.changes import Change, ChangeKind
-from tests.helpers import host_leftovers, requires, run
+from tests.helpers import diff_files, host_leftovers, requires, run
 
 pytestmark = requires("host", "mke2fs")
 
@@ -377,16 +377,6 @@ def _sandbox_device(root: Path) -> str:
     return Path(f"/sys/dev/block/{os.major(number)}:{os.minor(number)}").resolve().name
 
 
-def _layer_files(driver: Driver, layer: str) -> dict[str, bytes]:
-    """The regular files of ``layer``'s Diff: name -> bytes."""
-    with driver.diff(layer) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-        found = {}
-        for member in tar:
-            data = tar.extractfile(member) if member.isfile() else None
-            if data is not None:
-                found[member.name] = data.read()
-        return found
-
 
 def test_put_writes_home_what_a_mount_in_another_namespace_wrote(
     driver: Driver, root: Path, tmp_path: Path
@@ -410,7 +400,7 @@ def test_put_writes_home_what_a_mount_in_another_namespace_wrote(
         assert child.stdout is not None and child.stdout.readline() == "ready\n"
         driver.put("held")
         assert os.path.exists(f"/sys/fs/ext4/{device}")  # still alive
-        assert _layer_files(driver, "held")["from-ns"] == b"y" * 300_000
+        assert diff_files(driver, "held")["from-ns"] == b"y" * 300_000
     finally:
         child.communicate("done\n", timeout=30)
     for _ in range(1000):  # the namespace's mounts go away shortly after its last process
@@ -438,7 +428,7 @@ def test_put_of_a_sandbox_nothing_else_holds_freezes_nothing(
     driver.put("alone")
     assert frozen == []
     assert not os.path.exists(f"/sys/fs/ext4/{device}")
-    assert _layer_files(driver, "alone")["f"] == b"z" * 300_000
+    assert diff_files(driver, "alone")["f"] == b"z" * 300_000
 
 
 def test_discard_shuts_down_that_layer_s_sandbox_and_no_other(driver: Driver) -> None:
@@ -456,6 +446,6 @@ def test_discard_shuts_down_that_layer_s_sandbox_and_no_other(driver: Driver) ->
     assert info.value.errno == errno.EIO
     Path(kept.path, "f").write_bytes(b"still writable")
     driver.put("kept")
-    assert _layer_files(driver, "kept")["f"] == b"still writable"
+    assert diff_files(driver, "kept")["f"] == b"still writable"
     driver.remove("garbage")  # its views and disks go; the fixture checks nothing is left
     assert not driver.exists("garbage")

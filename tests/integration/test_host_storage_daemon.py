@@ -25,7 +25,7 @@ import pytest
 from lcow.backends.host import STATE_FOLDER, kernel
 from lcow.backends.host.table import MountTable
 from lcow.graphdriver.driver import Driver
-from tests.helpers import host_leftovers, requires
+from tests.helpers import diff_files, host_leftovers, requires
 
 pytestmark = requires("host", "mke2fs")
 
@@ -298,16 +298,6 @@ def exports(root: Path) -> list[str]:
 
     return sorted(StorageDaemon(root / STATE_FOLDER, 30.0).exports())
 
-
-def diff_files(driver: Driver, layer: str, parent: str) -> dict[str, bytes]:
-    """The regular files of ``layer``'s Diff against ``parent``: name -> bytes."""
-    with driver.diff(layer, parent) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-        found = {}
-        for member in tar:
-            data = tar.extractfile(member) if member.isfile() else None
-            if data is not None:
-                found[member.name] = data.read()
-        return found
 
 
 def test_a_released_sandbox_lingers_mounted_and_exported_for_the_next_get(

@@ -94,6 +94,18 @@ def _tar(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+def _assert_id_from_bytes(image: Path) -> None:
+    """The VHD footer's unique id is the one the image's disk bytes give."""
+    disk = image.stat().st_size - FOOTER_SIZE
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        footer = read_footer(fd)
+        assert footer is not None
+        assert footer.unique_id == unique_id_of(os.pread(fd, disk, 0))
+    finally:
+        os.close(fd)
+
+
 def test_conversion_does_not_read_its_image_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -114,14 +126,7 @@ def test_conversion_does_not_read_its_image_back(
     tar2ext4(tmp_path / "layer.tar", out, ConvertOptions(vhd_footer=True))
     assert sum(read_back) <= PIECE_SIZE, f"read back {sum(read_back)} bytes of the image"
     # The id is still the one the image's bytes give.
-    disk = out.stat().st_size - FOOTER_SIZE
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        footer = read_footer(fd)
-        assert footer is not None
-        assert footer.unique_id == unique_id_of(os.pread(fd, disk, 0))
-    finally:
-        os.close(fd)
+    _assert_id_from_bytes(out)
 
 
 def test_spliced_bodies_are_read_back(tmp_path: Path) -> None:
@@ -132,11 +137,4 @@ def test_spliced_bodies_are_read_back(tmp_path: Path) -> None:
     (tmp_path / "layer.tar.gz").write_bytes(gzip.compress(_tar(files), compresslevel=1))
     out = tmp_path / "layer.vhd"
     tar2ext4(tmp_path / "layer.tar.gz", out, ConvertOptions(vhd_footer=True))
-    disk = out.stat().st_size - FOOTER_SIZE
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        footer = read_footer(fd)
-        assert footer is not None
-        assert footer.unique_id == unique_id_of(os.pread(fd, disk, 0))
-    finally:
-        os.close(fd)
+    _assert_id_from_bytes(out)
