@@ -134,4 +134,7 @@ def test_write_behind_advises_inside_a_big_copy(
     finally:
         os.close(fd)
     assert len(advised) >= 2, advised
-    assert max(length for _, length in advised) < SOURCE_SIZE // 2, advised
+    # The first window is advised as soon as it is full; later ones may merge while the
+    # settler thread is still busy (by design), so only the first one's size is certain.
+    first_offset, first_length = advised[0]
+    assert first_offset + first_length <= SOURCE_SIZE // 2, advised

@@ -215,6 +215,7 @@ class OutputWriter:
                 if self.observer is not None:
                     self.observer.seen(offset, memoryview(data))
                 _pwrite_all(self.fd, data, offset, [(offset, self.owner)])
+                self._wrote(offset, n)  # the writer thread is idle: counting here is safe
                 self._start = offset + n
                 return
         owners = self._owners
