@@ -12,12 +12,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from lcow.samples import write_sample_layers
 from tests.harness.crash.rootstate import LoopWatch
 from tests.helpers import ensure, host_leftovers, release_leftover_mounts
 
 _ROOT_NEEDS = {"root", "loop", "xattrs", "host"}
+
+# CI runs the property tests on fixed examples, so a landing never hangs on the luck of the
+# draw; a local run keeps drawing new ones (and keeps the failures it finds in .hypothesis/).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 _LOOP_WATCH = pytest.StashKey[LoopWatch]()
 
 
