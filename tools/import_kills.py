@@ -15,7 +15,8 @@ product code is unchanged). After each kill, in fresh processes:
 
 1. **nothing unverified is visible**: every ``layer.vhd`` under a chain ID holds exactly the
    reference layer's ext4 bytes, and every layer whose metadata records a diff ID records the
-   right diff and chain IDs;
+   right diff and chain IDs; no layer folder exists without its image, and no whole layer sits
+   above a missing one;
 2. **a new import completes it**: ``lcow import`` exits 0, skips exactly the layers whose
    metadata vouched for them, and leaves every layer equal to the reference with both IDs
    recorded;
@@ -131,10 +132,14 @@ def _ext4(folder: Path) -> bytes:
 def _state(root: Path, expected: list[dict[str, Any]]) -> dict[str, Any]:
     """What a data root holds of the expected layers, and what is wrong with it."""
     problems, trusted, whole = [], [], []
-    for layer in expected:
+    for below, layer in zip([None, *expected], expected, strict=False):  # one shorter
         folder = root / layer["Id"]
         if not (folder / "layer.vhd").exists():
+            if folder.exists():
+                problems.append(f"{layer['Id'][:12]}: visible without its image")
             continue
+        if below is not None and not (root / below["Id"] / "layer.vhd").exists():
+            problems.append(f"{layer['Id'][:12]}: whole above a missing layer")
         whole.append(layer["Id"])
         if _ext4(folder) != layer["ext4"]:
             problems.append(f"{layer['Id'][:12]}: layer.vhd is not the verified layer")

@@ -22,6 +22,7 @@ import errno
 import functools
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -40,6 +41,7 @@ from lcow.formats.source import open_source
 from lcow.graphdriver.deferred import DeferredDeletions
 from lcow.graphdriver.diffstream import DiffStream
 from lcow.graphdriver.options import parse_driver_options, sandbox_size_bytes
+from lcow.graphdriver.staged import StagedLayer
 from lcow.layerdiff.changes import (
     Change,
     LayerContent,
@@ -351,6 +353,80 @@ class Driver:
                     (folder / sandbox).unlink()
             return result.content_size
 
+    # -- staged layers (Create and ApplyDiff as one step) -----------------------------------
+
+    def stage(self, layer_id: str, parent: str | None) -> StagedLayer:
+        """Start building layer ``layer_id`` over ``parent`` out of sight
+        (:mod:`lcow.graphdriver.staged`).
+
+        Fill it with :meth:`apply_diff_staged` or by writing its ``layer.vhd`` and metadata
+        into :attr:`StagedLayer.folder` yourself, then :meth:`publish` it (or :meth:`discard`
+        it). Hold the layer's lock (:meth:`holding`) from here to the publication: Cleanup
+        leaves the folder alone only while the lock is held.
+
+        Raises:
+            InvalidArgument: not a valid layer id.
+            AlreadyExists: the layer exists already.
+        """
+        validate_id(layer_id)
+        with self._locks.hold(layer_id):
+            if self.root.layer_dir(layer_id).exists():
+                raise AlreadyExists(
+                    f"lcowdriver: create: layer {layer_id} already exists", subject=layer_id
+                )
+            return StagedLayer(layer_id, parent, self.root.stage_folder(layer_id))
+
+    def apply_diff_staged(
+        self,
+        staged: StagedLayer,
+        diff: BinaryIO | int | str | os.PathLike[str] | FileSlice,
+        *,
+        verify: Verifier | None = None,
+    ) -> int:
+        """ApplyDiff into a staged layer: the tar converted into its ``layer.vhd``, ``verify``
+        called before the image is renamed into place, every metadata written (nobody can see
+        the folder yet). Returns the unpacked size. On failure the staged folder holds no
+        image; :meth:`discard` it."""
+        lid = staged.layer_id
+        with self._locks.hold(lid):
+            named = None if isinstance(diff, str | os.PathLike) else f"layer {lid}'s tar"
+            with _naming_full_disks(lid, LAYER_VHD):
+                result, meta = self._convert(lid, diff, staged.folder / LAYER_VHD, named, verify)
+            if verify is not None:
+                with _naming_full_disks(lid, "lcow-layer.json"):
+                    self.root.write_meta(lid, meta, folder=staged.folder)
+            return result.content_size
+
+    def publish(self, staged: StagedLayer) -> None:
+        """Make a staged layer a layer, whole, in one durable rename.
+
+        Raises:
+            NotFound: its parent does not exist (publish a chain bottom-up).
+            AlreadyExists: a layer of that id appeared meanwhile (the staged one is discarded).
+        """
+        lid = staged.layer_id
+        with self._locks.hold(lid), self._root_lock.hold():
+            chain: list[Path] = []
+            if staged.parent is not None:
+                parent_dir = self.root.layer_dir(staged.parent)
+                if not parent_dir.is_dir():
+                    raise NotFound(
+                        f"lcowdriver: cannot create layer folder with missing parent "
+                        f"{staged.parent}",
+                        subject=staged.parent,
+                    )
+                chain = [parent_dir, *self.root.read_chain(staged.parent)]
+            try:
+                self.root.publish_folder(staged.folder, lid, chain)
+            except AlreadyExists:
+                self.discard_staged(staged)
+                raise
+
+    @staticmethod
+    def discard_staged(staged: StagedLayer) -> None:
+        """Delete a staged layer that will not be published (never fails)."""
+        shutil.rmtree(staged.folder, ignore_errors=True)
+
     def _release_idle(self, layer_id: str) -> None:
         """Release the layer's disks that the backend keeps mounted, idle (linger): its sandbox
         is about to be deleted, and no mount may keep the old file alive.
@@ -399,7 +475,7 @@ class Driver:
                 meta["root_hash"] = result.root_hash
                 meta["hash_offset"] = result.hash_offset
             proof = verify() if verify is not None else {}
-            self.root.write_meta(layer_id, meta)
+            self.root.write_meta(layer_id, meta, folder=target.parent)
         return result, {**meta, **proof}
 
     @contextlib.contextmanager
@@ -629,6 +705,11 @@ class Driver:
         elif retired is not None:
             deletions.submit(retired)
 
+    def _lock_held(self, layer_id: str) -> bool:
+        """Whether another thread or process holds the layer's lock (it is being written)."""
+        with self._locks.try_hold(layer_id) as held:
+            return not held
+
     def cleanup(self, *, release_views: bool = True) -> None:
         """Release every view, sweep ``-removing`` folders and temporaries; never fails.
 
@@ -651,7 +732,7 @@ class Driver:
                 log.warning("lcowdriver: cleanup: backend: %s", exc)
         with self._root_lock.hold():
             self.root.sweep_removing()
-            self.root.sweep_root_temporaries()
+            self.root.sweep_root_temporaries(in_use=self._lock_held)
         for key, folder in [
             (_CACHE_LOCK, self.root.cache),
             *((i, self.root.layer_dir(i)) for i in self.root.layer_ids()),

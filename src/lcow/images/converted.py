@@ -34,6 +34,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lcow._util.atomic import atomic_output
@@ -57,10 +58,11 @@ from lcow.registry.artifact import (
 from lcow.registry.client import BlobReader, RegistryClient
 from lcow.registry.errors import BlobMismatch
 from lcow.registry.resolve import OCI_INDEX, OCI_MANIFEST
-from lcow.storage.dataroot import DataRoot
+from lcow.storage.dataroot import LAYER_VHD, DataRoot
 
 if TYPE_CHECKING:
     from lcow.graphdriver.driver import Driver
+    from lcow.graphdriver.staged import StagedLayer
 
 __all__ = ["CONVERTED_FORMAT", "artifact_mismatch", "find_artifact", "land_converted"]
 
@@ -236,30 +238,32 @@ def _copy_zstd(reader: BlobReader, fd: int, layer: ArtifactLayer, name: str,
 def _download(  # noqa: PLR0913 - the layer and its folder, then keyword-only provenance, progress
     driver: Driver,
     client: RegistryClient,
-    lid: str,
+    folder: Path,
     layer: ArtifactLayer,
     *,
     origin: str,
     progress: Callable[[int], None] | None,
 ) -> None:
-    """Stream ``layer``'s blob into ``<lid>/layer.vhd`` (decompressed when it is zstd),
-    renamed into place once checked."""
+    """Stream ``layer``'s blob into ``folder/layer.vhd`` (decompressed when it is zstd),
+    renamed into place once checked, with its metadata. ``folder`` is the layer's own (an
+    older lcow's empty leftover) or a staged one nobody sees yet."""
     name = f"{client.registry}/{client.repository}: layer.vhd {layer.digest}"
+    lid = layer_id(layer.chain_id)
     meta: dict[str, object] = {"content_size": layer.content_size, "vhd_size": layer.image_size}
     if layer.root_hash is not None:
         meta["root_hash"] = layer.root_hash
         meta["hash_offset"] = layer.hash_offset
-    target = driver.root.layer_dir(lid) / "layer.vhd"
     copy = _copy_zstd if layer.compressed else _copy_plain
     with (
         client.open_blob(layer.digest, layer.size) as reader,
-        atomic_output(target, fsync=True) as fd,
+        atomic_output(folder / LAYER_VHD, fsync=True) as fd,
     ):
         copy(reader, fd, layer, name, progress)
         _check_image(fd, layer, name)
-        driver.root.write_meta(lid, meta)  # never an image without its sizes and root hash
+        # never an image without its sizes and root hash
+        driver.root.write_meta(lid, meta, folder=folder)
     driver.root.write_meta(lid, {**meta, "diff_id": layer.diff_id, "chain_id": layer.chain_id,
-                                 "converted_from": origin})  # fmt: skip
+                                 "converted_from": origin}, folder=folder)  # fmt: skip
 
 
 def land_converted(  # noqa: PLR0913 - what to land, then keyword-only callbacks
@@ -291,21 +295,28 @@ def land_converted(  # noqa: PLR0913 - what to land, then keyword-only callbacks
     ids = [layer_id(c) for c in chains]
     origin = f"{client.registry}/{client.repository}@{artifact.digest}"
     created: list[str] = []
+    staging: list[StagedLayer] = []
     futures: list[Future[ImportedLayer]] = []
     with driver.holding(ids), ThreadPoolExecutor(max(1, parallel), "lcow-converted") as pool:
         try:
             parent: str | None = None
             for layer, lid, chain in zip(artifact.layers, ids, chains, strict=True):
                 futures.append(_land(driver, client, layer, pool, lid=lid, chain=chain,
-                                     parent=parent, origin=origin, created=created,
+                                     parent=parent, origin=origin, staging=staging,
                                      progress=progress))  # fmt: skip
                 parent = lid
             wait(futures, return_when=FIRST_EXCEPTION)
             done = [future.result() for future in futures]
+            for staged in staging:  # bottom-up: no layer shows before the layers below it
+                driver.publish(staged)
+                created.append(staged.layer_id)
         except BaseException:
             for future in futures:
                 future.cancel()
             wait(futures)  # running downloads end before their folders are removed
+            for staged in staging:
+                if staged.layer_id not in created:
+                    driver.discard_staged(staged)
             for lid in reversed(created):
                 try:
                     driver.remove(lid)
@@ -329,11 +340,11 @@ def _land(  # noqa: PLR0913 - one layer of land_converted, with its state
     chain: str,
     parent: str | None,
     origin: str,
-    created: list[str],
+    staging: list[StagedLayer],
     progress: Callable[[int], None] | None,
 ) -> Future[ImportedLayer]:
-    """One layer: reused (a finished future), or its folder made here and its download
-    submitted to ``pool``."""
+    """One layer: reused (a finished future), or its staged folder made here (added to
+    ``staging``, for the caller to publish) and its download submitted to ``pool``."""
     if layer_present(driver, lid, parent, diff_id=layer.diff_id, chain=chain,
                      accept_converted=True):  # fmt: skip
         size = driver.root.read_meta(lid).get("content_size")
@@ -342,13 +353,16 @@ def _land(  # noqa: PLR0913 - one layer of land_converted, with its state
                                         size=size if isinstance(size, int) else None))  # fmt: skip
         return reused
     if not driver.exists(lid):
-        driver.create(lid, parent)
-        created.append(lid)
-    elif DataRoot.layer_file(driver.root.layer_dir(lid)) is None:
-        driver.create(lid, parent)  # an empty leftover folder: rewrite its chain
+        staged = driver.stage(lid, parent)
+        staging.append(staged)
+        folder = staged.folder
+    else:  # an empty leftover folder, or an image nobody verified: replaced in place
+        if DataRoot.layer_file(driver.root.layer_dir(lid)) is None:
+            driver.create(lid, parent)  # rewrite its chain
+        folder = driver.root.layer_dir(lid)
 
     def download() -> ImportedLayer:
-        _download(driver, client, lid, layer, origin=origin, progress=progress)
+        _download(driver, client, folder, layer, origin=origin, progress=progress)
         return ImportedLayer(lid, parent, layer.diff_id, chain, created=True,
                              size=layer.content_size, converted=True)  # fmt: skip
 

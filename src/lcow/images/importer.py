@@ -51,6 +51,7 @@ from lcow.storage.dataroot import DataRoot
 
 if TYPE_CHECKING:
     from lcow.graphdriver.driver import Driver
+    from lcow.graphdriver.staged import StagedLayer
 
 __all__ = [
     "BlobSource",
@@ -405,8 +406,16 @@ def _run_locked(
         for planned in plan.layers:
             layer = _existing_layer(driver, planned, plan.accept_converted)
             if layer is None:
-                _prepare(driver, planned, created)
-                layer = _apply(driver, archive, planned, progress)
+                staged = _stage(driver, planned)
+                try:
+                    layer = _apply(driver, archive, planned, progress, staged)
+                    if staged is not None:
+                        driver.publish(staged)
+                        created.append(planned.layer_id)
+                except BaseException:
+                    if staged is not None:
+                        driver.discard_staged(staged)
+                    raise
             done.append(layer)
             if on_layer is not None:
                 on_layer(layer)
@@ -427,20 +436,21 @@ def _run_parallel(  # noqa: PLR0913 - run_import's arguments and the lock holder
     parallel: int,
 ) -> list[ImportedLayer]:
     """:func:`_run_locked` with up to ``parallel`` conversions at once, every operation on a
-    layer run by the thread holding its lock."""
+    layer run by the thread holding its lock. Layers convert in any order but are published
+    bottom-up (a layer never shows before the layers below it)."""
     created: list[str] = []
     futures: list[Future[ImportedLayer]] = []
+    staging: list[StagedLayer | None] = []  # per layer of the plan, until it is published
     try:
         todo: list[PlannedLayer | ImportedLayer] = []
-        for planned in plan.layers:  # presence and folders bottom-up, one at a time
+        for planned in plan.layers:  # presence and stages bottom-up, one at a time
             holder = holders[planned.layer_id]
             existing = holder.run(partial(_existing_layer, driver, planned,
                                           plan.accept_converted))  # fmt: skip
-            if existing is None:
-                holder.run(partial(_prepare, driver, planned, created))
+            staging.append(None if existing else holder.run(partial(_stage, driver, planned)))
             todo.append(existing or planned)
         slots = threading.BoundedSemaphore(parallel)
-        for item in todo:
+        for item, staged in zip(todo, staging, strict=True):
             if isinstance(item, ImportedLayer):
                 futures.append(_resolved(item))
                 continue
@@ -448,15 +458,18 @@ def _run_parallel(  # noqa: PLR0913 - run_import's arguments and the lock holder
             if _first_failure(futures) is not None:
                 slots.release()
                 break
-            future = holders[item.layer_id].submit(partial(_apply, driver, archive, item, progress))
+            future = holders[item.layer_id].submit(
+                partial(_apply, driver, archive, item, progress, staged)
+            )
             future.add_done_callback(lambda _: slots.release())
             futures.append(future)
-        for future in as_completed(futures):  # a failure anywhere ends the wait at once
-            if future.exception() is None and on_layer is not None:
-                on_layer(future.result())
+        published = 0
+        for _ in as_completed(futures):  # a failure anywhere ends the wait at once
             failed = _first_failure(futures)
             if failed is not None:
                 raise failed
+            published = _publish_bottom_up(driver, holders, futures, staging, published,
+                                           created=created, on_layer=on_layer)  # fmt: skip
         return [future.result() for future in futures]
     except BaseException:
         for future in futures:
@@ -464,9 +477,37 @@ def _run_parallel(  # noqa: PLR0913 - run_import's arguments and the lock holder
         if isinstance(archive, Cancellable):
             archive.cancel()  # the downloads still running fail now instead of finishing
         wait(futures)  # running conversions end before their layers are removed
+        for staged in staging:
+            if staged is not None:
+                holders[staged.layer_id].run(partial(driver.discard_staged, staged))
         for lid in reversed(created):
             holders[lid].run(partial(_roll_back, driver, [lid]))
         raise
+
+
+def _publish_bottom_up(  # noqa: PLR0913 - the state of _run_parallel, then its outputs
+    driver: Driver,
+    holders: Mapping[str, LayerHolder],
+    futures: Sequence[Future[ImportedLayer]],
+    staging: list[StagedLayer | None],
+    published: int,
+    *,
+    created: list[str],
+    on_layer: Callable[[ImportedLayer], None] | None,
+) -> int:
+    """Publish the converted layers from position ``published`` up to the first one still
+    converting; returns the new position."""
+    while published < len(futures) and futures[published].done():
+        layer = futures[published].result()
+        staged = staging[published]
+        if staged is not None:
+            holders[layer.layer_id].run(partial(driver.publish, staged))
+            staging[published] = None
+            created.append(layer.layer_id)
+        if on_layer is not None:
+            on_layer(layer)
+        published += 1
+    return published
 
 
 def _first_failure(futures: Sequence[Future[ImportedLayer]]) -> BaseException | None:
@@ -511,14 +552,17 @@ def _layer_ids(layers: Sequence[LayerRef]) -> list[str]:
     return out
 
 
-def _prepare(driver: Driver, planned: PlannedLayer, created: list[str]) -> None:
-    """Create the folder of a layer about to be converted (its parent's exists already)."""
+def _stage(driver: Driver, planned: PlannedLayer) -> StagedLayer | None:
+    """Where a layer about to be converted is built: a staged folder, published once whole
+    (:mod:`lcow.graphdriver.staged`); ``None`` for a folder that exists (an empty one an
+    older lcow's interrupted import left, or an image no import verified), converted into in
+    place."""
     lid = planned.layer_id
     if not driver.exists(lid):
-        driver.create(lid, planned.parent)
-        created.append(lid)
-    elif DataRoot.layer_file(driver.root.layer_dir(lid)) is None:
+        return driver.stage(lid, planned.parent)
+    if DataRoot.layer_file(driver.root.layer_dir(lid)) is None:
         driver.create(lid, planned.parent)  # an empty leftover folder: rewrite its chain
+    return None  # ApplyDiff replaces an unverified image whole
 
 
 def _apply(
@@ -526,7 +570,9 @@ def _apply(
     archive: BlobSource,
     planned: PlannedLayer,
     progress: Callable[[int], None] | None,
+    staged: StagedLayer | None,
 ) -> ImportedLayer:
+    """Convert the layer's blob into ``staged`` (or into its existing empty folder)."""
     lid = planned.layer_id
     name = f"{archive.name}: {planned.ref.member}"
     found = archive.member_range(planned.ref.member)
@@ -551,7 +597,10 @@ def _apply(
     with archive.open_member(planned.ref.member) as blob:
         feed = LayerFeed(blob, name=name, progress=progress, where=where)
         try:
-            size = driver.apply_diff(lid, planned.parent, feed.source, verify=verify)
+            if staged is None:
+                size = driver.apply_diff(lid, planned.parent, feed.source, verify=verify)
+            else:
+                size = driver.apply_diff_staged(staged, feed.source, verify=verify)
         except BaseException as exc:
             if verified:  # the feed finished: the verification itself failed
                 raise

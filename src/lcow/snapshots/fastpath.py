@@ -56,6 +56,7 @@ import grpc
 
 from lcow.convert.input import Pump, tar_work
 from lcow.errors import AlreadyExists, InvalidArgument, LcowError, NoSpace
+from lcow.formats.chainid import chain_id
 from lcow.graphdriver.driver import Driver
 from lcow.snapshots.content import ContentStore, check_namespace
 from lcow.snapshots.labels import check_key, check_labels
@@ -126,13 +127,6 @@ def _digest(value: str, label: str, key: str) -> str:
             subject=key,
         )
     return value
-
-
-def _chain_id(parent: str | None, diff_id: str) -> str:
-    """containerd's (and moby's) chain ID of a layer over the chain ``parent``."""
-    if parent is None:
-        return diff_id
-    return "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode("ascii")).hexdigest()
 
 
 class _BlobFeed:
@@ -411,7 +405,7 @@ class FastPathSnapshotter(Snapshotter):
                     f"{layer.size} bytes with digest {req.blob}",
                     subject=name,
                 )
-            chain = _chain_id(layer.parent_chain, diff_id)
+            chain = chain_id(layer.parent_chain, diff_id)
             if chain != req.target:
                 raise _Mismatch(
                     f"{name}: diff ID {diff_id} over parent chain {layer.parent_chain or '(none)'} "

@@ -31,7 +31,6 @@ the sandbox's view (mount, loop device). No row ever names a folder that is not 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -45,6 +44,7 @@ import grpc
 
 from lcow._util.syncfs import syncfs
 from lcow.errors import LcowError
+from lcow.formats.chainid import chain_ids
 from lcow.graphdriver.driver import Driver
 from lcow.snapshots.content import CONFIG_REF_LABEL, ContentStore
 from lcow.snapshots.fastpath import FAST_PATH_LABEL, BlobLayer, BlobRequest, FastPathSnapshotter
@@ -75,17 +75,6 @@ class _Staging:
     layer_id: str
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future[str | None] = field(default_factory=Future)
-
-
-def _chain_ids(diff_ids: list[str]) -> list[str]:
-    chains: list[str] = []
-    for diff_id in diff_ids:
-        if not chains:
-            chains.append(diff_id)
-        else:
-            line = f"{chains[-1]} {diff_id}".encode("ascii")
-            chains.append("sha256:" + hashlib.sha256(line).hexdigest())
-    return chains
 
 
 def _target(key: str) -> str | None:
@@ -246,7 +235,7 @@ class StagingSnapshotter(FastPathSnapshotter):
             return None
         try:
             diff_ids = json.loads(raw)["rootfs"]["diff_ids"]
-            chains = _chain_ids([str(d) for d in diff_ids])
+            chains = chain_ids([str(d) for d in diff_ids])
         except (ValueError, KeyError, TypeError, UnicodeEncodeError):
             return None
         if len(self._chains) >= _MAX_CACHED:

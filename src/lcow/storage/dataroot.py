@@ -25,12 +25,19 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lcow._util.atomic import atomic_output, is_temporary, temporary_path
-from lcow.errors import CorruptImage, FailedPrecondition, InvalidArgument, NotFound
+from lcow._util.atomic import atomic_output, fsync_dir, is_temporary, temporary_path
+from lcow.errors import (
+    AlreadyExists,
+    CorruptImage,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 
 __all__ = [
     "ID_MAX_LEN",
@@ -201,16 +208,19 @@ class DataRoot:
                 subject=layer_id,
             ) from exc
 
-    def write_chain(self, layer_id: str, chain: list[Path], *, folder: Path | None = None) -> None:
+    def write_chain(
+        self, layer_id: str, chain: list[Path], *, folder: Path | None = None, fsync: bool = False
+    ) -> None:
         """Write ``layerchain.json`` (0600): absolute POSIX paths, ``null`` for a base.
 
-        ``folder`` overrides where it goes (a layer folder still being built).
+        ``folder`` overrides where it goes (a layer folder still being built); ``fsync``
+        syncs it before its rename (a staged layer's, published with its image).
         """
         folder = folder or self.layer_dir(layer_id)
         value = [str(p) for p in chain] if chain else None
         data = json.dumps(value, separators=(",", ":")).encode()
         try:
-            with atomic_output(folder / LAYER_CHAIN, mode=0o600) as fd:
+            with atomic_output(folder / LAYER_CHAIN, mode=0o600, fsync=fsync) as fd:
                 os.write(fd, data)
         except OSError as exc:
             raise FailedPrecondition(
@@ -249,10 +259,14 @@ class DataRoot:
             return {}
         return value if isinstance(value, dict) else {}
 
-    def write_meta(self, layer_id: str, meta: dict[str, Any]) -> None:
+    def write_meta(
+        self, layer_id: str, meta: dict[str, Any], *, folder: Path | None = None
+    ) -> None:
         """Replace lcow's own per-layer metadata atomically and durably (ApplyDiff writes it
-        before it renames the image it describes into place)."""
-        with atomic_output(self.layer_dir(layer_id) / LAYER_META, mode=0o600, fsync=True) as fd:
+        before it renames the image it describes into place). ``folder`` overrides where it
+        goes (a staged layer folder)."""
+        target = (folder or self.layer_dir(layer_id)) / LAYER_META
+        with atomic_output(target, mode=0o600, fsync=True) as fd:
             os.write(fd, json.dumps(meta, sort_keys=True).encode())
 
     # -- removal -----------------------------------------------------------------------------
@@ -316,17 +330,55 @@ class DataRoot:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def sweep_root_temporaries(self) -> None:
+    def stage_folder(self, layer_id: str) -> Path:
+        """A new hidden folder in the root to build layer ``layer_id`` in, out of sight
+        (``.<id>.tmp-<hex>``: not a layer id, so no listing shows it, and Cleanup sweeps it
+        once no writer holds the layer's lock). :meth:`publish_folder` makes it the layer."""
+        folder = Path(temporary_path(self.layer_dir(validate_id(layer_id))))
+        folder.mkdir(mode=_DIR_MODE)
+        return folder
+
+    def publish_folder(self, stage: Path, layer_id: str, chain: list[Path]) -> None:
+        """Make the staged folder ``stage`` the layer ``layer_id`` over ``chain``: its
+        ``layerchain.json`` written, everything in it synced, then one durable rename. Call
+        with the layer's lock and the root lock held; the layer must not exist.
+
+        Raises:
+            AlreadyExists: a folder of that id appeared (nothing is replaced).
+        """
+        folder = self.layer_dir(layer_id)
+        self.write_chain(layer_id, chain, folder=stage, fsync=True)
+        fsync_dir(stage)  # the entries of the files written in it (their data is synced)
+        if folder.exists():  # checked under the locks every creator takes
+            raise AlreadyExists(f"lcowdriver: layer {layer_id} already exists", subject=layer_id)
+        os.rename(stage, folder)
+        fsync_dir(self.root)
+
+    @staticmethod
+    def staged_id(name: str) -> str | None:
+        """The layer id a root temporary ``name`` is built for (``None``: not a layer's)."""
+        if not is_temporary(name):
+            return None
+        target = name[1:].rsplit(".tmp-", 1)[0]
+        return target if is_valid_id(target) else None
+
+    def sweep_root_temporaries(self, in_use: Callable[[str], bool] | None = None) -> None:
         """Delete the temporary layer folders (and files) interrupted writes left in the root.
-        Call with the root lock held: :meth:`new_folder` builds its folders there."""
+        Call with the root lock held: :meth:`new_folder` builds its folders there. A staged
+        layer folder (:meth:`stage_folder`) is built without the root lock, under its layer's:
+        it is left alone while ``in_use(layer id)`` says a writer holds that lock."""
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.root):
-                if is_temporary(entry.name):
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                    else:
-                        with contextlib.suppress(OSError):
-                            os.unlink(entry.path)
+                if not is_temporary(entry.name):
+                    continue
+                staged = self.staged_id(entry.name)
+                if staged is not None and in_use is not None and in_use(staged):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
     @staticmethod
     def sweep_folder(folder: Path) -> None:

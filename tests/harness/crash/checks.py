@@ -126,8 +126,8 @@ class RootChecks:
                 if above is not None and below != "layer.vhd":
                     problems.append(f"image layers torn: {states} (bottom first)")
                     break
-            for state in states:
-                if state not in (None, "empty", "layer.vhd"):
+            for state in states:  # staged layers: never an empty folder under a chain ID
+                if state not in (None, "layer.vhd"):
                     problems.append(f"image layer left as {state}")
             for layer in self.fixtures.image_layers:
                 now = layers.get(layer.layer_id)

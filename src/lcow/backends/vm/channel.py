@@ -18,18 +18,21 @@ import os
 import secrets
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from lcow.backends.scoped import view_error
 from lcow.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 
-__all__ = ["Channel", "ChannelBroken", "GuestError"]
+__all__ = ["HELLO_ATTEMPT", "Channel", "ChannelBroken", "GuestError"]
 
 _HEAD = struct.Struct(">cI")
 _MAX_DATA = 256 * 1024
 _MAX_FRAME = 16 * 1024 * 1024
 _POLL = 0.2  # how often a waiting receive checks that the VM still runs
+#: seconds a hello waits for its answer before :meth:`Channel.connect_patiently` reconnects
+HELLO_ATTEMPT = 10.0
 
 
 class ChannelBroken(FailedPrecondition):
@@ -102,6 +105,28 @@ class Channel:
             kind, payload = self._frame(self.timeout if wait is None else wait)
             if kind == b"R" and payload.endswith(nonce.encode()):
                 return
+
+    def connect_patiently(self, total: float, attempt: float = HELLO_ATTEMPT) -> None:
+        """:meth:`connect`, again on a fresh connection each ``attempt`` seconds without an
+        answer, until ``total`` seconds have passed or the VM is gone.
+
+        A hello can go unanswered although the agent is up: once, on a loaded machine, the
+        agent had printed its ready line and the first channel then waited out the whole
+        timeout. A new connection makes the agent reset that port's session, and an answer
+        that comes late to an abandoned hello carries the old nonce, so it is skipped.
+
+        Raises:
+            ChannelBroken: no answer in ``total`` seconds, or the VM died.
+        """
+        deadline = time.monotonic() + total
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                self.connect(wait=max(_POLL, min(attempt, left)))
+                return
+            except ChannelBroken:
+                if not self._alive() or time.monotonic() >= deadline:
+                    raise
 
     def close(self) -> None:
         """Drop the connection (the agent resets its session)."""

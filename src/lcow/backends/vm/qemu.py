@@ -238,7 +238,7 @@ class QemuVM:
             self._wait_ready(deadline)
             channel = self.channel(0)
             try:
-                channel.connect()
+                channel.connect_patiently(max(1.0, deadline - time.monotonic()))
             except ChannelBroken as exc:
                 raise self._died(f"the agent did not answer: {exc}") from exc
             channel.close()

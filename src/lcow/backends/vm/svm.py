@@ -98,7 +98,7 @@ class ServiceVM:
             ) from None
         try:
             if not ch.connected:
-                ch.connect()
+                ch.connect_patiently(self.vm.config.timeout)
             yield ch
         except ChannelBroken as exc:
             if self.vm is not None and self.vm.exited(grace=0.5):
