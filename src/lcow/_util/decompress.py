@@ -17,9 +17,7 @@ in memory at once.
 
 from __future__ import annotations
 
-import bz2
 import io
-import lzma
 import zlib
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, Protocol, cast
@@ -80,7 +78,7 @@ def decompress(
     """
     if kind == "zstd":
         return _zstd(read, name, chunk, error)
-    new = {"gzip": _Gzip, "bzip2": bz2.BZ2Decompressor, "xz": _xz}.get(kind)
+    new = {"gzip": _Gzip, "bzip2": _bzip2, "xz": _xz}.get(kind)
     if new is None:
         raise ValueError(f"unknown compression {kind!r}")
     return _members(
@@ -121,11 +119,27 @@ class _Gzip:
         return self._dec.unused_data
 
 
+# bz2 and lzma are imported when a stream needs them: most inputs are plain, gzip or zstd,
+# and every `lcow tar2ext4` start would pay for both (issue 17).
+def _bzip2() -> _Member:
+    import bz2
+
+    return cast(_Member, bz2.BZ2Decompressor())
+
+
 def _xz() -> _Member:
+    import lzma
+
     return cast(_Member, lzma.LZMADecompressor(lzma.FORMAT_XZ))
 
 
-_CORRUPT = (zlib.error, OSError, EOFError, lzma.LZMAError)
+def _corrupt(kind: str) -> tuple[type[Exception], ...]:
+    """What a ``kind`` member decompressor raises for corrupt data."""
+    if kind == "xz":
+        import lzma
+
+        return (zlib.error, OSError, EOFError, lzma.LZMAError)
+    return (zlib.error, OSError, EOFError)
 
 
 def _members(  # noqa: PLR0913 - decompress()'s parameters plus the member decompressor's factory
@@ -150,7 +164,7 @@ def _members(  # noqa: PLR0913 - decompress()'s parameters plus the member decom
             dec = new()
         try:
             out = dec.decompress(data, chunk)
-        except _CORRUPT as exc:
+        except _corrupt(kind) as exc:
             raise error(f"{name}: corrupt {kind} stream: {exc}", subject=name) from exc
         data = b""
         if out:

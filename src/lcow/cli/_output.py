@@ -19,7 +19,6 @@ Binary output (``cat``, ``diff -o -``, ``vhd2tar``) is data and is not touched h
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import select
@@ -54,6 +53,8 @@ def write_json(value: object, stream: TextIO | None = None) -> None:
         value: a JSON-serialisable value; strings may hold surrogate escapes.
         stream: where to write (default: the current ``sys.stdout``).
     """
+    import json  # here: most commands print no JSON, and every start would pay for it
+
     text = json.dumps(value, indent=2, ensure_ascii=True) + "\n"
     _write_text(sys.stdout if stream is None else stream, text)
 

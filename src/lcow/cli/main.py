@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import importlib
 import os
-import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -274,6 +273,8 @@ def _misplaced_global(
             moved += [next(tokens, "VALUE")]
     if first is None:
         return None
+    import shlex  # only for this hint
+
     before = argv[: len(argv) - len(rest) - 1]
     fixed = shlex.join([PROG, *before, *moved, name, *kept])
     return f"{first} is a global option: put it before the command ({fixed})"
