@@ -621,14 +621,24 @@ def main() -> int:
         action="store_true",
         help="with --fastpath: set up, print the two commands, wait for Enter",
     )
-    ap.add_argument("--rows", default=",".join(ROWS),
-                    help="comma-separated rows to measure (pull, run; default both)")
-    ap.add_argument("--serve", type=Path, metavar="COMMANDS",
-                    help="set up only: write the timed commands to COMMANDS and serve until "
-                    "SIGTERM, for an outside timer (e.g. hyperfine or /usr/bin/time)")
-    ap.add_argument("--content-store", action="store_true",
-                    help="with --serve: the lcow server reads containerd's content store "
-                    "(--containerd-address: the fast path and staged unpacks)")
+    ap.add_argument(
+        "--rows",
+        default=",".join(ROWS),
+        help="comma-separated rows to measure (pull, run; default both)",
+    )
+    ap.add_argument(
+        "--serve",
+        type=Path,
+        metavar="COMMANDS",
+        help="set up only: write the timed commands to COMMANDS and serve until "
+        "SIGTERM, for an outside timer (e.g. hyperfine or /usr/bin/time)",
+    )
+    ap.add_argument(
+        "--content-store",
+        action="store_true",
+        help="with --serve: the lcow server reads containerd's content store "
+        "(--containerd-address: the fast path and staged unpacks)",
+    )
     args = ap.parse_args()
     if args.data.exists():
         raise SystemExit(f"{args.data} exists: remove it or choose another --data")

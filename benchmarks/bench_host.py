@@ -108,8 +108,9 @@ def part_getput(work: Path, layers: int, samples: int) -> dict[str, object]:
 
 def _cpu() -> float:
     """User + system seconds of this process and its waited-for children (mount(8))."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
-        resource.RUSAGE_CHILDREN
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
     )
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 

@@ -46,9 +46,11 @@ def tar_seeds() -> dict[str, bytes]:
     """Tars of every member kind the reader understands, plain, gzip and zstd."""
     import zstandard
 
-    acl = b"\x02\x00\x00\x00" + b"".join(
-        tag + b"\xff\xff\xff\xff" for tag in (b"\x01\x00\x06\x00", b"\x04\x00\x04\x00")
-    ) + b"\x20\x00\x04\x00\xff\xff\xff\xff"
+    acl = (
+        b"\x02\x00\x00\x00"
+        + b"".join(tag + b"\xff\xff\xff\xff" for tag in (b"\x01\x00\x06\x00", b"\x04\x00\x04\x00"))
+        + b"\x20\x00\x04\x00\xff\xff\xff\xff"
+    )
     seeds = {
         "files.tar": h.file(b"a", b"hello") + h.directory(b"d/") + h.file(b"d/f", b"x" * 700)
         + h.symlink(b"s", b"a") + h.hardlink(b"l", b"a") + h.END,

@@ -84,13 +84,21 @@ def main() -> int:
     parser.add_argument("--ops", default=None, help="comma-separated (default: all)")
     parser.add_argument("--seed", type=int, default=20261128)
     parser.add_argument("--scale", type=float, default=1.0, help="size of the tars and image")
-    parser.add_argument("--calibration-runs", type=int, default=3,
-                        help="unkilled runs per operation variant, to learn its duration")
+    parser.add_argument(
+        "--calibration-runs",
+        type=int,
+        default=3,
+        help="unkilled runs per operation variant, to learn its duration",
+    )
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/lcow-crash"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--markdown", action="store_true")
-    parser.add_argument("--linger", type=float, default=0,
-                        help="seconds: each child lingers as the plugin does (Driver.linger)")
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=0,
+        help="seconds: each child lingers as the plugin does (Driver.linger)",
+    )
     args = parser.parse_args()
     if args.work.exists():
         shutil.rmtree(args.work)

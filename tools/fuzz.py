@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         found = ", ".join(Path(f).name for f in r.findings) or "none"
         print(
-            f"| {r.harness} | {r.runs:,} | {r.seconds:.0f} | {r.rate:,.0f} | {found} "
-            f"| {r.corpus} |"
+            f"| {r.harness} | {r.runs:,} | {r.seconds:.0f} | {r.rate:,.0f} | {found} | {r.corpus} |"
         )
     total = sum(r.runs for r in results)
     print(f"\n{total:,} executions in total, {sum(len(r.findings) for r in results)} findings")

@@ -48,7 +48,10 @@ def _refused(src: Path, out: Path, options: ConvertOptions, *names: str) -> None
 def test_defaults_are_documented_values() -> None:
     opts = ConvertOptions()
     assert (opts.max_entries, opts.max_name_len, opts.max_path_len, opts.max_depth) == (
-        1 << 21, 255, 4096, 1024
+        1 << 21,
+        255,
+        4096,
+        1024,
     )
     assert (opts.max_xattr_name_len, opts.max_xattr_value_len) == (255, 65536)
     assert opts.max_size == 128 << 30 and opts.slot_timeout is None

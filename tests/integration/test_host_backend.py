@@ -313,8 +313,9 @@ def test_needs_root(tmp_path: Path) -> None:
         "from lcow.graphdriver.driver import Driver\n"
         f"Driver({str(home)!r}, ['lcow.backend=host'])\n"
     )
-    proc = run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                sys.executable, "-c", code])
+    proc = run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code]
+    )
     assert proc.returncode != 0
     assert "driver not supported" in proc.stderr and "root" in proc.stderr
     assert NotSupported.__name__ in proc.stderr
@@ -375,7 +376,6 @@ def _sandbox_device(root: Path) -> str:
     ]
     number = os.stat(point).st_dev
     return Path(f"/sys/dev/block/{os.major(number)}:{os.minor(number)}").resolve().name
-
 
 
 def test_put_writes_home_what_a_mount_in_another_namespace_wrote(

@@ -299,7 +299,6 @@ def exports(root: Path) -> list[str]:
     return sorted(StorageDaemon(root / STATE_FOLDER, 30.0).exports())
 
 
-
 def test_a_released_sandbox_lingers_mounted_and_exported_for_the_next_get(
     driver: Driver, root: Path
 ) -> None:

@@ -145,7 +145,6 @@ def test_tampered_blob_leaves_no_layer(
     assert listed.returncode == 0 and listed.stdout.splitlines()[2:] == []  # headers only
 
 
-
 @pytest.mark.parametrize(("mode", "message"), [
     ("referrers-huge", f"more than the {4 << 20} bytes allowed"),
     ("referrers-not-json", ": not JSON (Expecting value"),

@@ -60,8 +60,16 @@ def test_another_boot_starts_empty(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    [b"", b"{", b"[]", b'{"version": 99}', b"[" * 100_000 + b"]" * 100_000,
-     json.dumps({"version": 1, "boot_id": "b", "disks": {"k": {"slot": 1}}, "views": {}}).encode()],
+    [
+        b"",
+        b"{",
+        b"[]",
+        b'{"version": 99}',
+        b"[" * 100_000 + b"]" * 100_000,
+        json.dumps(
+            {"version": 1, "boot_id": "b", "disks": {"k": {"slot": 1}}, "views": {}}
+        ).encode(),
+    ],
     ids=["empty", "truncated", "array", "version", "deep", "fields"],
 )
 def test_damage_is_reported_then_starts_afresh(tmp_path: Path, text: bytes) -> None:

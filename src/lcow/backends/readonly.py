@@ -18,8 +18,7 @@ class ReadOnlyWrites:
 
     def _read_only(self, op: str) -> NoReturn:
         raise NotSupported(
-            f"{op}: not supported by the {self.backend_name} backend; "
-            "use lcow.backend=host or vm",
+            f"{op}: not supported by the {self.backend_name} backend; use lcow.backend=host or vm",
             subject=self.layer_id,
         )
 

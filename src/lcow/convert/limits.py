@@ -121,9 +121,9 @@ def active_conversions() -> int:
     return _SLOTS.active()
 
 
-def conversion_slot(timeout: float | None = None, *, what: str = "tar2ext4") -> (
-    contextlib.AbstractContextManager[None]
-):
+def conversion_slot(
+    timeout: float | None = None, *, what: str = "tar2ext4"
+) -> contextlib.AbstractContextManager[None]:
     """Hold one conversion slot for the ``with`` block.
 
     Args:

@@ -94,11 +94,7 @@ class ConvertOptions:
             ("max_xattr_value_len", 0, None),
         ):
             value = getattr(self, name)
-            if (
-                not isinstance(value, int)
-                or value < low
-                or (high is not None and value > high)
-            ):
+            if not isinstance(value, int) or value < low or (high is not None and value > high):
                 allowed = f"{low}..{high}" if high is not None else f">= {low}"
                 raise InvalidArgument(
                     f"{name}: {value!r} is out of range ({allowed})", subject=name

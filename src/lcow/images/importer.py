@@ -279,8 +279,14 @@ def plan_layers(
                     chain_id=chain,
                     layer_id=lid,
                     parent=parent,
-                    present=layer_present(driver, lid, parent, diff_id=ref.diff_id, chain=chain,
-                                          accept_converted=accept_converted),
+                    present=layer_present(
+                        driver,
+                        lid,
+                        parent,
+                        diff_id=ref.diff_id,
+                        chain=chain,
+                        accept_converted=accept_converted,
+                    ),
                     blob_size=source.size(ref.member),
                 )
             parent, parent_chain = lid, chain

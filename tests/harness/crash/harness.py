@@ -444,9 +444,7 @@ def run_kills(
     campaign = Campaign(seed, load=list(os.getloadavg()))
     fixtures = make_fixtures(work / "fixtures", scale=scale)
     harnesses = {
-        b: Harness(
-            work, b, fixtures, random.Random(rng.getrandbits(32)), calibration_runs, linger
-        )
+        b: Harness(work, b, fixtures, random.Random(rng.getrandbits(32)), calibration_runs, linger)
         for b in backends
     }
     pairs = [

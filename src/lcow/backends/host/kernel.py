@@ -46,8 +46,13 @@ _FIFREEZE = 0xC0045877
 _FITHAW = 0xC0045878
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_char_p]
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
@@ -56,11 +61,20 @@ def _raise(path: str | os.PathLike[str]) -> None:
     raise OSError(code, os.strerror(code), os.fspath(path))
 
 
-def mount(source: str, target: str | os.PathLike[str], fstype: str, flags: int = 0,
-          data: str = "") -> None:
+def mount(
+    source: str, target: str | os.PathLike[str], fstype: str, flags: int = 0, data: str = ""
+) -> None:
     """``mount(2)``."""
-    if _libc.mount(source.encode(), os.fsencode(target), fstype.encode(), flags,
-                   data.encode() if data else None) != 0:
+    if (
+        _libc.mount(
+            source.encode(),
+            os.fsencode(target),
+            fstype.encode(),
+            flags,
+            data.encode() if data else None,
+        )
+        != 0
+    ):
         _raise(target)
 
 
@@ -72,8 +86,9 @@ def umount(target: str | os.PathLike[str], *, lazy: bool = False) -> None:
         _raise(target)
 
 
-def mount_overlay(cwd: Path, target: str, lowers: list[str], upper: str | None = None,
-                  work: str | None = None) -> None:
+def mount_overlay(
+    cwd: Path, target: str, lowers: list[str], upper: str | None = None, work: str | None = None
+) -> None:
     """Mount an overlay at ``target`` (relative to ``cwd``) over lower directories given
     relative to ``cwd``, nearest first.
 
@@ -94,11 +109,13 @@ def mount_overlay(cwd: Path, target: str, lowers: list[str], upper: str | None =
         return
     options = _overlay_options(lowers, upper, work)
     if len(options) >= _PAGE:
-        raise OSError(errno.E2BIG, f"overlay options of {len(lowers)} layers exceed a page",
-                      target)
+        raise OSError(errno.E2BIG, f"overlay options of {len(lowers)} layers exceed a page", target)
     done = subprocess.run(
         ["mount", "-t", "overlay", "overlay", "-o", options, "--", target],
-        cwd=cwd, capture_output=True, text=True, check=False,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if done.returncode != 0:
         raise OSError(errno.EIO, f"mount overlay: {done.stderr.strip()}", target)
@@ -130,14 +147,16 @@ def attach_loop(path: str | os.PathLike[str], *, read_only: bool, size: int) -> 
                 flags = _LO_FLAGS_AUTOCLEAR | (_LO_FLAGS_READ_ONLY if read_only else 0)
                 info = _LOOP_INFO64.pack(0, 0, 0, 0, size, 0, 0, 0, flags, b"", b"", b"", 0, 0)
                 try:
-                    fcntl.ioctl(fd, _LOOP_CONFIGURE, struct.pack("=II", backing, 0) + info
-                                + bytes(64))
+                    fcntl.ioctl(
+                        fd, _LOOP_CONFIGURE, struct.pack("=II", backing, 0) + info + bytes(64)
+                    )
                 except OSError as exc:
                     os.close(fd)
                     if exc.errno == errno.EBUSY:
                         continue
-                    raise OSError(exc.errno, f"loop device for {os.fspath(path)}: "
-                                  f"{exc.strerror}", device) from exc
+                    raise OSError(
+                        exc.errno, f"loop device for {os.fspath(path)}: {exc.strerror}", device
+                    ) from exc
                 return device, fd
             raise OSError(errno.EBUSY, "no free loop device", os.fspath(path))
         finally:

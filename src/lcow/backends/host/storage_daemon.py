@@ -77,11 +77,18 @@ class StorageDaemon:
         done = subprocess.run(
             [
                 binary,
-                "--chardev", f"socket,id=qmp,path={self._socket_option()},server=on,wait=off",
-                "--monitor", "chardev=qmp",
-                "--daemonize", "--pidfile", str(self.pidfile),
+                "--chardev",
+                f"socket,id=qmp,path={self._socket_option()},server=on,wait=off",
+                "--monitor",
+                "chardev=qmp",
+                "--daemonize",
+                "--pidfile",
+                str(self.pidfile),
             ],
-            capture_output=True, text=True, timeout=self.timeout, check=False,
+            capture_output=True,
+            text=True,
+            timeout=self.timeout,
+            check=False,
             cwd=self.socket.parent,
         )
         if done.returncode != 0:
@@ -127,15 +134,25 @@ class StorageDaemon:
             done: list[str] = []
             try:
                 for name, image, mountpoint in disks:
-                    qmp.execute("blockdev-add", {
-                        "driver": "vhdx", "node-name": name,
-                        "file": {"driver": "file", "filename": str(image)},
-                    })
+                    qmp.execute(
+                        "blockdev-add",
+                        {
+                            "driver": "vhdx",
+                            "node-name": name,
+                            "file": {"driver": "file", "filename": str(image)},
+                        },
+                    )
                     try:
-                        qmp.execute("block-export-add", {
-                            "type": "fuse", "id": name, "node-name": name,
-                            "mountpoint": str(mountpoint), "writable": True,
-                        })
+                        qmp.execute(
+                            "block-export-add",
+                            {
+                                "type": "fuse",
+                                "id": name,
+                                "node-name": name,
+                                "mountpoint": str(mountpoint),
+                                "writable": True,
+                            },
+                        )
                     except FailedPrecondition:
                         qmp.execute("blockdev-del", {"node-name": name})
                         raise

@@ -254,4 +254,3 @@ def _guest_error(payload: bytes) -> GuestError:
     cls = chr(payload[0])
     err = int.from_bytes(payload[1:5], "big")
     return GuestError(cls, err, payload[5:].decode("utf-8", "backslashreplace"))
-

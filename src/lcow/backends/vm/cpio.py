@@ -32,8 +32,19 @@ class CpioWriter:
     ) -> None:
         encoded = name.encode() + b"\0"
         fields = [
-            self._ino, mode, 0, 0, 2 if stat.S_ISDIR(mode) else 1, 0, len(data),
-            0, 0, rdev[0], rdev[1], len(encoded), 0,
+            self._ino,
+            mode,
+            0,
+            0,
+            2 if stat.S_ISDIR(mode) else 1,
+            0,
+            len(data),
+            0,
+            0,
+            rdev[0],
+            rdev[1],
+            len(encoded),
+            0,
         ]
         self._ino += 1
         self._write(_MAGIC + b"".join(b"%08X" % f for f in fields) + encoded)

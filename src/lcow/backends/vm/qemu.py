@@ -39,7 +39,13 @@ from lcow.backends.vm.channel import Channel, ChannelBroken
 from lcow.errors import FailedPrecondition, NotSupported
 
 __all__ = [
-    "BINARY", "PORTS", "QemuVM", "VmConfig", "accelerator", "check_qemu", "runtime_parent",
+    "BINARY",
+    "PORTS",
+    "QemuVM",
+    "VmConfig",
+    "accelerator",
+    "check_qemu",
+    "runtime_parent",
     "sweep_stale_runtime",
 ]
 

@@ -451,4 +451,3 @@ class VmTable:
                 self.terminate(entry.id, force=True)
             except (LcowError, OSError) as exc:
                 log.warning("vm: cleanup: %s: %s", entry.id, exc)
-

@@ -126,8 +126,7 @@ def pack_xattrs(
     for _index, suffix, _value in items:
         if len(suffix) > 255:  # e_name_len is one byte
             raise LimitExceeded(
-                f"{owner}: xattr name {quoted(suffix[:40])}... is longer "
-                "than ext4's 255 bytes",
+                f"{owner}: xattr name {quoted(suffix[:40])}... is longer than ext4's 255 bytes",
                 subject=owner,
             )
     used = 4  # end-of-entries marker
