@@ -63,7 +63,6 @@ _MAX_TOKEN_ANSWER = 1 << 20
 #: The OAuth2 ``client_id``: the spec asks for a meaningful name (for the token server's
 #: auditing), not a registered one.
 _CLIENT_ID = "lcow"
-_CHUNK = 1 << 20
 _MAX_BACKOFF = 8.0
 
 #: A request body: bytes, or a callable giving the chunks afresh for every attempt.
@@ -146,7 +145,10 @@ class BlobReader:
     def __init__(self, response: httpx.Response, *, digest: str, size: int, where: str) -> None:
         self._response = response
         self._cancelled = False
-        self._chunks = response.iter_raw(_CHUNK)
+        # The pieces as the connection delivers them (up to 64 KiB): asking httpx for 1 MiB
+        # pieces makes it copy every byte twice more, in the downloading thread (0.05 s of
+        # its 0.08 s of CPU for a 77 MB blob here).
+        self._chunks = response.iter_raw()
         self._buffer = b""
         self._done = False
         self.digest = digest
