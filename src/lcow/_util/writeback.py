@@ -24,11 +24,14 @@ _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctype
 _sync_file_range.restype = ctypes.c_int
 
 
-def start_writeback(fd: int, offset: int, length: int) -> bool:
-    """Ask the kernel to start writing ``length`` bytes of ``fd`` at ``offset`` to disk.
+def start_writeback(fd: int, offset: int = 0, length: int = 0) -> bool:
+    """Ask the kernel to start writing ``length`` bytes of ``fd`` at ``offset`` to disk (by
+    default the whole file: pages already being written back are not submitted again, and
+    clean ones are skipped, so asking for the whole file as it grows costs no more).
 
     Returns:
         Whether it accepted (a file system or file type without writeback, e.g. a pipe,
         refuses; that changes nothing about durability, which is the caller's ``fsync``).
     """
-    return _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE) == 0
+    result: int = _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+    return result == 0

@@ -72,6 +72,10 @@ _CHUNK = 1 << 20
 # Decompressed bytes per piece. Each piece is a fresh bytes object: at 4 MiB the allocator
 # maps and unmaps it anew, and the page faults cost 3-5x the system time of 1 MiB pieces.
 _ZSTD_CHUNK = 1 << 20
+# The image is fsynced before it is renamed into place: its writeback starts every this many
+# bytes while it streams, so that fsync waits for the last few MiB, not for the whole image
+# (0.09 s for a 211 MB image here, nearly all of it then overlapped with the download).
+_WRITE_BEHIND = 16 << 20
 _SUPERBLOCK_AT = 1024
 _SUPERBLOCK_SIZE = 1024
 
@@ -180,7 +184,7 @@ def _digest_error(name: str, what: str, expected: str, got: str) -> DigestMismat
 def _copy_plain(reader: BlobReader, fd: int, layer: ArtifactLayer, name: str,
                 progress: Callable[[int], None] | None) -> None:  # fmt: skip
     """An uncompressed ``layer.vhd`` blob (the first publishes' media type)."""
-    with HashingWriter(fd, layer.digest) as writer:
+    with HashingWriter(fd, layer.digest, write_behind=_WRITE_BEHIND) as writer:
         while chunk := reader.read(_CHUNK):
             writer.write(chunk)
             if progress is not None:
@@ -205,7 +209,7 @@ def _copy_zstd(reader: BlobReader, fd: int, layer: ArtifactLayer, name: str,
 
     written = 0
     try:
-        with HashingWriter(fd, layer.digest) as writer:
+        with HashingWriter(fd, layer.digest, write_behind=_WRITE_BEHIND) as writer:
             for piece in decompress("zstd", read, name=name, chunk=_ZSTD_CHUNK):
                 written += len(piece)
                 if written > layer.image_size:  # a bomb ends here, not when the disk is full
