@@ -1,7 +1,7 @@
 """lcow.registry.client.BlobReader over a real httpx response whose body arrives in given
-pieces: the pieces pass through as the connection delivers them (no re-chunking copy), reads
-never return more than asked, and the length is enforced at the first byte too many or at an
-early end."""
+pieces: a read joins whole pieces as the connection delivered them up to what is asked (one
+copy; a piece that does not fit is kept whole for the next read), never returns more, and the
+length is enforced at the first piece too many or at an early end."""
 
 from __future__ import annotations
 
@@ -31,10 +31,13 @@ def _reader(pieces: list[bytes], size: int) -> BlobReader:
     return BlobReader(response, digest="sha256:" + "0" * 64, size=size, where="r: blob x")
 
 
-def test_pieces_pass_through_as_delivered() -> None:
-    pieces = [b"a" * 1000, b"b" * 3000, b"c" * 10]
-    reader = _reader(pieces, 4010)
-    assert [reader.read(1 << 20) for _ in range(4)] == [*pieces, b""]
+def test_reads_join_whole_pieces_up_to_n() -> None:
+    pieces = [b"a" * 1000, b"b" * 3000, b"c" * 10, b"d" * 5]
+    reader = _reader(pieces, 4015)
+    assert reader.read(2000) == b"a" * 1000  # the next piece does not fit: kept whole
+    assert reader.read(2000) == b"b" * 2000  # a piece alone longer than asked is split
+    assert reader.read(1 << 20) == b"b" * 1000 + b"c" * 10 + b"d" * 5
+    assert reader.read(1 << 20) == b""
 
 
 def test_reads_return_at_most_n_bytes_in_order() -> None:
@@ -62,13 +65,13 @@ def test_read_all() -> None:
 
 def test_a_longer_body_fails_at_the_first_piece_too_many() -> None:
     reader = _reader([b"a" * 10, b"b" * 10, b"c" * 10], 15)
-    assert reader.read(100) == b"a" * 10
+    assert reader.read(10) == b"a" * 10
     with pytest.raises(BlobMismatch, match="longer than its descriptor's 15 bytes"):
-        reader.read(100)
+        reader.read(10)
 
 
 def test_a_shorter_body_fails_at_its_end() -> None:
     reader = _reader([b"a" * 10], 11)
-    assert reader.read(100) == b"a" * 10
+    assert reader.read(10) == b"a" * 10
     with pytest.raises(BlobMismatch, match="ended after 10 of its 11 bytes"):
         reader.read(100)
