@@ -1,9 +1,9 @@
 """Hash and write a stream of pieces on a helper thread, while the caller produces the next.
 
-A converted pull receives, hashes and decompresses a blob, then hashes and writes what comes
-out; hashing and writing release the GIL (hashlib, ``os.write``), so handing them to a thread
-lets two cores share the work. The queue between them is bounded
-(a few pieces), so memory stays bounded whatever the speeds.
+A converted pull receives and decompresses a blob, then hashes and writes what comes out;
+hashing and writing release the GIL (hashlib, ``os.write``), so handing them to a thread lets
+two cores share the work. The queue between them is bounded (a few pieces), so memory stays
+bounded whatever the speeds.
 
 An output that the caller makes durable with ``fsync`` at its end can be written behind
 (``write_behind``): each time that many more bytes have been written, their writeback is started
