@@ -6,12 +6,16 @@ Public API (more arrives as the driver grows):
   VHD footer.
 * :class:`lcow.ConvertOptions`, :class:`lcow.ConvertResult`.
 * the error tree in :mod:`lcow.errors`.
+
+The converter's names are loaded on first use (PEP 562): every ``lcow.*`` import runs this
+file, and most commands (a converted pull, ``ls``, ``exists``) never convert a tar.
 """
 
 from __future__ import annotations
 
-from lcow.convert.options import ConvertOptions, ConvertResult
-from lcow.convert.tar2ext4 import tar2ext4
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from lcow.errors import (
     AlreadyExists,
     CorruptImage,
@@ -21,6 +25,10 @@ from lcow.errors import (
     NotFound,
     NotSupported,
 )
+
+if TYPE_CHECKING:
+    from lcow.convert.options import ConvertOptions, ConvertResult
+    from lcow.convert.tar2ext4 import tar2ext4
 
 __all__ = [
     "AlreadyExists",
@@ -35,3 +43,18 @@ __all__ = [
     "tar2ext4",
 ]
 __version__ = "0.1.0"
+
+_LAZY = {
+    "ConvertOptions": "lcow.convert.options",
+    "ConvertResult": "lcow.convert.options",
+    "tar2ext4": "lcow.convert.tar2ext4",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lcow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups do not come here
+    return value

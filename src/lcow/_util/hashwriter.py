@@ -1,9 +1,14 @@
 """Hash and write a stream of pieces on a helper thread, while the caller produces the next.
 
-A converted pull receives, hashes and decompresses a blob, then hashes and writes what comes
-out; all of these release the GIL (socket reads, zstandard, hashlib, ``os.write``), so handing
-the second half to a thread lets two cores share the work. The queue between them is bounded
-(a few pieces), so memory stays bounded whatever the speeds.
+A converted pull receives and decompresses a blob, then hashes and writes what comes out;
+hashing and writing release the GIL (hashlib, ``os.write``), so handing them to a thread lets
+two cores share the work. The queue between them is bounded (a few pieces), so memory stays
+bounded whatever the speeds.
+
+An output that the caller makes durable with ``fsync`` at its end can be written behind
+(``write_behind``): each time that many more bytes have been written, their writeback is started
+(:mod:`lcow._util.writeback`), so the disk writes while the stream goes on and the ``fsync``
+waits for the last part only, not for the whole file.
 """
 
 from __future__ import annotations
@@ -14,13 +19,16 @@ import queue
 import threading
 from types import TracebackType
 
+from lcow._util.writeback import start_writeback
+
 __all__ = ["HashingWriter"]
 
 _DEPTH = 4  # pieces in flight between the producer and the writer
 
 
 class HashingWriter:
-    """Writes pieces to ``fd`` in order, hashing them with SHA-256, on its own thread.
+    """Writes pieces to ``fd`` in order, hashing them with SHA-256, on its own thread; with
+    ``write_behind`` (bytes), starts their writeback every that many bytes.
 
     Use as a context manager: :meth:`write` queues a piece (raising at once if the writer has
     failed), leaving the block waits for every queued piece to be written and re-raises the
@@ -28,8 +36,10 @@ class HashingWriter:
     failure of the producer ends the writer too (what was queued is dropped).
     """
 
-    def __init__(self, fd: int, name: str) -> None:
+    def __init__(self, fd: int, name: str, *, write_behind: int = 0) -> None:
         self._fd = fd
+        self._write_behind = write_behind
+        self._behind = 0  # bytes written when writeback was last started
         self._queue: queue.Queue[bytes | None] = queue.Queue(_DEPTH)
         self._hash = hashlib.sha256()
         self._error: BaseException | None = None
@@ -68,6 +78,13 @@ class HashingWriter:
             raise self._error
         self._queue.put(piece)
 
+    def _start_writeback(self) -> None:
+        """Hand the bytes written since the last call to writeback (a hint: if the kernel
+        refuses it, the caller's ``fsync`` writes everything, as without ``write_behind``)."""
+        if not start_writeback(self._fd):
+            self._write_behind = 0
+        self._behind = self.size
+
     def _run(self) -> None:
         while (piece := self._queue.get()) is not None:
             if self._error is not None:
@@ -78,5 +95,7 @@ class HashingWriter:
                 while view:
                     view = view[os.write(self._fd, view) :]
                 self.size += len(piece)
+                if self._write_behind and self.size - self._behind >= self._write_behind:
+                    self._start_writeback()
             except BaseException as exc:  # handed to the producer's thread
                 self._error = exc

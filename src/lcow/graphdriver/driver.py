@@ -25,33 +25,17 @@ import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from lcow._util.atomic import atomic_output
 from lcow.backends.base import Backend, ContainerFS, LayerDisk
 from lcow.backends.registry import BackendRegistry, installed_backends
-from lcow.convert.export import export_layer
-from lcow.convert.input import FileSlice
-from lcow.convert.options import ConvertOptions, ConvertResult
-from lcow.convert.tar2ext4 import tar2ext4
 from lcow.convert.tarwriter import END_OF_ARCHIVE, as_writer
 from lcow.errors import AlreadyExists, Busy, LcowError, NoSpace, NotFound, NotSupported
-from lcow.formats.ext4.reader import Ext4Reader
-from lcow.formats.source import open_source
 from lcow.graphdriver.deferred import DeferredDeletions
 from lcow.graphdriver.diffstream import DiffStream
 from lcow.graphdriver.options import parse_driver_options, sandbox_size_bytes
 from lcow.graphdriver.staged import StagedLayer
-from lcow.layerdiff.changes import (
-    Change,
-    LayerContent,
-    MergedView,
-    change_size,
-    overlay_changes,
-    own_diff_size,
-    tree_changes,
-)
-from lcow.layerdiff.export_changes import export_changes
 from lcow.sandboxes import copy_sandbox, make_raw_sandbox, make_sandbox
 from lcow.storage.dataroot import (
     LAYER_VHD,
@@ -62,6 +46,15 @@ from lcow.storage.dataroot import (
     validate_id,
 )
 from lcow.storage.locks import LayerLocks, RootLock
+
+if TYPE_CHECKING:
+    from lcow.convert.input import FileSlice
+    from lcow.convert.options import ConvertResult
+    from lcow.layerdiff.changes import Change, LayerContent
+
+# The converter (ApplyDiff) and the layer reader with the layer comparisons (Diff, Changes,
+# DiffSize) are imported in the methods that use them: a process that lands converted layers
+# or lists them never needs them, and they are about a fifth of lcow's start-up imports.
 
 __all__ = ["SERVER_LINGER", "Driver"]
 
@@ -456,6 +449,9 @@ class Driver:
         and verified, the metadata (without what ``verify`` proves) written, the image synced
         and renamed into place durably. Returns the conversion's result and the full metadata;
         nothing is left behind on failure."""
+        from lcow.convert.options import ConvertOptions
+        from lcow.convert.tar2ext4 import tar2ext4
+
         with atomic_output(target, fsync=True) as staged:
             result = tar2ext4(
                 diff,
@@ -493,6 +489,10 @@ class Driver:
     def _open_contents(
         self, folders: list[Path], opened: list[LayerContent], stack: contextlib.ExitStack
     ) -> list[LayerContent]:
+        from lcow.formats.ext4.reader import Ext4Reader
+        from lcow.formats.source import open_source
+        from lcow.layerdiff.changes import LayerContent
+
         for folder in folders:
             disk = DataRoot.layer_file(folder)
             if disk is None:
@@ -561,6 +561,10 @@ class Driver:
         self, layer_id: str, parent: str | None, out: BinaryIO | int | Callable[[bytes], object]
     ) -> None:
         """Write the tar of ``id``'s changes against ``parent`` to ``out`` (see :meth:`diff`)."""
+        from lcow.convert.export import export_layer
+        from lcow.layerdiff.changes import MergedView, tree_changes
+        from lcow.layerdiff.export_changes import export_changes
+
         folder, chain = self._compare("diff", layer_id, parent)
         try:
             if self._is_direct(parent, chain):
@@ -593,6 +597,8 @@ class Driver:
 
     def changes(self, layer_id: str, parent: str | None = None) -> list[Change]:
         """Changes of ``id`` against ``parent`` (SPEC §5.6 for the direct parent, else §5.7)."""
+        from lcow.layerdiff.changes import MergedView, overlay_changes, tree_changes
+
         folder, chain = self._compare("changes", layer_id, parent)
         if self._is_direct(parent, chain):
             with self._contents([folder]) as (own,), self._contents(chain) as lower:
@@ -603,6 +609,8 @@ class Driver:
 
     def diff_size(self, layer_id: str, parent: str | None = None) -> int:
         """Bytes of changed content (SPEC §3 DiffSize, §5.8)."""
+        from lcow.layerdiff.changes import MergedView, change_size, own_diff_size, tree_changes
+
         folder, chain = self._compare("diffsize", layer_id, parent)
         if self._is_direct(parent, chain):
             with self._contents([folder]) as (own,):

@@ -19,13 +19,13 @@ import hashlib
 import io
 import mmap
 import os
-import queue
 import tarfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from lcow._util.bghash import BackgroundHash
 from lcow._util.decompress import detect
 from lcow.convert.input import FileSlice, Pump, tar_work
 from lcow.images.errors import ImageError
@@ -53,44 +53,13 @@ class FeedResult:
     compression: str
 
 
-class _BackgroundHash:
-    """sha256 computed on its own thread, fed with immutable chunks in order."""
-
-    def __init__(self) -> None:
-        self._hash = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-        self._thread = threading.Thread(target=self._run, name="lcow-sha256", daemon=True)
-        self._thread.start()
-        self._closed = False
-
-    def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            self._hash.update(chunk)
-
-    def update(self, chunk: bytes) -> None:
-        """Hash ``chunk`` after everything given before."""
-        self._queue.put(chunk)
-
-    def close(self) -> None:
-        """Stop the thread (idempotent)."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put(None)
-            self._thread.join()
-
-    def digest(self) -> str:
-        """``sha256:<hex>`` of everything given."""
-        self.close()
-        return f"sha256:{self._hash.hexdigest()}"
-
-
 class _HashingReader(io.RawIOBase):
     """Reads ``blob``, hashing every byte and reporting counts to ``progress``."""
 
     def __init__(self, blob: BinaryIO, progress: Callable[[int], None] | None) -> None:
         super().__init__()
         self.blob = blob
-        self.hash = _BackgroundHash()
+        self.hash = BackgroundHash()
         self.size = 0
         self._progress = progress
 
@@ -192,7 +161,7 @@ class LayerFeed:
         self._where = where
         self._range_hash: _RangeHash | None = None
         self._raw = _HashingReader(blob, progress)
-        self._tar_hash: _BackgroundHash | None = None  # None: the tar is the blob itself
+        self._tar_hash: BackgroundHash | None = None  # None: the tar is the blob itself
         self._compression = "none"
         self._pump: Pump | None = None
         if where is not None and detect(os.pread(where.fd, 4, where.offset)) is None:
@@ -219,7 +188,7 @@ class LayerFeed:
         if kind is None:
             return None
         self._compression = kind
-        self._tar_hash = _BackgroundHash()
+        self._tar_hash = BackgroundHash()
         return self._tar_hash.update
 
     # -- the caller --------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -63,7 +64,6 @@ _MAX_TOKEN_ANSWER = 1 << 20
 #: The OAuth2 ``client_id``: the spec asks for a meaningful name (for the token server's
 #: auditing), not a registered one.
 _CLIENT_ID = "lcow"
-_CHUNK = 1 << 20
 _MAX_BACKOFF = 8.0
 
 #: A request body: bytes, or a callable giving the chunks afresh for every attempt.
@@ -146,8 +146,11 @@ class BlobReader:
     def __init__(self, response: httpx.Response, *, digest: str, size: int, where: str) -> None:
         self._response = response
         self._cancelled = False
-        self._chunks = response.iter_raw(_CHUNK)
-        self._buffer = b""
+        # The pieces as the connection delivers them (up to 64 KiB), joined once per read:
+        # asking httpx for 1 MiB pieces makes it copy every byte two or three times, in the
+        # downloading thread (0.05 s of its 0.08 s of CPU for a 77 MB blob here).
+        self._chunks = response.iter_raw()
+        self._pieces: deque[bytes] = deque()  # received, not yet read
         self._done = False
         self.digest = digest
         self.size = size
@@ -196,7 +199,7 @@ class BlobReader:
         return exc
 
     def _fill(self) -> None:
-        """Fetch the next chunk into the buffer, checking the length so far."""
+        """Fetch the next piece, checking the length so far."""
         chunk = self._next()
         if not chunk:
             self._done = True
@@ -213,21 +216,30 @@ class BlobReader:
                 f"{self._where}: the blob is longer than its descriptor's {self.size} bytes",
                 digest=self.digest,
             )
-        self._buffer = self._buffer + chunk if self._buffer else chunk
+        self._pieces.append(chunk)
 
     def read(self, n: int = -1) -> bytes:
-        """Up to ``n`` bytes as soon as some are there (all that is left for ``n < 0``);
-        ``b""`` at the end."""
-        if n < 0:
-            while not self._done:
+        """Up to ``n`` bytes (all that is left for ``n < 0``), fewer only at the end or when the
+        next piece received would not fit; ``b""`` at the end."""
+        pieces: list[bytes] = []
+        size = 0
+        while n < 0 or size < n:
+            if not self._pieces:
+                if self._done:
+                    break
                 self._fill()
-        elif not self._buffer and not self._done:
-            self._fill()
-        if n < 0 or n >= len(self._buffer):
-            data, self._buffer = self._buffer, b""
-        else:
-            data, self._buffer = self._buffer[:n], self._buffer[n:]
-        return data
+                continue
+            piece = self._pieces[0]
+            if n >= 0 and size + len(piece) > n:
+                if size:
+                    break  # kept whole for the next read: no copy of its tail
+                self._pieces[0] = piece[n:]  # one piece longer than asked: split it
+                piece = piece[:n]
+            else:
+                self._pieces.popleft()
+            pieces.append(piece)
+            size += len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 class RegistryClient:

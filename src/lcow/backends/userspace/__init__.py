@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lcow.backends.base import LayerDisk
 from lcow.backends.counted import CountedViews
-from lcow.backends.userspace.union import UnionView
 from lcow.sandboxes import make_sandbox
 from lcow.storage.dataroot import LayerFile
 
-__all__ = ["UnionView", "UserspaceBackend"]
+if TYPE_CHECKING:
+    from lcow.backends.userspace.union import UnionView
+
+__all__ = ["UserspaceBackend"]
 
 
 class UserspaceBackend:
@@ -27,6 +30,10 @@ class UserspaceBackend:
 
     def acquire(self, layer_id: str, disks: list[LayerDisk]) -> UnionView:
         """Count a Get; the first one opens a read-only union over ``disks``."""
+        # Imported here: the view reads ext4 images, which a process that opens no view (a
+        # pull, ls, exists) never does; the driver makes its backend in every command.
+        from lcow.backends.userspace.union import UnionView
+
         return self._views.acquire(layer_id, lambda: UnionView(layer_id, disks))
 
     def release(self, layer_id: str) -> None:
