@@ -25,8 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import crc32c as _crc32c
-
+from lcow._util.crc32c import crc32c
 from lcow.errors import CorruptImage, NotSupported
 
 __all__ = [
@@ -171,7 +170,7 @@ def crc32c_of(data: bytes | bytearray, checksum_offset: int = _CHECKSUM_OFFSET) 
     """
     buf = bytearray(data)
     buf[checksum_offset : checksum_offset + 4] = b"\0\0\0\0"
-    return int(_crc32c.crc32c(buf))
+    return crc32c(buf)
 
 
 class VhdxImage:
