@@ -252,16 +252,19 @@ def _download(  # noqa: PLR0913 - the layer and its folder, then keyword-only pr
     *,
     origin: str,
     progress: Callable[[int], None] | None,
+    staged: bool,
 ) -> None:
     """Stream ``layer``'s blob into ``folder/layer.vhd`` (decompressed when it is zstd),
-    renamed into place once checked, with its metadata. ``folder`` is the layer's own (an
-    older lcow's empty leftover) or a staged one nobody sees yet."""
+    renamed into place once checked, with its metadata. ``folder`` is a staged one nobody
+    sees yet (``staged``: all the metadata is written at once, before the rename), or the
+    layer's own (an older lcow's empty leftover: the IDs only once the image is in place)."""
     name = f"{client.registry}/{client.repository}: layer.vhd {layer.digest}"
     lid = layer_id(layer.chain_id)
     meta: dict[str, object] = {"content_size": layer.content_size, "vhd_size": layer.image_size}
     if layer.root_hash is not None:
         meta["root_hash"] = layer.root_hash
         meta["hash_offset"] = layer.hash_offset
+    proof = {"diff_id": layer.diff_id, "chain_id": layer.chain_id, "converted_from": origin}
     copy = _copy_zstd if layer.compressed else _copy_plain
     with (
         client.open_blob(layer.digest, layer.size) as reader,
@@ -270,9 +273,9 @@ def _download(  # noqa: PLR0913 - the layer and its folder, then keyword-only pr
         copy(reader, fd, layer, name, progress)
         _check_image(fd, layer, name)
         # never an image without its sizes and root hash
-        driver.root.write_meta(lid, meta, folder=folder)
-    driver.root.write_meta(lid, {**meta, "diff_id": layer.diff_id, "chain_id": layer.chain_id,
-                                 "converted_from": origin}, folder=folder)  # fmt: skip
+        driver.root.write_meta(lid, {**meta, **proof} if staged else meta, folder=folder)
+    if not staged:
+        driver.root.write_meta(lid, {**meta, **proof}, folder=folder)
 
 
 def land_converted(  # noqa: PLR0913 - what to land, then keyword-only callbacks
@@ -361,8 +364,8 @@ def _land(  # noqa: PLR0913 - one layer of land_converted, with its state
         reused.set_result(ImportedLayer(lid, parent, layer.diff_id, chain, created=False,
                                         size=size if isinstance(size, int) else None))  # fmt: skip
         return reused
-    if not driver.exists(lid):
-        staged = driver.stage(lid, parent)
+    staged = None if driver.exists(lid) else driver.stage(lid, parent)
+    if staged is not None:
         staging.append(staged)
         folder = staged.folder
     else:  # an empty leftover folder, or an image nobody verified: replaced in place
@@ -371,7 +374,8 @@ def _land(  # noqa: PLR0913 - one layer of land_converted, with its state
         folder = driver.root.layer_dir(lid)
 
     def download() -> ImportedLayer:
-        _download(driver, client, folder, layer, origin=origin, progress=progress)
+        _download(driver, client, folder, layer, origin=origin, progress=progress,
+                  staged=staged is not None)  # fmt: skip
         return ImportedLayer(lid, parent, layer.diff_id, chain, created=True,
                              size=layer.content_size, converted=True)  # fmt: skip
 
