@@ -51,36 +51,31 @@ def crc32c_raw(crc: int, data: bytes | bytearray | memoryview) -> int:
     return crc32c(data, crc ^ _M32) ^ _M32
 
 
-def _crc32c_table() -> tuple[int, ...]:
+def _reflected_table(polynomial: int) -> tuple[int, ...]:
+    """The 256-entry table of a reflected CRC with ``polynomial`` (bit-reversed form)."""
     table = []
     for byte in range(256):
         crc = byte
         for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1  # CRC-32C, reflected
+            crc = (crc >> 1) ^ polynomial if crc & 1 else crc >> 1
         table.append(crc)
     return tuple(table)
 
 
-def crc32c_small(crc: int, data: bytes | bytearray | memoryview) -> int:
-    """:func:`crc32c_raw` computed here, for a few hundred bytes checked once (a superblock):
-    about 0.1 ms per KiB, against importing the package."""
-    table = _CRC32C_TABLE
+def _table_update(table: tuple[int, ...], crc: int, data: bytes | bytearray | memoryview) -> int:
     for byte in bytes(data):
         crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
     return crc
 
 
-def _crc16_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
+_CRC32C_TABLE = _reflected_table(0x82F63B78)  # CRC-32C (Castagnoli)
+_CRC16_TABLE = _reflected_table(0xA001)  # CRC-16 (0x8005)
 
 
-_CRC16 = _crc16_table()
+def crc32c_small(crc: int, data: bytes | bytearray | memoryview) -> int:
+    """:func:`crc32c_raw` computed here, for a few hundred bytes checked once (a superblock):
+    about 0.1 ms per KiB, against importing the package."""
+    return _table_update(_CRC32C_TABLE, crc, data)
 
 
 def crc16(crc: int, data: bytes | bytearray | memoryview) -> int:
@@ -93,12 +88,7 @@ def crc16(crc: int, data: bytes | bytearray | memoryview) -> int:
     Returns:
         The updated 16-bit value.
     """
-    for byte in bytes(data):
-        crc = (crc >> 8) ^ _CRC16[(crc ^ byte) & 0xFF]
-    return crc
-
-
-_CRC32C_TABLE = _crc32c_table()
+    return _table_update(_CRC16_TABLE, crc, data)
 
 
 def superblock_csum(raw: bytes) -> int:
