@@ -203,15 +203,7 @@ class Driver:
         """Make the layer folder and its ``layerchain.json``; no disk yet."""
         validate_id(layer_id)
         with self._locks.hold(layer_id), self._root_lock.hold():
-            chain: list[Path] = []
-            if parent is not None:
-                parent_dir = self.root.layer_dir(parent)
-                if not parent_dir.is_dir():
-                    raise NotFound(
-                        f"lcowdriver: cannot create layer folder with missing parent {parent}",
-                        subject=parent,
-                    )
-                chain = [parent_dir, *self.root.read_chain(parent)]
+            chain = self._chain_over(parent)
             folder = self.root.layer_dir(layer_id)
             if not folder.exists():
                 self.root.new_folder(layer_id, chain)
@@ -222,6 +214,22 @@ class Driver:
                     subject=layer_id,
                 )
             self.root.write_chain(layer_id, chain)  # LCOW: an existing folder is fine
+
+    def _chain_over(self, parent: str | None) -> list[Path]:
+        """The ``layerchain.json`` of a new layer over ``parent`` (call with the root lock).
+
+        Raises:
+            NotFound: ``parent`` does not exist.
+        """
+        if parent is None:
+            return []
+        parent_dir = self.root.layer_dir(parent)
+        if not parent_dir.is_dir():
+            raise NotFound(
+                f"lcowdriver: cannot create layer folder with missing parent {parent}",
+                subject=parent,
+            )
+        return [parent_dir, *self.root.read_chain(parent)]
 
     def create_read_write(
         self,
@@ -399,16 +407,7 @@ class Driver:
         """
         lid = staged.layer_id
         with self._locks.hold(lid), self._root_lock.hold():
-            chain: list[Path] = []
-            if staged.parent is not None:
-                parent_dir = self.root.layer_dir(staged.parent)
-                if not parent_dir.is_dir():
-                    raise NotFound(
-                        f"lcowdriver: cannot create layer folder with missing parent "
-                        f"{staged.parent}",
-                        subject=staged.parent,
-                    )
-                chain = [parent_dir, *self.root.read_chain(staged.parent)]
+            chain = self._chain_over(staged.parent)
             try:
                 self.root.publish_folder(staged.folder, lid, chain)
             except AlreadyExists:
