@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -57,8 +58,11 @@ def test_file_matches_the_writes(
 def _check_writes(
     work: Path, monkeypatch: pytest.MonkeyPatch, ops: list[tuple[int, int, int]], write_behind: bool
 ) -> None:
-    # Small windows and an early start, so write-behind advises many times in a short test.
+    # Small windows and an early start, so write-behind advises many times in a short test;
+    # small chunks and an early read-ahead, so copies take both ways and cycle its buffers.
     monkeypatch.setattr(outbuf, "_WRITE_BEHIND", 256 << 10)
+    monkeypatch.setattr(outbuf, "_COPY_CHUNK", 64 << 10)
+    monkeypatch.setattr(outbuf, "_READ_AHEAD_FROM", 256 << 10)
     monkeypatch.setattr(outbuf, "background_writeback_threshold", lambda: 512 << 10)
     advised: list[tuple[int, int]] = []
     real_advise = outbuf._advise
@@ -113,6 +117,24 @@ def test_a_short_copy_source_fails_at_flush(tmp_path: Path, source: tuple[int, b
             out.close()
     finally:
         os.close(fd)
+
+
+def test_a_short_source_ends_a_read_ahead_copy(tmp_path: Path, source: tuple[int, bytes]) -> None:
+    """A big body is read on a second thread: a source that ends early still fails at
+    flush, after the bytes before the end were written, and leaves no thread behind."""
+    src, data = source
+    length = outbuf._READ_AHEAD_FROM + 4096
+    start = SOURCE_SIZE - length + 4096  # the last 4 KiB are missing
+    fd = os.open(tmp_path / "image", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        out = OutputWriter(fd)
+        out.copy_range(src, start, 0, length, ShortSource)
+        with pytest.raises(ShortSource):
+            out.close()
+        assert os.pread(fd, length, 0) == data[start:]
+    finally:
+        os.close(fd)
+    assert not [t for t in threading.enumerate() if t.name.startswith(("lcow-read", "lcow-write"))]
 
 
 def test_write_behind_advises_inside_a_big_copy(

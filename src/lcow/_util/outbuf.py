@@ -18,6 +18,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from queue import SimpleQueue
 from typing import Protocol
 
 from lcow.errors import NoSpace
@@ -72,6 +73,12 @@ def background_writeback_threshold() -> int:
 
 _COPY_CHUNK = 512 << 10  # read and written back to back, in cache (see _CAPACITY)
 _copy_buffers = threading.local()
+# A body this big is read (and observed) on a second thread, a few chunks ahead of the writes:
+# the source's copy out of the page cache and the hashing then overlap the copy into the
+# output's pages. D3's bare copy: 0.69x the one-thread copy's wall time at 0.96x its CPU, and
+# 0.83x `cp`'s wall (whole-process timings, paired). Smaller bodies are not worth the hand-off.
+_READ_AHEAD_FROM = 4 * _COPY_CHUNK
+_READ_AHEAD_CHUNKS = 4  # buffers in flight between the two threads (2 MiB)
 
 
 def _copy_span(  # noqa: PLR0913, PLR0917 - hot loop: per copied file on the writer thread, called positionally via submit()
@@ -103,6 +110,92 @@ def _copy_span(  # noqa: PLR0913, PLR0917 - hot loop: per copied file on the wri
         src_offset += done
         offset += done
         n -= done
+
+
+class _ReadAhead:
+    """A reader thread that fills chunk buffers of one span at a time for the writer thread.
+
+    The reader also calls the observer, in offset order; the writer thread makes no observer
+    call while a span is being copied, so the observer still sees one call at a time, in the
+    order the bytes are written.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lcow-read")
+        self._buffers = [memoryview(bytearray(_COPY_CHUNK)) for _ in range(_READ_AHEAD_CHUNKS)]
+
+    def copy_span(  # noqa: PLR0913, PLR0917 - same arguments as _copy_span, which it replaces
+        self,
+        src_fd: int,
+        src_offset: int,
+        fd: int,
+        offset: int,
+        n: int,
+        short: Callable[[], Exception],
+        owners: Owners,
+        observer: WriteObserver | None = None,
+        written: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Copy like :func:`_copy_span`, reading on the reader thread; return once the reader
+        has finished with the span (also when a write failed)."""
+        free: SimpleQueue[memoryview] = SimpleQueue()
+        for buf in self._buffers:
+            free.put(buf)
+        filled: SimpleQueue[tuple[memoryview, int, int] | BaseException | None] = SimpleQueue()
+        stop = threading.Event()
+        reading = self._pool.submit(
+            _read_chunks, src_fd, src_offset, offset, n, short, observer, free, filled, stop
+        )
+        try:
+            while (item := filled.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                buf, at, done = item
+                _pwrite_all(fd, buf[:done], at, owners)
+                if written is not None:
+                    written(at, done)
+                free.put(buf)
+        finally:
+            if not reading.done():  # a write failed: let the reader see the stop and end
+                stop.set()
+                free.put(self._buffers[0])  # wakes a reader waiting for a buffer
+            reading.result()  # never raises: the reader reports through ``filled``
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _read_chunks(  # noqa: PLR0913, PLR0917 - the reader's half of _ReadAhead.copy_span
+    src_fd: int,
+    src_offset: int,
+    offset: int,
+    n: int,
+    short: Callable[[], Exception],
+    observer: WriteObserver | None,
+    free: SimpleQueue[memoryview],
+    filled: SimpleQueue[tuple[memoryview, int, int] | BaseException | None],
+    stop: threading.Event,
+) -> None:
+    """Read ``n`` bytes at ``src_offset`` chunk by chunk into free buffers and pass each on,
+    observed, with the output offset it goes to; end with ``None`` or the error."""
+    try:
+        while n:
+            buf = free.get()
+            if stop.is_set():
+                return
+            done = os.preadv(src_fd, [buf[: min(n, _COPY_CHUNK)]], src_offset)
+            if done == 0:
+                raise short()
+            if observer is not None:
+                observer.seen(offset, buf[:done])
+            filled.put((buf, offset, done))
+            src_offset += done
+            offset += done
+            n -= done
+    except BaseException as exc:  # handed to the writer thread, which raises it
+        filled.put(exc)
+        return
+    filled.put(None)
 
 
 def _advise(fd: int, ranges: list[tuple[int, int]]) -> None:
@@ -189,6 +282,7 @@ class OutputWriter:
         self._len = 0  # bytes pending in the current buffer
         self._start = 0  # file offset of the pending run
         self._pool: ThreadPoolExecutor | None = None
+        self._read_ahead: _ReadAhead | None = None  # reads big bodies for the writer thread
         self._copies: deque[Future[None]] = deque()  # queued copy_range jobs, oldest first
         self._failure: BaseException | None = None  # the first job that failed
 
@@ -237,10 +331,11 @@ class OutputWriter:
         if len(self._copies) >= _MAX_COPIES:
             self._result(self._copies.popleft())
         owners = [(offset, self.owner)]
+        copy = _copy_span if n < _READ_AHEAD_FROM else self._reader().copy_span
         self._copies.append(
             self._executor().submit(
                 self._guarded,
-                _copy_span,
+                copy,
                 src_fd,
                 src_offset,
                 self.fd,
@@ -305,6 +400,11 @@ class OutputWriter:
         if self._settler is None:
             self._settler = ThreadPoolExecutor(1, thread_name_prefix="lcow-settle")
         self._settled = self._settler.submit(_advise, self.fd, ranges)
+
+    def _reader(self) -> _ReadAhead:
+        if self._read_ahead is None:
+            self._read_ahead = _ReadAhead()
+        return self._read_ahead
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -379,6 +479,9 @@ class OutputWriter:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self._read_ahead is not None:  # idle once the writer has stopped
+            self._read_ahead.close()
+            self._read_ahead = None
         if self._settler is not None:  # after the writer: it may have queued one more
             self._settler.shutdown(wait=True)
             self._settler = None
