@@ -203,6 +203,21 @@ class TarSource(NamedTuple):
     pump: Pump | None = None
     name: str = "<stream>"
 
+    def known_size(self) -> int | None:
+        """How many bytes of tar are left to read, when that is known up front: an
+        uncompressed regular file or slice (``None`` for pipes and decompressed streams)."""
+        if self.pump is not None:
+            return None
+        if self.start is not None and self.end is not None:
+            return self.end - self.start
+        try:
+            st = os.fstat(self.fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            return len(self.initial) + max(0, st.st_size - os.lseek(self.fd, 0, os.SEEK_CUR))
+        except OSError:
+            return None
+
     def check(self) -> None:
         """Raise what went wrong on the pump's side (a read or decompression error), which
         the converter saw only as an early end of the stream. Called before the output is

@@ -405,8 +405,11 @@ class _Converter:
         self.hidden_links.clear()
 
 
-def convert_stream(source: TarSource, out_fd: int, options: ConvertOptions) -> ConvertResult:
-    """Convert the tar readable from ``source`` into the empty file ``out_fd``."""
+def convert_stream(
+    source: TarSource, out_fd: int, options: ConvertOptions, *, unsynced: bool = False
+) -> ConvertResult:
+    """Convert the tar readable from ``source`` into the empty file ``out_fd``; ``unsynced``:
+    nothing syncs the image afterwards (then it is written as any file of its size would be)."""
     digests = None
     if options.vhd_footer and not options.dm_verity and os.fstat(out_fd).st_size == 0:
         from lcow.formats.vhd.identity import PieceDigests
@@ -421,6 +424,9 @@ def convert_stream(source: TarSource, out_fd: int, options: ConvertOptions) -> C
         # makes writeback throttle big layers). The verity hash reads the image right after.
         write_behind=not options.dm_verity,
         observer=digests,
+        # An image synced next is best written behind early; one nobody syncs only if it is
+        # big (its size is close to the tar's when that is known).
+        expected_size=source.known_size() if unsynced else None,
     )
     try:
         reader = TarReader(
@@ -504,7 +510,10 @@ def tar2ext4(
     ):
         try:
             with output_to(dst, fsync=opts.fsync) as out_fd:
-                result = convert_stream(source, out_fd, opts)
+                # An output named by path is synced here or by nobody (a descriptor's owner
+                # may sync it).
+                unsynced = not opts.fsync and not isinstance(dst, int)
+                result = convert_stream(source, out_fd, opts, unsynced=unsynced)
                 source.check()  # a failed source discards the output, never commits it
         except OSError as exc:  # the output is gone already: say whose write did not fit
             if exc.errno not in _FULL or (isinstance(exc, NoSpace) and exc.entry is not None):

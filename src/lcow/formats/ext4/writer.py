@@ -144,9 +144,11 @@ class Ext4Writer:
             image grows (see :class:`~lcow._util.outbuf.OutputWriter`); for images not read
             back right away.
         observer: sees every byte written to ``fd`` (e.g. to hash the image as it is written).
+        expected_size: the image's size in bytes, roughly, when known in advance (it decides
+            whether ``write_behind`` is worth it).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only options, passed through to the OutputWriter
         self,
         fd: int,
         *,
@@ -154,11 +156,14 @@ class Ext4Writer:
         inline_data: bool = False,
         write_behind: bool = False,
         observer: WriteObserver | None = None,
+        expected_size: int | None = None,
     ) -> None:
         max_blocks = min(_round_up(max_size, BLOCK_SIZE) // BLOCK_SIZE, MAX_FS_BLOCKS)
         if max_blocks < 64:
             raise InvalidArgument(f"maximum image size {max_size} is too small (minimum 256 KiB)")
-        self.out = OutputWriter(fd, write_behind=write_behind, observer=observer)
+        self.out = OutputWriter(
+            fd, write_behind=write_behind, observer=observer, expected_size=expected_size
+        )
         self.max_blocks = max_blocks
         self.inline_data = inline_data
         max_groups = -(-max_blocks // BLOCKS_PER_GROUP)
