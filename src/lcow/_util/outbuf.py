@@ -16,10 +16,10 @@ import errno
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from queue import SimpleQueue
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from lcow.errors import NoSpace
 
@@ -85,35 +85,68 @@ _READ_AHEAD_FROM = 4 * _COPY_CHUNK
 _READ_AHEAD_CHUNKS = 4  # buffers in flight between the two threads (2 MiB)
 
 
-def _copy_span(  # noqa: PLR0913, PLR0917 - hot loop: per copied file on the writer thread, called positionally via submit()
-    src_fd: int,
-    src_offset: int,
-    fd: int,
-    offset: int,
-    n: int,
-    short: Callable[[], Exception],
-    owners: Owners,
-    observer: WriteObserver | None = None,
-    written: Callable[[int, int], None] | None = None,
-) -> None:
-    """Copy through a reused per-thread buffer: measured faster here than ``copy_file_range``
-    (4.3 against 2.6 GB/s), which moves tar members, 512-byte aligned, a page piece at a time.
-    ``written(offset, n)`` is told of every chunk written (write-behind windows)."""
-    buf = getattr(_copy_buffers, "buf", None)
-    if buf is None:
-        buf = _copy_buffers.buf = memoryview(bytearray(_COPY_CHUNK))
+class _Span(NamedTuple):
+    """A queued copy: ``n`` bytes of ``src_fd`` (a regular file) at ``src_offset`` go to
+    ``offset`` of the output; ``short()`` is the error should the source end early, and the
+    ``observer`` sees the bytes."""
+
+    src_fd: int
+    src_offset: int
+    offset: int
+    n: int
+    short: Callable[[], Exception]
+    observer: WriteObserver | None
+
+
+def _read_span(
+    span: _Span, next_buffer: Callable[[], memoryview | None]
+) -> Iterator[tuple[memoryview, memoryview, int]]:
+    """Read ``span`` chunk by chunk, each into a buffer from ``next_buffer()`` (``None``: stop),
+    show it to the observer and yield ``(buffer, chunk, output offset)``."""
+    src_offset, offset, n = span.src_offset, span.offset, span.n
     while n:
-        done = os.preadv(src_fd, [buf[: min(n, _COPY_CHUNK)]], src_offset)
+        buf = next_buffer()
+        if buf is None:
+            return
+        done = os.preadv(span.src_fd, [buf[: min(n, _COPY_CHUNK)]], src_offset)
         if done == 0:
-            raise short()
-        if observer is not None:
-            observer.seen(offset, buf[:done])
-        _pwrite_all(fd, buf[:done], offset, owners)
-        if written is not None:
-            written(offset, done)
+            raise span.short()
+        chunk = buf[:done]
+        if span.observer is not None:
+            span.observer.seen(offset, chunk)
+        yield buf, chunk, offset
         src_offset += done
         offset += done
         n -= done
+
+
+def _write_chunks(
+    chunks: Iterator[tuple[memoryview, memoryview, int]],
+    fd: int,
+    owners: Owners,
+    written: Callable[[int, int], None] | None,
+) -> None:
+    """Write each chunk at its offset; ``written(offset, n)`` is told of every chunk written
+    (write-behind windows)."""
+    for _, chunk, at in chunks:
+        _pwrite_all(fd, chunk, at, owners)
+        if written is not None:
+            written(at, len(chunk))
+
+
+def _copy_span(
+    span: _Span, fd: int, owners: Owners, written: Callable[[int, int], None] | None = None
+) -> None:
+    """Copy through a reused per-thread buffer: measured faster here than ``copy_file_range``
+    (4.3 against 2.6 GB/s), which moves tar members, 512-byte aligned, a page piece at a time."""
+    buf = getattr(_copy_buffers, "buf", None)
+    if buf is None:
+        buf = _copy_buffers.buf = memoryview(bytearray(_COPY_CHUNK))
+    _write_chunks(_read_span(span, lambda: buf), fd, owners, written)
+
+
+# What the reader thread hands the writer: a chunk, the error that ended the span, or the end.
+_Filled = SimpleQueue[tuple[memoryview, memoryview, int] | BaseException | None]
 
 
 class _ReadAhead:
@@ -128,37 +161,19 @@ class _ReadAhead:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lcow-read")
         self._buffers = [memoryview(bytearray(_COPY_CHUNK)) for _ in range(_READ_AHEAD_CHUNKS)]
 
-    def copy_span(  # noqa: PLR0913, PLR0917 - same arguments as _copy_span, which it replaces
-        self,
-        src_fd: int,
-        src_offset: int,
-        fd: int,
-        offset: int,
-        n: int,
-        short: Callable[[], Exception],
-        owners: Owners,
-        observer: WriteObserver | None = None,
-        written: Callable[[int, int], None] | None = None,
+    def copy_span(
+        self, span: _Span, fd: int, owners: Owners, written: Callable[[int, int], None] | None
     ) -> None:
         """Copy like :func:`_copy_span`, reading on the reader thread; return once the reader
         has finished with the span (also when a write failed)."""
         free: SimpleQueue[memoryview] = SimpleQueue()
         for buf in self._buffers:
             free.put(buf)
-        filled: SimpleQueue[tuple[memoryview, int, int] | BaseException | None] = SimpleQueue()
+        filled: _Filled = SimpleQueue()
         stop = threading.Event()
-        reading = self._pool.submit(
-            _read_chunks, src_fd, src_offset, offset, n, short, observer, free, filled, stop
-        )
+        reading = self._pool.submit(_read_ahead, span, free, filled, stop)
         try:
-            while (item := filled.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                buf, at, done = item
-                _pwrite_all(fd, buf[:done], at, owners)
-                if written is not None:
-                    written(at, done)
-                free.put(buf)
+            _write_chunks(_handed_over(filled, free), fd, owners, written)
         finally:
             if not reading.done():  # a write failed: let the reader see the stop and end
                 stop.set()
@@ -169,37 +184,35 @@ class _ReadAhead:
         self._pool.shutdown(wait=True)
 
 
-def _read_chunks(  # noqa: PLR0913, PLR0917 - the reader's half of _ReadAhead.copy_span
-    src_fd: int,
-    src_offset: int,
-    offset: int,
-    n: int,
-    short: Callable[[], Exception],
-    observer: WriteObserver | None,
-    free: SimpleQueue[memoryview],
-    filled: SimpleQueue[tuple[memoryview, int, int] | BaseException | None],
-    stop: threading.Event,
+def _read_ahead(
+    span: _Span, free: SimpleQueue[memoryview], filled: _Filled, stop: threading.Event
 ) -> None:
-    """Read ``n`` bytes at ``src_offset`` chunk by chunk into free buffers and pass each on,
-    observed, with the output offset it goes to; end with ``None`` or the error."""
+    """The reader thread's half: read ``span`` into free buffers and pass each chunk on; end
+    with ``None`` or the error."""
+
+    def next_buffer() -> memoryview | None:
+        buf = free.get()
+        return None if stop.is_set() else buf
+
     try:
-        while n:
-            buf = free.get()
-            if stop.is_set():
-                return
-            done = os.preadv(src_fd, [buf[: min(n, _COPY_CHUNK)]], src_offset)
-            if done == 0:
-                raise short()
-            if observer is not None:
-                observer.seen(offset, buf[:done])
-            filled.put((buf, offset, done))
-            src_offset += done
-            offset += done
-            n -= done
+        for item in _read_span(span, next_buffer):
+            filled.put(item)
     except BaseException as exc:  # handed to the writer thread, which raises it
         filled.put(exc)
         return
     filled.put(None)
+
+
+def _handed_over(
+    filled: _Filled, free: SimpleQueue[memoryview]
+) -> Iterator[tuple[memoryview, memoryview, int]]:
+    """The writer thread's half: the reader's chunks in order, each buffer given back once the
+    chunk is written; the reader's error is raised here."""
+    while (item := filled.get()) is not None:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+        free.put(item[0])
 
 
 def _advise(fd: int, ranges: list[tuple[int, int]]) -> None:
@@ -345,20 +358,15 @@ class OutputWriter:
         self.submit()  # also ends the pending run: no later zero-filled gap covers this range
         if len(self._copies) >= _MAX_COPIES:
             self._result(self._copies.popleft())
-        owners = [(offset, self.owner)]
+        span = _Span(src_fd, src_offset, offset, n, short, self.observer)
         copy = _copy_span if n < _READ_AHEAD_FROM else self._reader().copy_span
         self._copies.append(
             self._executor().submit(
                 self._guarded,
                 copy,
-                src_fd,
-                src_offset,
+                span,
                 self.fd,
-                offset,
-                n,
-                short,
-                owners,
-                self.observer,
+                [(offset, self.owner)],
                 self._wrote if self._write_behind else None,  # windows inside big bodies
             )
         )
