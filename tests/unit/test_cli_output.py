@@ -329,13 +329,13 @@ def test_write_json_is_ascii_and_exact_for_names_that_are_not_utf8() -> None:
     name = os.fsdecode(b"/d/" + NOT_UTF8 + b"/\xc3\xa9" + EVIL.encode())
     stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
     write_json({"Path": name}, stream)
-    raw = stream.buffer.getvalue()  # type: ignore[attr-defined]
+    raw = stream.buffer.getvalue()
     assert raw.isascii()
     assert os.fsencode(json.loads(raw)["Path"]) == os.fsencode(name)
     # and the text form of the same name is one escaped line
     stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
     write_lines(["x", name], stream)
-    assert stream.buffer.getvalue().decode("utf-8").split("\n") == [  # type: ignore[attr-defined]
+    assert stream.buffer.getvalue().decode("utf-8").split("\n") == [
         "x",
         printable(name),
         "",

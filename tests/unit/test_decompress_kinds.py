@@ -8,6 +8,7 @@ import io
 import lzma
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
@@ -16,7 +17,7 @@ from lcow.errors import InvalidArgument
 
 DATA = bytes(range(256)) * 4000
 
-COMPRESS = {"bzip2": bz2.compress, "xz": lzma.compress}
+COMPRESS: dict[str, Callable[[bytes], bytes]] = {"bzip2": bz2.compress, "xz": lzma.compress}
 
 
 def _run(kind: str, blob: bytes) -> bytes:

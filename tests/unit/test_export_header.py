@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import tarfile
 from decimal import Decimal
+from typing import TypedDict
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,26 @@ from lcow.convert.export import _header
 from lcow.convert.tarwriter import TarHeader
 
 NS = 1_000_000_000
+
+
+class _Fields(TypedDict):
+    """The header fields both encoders take for every member."""
+
+    typeflag: bytes
+    mode: int
+    uid: int
+    gid: int
+    size: int
+
+
+class _Extras(TypedDict, total=False):
+    """The fields that send a member to the general encoder."""
+
+    linkname: bytes
+    devmajor: int
+    devminor: int
+    xattrs: dict[bytes, bytes]
+
 
 names = st.binary(min_size=1, max_size=260).filter(lambda n: b"\0" not in n)
 ids = st.one_of(st.integers(0, 0o7777777), st.integers(0o7777777, 2**32 - 1))
@@ -44,11 +65,9 @@ times = st.one_of(
 def test_fast_header_equals_the_general_encoder(
     name: bytes, typeflag: bytes, mode: int, uid: int, gid: int, size: int, mtime_ns: int
 ) -> None:
-    fields = {"typeflag": typeflag, "mode": mode, "uid": uid, "gid": gid, "size": size}
-    assert _header(name, mtime_ns=mtime_ns, **fields) == TarHeader.encode(  # type: ignore[arg-type]
-        name,
-        mtime_ns=mtime_ns,
-        **fields,  # type: ignore[arg-type]
+    fields = _Fields(typeflag=typeflag, mode=mode, uid=uid, gid=gid, size=size)
+    assert _header(name, mtime_ns=mtime_ns, **fields) == TarHeader.encode(
+        name, mtime_ns=mtime_ns, **fields
     )
 
 
@@ -66,15 +85,13 @@ def test_tarfile_reads_the_fast_header(name: bytes, mtime_ns: int, size: int) ->
 
 
 def test_other_members_use_the_general_encoder() -> None:
-    for kwargs in (
+    extras: list[_Extras] = [
         {"linkname": b"target"},
         {"devmajor": 1, "devminor": 3},
         {"xattrs": {b"user.a": b"1"}},
-    ):
-        fields = {"typeflag": b"0", "mode": 0o644, "uid": 0, "gid": 0, "size": 0}
-        assert _header(b"n", mtime_ns=NS, **fields, **kwargs) == TarHeader.encode(  # type: ignore[arg-type]
-            b"n",
-            mtime_ns=NS,
-            **fields,
-            **kwargs,  # type: ignore[arg-type]
+    ]
+    for kwargs in extras:
+        fields = _Fields(typeflag=b"0", mode=0o644, uid=0, gid=0, size=0)
+        assert _header(b"n", mtime_ns=NS, **fields, **kwargs) == TarHeader.encode(
+            b"n", mtime_ns=NS, **fields, **kwargs
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from typing import AnyStr
 
 import pytest
 
@@ -78,9 +79,14 @@ def test_link_targets_are_cleaned_and_breakouts_refused() -> None:
 def test_overlay_markers_only_with_the_overlay_format(
     base: str, overlay: rules.Marker | None, aufs: rules.Marker | None
 ) -> None:
-    for name in (base, base.encode()):
-        assert rules.overlay_marker(name, TarOptions(whiteout_format=OVERLAY_WHITEOUTS)) is overlay
-        assert rules.overlay_marker(name, TarOptions(whiteout_format=AUFS_WHITEOUTS)) is aufs
+    _assert_markers(base, overlay, aufs)
+    _assert_markers(base.encode(), overlay, aufs)
+
+
+def _assert_markers(name: AnyStr, overlay: rules.Marker | None, aufs: rules.Marker | None) -> None:
+    # one call per form: overlay_marker is generic in AnyStr, not over str | bytes
+    assert rules.overlay_marker(name, TarOptions(whiteout_format=OVERLAY_WHITEOUTS)) is overlay
+    assert rules.overlay_marker(name, TarOptions(whiteout_format=AUFS_WHITEOUTS)) is aufs
 
 
 def test_owner_from_header_chown_or_none() -> None:

@@ -134,9 +134,9 @@ def test_missing_paths_raise_with_the_view_path(fs: HostFS) -> None:
     assert info.value.filename == "/no/such/file"
     assert str(info.value) == "/no/such/file: No such file or directory"
     for call in (fs.stat, fs.readlink, fs.readdir, fs.open, fs.readfile):
-        with pytest.raises(FileNotFoundError) as info:
+        with pytest.raises(FileNotFoundError) as missing:
             call("/nothing")
-        assert info.value.filename == "/nothing"
+        assert missing.value.filename == "/nothing"
 
 
 def test_readlink_is_verbatim(fs: HostFS, root: Path) -> None:
@@ -229,9 +229,9 @@ def test_mkdir(fs: HostFS, root: Path) -> None:
     with pytest.raises(AlreadyExists) as info:
         fs.mkdir("/d")
     assert (info.value.errno, info.value.filename) == (errno.EEXIST, "/d")
-    with pytest.raises(FileNotFoundError) as info:
+    with pytest.raises(FileNotFoundError) as missing:
         fs.mkdir("/x/y")
-    assert info.value.filename == "/x/y"
+    assert missing.value.filename == "/x/y"
 
 
 def test_mkdir_all(fs: HostFS, root: Path) -> None:

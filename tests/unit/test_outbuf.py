@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ class ShortSource(Exception):
 
 
 @pytest.fixture
-def source(tmp_path: Path) -> tuple[int, bytes]:
+def source(tmp_path: Path) -> Iterator[tuple[int, bytes]]:
     data = random.Random(7).randbytes(SOURCE_SIZE)
     path = tmp_path / "source"
     path.write_bytes(data)

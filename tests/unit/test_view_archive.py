@@ -363,7 +363,7 @@ def test_extract_streams_from_a_pipe_and_gzip(fs: HostFS, root: Path, tmp_path: 
     with subprocess.Popen(
         ["tar", "--format=pax", *GNU_FLAGS, "-cf", "-", "-C", src, "."], stdout=subprocess.PIPE
     ) as proc:
-        assert proc.stdout is not None
+        assert isinstance(proc.stdout, io.BufferedReader)  # a buffered pipe: a BinaryIO
         fs.extract_archive("/piped", proc.stdout)
     assert proc.returncode == 0
     assert_same_tree(root / "piped", src)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from typing import AnyStr
 
 import pytest
 
@@ -26,10 +27,15 @@ from lcow.formats import whiteouts as wh
 def test_name_predicates_in_bytes_and_str(
     base: bytes, whiteout: bool, metadata: bool, opaque: bool
 ) -> None:
-    for name in (base, base.decode()):
-        assert wh.is_whiteout_name(name) is whiteout
-        assert wh.is_metadata_name(name) is metadata
-        assert wh.is_opaque_marker(name) is opaque
+    _assert_predicates(base, whiteout, metadata, opaque)
+    _assert_predicates(base.decode(), whiteout, metadata, opaque)
+
+
+def _assert_predicates(name: AnyStr, whiteout: bool, metadata: bool, opaque: bool) -> None:
+    # one call per form: the predicates are generic in AnyStr, not over bytes | str
+    assert wh.is_whiteout_name(name) is whiteout
+    assert wh.is_metadata_name(name) is metadata
+    assert wh.is_opaque_marker(name) is opaque
 
 
 @pytest.mark.parametrize(
