@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 120
 
 
-def lcow(root: Path, *argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def lcow(root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     """``lcow --root ROOT ARGV`` in a process of its own."""
     return subprocess.run(
         [sys.executable, "-m", "lcow", "--root", str(root), *argv],
@@ -39,7 +39,6 @@ def lcow(root: Path, *argv: str, **kwargs: object) -> subprocess.CompletedProces
         text=True,
         timeout=TIMEOUT,
         check=False,
-        **kwargs,  # type: ignore[arg-type]
     )
 
 

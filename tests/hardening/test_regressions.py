@@ -179,22 +179,20 @@ def test_xattr_name_over_255_bytes_is_a_limit() -> None:
         pack_xattrs([(1, b"n" * 300, b"1")], owner="owner")
 
 
-class _FailingSource(io.RawIOBase):
-    """Fault injection: a tar stream whose source fails after ``limit`` bytes."""
+class _FailingSource(io.BytesIO):
+    """Fault injection: a tar stream (a binary file object without a descriptor, read through
+    ``read``) whose source fails after ``limit`` bytes."""
 
     def __init__(self, data: bytes, limit: int) -> None:
-        self.data, self.limit, self.pos = data, limit, 0
+        super().__init__(data)
+        self.limit = limit
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self.pos >= self.limit:
+    def read(self, size: int | None = -1) -> bytes:
+        pos = self.tell()
+        if pos >= self.limit:
             raise OSError(errno.EIO, "injected read failure")
-        n = min(len(buffer), self.limit - self.pos, len(self.data) - self.pos)
-        buffer[:n] = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return n
+        left = self.limit - pos
+        return super().read(left if size is None or size < 0 else min(size, left))
 
 
 @pytest.mark.parametrize("cut", ["in-header", "in-data", "after-end-marker"])

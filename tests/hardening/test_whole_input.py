@@ -127,7 +127,9 @@ def test_the_compressed_cuts_are_judged_as_the_real_tools_judge_them(
 ) -> None:
     data, _ = CUTS[case]
     program = "zstd" if case.startswith("zstd") else "gzip"
-    proc = subprocess.run([tool(program), "-dc"], input=data, capture_output=True, check=False)
+    binary = tool(program)
+    assert binary is not None
+    proc = subprocess.run([binary, "-dc"], input=data, capture_output=True, check=False)
     ours: str | None = None
     try:
         b"".join(decompress(program, io.BytesIO(data).read, name="cut"))

@@ -37,6 +37,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from lcow.backends.fsspec_view import ViewFileSystem
 from lcow.cli.main import main as lcow_main
@@ -93,7 +94,7 @@ def _capped_writer() -> Callable[[bytes], object]:
     return write
 
 
-def _read_stream(stream: io.BufferedIOBase | io.RawIOBase, budget: _Budget) -> None:
+def _read_stream(stream: BinaryIO | io.BufferedIOBase | io.RawIOBase, budget: _Budget) -> None:
     done = 0
     while done < READ_CAP:
         chunk = stream.read(1 << 20)

@@ -22,6 +22,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from lcow import ConvertOptions, tar2ext4
 from lcow.formats.ext4.layout import (
@@ -35,7 +36,7 @@ from lcow.formats.ext4.reader import Ext4Reader
 from lcow.formats.vhd.footer import build_fixed_footer
 from tests.helpers import TarEntry, write_tar
 
-__all__ = ["BASE_ENTRIES", "SEEDS", "Field", "build_seed", "structure_map", "tar_of"]
+__all__ = ["BASE_ENTRIES", "SEEDS", "Field", "SeedOptions", "build_seed", "structure_map", "tar_of"]
 
 FOOTER = 512
 _UNIQUE_ID = bytes(range(16))
@@ -140,8 +141,15 @@ def _verity() -> list[TarEntry]:
     ]
 
 
+class SeedOptions(TypedDict, total=False):
+    """The ConvertOptions a seed sets beyond ApplyDiff's."""
+
+    inline_data: bool
+    dm_verity: bool
+
+
 #: name -> (entries, extra ConvertOptions).
-SEEDS: dict[str, tuple[Callable[[], list[TarEntry]], dict[str, bool]]] = {
+SEEDS: dict[str, tuple[Callable[[], list[TarEntry]], SeedOptions]] = {
     "mixed": (_mixed, {}),
     "inline": (_inline, {"inline_data": True}),
     "bigdir": (_bigdir, {}),
