@@ -151,8 +151,8 @@ class Mounter:
         (mount,) = mounts
         target = self.base / f"m{next(self._names)}"
         target.mkdir(parents=True)
-        argv = ["mount", "-t", mount.type, "-o", ",".join(mount.options), mount.source, target]
-        done = run(argv)
+        options = ",".join(mount.options)
+        done = run(["mount", "-t", mount.type, "-o", options, mount.source, target])
         assert done.returncode == 0, done.stderr
         self.mounted.append(target)
         return target

@@ -304,8 +304,9 @@ def _footer(path: Path) -> bytes:
 def _ext4_size(path: Path) -> int:
     """Blocks count x block size from the ext4 superblock (the image before any verity area)."""
     sb = _read(path, 1024, 1024)
-    blocks = struct.unpack_from("<I", sb, 4)[0]
-    return blocks * (1024 << struct.unpack_from("<I", sb, 24)[0])
+    blocks: int = struct.unpack_from("<I", sb, 4)[0]
+    log_block_size: int = struct.unpack_from("<I", sb, 24)[0]
+    return blocks * (1024 << log_block_size)
 
 
 def _piece_digest(path: Path, size: int) -> bytes:

@@ -32,7 +32,7 @@ def _lcow(
     *args: str | os.PathLike[str], stdout: int | None = subprocess.PIPE
 ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "lcow", "vhd2tar", *map(os.fspath, args)],
+        [sys.executable, "-m", "lcow", "vhd2tar", *(os.fspath(arg) for arg in args)],
         stdout=stdout,
         stderr=subprocess.PIPE,
         check=False,

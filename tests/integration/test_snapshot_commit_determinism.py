@@ -108,7 +108,11 @@ def _commit(name: str, native: str, tz: str, umask: int, work: Path, tar: Path) 
     return {kind: root / layer_id for kind, layer_id in ids.items()}
 
 
-def _members(folder: Path) -> dict[str, tuple[object, ...]]:
+#: One Diff member: type, mode, uid, gid, mtime, link target, sorted PAX records, data.
+_Member = tuple[bytes, int, int, int, float, str, list[tuple[str, str]], bytes]
+
+
+def _members(folder: Path) -> dict[str, _Member]:
     """The layer's Diff, member by member (everything tar records, data included)."""
     driver = Driver(folder.parent, ["lcow.backend=userspace"])
     parent = json.loads((folder / "layerchain.json").read_text())
@@ -117,7 +121,7 @@ def _members(folder: Path) -> dict[str, tuple[object, ...]]:
         data = stream.read()
     finally:
         stream.close()
-    out = {}
+    out: dict[str, _Member] = {}
     with tarfile.open(fileobj=io.BytesIO(data)) as tf:
         for m in tf:
             member = tf.extractfile(m) if m.isfile() else None
@@ -148,7 +152,7 @@ def test_commit_of_the_same_content_gives_the_same_bytes(tmp_path: Path) -> None
                 assert top_a[name] == top_b[name], name
         whiteout_a, whiteout_b = top_a["etc/.wh.gone"], top_b["etc/.wh.gone"]
         assert whiteout_a[:4] == whiteout_b[:4] == (b"0", 0o600, 0, 0)  # only times can differ
-        assert abs(float(whiteout_a[4]) - time.time()) < 600  # the removal's time, not the tar's
+        assert abs(whiteout_a[4] - time.time()) < 600  # the removal's time, not the tar's
         assert_e2fsck_clean(a["top"] / "layer.vhd")
     finally:
         for name in ("a", "b"):

@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any, BinaryIO
+from collections.abc import Callable, Mapping, Sequence
+from typing import BinaryIO
 
+from lcow.convert.input import FileSlice
 from lcow.errors import CorruptImage
 from lcow.graphdriver.driver import Driver
 from lcow.plugin.requests import IdMap
@@ -44,9 +45,16 @@ class RecordingDriver(Driver):
 
     applied: queue.Queue[int | BaseException] = queue.Queue()
 
-    def apply_diff(self, layer_id: str, parent: str | None, diff: Any) -> int:
+    def apply_diff(
+        self,
+        layer_id: str,
+        parent: str | None,
+        diff: BinaryIO | int | str | os.PathLike[str] | FileSlice,
+        *,
+        verify: Callable[[], Mapping[str, object]] | None = None,
+    ) -> int:
         try:
-            size = super().apply_diff(layer_id, parent, diff)
+            size = super().apply_diff(layer_id, parent, diff, verify=verify)
         except BaseException as exc:
             self.applied.put(exc)
             raise
