@@ -182,7 +182,9 @@ def test_a_fresh_cri_pull_takes_the_fast_path_where_the_blob_is_being_fetched(
 def _prepare(
     stub: snapshots_pb2_grpc.SnapshotsStub, key: str, labels: dict[str, str], parent: str = ""
 ) -> pb.PrepareSnapshotResponse:
-    return stub.Prepare(pb.PrepareSnapshotRequest(key=key, parent=parent, labels=labels))
+    response = stub.Prepare(pb.PrepareSnapshotRequest(key=key, parent=parent, labels=labels))
+    assert isinstance(response, pb.PrepareSnapshotResponse)  # the generated stub is untyped
+    return response
 
 
 def test_blobs_that_are_not_the_layer_fall_back_and_hostile_labels_are_refused(

@@ -14,7 +14,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import httpx
 import pytest
@@ -46,6 +46,23 @@ LAYER_VHD = "application/vnd.lcow.layer.vhd.v1"
 LAYER_VHD_ZSTD = "application/vnd.lcow.layer.vhd.v1+zstd"
 UNCOMPRESSED_DIGEST = "io.lcow.layer.uncompressed-digest"
 UNCOMPRESSED_SIZE = "io.lcow.layer.uncompressed-size"
+
+
+class _Descriptor(TypedDict, total=False):
+    """An OCI content descriptor, the fields these tests write or compare."""
+
+    mediaType: str
+    digest: str
+    size: int
+    artifactType: str
+    annotations: dict[str, str]
+
+
+class _Index(TypedDict):
+    """An OCI image index as the registry serves it (only the list these tests read; the
+    other fields travel along untouched)."""
+
+    manifests: list[_Descriptor]
 
 
 @dataclass(frozen=True)
@@ -117,12 +134,12 @@ def _api(registry: Registry, repository: str) -> str:
     return f"http://{registry.address}/v2/{repository}"
 
 
-def _fallback_index(pub: Published) -> dict[str, object]:
+def _fallback_index(pub: Published) -> _Index:
     tag = "sha256-" + pub.manifest.removeprefix("sha256:")
     answer = httpx.get(f"{_api(pub.registry, pub.repository)}/manifests/{tag}",
                        headers={"Accept": OCI_INDEX})  # fmt: skip
     assert answer.status_code == 200, answer.text
-    return answer.json()
+    return cast(_Index, answer.json())  # untyped JSON: the registry's answer, read as an index
 
 
 def _layer_bytes(root: Path, tars: tuple[Path, ...]) -> list[bytes]:
@@ -197,9 +214,9 @@ def test_publish_is_idempotent_and_keeps_foreign_entries(
     httpx.put(f"{api}/manifests/{_sha(foreign)}", content=foreign,
               headers={"Content-Type": OCI_MANIFEST}).raise_for_status()  # fmt: skip
     index = _fallback_index(pub)
-    entry = {"mediaType": OCI_MANIFEST, "digest": _sha(foreign), "size": len(foreign),
+    entry: _Descriptor = {"mediaType": OCI_MANIFEST, "digest": _sha(foreign), "size": len(foreign),
              "artifactType": "application/x-foreign"}  # fmt: skip
-    index["manifests"] = [entry, *index["manifests"]]  # type: ignore[misc]
+    index["manifests"] = [entry, *index["manifests"]]
     tag = "sha256-" + pub.manifest.removeprefix("sha256:")
     httpx.put(f"{api}/manifests/{tag}", content=json.dumps(index).encode(),
               headers={"Content-Type": OCI_INDEX}).raise_for_status()  # fmt: skip
@@ -210,8 +227,8 @@ def test_publish_is_idempotent_and_keeps_foreign_entries(
     assert result["Artifact"] == pub.artifact  # the same bytes: the same digest
     assert not any(layer["Uploaded"] for layer in result["Layers"])  # HEAD found every blob
     manifests = _fallback_index(pub)["manifests"]
-    assert [m["digest"] for m in manifests] == [_sha(foreign), pub.artifact]  # type: ignore[index]
-    assert manifests[0] == entry  # type: ignore[index]
+    assert [m["digest"] for m in manifests] == [_sha(foreign), pub.artifact]
+    assert manifests[0] == entry
 
 
 def _put_blob(api: str, blob: bytes) -> str:
@@ -237,9 +254,9 @@ def _edit_layer(pub: Published, layer: dict[str, Any], edit: str) -> None:
         annotations[UNCOMPRESSED_DIGEST] = _sha(data)
     elif edit == "corrupt-zstd":  # the publisher's frame with a byte changed, pushed as is
         get = httpx.get(f"{api}/blobs/{layer['digest']}", follow_redirects=True)
-        blob = bytearray(get.content)
-        blob[len(blob) // 2] ^= 0x55
-        layer["digest"] = _put_blob(api, bytes(blob))
+        damaged = bytearray(get.content)
+        damaged[len(damaged) // 2] ^= 0x55
+        layer["digest"] = _put_blob(api, bytes(damaged))
     elif edit == "uncompressed-digest":
         annotations[UNCOMPRESSED_DIGEST] = _sha(b"another layer.vhd")
     elif edit in ("size-short", "size-long"):
@@ -559,7 +576,7 @@ def test_dm_verity_layers_go_only_to_verity_roots(plain_registry: Registry, tmp_
     assert second.returncode == 0, second.stderr
     repository = ref.split("/", 1)[1].rsplit(":", 1)[0]
     pub = Published(plain_registry, ref, repository, manifest, tars, (), plain, "", [])
-    listed = [m["digest"] for m in _fallback_index(pub)["manifests"]]  # type: ignore[index]
+    listed = [m["digest"] for m in _fallback_index(pub)["manifests"]]
     assert listed == [first["Artifact"], json.loads(second.stdout)["Artifact"]]
     fresh = tmp_path / "fresh"
     proc = lcow(fresh, "pull", "--plain-http", "--json", ref)

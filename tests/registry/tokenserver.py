@@ -25,6 +25,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TypedDict
 from urllib.parse import parse_qs, urlsplit
 
 from tests.registry.loopback import LoopbackServer
@@ -37,6 +38,14 @@ SERVICE = "lcow-test-registry"
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class _Access(TypedDict):
+    """One grant of a token's ``access`` claim (the registry's token format)."""
+
+    type: str
+    name: str
+    actions: list[str]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -66,10 +75,10 @@ class _Handler(BaseHTTPRequestHandler):
         if user is None or user == "!wrong":
             self._answer(401, {"details": "bad or missing credentials"})
             return
-        access = []
+        access: list[_Access] = []
         for scope in query.get("scope", []):
             kind, name, actions = scope.split(":")
-            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+            access.append(_Access(type=kind, name=name, actions=actions.split(",")))
         self._answer(200, {"token": self.server.sign(user, access)})
 
     def do_POST(self) -> None:
@@ -94,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(401, {"error": "invalid_grant"})
             return
         kind, name, actions = form["scope"].split(":")
-        access = [{"type": kind, "name": name, "actions": actions.split(",")}]
+        access = [_Access(type=kind, name=name, actions=actions.split(","))]
         token = self.server.sign("identity-token-user", access)
         self._answer(200, {"access_token": token, "expires_in": 300,
                            "refresh_token": form["refresh_token"]})  # fmt: skip
@@ -112,7 +121,7 @@ class _Server(ThreadingHTTPServer):
     key: Path
     cert_der: bytes
 
-    def sign(self, user: str, access: list[dict[str, object]]) -> str:
+    def sign(self, user: str, access: list[_Access]) -> str:
         now = int(time.time())
         header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self.cert_der).decode()]}
         claims = {"iss": ISSUER, "sub": user, "aud": SERVICE, "exp": now + 300, "nbf": now - 10,
