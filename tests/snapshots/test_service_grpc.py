@@ -15,12 +15,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
+from google.protobuf.message import Message
 
 from lcow.graphdriver.driver import Driver
 from lcow.snapshots._proto import snapshots_pb2 as pb
@@ -84,11 +85,13 @@ def server(tmp_path: Path) -> Iterator[Server]:
         assert host_leftovers(tmp_path) == []
 
 
-def _code(call: object, request: object) -> tuple[grpc.StatusCode, str]:
+def _code(call: Callable[[Message], object], request: Message) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as caught:
-        call(request)  # type: ignore[operator]
+        call(request)
     error = caught.value
-    return error.code(), error.details()  # type: ignore[attr-defined]
+    details = error.details()
+    assert details is not None, (request, error.code())  # every refusal says why
+    return error.code(), details
 
 
 def _list(stub: snapshots_pb2_grpc.SnapshotsStub, *filters: str) -> list[pb.Info]:
@@ -196,7 +199,7 @@ def test_errors_reach_the_client_as_errdefs_codes(server: Server) -> None:
         assert code.name == name, (request, code, details)
     with pytest.raises(grpc.RpcError) as caught:
         _list(stub, "name~=.*")
-    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
     # hostile labels: refused, the message escaped, nothing left behind
     hostile = {"\x1b]0;owned\x07\nlcow: ok": "v" * 5000}
@@ -206,10 +209,14 @@ def test_errors_reach_the_client_as_errdefs_codes(server: Server) -> None:
     assert "\x1b" not in server.log.read_text()
     # bytes that are no PrepareSnapshotRequest at all: refused, and the server carries on
     assert server.channel is not None
-    raw = server.channel.unary_unary("/containerd.services.snapshots.v1.Snapshots/Prepare")
+    raw = server.channel.unary_unary(  # no (de)serializers: raw bytes both ways
+        "/containerd.services.snapshots.v1.Snapshots/Prepare",
+        request_serializer=None,
+        response_deserializer=None,
+    )
     with pytest.raises(grpc.RpcError) as caught:
         raw(b"\xff\xff\xff\xff\x0f garbage")
-    assert caught.value.code() is not grpc.StatusCode.OK  # type: ignore[attr-defined]
+    assert caught.value.code() is not grpc.StatusCode.OK
     assert {i.name for i in _list(stub)} == {"k/2/base", "k/3/active", "k/4/view"}
     stub.Cleanup(pb.CleanupRequest())
     assert len([p for p in server.root.iterdir() if p.name.startswith("sn")]) == 3

@@ -8,6 +8,7 @@ back as a tar; every test ends with nothing mounted, attached or running.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sqlite3
 import tarfile
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from lcow.backends.host import kernel
+from lcow.backends.host.backend import HostBackend
 from lcow.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NoSpace, NotFound
 from lcow.graphdriver.driver import Driver
 from lcow.snapshots.metastore import Kind
@@ -301,7 +303,8 @@ def test_an_interrupted_commit_is_finished_or_rolled_back(root: Path) -> None:
     # what a kill after the conversion leaves: layer.vhd in place, the row still active with
     # its name reserved; and a kill before it: the sandbox, the row with its name reserved
     sn.driver.put(converted.id)
-    stream = sn.driver.diff(converted.id, sn.stat(base).id)
+    # buffered: the diff is a raw pipe stream, ApplyDiff takes a binary file object
+    stream = io.BufferedReader(sn.driver.diff(converted.id, sn.stat(base).id))
     try:
         sn.driver.apply_diff(converted.id, None, stream)
     finally:
@@ -435,7 +438,9 @@ def test_an_unpack_snapshot_is_a_raw_sandbox_mounted_without_the_storage_daemon(
         src = _source_of(sn.prepare(key, base))
         folder = sn.driver.root.layer_dir(sn.stat(key).id)
         assert (folder / SANDBOX_RAW).is_file() and not (folder / SANDBOX_VHDX).exists()
-        assert sn.driver.backend.daemon.pid() is None  # nothing exported: no storage daemon
+        backend = sn.driver.backend
+        assert isinstance(backend, HostBackend)
+        assert backend.daemon.pid() is None  # nothing exported: no storage daemon
         (src / "etc/os").write_text("changed\n")
         (src / "gone").unlink()
         (src / "new").write_text("new\n")
