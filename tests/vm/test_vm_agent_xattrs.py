@@ -12,6 +12,7 @@ import io
 import tarfile
 
 from lcow.backends.taroptions import TarOptions
+from lcow.backends.vm.vmfs import VmFS
 from tests.helpers import requires
 from tests.vm.conftest import VmDriverFactory
 
@@ -39,6 +40,7 @@ def test_xattrs_round_trip_in_the_guest(vm_driver: VmDriverFactory) -> None:
     drv.create_read_write("rw", None)
     fs = drv.get("rw")
     try:
+        assert isinstance(fs, VmFS)  # the vm backend's view: xattrs come from the guest
         fs.extract_archive("/", _tar(), TarOptions())
         assert fs.xattrs("/dir/file") == {b"user.note": b"v1", b"user.other": b"v2"}
         assert fs.xattrs("/dir") == {b"user.kind": b"folder"}
