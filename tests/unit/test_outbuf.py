@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from lcow._util import outbuf
 from lcow._util.outbuf import OutputWriter
 from lcow.formats.vhd.identity import PieceDigests, unique_id_of
+from tests.unit.advice_spy import record_advice
 
 SOURCE_SIZE = 3 << 20
 
@@ -61,18 +62,9 @@ def _check_writes(
 ) -> None:
     # Small windows and an early start, so write-behind advises many times in a short test;
     # small chunks and an early read-ahead, so copies take both ways and cycle its buffers.
-    monkeypatch.setattr(outbuf, "_WRITE_BEHIND", 256 << 10)
+    advised = record_advice(monkeypatch, threshold=512 << 10, window=256 << 10)
     monkeypatch.setattr(outbuf, "_COPY_CHUNK", 64 << 10)
     monkeypatch.setattr(outbuf, "_READ_AHEAD_FROM", 256 << 10)
-    monkeypatch.setattr(outbuf, "background_writeback_threshold", lambda: 512 << 10)
-    advised: list[tuple[int, int]] = []
-    real_advise = outbuf._advise
-
-    def advise(fd: int, ranges: list[tuple[int, int]]) -> None:
-        advised.extend(ranges)
-        real_advise(fd, ranges)
-
-    monkeypatch.setattr(outbuf, "_advise", advise)
     data = random.Random(len(ops)).randbytes(SOURCE_SIZE)
     (work / "source").write_bytes(data)
     src = os.open(work / "source", os.O_RDONLY)

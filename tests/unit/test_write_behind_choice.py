@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from lcow import ConvertOptions, tar2ext4
-from lcow._util import outbuf
 from lcow._util.outbuf import OutputWriter
 from lcow.convert.input import FileSlice, open_tar_input
+from tests.unit.advice_spy import record_advice
 
 THRESHOLD = 4 << 20
 
@@ -29,17 +29,7 @@ THRESHOLD = 4 << 20
 def advised(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     """Every range handed to writeback, with a 4 MiB background threshold and 256 KiB
     windows (so a small test crosses them)."""
-    monkeypatch.setattr(outbuf, "background_writeback_threshold", lambda: THRESHOLD)
-    monkeypatch.setattr(outbuf, "_WRITE_BEHIND", 256 << 10)
-    seen: list[tuple[int, int]] = []
-    real = outbuf._advise
-
-    def advise(fd: int, ranges: list[tuple[int, int]]) -> None:
-        seen.extend(ranges)
-        real(fd, ranges)
-
-    monkeypatch.setattr(outbuf, "_advise", advise)
-    return seen
+    return record_advice(monkeypatch, threshold=THRESHOLD, window=256 << 10)
 
 
 def _write(path: Path, total: int, expected_size: int | None) -> None:
