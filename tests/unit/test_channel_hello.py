@@ -8,10 +8,12 @@ load. The real agent's handshake is tested in tests/integration/agent and tests/
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,42 +68,42 @@ class FakeAgentSwallowingHellos:
             conn.close()
 
 
-def test_an_unanswered_hello_is_sent_again_on_a_new_connection(tmp_path: Path) -> None:
-    fake = FakeAgentSwallowingHellos(tmp_path / "c0", answer_from=3)
-    channel = Channel(tmp_path / "c0", timeout=30, alive=lambda: True)
+@contextlib.contextmanager
+def _channel_to_fake(
+    where: Path, answer_from: int, alive: bool = True
+) -> Iterator[tuple[FakeAgentSwallowingHellos, Channel]]:
+    """A channel to a fake agent that answers hellos from connection ``answer_from`` on; both
+    closed afterwards."""
+    fake = FakeAgentSwallowingHellos(where, answer_from=answer_from)
+    channel = Channel(where, timeout=30, alive=lambda: alive)
     try:
+        yield fake, channel
+    finally:
+        channel.close()
+        fake.close()
+
+
+def test_an_unanswered_hello_is_sent_again_on_a_new_connection(tmp_path: Path) -> None:
+    with _channel_to_fake(tmp_path / "c0", answer_from=3) as (fake, channel):
         started = time.monotonic()
         channel.connect_patiently(total=20, attempt=0.5)
         assert channel.connected
         assert len(fake.connections) == 3
         assert time.monotonic() - started < 10
-    finally:
-        channel.close()
-        fake.close()
 
 
 def test_no_answer_at_all_fails_after_the_total_time(tmp_path: Path) -> None:
-    fake = FakeAgentSwallowingHellos(tmp_path / "c0", answer_from=1_000)
-    channel = Channel(tmp_path / "c0", timeout=30, alive=lambda: True)
-    try:
+    with _channel_to_fake(tmp_path / "c0", answer_from=1_000) as (fake, channel):
         started = time.monotonic()
         with pytest.raises(ChannelBroken, match="no answer"):
             channel.connect_patiently(total=1.5, attempt=0.5)
         assert 1.4 < time.monotonic() - started < 10
         assert len(fake.connections) >= 2
-    finally:
-        channel.close()
-        fake.close()
 
 
 def test_a_dead_vm_is_not_waited_for(tmp_path: Path) -> None:
-    fake = FakeAgentSwallowingHellos(tmp_path / "c0", answer_from=1_000)
-    channel = Channel(tmp_path / "c0", timeout=30, alive=lambda: False)
-    try:
+    with _channel_to_fake(tmp_path / "c0", answer_from=1_000, alive=False) as (_, channel):
         started = time.monotonic()
         with pytest.raises(ChannelBroken, match="gone"):
             channel.connect_patiently(total=30, attempt=5)
         assert time.monotonic() - started < 3
-    finally:
-        channel.close()
-        fake.close()
