@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -489,3 +490,42 @@ def diff_files(driver: Driver, layer: str, parent: str | None = None) -> dict[st
             if data is not None:
                 found[member.name] = data.read()
         return found
+
+
+_LOCK_HOLDER = """
+import sys
+from pathlib import Path
+from lcow.storage.locks import LayerLocks
+with LayerLocks(Path(sys.argv[1])).hold(sys.argv[2]):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+class LockHeldElsewhere:
+    """Another process holding ``key`` in the :class:`~lcow.storage.locks.LayerLocks` of
+    ``root`` (a data root) from construction until :meth:`release`; use it as a context
+    manager, which kills it if still holding."""
+
+    def __init__(self, root: Path, key: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _LOCK_HOLDER, str(root), key],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline() == "held\n", "the holder did not take the lock"
+
+    def release(self) -> None:
+        """Let the holder drop the lock and exit."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        self.proc.wait(timeout=30)
+
+    def __enter__(self) -> LockHeldElsewhere:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()

@@ -6,7 +6,6 @@ lock, and ``strace`` for the order of syncs and the rename."""
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,16 +13,14 @@ import pytest
 
 from lcow.errors import AlreadyExists, NotFound
 from lcow.graphdriver.driver import Driver
-from tests.helpers import TarEntry, assert_e2fsck_clean, requires, run, write_tar
-
-_HOLDER = """
-import sys
-from pathlib import Path
-from lcow.storage.locks import LayerLocks
-with LayerLocks(Path(sys.argv[1])).hold(sys.argv[2]):
-    print("held", flush=True)
-    sys.stdin.readline()
-"""
+from tests.helpers import (
+    LockHeldElsewhere,
+    TarEntry,
+    assert_e2fsck_clean,
+    requires,
+    run,
+    write_tar,
+)
 
 
 def _tar(tmp_path: Path, name: str) -> Path:
@@ -92,21 +89,10 @@ def test_cleanup_sweeps_a_stage_only_when_its_lock_is_free(tmp_path: Path) -> No
     driver = Driver(str(root), ["lcow.backend=userspace"])
     staged = driver.stage("l1", None)
     driver.apply_diff_staged(staged, _tar(tmp_path, "l1"))
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(root), "l1"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with LockHeldElsewhere(root, "l1") as holder:
         Driver(str(root), ["lcow.backend=userspace"]).cleanup()  # another driver: a writer's
         assert _stages(root) == [staged.folder.name]
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.write("\n")
-        holder.stdin.close()
-        holder.wait(timeout=30)
-        assert holder.stdout is not None
-        holder.stdout.close()
+        holder.release()
     Driver(str(root), ["lcow.backend=userspace"]).cleanup()  # the writer died: garbage
     assert _stages(root) == []
     assert not driver.exists("l1")

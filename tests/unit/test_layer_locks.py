@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 from lcow.storage.locks import LAYER_LOCK_FILE, LayerLocks
-
-_HOLDER = """
-import sys, time
-from pathlib import Path
-from lcow.storage.locks import LayerLocks
-locks = LayerLocks(Path(sys.argv[1]))
-with locks.hold(sys.argv[2]):
-    print("held", flush=True)
-    sys.stdin.readline()
-"""
+from tests.helpers import LockHeldElsewhere
 
 
 def _open_fds_on(path: Path) -> int:
@@ -28,12 +17,7 @@ def _open_fds_on(path: Path) -> int:
 
 
 def test_another_process_holding_a_key_excludes_only_that_key(tmp_path: Path) -> None:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(tmp_path), "layer-a"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with LockHeldElsewhere(tmp_path, "layer-a") as holder:
         locks = LayerLocks(tmp_path)
         with locks.try_hold("layer-a") as held:
             assert not held
@@ -49,14 +33,9 @@ def test_another_process_holding_a_key_excludes_only_that_key(tmp_path: Path) ->
         waiter.start()
         time.sleep(0.3)
         assert not got.is_set()  # blocked while the other process holds it
-        assert holder.stdin is not None
-        holder.stdin.write("\n")
-        holder.stdin.flush()
+        holder.release()
         waiter.join(10)
         assert got.is_set()
-    finally:
-        holder.kill()
-        holder.communicate()
 
 
 def test_reentrant_in_a_thread_exclusive_between_threads(tmp_path: Path) -> None:
