@@ -167,6 +167,19 @@ def test_two_pulls_of_one_image_into_one_root(
     assert _temporaries(root) == []
 
 
+def _pull_completes(root: Path, reference: str, converted: bool) -> None:
+    """Pull ``reference`` into ``root`` in a process of its own; it must succeed."""
+    proc = subprocess.run(
+        _pull_argv(root, reference, converted),
+        capture_output=True,
+        text=True,
+        env=_env(root),
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
 @pytest.mark.parametrize("converted", [False, True], ids=["converting", "converted"])
 def test_killed_pulls_leave_layers_whole_or_absent(
     plain_registry: Registry, tmp_path: Path, converted: bool
@@ -176,15 +189,7 @@ def test_killed_pulls_leave_layers_whole_or_absent(
     reference, tars = _published(plain_registry, tmp_path)
     root = tmp_path / "root"
     started = time.monotonic()
-    proc = subprocess.run(
-        _pull_argv(tmp_path / "timing", reference, converted),
-        capture_output=True,
-        text=True,
-        env=_env(root),
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
+    _pull_completes(tmp_path / "timing", reference, converted)
     duration = time.monotonic() - started
     rng = random.Random(f"{reference}/{converted}")
     finished = 0
@@ -213,14 +218,6 @@ def test_killed_pulls_leave_layers_whole_or_absent(
                 removed = lcow(root, "remove", lid)
                 assert removed.returncode == 0, removed.stderr
     assert finished < KILLS, "every pull finished before its kill: the kills tested nothing"
-    done = subprocess.run(
-        _pull_argv(root, reference, converted),
-        capture_output=True,
-        text=True,
-        env=_env(root),
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    _pull_completes(root, reference, converted)
     check_layers(root, tars, tmp_path / "mnt-final")
     assert _temporaries(root) == []
