@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import BinaryIO
 
-from lcow.convert.input import FileSlice
+from lcow.convert.input import TarInput
 from lcow.errors import CorruptImage
 from lcow.graphdriver.driver import Driver
 from lcow.plugin.requests import IdMap
@@ -49,7 +49,7 @@ class RecordingDriver(Driver):
         self,
         layer_id: str,
         parent: str | None,
-        diff: BinaryIO | int | str | os.PathLike[str] | FileSlice,
+        diff: TarInput,
         *,
         verify: Callable[[], Mapping[str, object]] | None = None,
     ) -> int:

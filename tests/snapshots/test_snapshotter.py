@@ -8,7 +8,6 @@ back as a tar; every test ends with nothing mounted, attached or running.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import sqlite3
 import tarfile
@@ -303,12 +302,8 @@ def test_an_interrupted_commit_is_finished_or_rolled_back(root: Path) -> None:
     # what a kill after the conversion leaves: layer.vhd in place, the row still active with
     # its name reserved; and a kill before it: the sandbox, the row with its name reserved
     sn.driver.put(converted.id)
-    # buffered: the diff is a raw pipe stream, ApplyDiff takes a binary file object
-    stream = io.BufferedReader(sn.driver.diff(converted.id, sn.stat(base).id))
-    try:
+    with sn.driver.diff(converted.id, sn.stat(base).id) as stream:
         sn.driver.apply_diff(converted.id, None, stream)
-    finally:
-        stream.close()
     with sn.store.transaction() as tx:
         for key, name in (("ns/3/converted", "ns/5/done"), ("ns/4/not-yet", "ns/6/never")):
             tx.replace(key, tx.require(key).but(pending_name=name, pending_labels={"n": name}))

@@ -26,6 +26,7 @@ from lcow.errors import InvalidArgument, NotFound
 __all__ = [
     "FileSlice",
     "Pump",
+    "TarInput",
     "TarSource",
     "input_name",
     "open_tar_input",
@@ -184,6 +185,11 @@ class FileSlice:
     name: str | None = None
 
 
+#: Where a tar can be read from: a path, a descriptor, a binary file object (buffered or raw,
+#: e.g. :meth:`~lcow.graphdriver.driver.Driver.diff`'s stream), or a :class:`FileSlice`.
+TarInput = str | os.PathLike[str] | BinaryIO | io.RawIOBase | int | FileSlice
+
+
 class TarSource(NamedTuple):
     """Where the converter reads the uncompressed tar.
 
@@ -241,7 +247,7 @@ def _slice_reader(where: FileSlice) -> Callable[[int], bytes]:
     return read
 
 
-def input_name(src: str | os.PathLike[str] | BinaryIO | int | FileSlice) -> str:
+def input_name(src: TarInput) -> str:
     """What messages call an input: its path, ``<stdin>``, a file object's ``name``, or
     ``<stream>`` when nothing better is known."""
     if isinstance(src, FileSlice):
@@ -255,9 +261,7 @@ def input_name(src: str | os.PathLike[str] | BinaryIO | int | FileSlice) -> str:
 
 
 @contextlib.contextmanager
-def open_tar_input(
-    src: str | os.PathLike[str] | BinaryIO | int | FileSlice, *, name: str | None = None
-) -> Iterator[TarSource]:
+def open_tar_input(src: TarInput, *, name: str | None = None) -> Iterator[TarSource]:
     """Yield the :class:`TarSource` from which the uncompressed tar can be read.
 
     Args:
@@ -283,8 +287,9 @@ def open_tar_input(
         else:
             direct = _direct_fd(src)
             if direct is None:
-                head = sniff(src.read)
-                pump = Pump(tar_work(name, head=head), src.read, name)
+                read = _blocking_read(src, name)
+                head = sniff(read)
+                pump = Pump(tar_work(name, head=head), read, name)
                 yield from _yield_checked(pump)
                 return
             fd = direct
@@ -318,7 +323,23 @@ def _open_path(path: str | os.PathLike[str], name: str) -> int:
         raise InvalidArgument(f"{name}: cannot open: {exc.strerror}", subject=name) from exc
 
 
-def _direct_fd(fileobj: BinaryIO) -> int | None:
+def _blocking_read(stream: BinaryIO | io.RawIOBase, name: str) -> Read:
+    """``stream.read``; a non-blocking raw stream's "nothing yet" (``None``) is an error naming
+    the input, not the end of the tar it would otherwise look like."""
+
+    def read(n: int) -> bytes:
+        data = stream.read(n)
+        if data is None:
+            raise InvalidArgument(
+                f"{name}: the stream is non-blocking and had no data ready; pass a blocking one",
+                subject=name,
+            )
+        return data
+
+    return read
+
+
+def _direct_fd(fileobj: BinaryIO | io.RawIOBase) -> int | None:
     """The descriptor to read ``fileobj`` through, or ``None`` when it must be read through
     the object (it has no descriptor, or has buffered ahead of it)."""
     try:

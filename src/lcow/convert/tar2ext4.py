@@ -14,11 +14,10 @@ import errno
 import logging
 import os
 import stat
-from typing import BinaryIO
 
 from lcow._util.escape import quoted
 from lcow._util.outbuf import no_space
-from lcow.convert.input import FileSlice, TarSource, open_tar_input
+from lcow.convert.input import TarInput, TarSource, open_tar_input
 from lcow.convert.options import ConvertOptions, ConvertResult
 from lcow.convert.tarstream import TarEntry, TarReader
 from lcow.errors import InvalidArgument, LimitExceeded, NoSpace, NotFound
@@ -466,7 +465,7 @@ def convert_stream(
 
 
 def tar2ext4(
-    src: str | os.PathLike[str] | BinaryIO | int | FileSlice,
+    src: TarInput,
     dst: str | os.PathLike[str] | int,
     options: ConvertOptions | None = None,
     *,

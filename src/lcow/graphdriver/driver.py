@@ -48,7 +48,7 @@ from lcow.storage.dataroot import (
 from lcow.storage.locks import LayerLocks, RootLock
 
 if TYPE_CHECKING:
-    from lcow.convert.input import FileSlice
+    from lcow.convert.input import TarInput
     from lcow.convert.options import ConvertResult
     from lcow.layerdiff.changes import Change, LayerContent
 
@@ -308,7 +308,7 @@ class Driver:
         self,
         layer_id: str,
         parent: str | None,
-        diff: BinaryIO | int | str | os.PathLike[str] | FileSlice,
+        diff: TarInput,
         *,
         verify: Verifier | None = None,
     ) -> int:
@@ -380,7 +380,7 @@ class Driver:
     def apply_diff_staged(
         self,
         staged: StagedLayer,
-        diff: BinaryIO | int | str | os.PathLike[str] | FileSlice,
+        diff: TarInput,
         *,
         verify: Verifier | None = None,
     ) -> int:
@@ -439,7 +439,7 @@ class Driver:
     def _convert(
         self,
         layer_id: str,
-        diff: BinaryIO | int | str | os.PathLike[str] | FileSlice,
+        diff: TarInput,
         target: Path,
         name: str | None,
         verify: Verifier | None,
