@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from lcow.cli._output import write_json, write_lines
 from lcow.cli.status import UsageError
 from lcow.errors import InvalidArgument, NotFound
-from lcow.storage.dataroot import is_valid_id
+from lcow.storage.dataroot import is_valid_id, validate_id
 
 if TYPE_CHECKING:
     from lcow.graphdriver.driver import Driver
@@ -71,6 +71,13 @@ def add_parent(parser: argparse.ArgumentParser) -> None:
         "--parent", "-p", metavar="P", default=None,
         help="parent layer id, or a unique prefix of one (default: none)",
     )  # fmt: skip
+
+
+def add_whole_id(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a command on one layer named by its whole id, never a prefix (a
+    retried ``remove a`` must not delete ``a-b``): ``ID`` and ``--json``."""
+    add_id(parser, prefix=False)
+    add_json(parser)
 
 
 def root_path(args: argparse.Namespace) -> Path:
@@ -162,6 +169,20 @@ def warn_if_prefix(driver: Driver, text: str, command: str) -> None:
             "%s: no layer has this id; %s takes a whole id, and %d start with it: %s",
             text, command, len(matches), _listed(matches),
         )  # fmt: skip
+
+
+def driver_if_root_exists(args: argparse.Namespace) -> Driver | None:
+    """For the commands that succeed on a missing data root, as LCOW's Put, Remove and Exists
+    do: ``args.id`` and the options checked, then the driver, or ``None`` without a root."""
+    validate_id(args.id)
+    check_options(args)
+    return open_driver(args) if root_exists(args) else None
+
+
+def warn_unless_layer(driver: Driver, text: str, command: str) -> None:
+    """:func:`warn_if_prefix`, when ``text`` names no layer."""
+    if not driver.exists(text):
+        warn_if_prefix(driver, text, command)
 
 
 def _listed(ids: list[str]) -> str:

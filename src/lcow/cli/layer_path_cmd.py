@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from lcow.cli._driver import add_id, add_json, emit, open_driver, warn_if_prefix
+from lcow.cli._driver import add_whole_id, emit, open_driver, warn_unless_layer
 from lcow.cli.status import ExitStatus
 
 __all__ = ["SUMMARY", "add_arguments", "run"]
@@ -17,14 +17,7 @@ __all__ = ["SUMMARY", "add_arguments", "run"]
 SUMMARY = "GetLayerPath: print the layer's folder"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the arguments of ``lcow layer-path``.
-
-    Args:
-        parser: the command's parser.
-    """
-    add_id(parser, prefix=False)
-    add_json(parser)
+add_arguments = add_whole_id  # ``ID`` (whole) and ``--json``
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +31,6 @@ def run(args: argparse.Namespace) -> int:
     """
     driver = open_driver(args)
     path = driver.get_layer_path(args.id)
-    if not driver.exists(args.id):
-        warn_if_prefix(driver, args.id, "layer-path")
+    warn_unless_layer(driver, args.id, "layer-path")
     emit(args, {"Id": args.id, "Path": path}, path)
     return ExitStatus.OK

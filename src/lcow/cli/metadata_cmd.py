@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from lcow.cli._driver import add_id, add_json, emit, open_driver, warn_if_prefix
+from lcow.cli._driver import add_whole_id, emit, open_driver, warn_unless_layer
 from lcow.cli.status import ExitStatus
 
 __all__ = ["SUMMARY", "add_arguments", "run"]
@@ -18,14 +18,7 @@ __all__ = ["SUMMARY", "add_arguments", "run"]
 SUMMARY = "GetMetadata: print the layer's metadata map ({'dir': <folder>})"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the arguments of ``lcow metadata``.
-
-    Args:
-        parser: the command's parser.
-    """
-    add_id(parser, prefix=False)
-    add_json(parser)
+add_arguments = add_whole_id  # ``ID`` (whole) and ``--json``
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +32,6 @@ def run(args: argparse.Namespace) -> int:
     """
     driver = open_driver(args)
     meta = driver.get_metadata(args.id)
-    if not driver.exists(args.id):
-        warn_if_prefix(driver, args.id, "metadata")
+    warn_unless_layer(driver, args.id, "metadata")
     emit(args, meta, [f"{key}: {value}" for key, value in sorted(meta.items())])
     return ExitStatus.OK

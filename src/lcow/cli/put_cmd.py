@@ -12,31 +12,15 @@ from __future__ import annotations
 
 import argparse
 
-from lcow.cli._driver import (
-    add_id,
-    add_json,
-    check_options,
-    emit,
-    open_driver,
-    root_exists,
-    warn_if_prefix,
-)
+from lcow.cli._driver import add_whole_id, driver_if_root_exists, emit, warn_unless_layer
 from lcow.cli.status import ExitStatus
-from lcow.storage.dataroot import validate_id
 
 __all__ = ["SUMMARY", "add_arguments", "run"]
 
 SUMMARY = "Put: release a view taken by Get (host: counted in the data root; else a no-op)"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the arguments of ``lcow put``.
-
-    Args:
-        parser: the command's parser.
-    """
-    add_id(parser, prefix=False)
-    add_json(parser)
+add_arguments = add_whole_id  # ``ID`` (whole) and ``--json``
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,14 +32,10 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         :attr:`ExitStatus.OK`; failures are raised for the CLI boundary to map.
     """
-    validate_id(args.id)
-    check_options(args)
     released = False
-    if root_exists(args):
-        driver = open_driver(args)
+    if (driver := driver_if_root_exists(args)) is not None:
         released = driver.view_count(args.id) > 0
         driver.put(args.id)
-        if not driver.exists(args.id):
-            warn_if_prefix(driver, args.id, "put")
+        warn_unless_layer(driver, args.id, "put")
     emit(args, {"Id": args.id, "Released": released}, args.id)
     return ExitStatus.OK

@@ -11,31 +11,15 @@ from __future__ import annotations
 
 import argparse
 
-from lcow.cli._driver import (
-    add_id,
-    add_json,
-    check_options,
-    emit,
-    open_driver,
-    root_exists,
-    warn_if_prefix,
-)
+from lcow.cli._driver import add_whole_id, driver_if_root_exists, emit, warn_if_prefix
 from lcow.cli.status import ExitStatus
-from lcow.storage.dataroot import validate_id
 
 __all__ = ["SUMMARY", "add_arguments", "run"]
 
 SUMMARY = "Remove: delete a layer (unknown ids succeed)"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the arguments of ``lcow remove``.
-
-    Args:
-        parser: the command's parser.
-    """
-    add_id(parser, prefix=False)
-    add_json(parser)
+add_arguments = add_whole_id  # ``ID`` (whole) and ``--json``
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,11 +31,8 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         :attr:`ExitStatus.OK`; failures are raised for the CLI boundary to map.
     """
-    validate_id(args.id)
-    check_options(args)
     existed = False
-    if root_exists(args):
-        driver = open_driver(args)
+    if (driver := driver_if_root_exists(args)) is not None:
         existed = driver.exists(args.id)
         driver.remove(args.id)
         if not existed:
