@@ -241,6 +241,20 @@ def test_apply_diff_prints_the_unpack_size(cli: Cli, tars: list[Path]) -> None:
     assert value == {"Id": "b", "Parent": "a", "Size": _unpack_size(tars[1])}
 
 
+def test_apply_diff_takes_the_tar_as_an_argument_or_with_i(cli: Cli, tars: list[Path]) -> None:
+    cli("create", "a")
+    assert cli("apply-diff", "a", str(tars[0])) == ExitStatus.OK, cli.err
+    assert cli.out == f"{_unpack_size(tars[0])}\n"
+    by_argument = (cli.root / "a" / "layer.vhd").read_bytes()
+    cli("create", "b")
+    assert cli("apply-diff", "b", "-i", str(tars[0])) == ExitStatus.OK, cli.err
+    assert (cli.root / "b" / "layer.vhd").read_bytes()[:-512] == by_argument[:-512]
+    cli("create", "c")
+    assert cli("apply-diff", "c", str(tars[0]), "-i", str(tars[1])) == ExitStatus.USAGE
+    assert "the tar is given twice" in cli.err
+    assert not (cli.root / "c" / "layer.vhd").exists()
+
+
 def test_apply_diff_from_stdin_gzip(
     cli: Cli, tars: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,6 +1,7 @@
-"""``lcow --root DIR apply-diff ID [--parent P] [-i TAR|-]``: the driver's ApplyDiff (SPEC §3).
+"""``lcow --root DIR apply-diff ID [TAR|-] [--parent P]``: the driver's ApplyDiff (SPEC §3).
 
-Converts a layer tar (plain, gzip or zstd; ``-`` or omitted: stdin) into ``<root>/<ID>/layer.vhd``
+Converts a layer tar (plain, gzip or zstd; given as ``TAR`` or ``-i TAR``; ``-`` or omitted:
+stdin) into ``<root>/<ID>/layer.vhd``
 and prints ApplyDiff's result: the sum of the tar entries' sizes (moby's unpack size). The layer
 must exist (``create`` first). A progress bar is drawn on stderr when it is a terminal.
 """
@@ -31,12 +32,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser: the command's parser.
     """
     add_id(parser)
-    add_parent(parser)
     parser.add_argument(
-        "-i", "--input", dest="input", default=_STDIN, metavar="TAR",
+        "tar", nargs="?", metavar="TAR",
         help="the layer tar, plain/gzip/zstd ('-' or omitted: stdin)",
     )  # fmt: skip
+    add_parent(parser)
+    parser.add_argument(
+        "-i", "--input", dest="input", metavar="TAR", help="the layer tar, as TAR (either one)"
+    )  # fmt: skip
     add_json(parser)
+
+
+def _input(args: argparse.Namespace) -> str:
+    """The tar named once, as ``TAR`` or ``-i TAR`` (``-``: stdin, also when neither is)."""
+    if args.tar is not None and args.input is not None:
+        raise UsageError(f"the tar is given twice: {args.tar!r} and -i {args.input!r}")
+    given = args.tar if args.tar is not None else args.input
+    return _STDIN if given is None else str(given)
 
 
 def _total(path: str) -> int | None:
@@ -56,11 +68,12 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         :attr:`ExitStatus.OK`; failures are raised for the CLI boundary to map.
     """
-    if args.input == _STDIN and sys.stdin.isatty():
-        raise UsageError("no input: give -i TAR or pipe a tar into stdin")
+    tar = _input(args)
+    if tar == _STDIN and sys.stdin.isatty():
+        raise UsageError("no input: give TAR or pipe a tar into stdin")
     driver = open_driver(args)
-    source: str | int = sys.stdin.fileno() if args.input == _STDIN else os.fspath(args.input)
-    total = None if args.input == _STDIN else _total(args.input)
+    source: str | int = sys.stdin.fileno() if tar == _STDIN else tar
+    total = None if tar == _STDIN else _total(tar)
     with byte_progress(f"apply-diff {args.id[:12]}", total) as bar:
         if bar is None:
             size = driver.apply_diff(args.id, args.parent, source)
