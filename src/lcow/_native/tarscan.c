@@ -430,9 +430,73 @@ static PyObject *scan_entry(PyObject *self, PyObject *const *args, Py_ssize_t na
     return result;
 }
 
+/* An entry name's components: split at '/', empty and "." components dropped. Returns
+ * (parts, parent, longest, length): the components, the parent's path (the components but the
+ * last, joined by '/'), the longest component and the path's length as "/a/b" would have it;
+ * None when the name holds a NUL byte or a ".." component (the caller reports those). */
+static PyObject *split_path(PyObject *self, PyObject *arg) {
+    (void)self;
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "split_path(name: bytes)");
+        return NULL;
+    }
+    const char *name = PyBytes_AS_STRING(arg);
+    Py_ssize_t n = PyBytes_GET_SIZE(arg);
+    if (memchr(name, '\0', (size_t)n))
+        Py_RETURN_NONE;
+    PyObject *parts = PyList_New(0);
+    if (!parts)
+        return NULL;
+    Py_ssize_t longest = 0, length = 0, last_len = 0, i = 0;
+    while (i < n) {
+        Py_ssize_t start = i;
+        const char *slash = memchr(name + i, '/', (size_t)(n - i));
+        Py_ssize_t end = slash ? slash - name : n;
+        Py_ssize_t len = end - start;
+        i = end + 1;
+        if (len == 0 || (len == 1 && name[start] == '.'))
+            continue;
+        if (len == 2 && name[start] == '.' && name[start + 1] == '.') {
+            Py_DECREF(parts);
+            Py_RETURN_NONE;
+        }
+        PyObject *part = PyBytes_FromStringAndSize(name + start, len);
+        if (!part || PyList_Append(parts, part) < 0) {
+            Py_XDECREF(part);
+            Py_DECREF(parts);
+            return NULL;
+        }
+        Py_DECREF(part);
+        if (len > longest)
+            longest = len;
+        length += len + 1;
+        last_len = len;
+    }
+    /* The parent: every component but the last, '/'-joined. */
+    Py_ssize_t count = PyList_GET_SIZE(parts);
+    Py_ssize_t parent_len = count > 1 ? length - last_len - 2 : 0;
+    PyObject *parent = PyBytes_FromStringAndSize(NULL, parent_len);
+    if (!parent) {
+        Py_DECREF(parts);
+        return NULL;
+    }
+    char *out = PyBytes_AS_STRING(parent);
+    for (Py_ssize_t k = 0; k + 1 < count; k++) {
+        PyObject *part = PyList_GET_ITEM(parts, k);
+        Py_ssize_t len = PyBytes_GET_SIZE(part);
+        if (k)
+            *out++ = '/';
+        memcpy(out, PyBytes_AS_STRING(part), (size_t)len);
+        out += len;
+    }
+    return Py_BuildValue("(NNnn)", parts, parent, longest, length);
+}
+
 static PyMethodDef methods[] = {
     {"scan_entry", (PyCFunction)(void (*)(void))scan_entry, METH_FASTCALL,
      "scan_entry(buf, start, end, max_meta) -> tuple | int: one tar member's headers."},
+    {"split_path", split_path, METH_O,
+     "split_path(name) -> (parts, parent, longest, length) | None: an entry name's components."},
     {NULL, NULL, 0, NULL},
 };
 

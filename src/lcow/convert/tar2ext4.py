@@ -17,6 +17,7 @@ import stat
 
 from lcow._util.escape import quoted
 from lcow._util.outbuf import no_space
+from lcow.convert.entrypath import split_path
 from lcow.convert.input import TarInput, TarSource, open_tar_input
 from lcow.convert.options import ConvertOptions, ConvertResult
 from lcow.convert.tarstream import TarEntry, TarReader
@@ -87,27 +88,30 @@ class _Converter:
     # -- names -------------------------------------------------------------------------------
 
     def _parts(self, name: bytes, entry: TarEntry, what: str = "path") -> list[bytes]:
+        return self._split(name, entry, what)[0]
+
+    def _split(self, name: bytes, entry: TarEntry, what: str = "path") -> tuple[list[bytes], bytes]:
+        """``name``'s components and its parent's path, the name and path limits applied."""
         if self.opts.convert_slash:
             name = name.replace(b"\\", b"/")
-        parts = [p for p in name.split(b"/") if p and p != b"."]
-        if b".." in parts:
+        split = split_path(name)
+        if split is None:
             shown = _shown(entry.name)
-            raise InvalidArgument(f"{shown}: name contains a '..' component", subject=shown)
-        if b"\x00" in name:
-            shown = _shown(entry.name)
+            if b".." in name.split(b"/"):
+                raise InvalidArgument(f"{shown}: name contains a '..' component", subject=shown)
             raise InvalidArgument(f"{shown}: name contains a NUL byte", subject=shown)
-        self._check_path(parts, entry, what)
-        return parts
+        parts, parent, longest, length = split
+        opts = self.opts
+        if (  # every entry passes here: the usual case is one test
+            len(parts) > opts.max_depth or longest > opts.max_name_len or length > opts.max_path_len
+        ):
+            self._check_path(parts, entry, what)
+        return parts, parent
 
     def _check_path(self, parts: list[bytes], entry: TarEntry, what: str) -> None:
-        """Apply the name, path and depth limits to an entry name or link target."""
+        """Apply the name, path and depth limits to an entry name or link target that broke
+        one of them as counted by :meth:`_split` (a whiteout's uncounted prefix may save it)."""
         opts = self.opts
-        if (  # every entry passes here: one test in C-level builtins for the usual case
-            len(parts) <= opts.max_depth
-            and (not parts or max(map(len, parts)) <= opts.max_name_len)
-            and sum(map(len, parts)) + len(parts) <= opts.max_path_len
-        ):
-            return  # (a whiteout's uncounted prefix only ever makes it shorter)
         if len(parts) > opts.max_depth:
             shown = _shown(entry.name)
             raise LimitExceeded(
@@ -171,7 +175,7 @@ class _Converter:
             progress(reader.consumed)
 
     def _apply(self, entry: TarEntry) -> None:  # noqa: PLR0912 - hot loop: per tar entry, one branch per member type (SPEC §6.6), inline
-        parts = self._parts(entry.name, entry)
+        parts, parent_path = self._split(entry.name, entry)
         typeflag = entry.type
         shown = _shown(entry.name)
         if self.opts.convert_whiteouts and parts:
@@ -197,7 +201,7 @@ class _Converter:
             self.reader.finish_data(entry)
             return
         tree = self.tree
-        parent = tree.directory(parts[:-1], shown)
+        parent = tree.parent_directory(parts, parent_path, shown)
         name = parts[-1]
         if mode_type == stat.S_IFDIR:
             existing = tree.children[parent].get(name)

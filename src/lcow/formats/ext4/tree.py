@@ -195,6 +195,14 @@ class Tree:
         self._dir_cache[key] = ino
         return ino
 
+    def parent_directory(self, parts: list[bytes], path: bytes, shown: str) -> int:
+        """The directory that holds ``parts[-1]``, creating missing ones (as
+        :meth:`directory`); ``path`` is its own path, ``b"/".join(parts[:-1])``."""
+        ino = self._dir_cache.get(path)
+        if ino is not None:
+            return ino
+        return self.directory(parts[:-1], shown)
+
     def lookup(self, parts: list[bytes]) -> int | None:
         """The inode named by ``parts`` (no symlinks followed), or ``None``."""
         ino = ROOT_INO
