@@ -252,6 +252,9 @@ def test_apply_diff_takes_the_tar_as_an_argument_or_with_i(cli: Cli, tars: list[
     cli("create", "c")
     assert cli("apply-diff", "c", str(tars[0]), "-i", str(tars[1])) == ExitStatus.USAGE
     assert "the tar is given twice" in cli.err
+    # a name printed back is escaped once, where the message is printed
+    assert cli("apply-diff", "c", "x\x1b[31m", "-i", "y") == ExitStatus.USAGE
+    assert "'x\\x1b[31m' and -i 'y'" in cli.err
     assert not (cli.root / "c" / "layer.vhd").exists()
 
 

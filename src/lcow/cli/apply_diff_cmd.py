@@ -14,6 +14,7 @@ import stat
 import sys
 from typing import BinaryIO
 
+from lcow._util.escape import quoted
 from lcow.cli._driver import add_id, add_json, add_parent, emit, open_driver
 from lcow.cli._progress import CountingReader, byte_progress
 from lcow.cli.status import ExitStatus, UsageError
@@ -46,9 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _input(args: argparse.Namespace) -> str:
     """The tar named once, as ``TAR`` or ``-i TAR`` (``-``: stdin, also when neither is)."""
     if args.tar is not None and args.input is not None:
-        raise UsageError(f"the tar is given twice: {args.tar!r} and -i {args.input!r}")
-    given = args.tar if args.tar is not None else args.input
-    return _STDIN if given is None else str(given)
+        raise UsageError(f"the tar is given twice: {quoted(args.tar)} and -i {quoted(args.input)}")
+    given: str | None = args.tar if args.tar is not None else args.input
+    return _STDIN if given is None else given
 
 
 def _total(path: str) -> int | None:

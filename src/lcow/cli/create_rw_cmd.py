@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from lcow._util.escape import quoted
 from lcow.cli._driver import add_id, add_json, add_parent, emit, open_driver
 from lcow.cli.status import ExitStatus, UsageError
 from lcow.storage.dataroot import SANDBOX_VHDX
@@ -44,7 +45,7 @@ def parse_storage_opts(items: list[str]) -> dict[str, str]:
     for item in items:
         key, eq, value = item.partition("=")
         if not eq or not key:
-            raise UsageError(f"--storage-opt: expected KEY=VALUE, got {item!r}")
+            raise UsageError(f"--storage-opt: expected KEY=VALUE, got {quoted(item)}")
         opts[key] = value
     return opts
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lcow._util.escape import quoted
 from lcow.cli._driver import add_json, emit
 from lcow.cli._output import write_lines
 from lcow.cli.status import ExitStatus, UsageError
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from lcow.backends.vm.assets import build_assets, default_kirdpath
 
     if args.action != "build":
-        raise UsageError(f"unknown action {args.action!r}")
+        raise UsageError(f"unknown action {quoted(args.action)}")
     out = args.out or _option(args, "lcow.kirdpath") or default_kirdpath()
     assets = build_assets(
         out,

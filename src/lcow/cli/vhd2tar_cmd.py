@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from lcow._util.escape import quoted
 from lcow.cli._format import format_size
 from lcow.cli._output import write_json, write_lines
 from lcow.cli.status import ExitStatus, UsageError
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     """
     top = os.fsencode(args.top)
     if not top.startswith(b"/"):
-        raise UsageError(f"--top: {args.top!r} is not an absolute path inside the image")
+        raise UsageError(f"--top: {quoted(args.top)} is not an absolute path inside the image")
     to_stdout = args.output == _STDOUT
     if to_stdout and os.isatty(sys.stdout.fileno()):
         raise UsageError("refusing to write a tar to a terminal: give -o OUT or redirect stdout")
