@@ -270,8 +270,17 @@ def test_a_kill_in_a_staged_pull_leaves_only_garbage_cleanup_removes(
         listing = daemon.ctr(*run, "sh", "-c", LIST_SCRIPT).stdout
         assert sorted(listing.splitlines()) == pushed_image.listing
         for folder in fp.folders():
-            if (folder / LAYER_VHD).exists():
-                assert_e2fsck_clean(folder / LAYER_VHD)
+            # containerd's garbage collector may be removing the failed pull's layers meanwhile:
+            # each image is checked through a descriptor taken first, so a removal cannot take
+            # it away in the middle of the check (a removed one was whole until then too)
+            try:
+                fd = os.open(folder / LAYER_VHD, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                assert_e2fsck_clean(Path(f"/proc/{os.getpid()}/fd/{fd}"))
+            finally:
+                os.close(fd)
         daemon.ctr("images", "rm", "--sync", pushed_image.reference)
         _wait(lambda: fp.folders() == [])
         assert _rows(fp) == []
